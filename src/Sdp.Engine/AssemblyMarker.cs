@@ -1,0 +1,3 @@
+namespace Sdp.Engine;
+
+internal static class AssemblyMarker { }

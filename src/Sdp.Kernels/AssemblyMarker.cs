@@ -1,0 +1,3 @@
+namespace Sdp.Kernels;
+
+internal static class AssemblyMarker { }

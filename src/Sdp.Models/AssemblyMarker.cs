@@ -1,0 +1,3 @@
+namespace Sdp.Models;
+
+internal static class AssemblyMarker { }
