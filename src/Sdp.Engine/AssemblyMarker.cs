@@ -1,3 +1,0 @@
-namespace Sdp.Engine;
-
-internal static class AssemblyMarker { }

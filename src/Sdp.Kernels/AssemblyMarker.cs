@@ -1,3 +1,0 @@
-namespace Sdp.Kernels;
-
-internal static class AssemblyMarker { }
