@@ -1,0 +1,40 @@
+using System.Text.Json;
+
+namespace Sdp.Cli;
+
+/// <summary>
+/// JSON-lines metrics, written to a temporary file beside the target and renamed over it only by
+/// <see cref="Commit"/>, so a run that fails leaves no half-written metrics file behind.
+/// </summary>
+public sealed class MetricsWriter : IDisposable
+{
+    private readonly string _target;
+    private readonly string _temp;
+    private StreamWriter? _writer;
+
+    public MetricsWriter(FileInfo target)
+    {
+        _target = target.FullName;
+        var dir = Path.GetDirectoryName(_target)!;
+        if (!Directory.Exists(dir)) throw new UsageException($"--metrics: directory {dir} does not exist");
+        _temp = Path.Combine(dir, $".{Path.GetFileName(_target)}.{Environment.ProcessId}.tmp");
+        _writer = new StreamWriter(_temp);
+    }
+
+    public void Write(object record) => _writer!.WriteLine(JsonSerializer.Serialize(record));
+
+    public void Commit()
+    {
+        _writer!.Dispose();
+        _writer = null;
+        File.Move(_temp, _target, overwrite: true);
+    }
+
+    public void Dispose()
+    {
+        if (_writer is null) return;
+        _writer.Dispose();
+        _writer = null;
+        File.Delete(_temp);
+    }
+}

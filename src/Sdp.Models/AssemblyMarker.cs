@@ -1,3 +1,0 @@
-namespace Sdp.Models;
-
-internal static class AssemblyMarker { }
