@@ -1,0 +1,42 @@
+using Sdp.Engine.Backends;
+
+namespace Sdp.Engine.Optim;
+
+/// <summary>Gradient clipping.</summary>
+public static class GradClip
+{
+    /// <summary>
+    /// Scales all gradients together so that their global L2 norm is at most <paramref name="maxNorm"/>,
+    /// as torch.nn.utils.clip_grad_norm_ does, and returns the norm before clipping.
+    /// <para>The norm is sqrt(Σ over parameters with a Grad of Σ grad²), accumulated in float64 via the
+    /// backend's SumOfSquares whatever the gradients' dtype; parameters whose Grad is null are skipped.
+    /// When norm &gt; maxNorm every gradient is multiplied in place by maxNorm / (norm + 1e-6), PyTorch's
+    /// factor; otherwise the gradients are left untouched. (PyTorch also applies its factor when
+    /// maxNorm - 1e-6 &lt; norm &lt;= maxNorm, scaling by less than 1e-6/maxNorm relative; skipping that
+    /// makes clipping idempotent: clipping already clipped gradients changes nothing.)</para>
+    /// <para>A non-finite norm (an inf or NaN somewhere in the gradients) is returned as is and the
+    /// gradients are left untouched, so the caller can detect it and skip the step.</para>
+    /// </summary>
+    public static double ClipGlobalNorm(IEnumerable<Tensor> parameters, double maxNorm)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        if (!(maxNorm > 0) || double.IsNaN(maxNorm)) throw new ArgumentOutOfRangeException(nameof(maxNorm), maxNorm, "ClipGlobalNorm: maxNorm must be > 0");
+        var grads = new List<Tensor>();
+        double sumSq = 0;
+        foreach (var p in parameters)
+        {
+            var g = p?.Grad;
+            if (g is null) continue;
+            grads.Add(g);
+            sumSq += g.Backend.SumOfSquares(g);
+        }
+        double norm = Math.Sqrt(sumSq);
+        if (!double.IsFinite(norm)) return norm;
+        if (norm > maxNorm)
+        {
+            double factor = maxNorm / (norm + 1e-6);
+            foreach (var g in grads) g.Backend.Unary(UnaryOp.Scale, g, g, factor);
+        }
+        return norm;
+    }
+}

@@ -1,0 +1,132 @@
+using Sdp.Engine.Autograd;
+using Sdp.Engine.Memory;
+
+namespace Sdp.Engine.Optim;
+
+/// <summary>
+/// Updates a fixed list of parameters from their gradients, one fused backend call per parameter.
+/// Typical step:
+/// <code>
+/// using (TensorScope.Begin()) { var loss = model.Forward(x); loss.Backward(); }
+/// opt.LearningRate = schedule.LearningRate(opt.StepCount);
+/// opt.Step();
+/// opt.ZeroGrad();
+/// </code>
+/// Per-parameter state (moments, momentum buffers) is allocated lazily, the first time
+/// <see cref="Step"/> sees a gradient for that parameter, outside any <see cref="TensorScope"/>, and is
+/// charged to <see cref="MemoryCategory.OptimizerState"/> of the account current on the calling thread.
+/// <see cref="Dispose"/> frees it; the parameters themselves belong to the caller.
+/// </summary>
+public abstract class Optimizer : IDisposable
+{
+    private readonly Tensor[] _parameters;
+    private double _learningRate;
+    private bool _disposed;
+
+    protected Optimizer(IReadOnlyList<Tensor> parameters, double lr)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        string name = GetType().Name;
+        if (parameters.Count == 0) throw new ArgumentException($"{name}: the parameter list is empty", nameof(parameters));
+        var seen = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var p = parameters[i] ?? throw new ArgumentException($"{name}: parameter {i} is null", nameof(parameters));
+            if (p.IsDisposed) throw new ArgumentException($"{name}: parameter {i} ({p.Describe()}) is disposed", nameof(parameters));
+            if (!p.DType.IsFloatingPoint()) throw new ArgumentException($"{name}: parameter {i} ({p.Describe()}) must be float32 or float64", nameof(parameters));
+            if (!p.IsLeaf) throw new ArgumentException($"{name}: parameter {i} ({p.Describe()}) is not a leaf (it was produced by {p.GradFn!.OpName}); only leaves can be optimized", nameof(parameters));
+            if (!seen.Add(p)) throw new ArgumentException($"{name}: parameter {i} ({p.Describe()}) appears more than once", nameof(parameters));
+        }
+        _parameters = [.. parameters];
+        LearningRate = lr;
+    }
+
+    public IReadOnlyList<Tensor> Parameters => _parameters;
+
+    /// <summary>The learning rate the next <see cref="Step"/> uses. Finite and &gt;= 0.</summary>
+    public double LearningRate
+    {
+        get => _learningRate;
+        set
+        {
+            if (!double.IsFinite(value) || value < 0) throw new ArgumentOutOfRangeException(nameof(value), value, $"{GetType().Name}: the learning rate must be finite and >= 0");
+            _learningRate = value;
+        }
+    }
+
+    /// <summary>Number of completed <see cref="Step"/> calls (whether or not any parameter had a gradient).</summary>
+    public long StepCount { get; private set; }
+
+    /// <summary>
+    /// Applies one update to every parameter that has a gradient; parameters whose Grad is null are
+    /// skipped and their state is left as is. Runs with grad mode off, so nothing is recorded.
+    /// </summary>
+    public void Step()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        using (GradMode.Disable())
+        {
+            for (int i = 0; i < _parameters.Length; i++)
+            {
+                var p = _parameters[i];
+                var g = p.Grad;
+                if (g is null) continue;
+                if (g.Shape != p.Shape || g.DType != p.DType || g.Device != p.Device)
+                {
+                    throw new InvalidOperationException($"{GetType().Name}: gradient {g.Describe()} on {g.Device} does not match parameter {i} {p.Describe()} on {p.Device}");
+                }
+                Update(i, p, g);
+            }
+        }
+        StepCount++;
+    }
+
+    /// <summary>Drops every parameter's gradient (<see cref="Tensor.ZeroGrad"/>), freeing its memory until the next backward.</summary>
+    public void ZeroGrad()
+    {
+        foreach (var p in _parameters) p.ZeroGrad();
+    }
+
+    /// <summary>
+    /// The named state tensors of parameter <paramref name="parameterIndex"/> ("exp_avg", "exp_avg_sq",
+    /// "momentum_buffer"), empty until the first step that updated it. The tensors are owned by the
+    /// optimizer: do not dispose them.
+    /// </summary>
+    public abstract IReadOnlyDictionary<string, Tensor> State(int parameterIndex);
+
+    /// <summary>Updates <paramref name="param"/> in place from <paramref name="grad"/> (same shape and dtype).</summary>
+    protected abstract void Update(int index, Tensor param, Tensor grad);
+
+    /// <summary>Frees the state tensors. Called once, from <see cref="Dispose()"/>.</summary>
+    protected abstract void FreeState();
+
+    /// <summary>A zero-filled state tensor shaped like <paramref name="param"/>, owned by no scope and
+    /// charged to <see cref="MemoryCategory.OptimizerState"/> of the current account.</summary>
+    protected static Tensor AllocateState(Tensor param, string stateName)
+    {
+        Tensor t;
+        using (MemoryAccount.Use(MemoryCategory.OptimizerState))
+        {
+            t = Tensor.Allocate(param.Shape, param.DType, param.Backend, MemoryCategory.OptimizerState, registerInScope: false);
+        }
+        t.Name = param.Name is null ? stateName : $"{param.Name}.{stateName}";
+        t.Backend.Fill(t, 0);
+        return t;
+    }
+
+    protected void CheckIndex(int parameterIndex)
+    {
+        if ((uint)parameterIndex >= (uint)_parameters.Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(parameterIndex), parameterIndex, $"{GetType().Name}: there are {_parameters.Length} parameters");
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        FreeState();
+        GC.SuppressFinalize(this);
+    }
+}

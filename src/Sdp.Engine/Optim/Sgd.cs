@@ -1,0 +1,75 @@
+namespace Sdp.Engine.Optim;
+
+/// <summary>
+/// Stochastic gradient descent with the exact semantics of torch.optim.SGD (maximize = false). Per
+/// parameter, with g its gradient:
+/// <code>
+/// g = g + weightDecay·p                          (coupled L2 decay, when weightDecay != 0)
+/// if momentum != 0:
+///     buf = g on the parameter's first update, else momentum·buf + (1 - dampening)·g
+///     g   = nesterov ? g + momentum·buf : buf
+/// p = p - lr·g
+/// </code>
+/// State: "momentum_buffer" (one tensor like the parameter) when momentum != 0, none otherwise.
+/// </summary>
+public sealed class Sgd : Optimizer
+{
+    private readonly Tensor?[] _buffers;
+
+    public Sgd(IReadOnlyList<Tensor> parameters, double lr, double momentum = 0, double dampening = 0, bool nesterov = false, double weightDecay = 0)
+        : base(parameters, lr)
+    {
+        if (!double.IsFinite(momentum) || momentum < 0) throw new ArgumentOutOfRangeException(nameof(momentum), momentum, "Sgd: momentum must be finite and >= 0");
+        if (!double.IsFinite(dampening)) throw new ArgumentOutOfRangeException(nameof(dampening), dampening, "Sgd: dampening must be finite");
+        if (!double.IsFinite(weightDecay) || weightDecay < 0) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "Sgd: weight decay must be finite and >= 0");
+        if (nesterov && (momentum <= 0 || dampening != 0))
+        {
+            throw new ArgumentException($"Sgd: Nesterov momentum requires momentum > 0 and dampening = 0, got momentum {momentum}, dampening {dampening}", nameof(nesterov));
+        }
+        Momentum = momentum;
+        Dampening = dampening;
+        Nesterov = nesterov;
+        WeightDecay = weightDecay;
+        _buffers = new Tensor?[parameters.Count];
+    }
+
+    public double Momentum { get; }
+
+    public double Dampening { get; }
+
+    public bool Nesterov { get; }
+
+    public double WeightDecay { get; }
+
+    public override IReadOnlyDictionary<string, Tensor> State(int parameterIndex)
+    {
+        CheckIndex(parameterIndex);
+        var buf = _buffers[parameterIndex];
+        return buf is null ? new Dictionary<string, Tensor>() : new Dictionary<string, Tensor> { ["momentum_buffer"] = buf };
+    }
+
+    protected override void Update(int index, Tensor param, Tensor grad)
+    {
+        Tensor? buf = null;
+        bool first = false;
+        if (Momentum != 0)
+        {
+            buf = _buffers[index];
+            if (buf is null)
+            {
+                buf = _buffers[index] = AllocateState(param, "momentum_buffer");
+                first = true;
+            }
+        }
+        param.Backend.SgdStep(param, grad, buf, LearningRate, Momentum, Dampening, Nesterov, WeightDecay, first);
+    }
+
+    protected override void FreeState()
+    {
+        for (int i = 0; i < _buffers.Length; i++)
+        {
+            _buffers[i]?.Dispose();
+            _buffers[i] = null;
+        }
+    }
+}
