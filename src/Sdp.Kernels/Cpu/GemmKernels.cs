@@ -3,6 +3,7 @@
 // The k loop is unrolled 4x; accumulators stay in vector registers (12 of them + 2 B vectors + 1 broadcast).
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Sdp.Kernels.Cpu;
 
@@ -22,6 +23,34 @@ internal readonly unsafe struct SgemmKernel512 : IGemmKernel<float>
     {
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         Vector512<float> b0, b1, av;
+        float* r0 = c;
+        float* r1 = r0 + ldc;
+        float* r2 = r1 + ldc;
+        float* r3 = r2 + ldc;
+        float* r4 = r3 + ldc;
+        float* r5 = r4 + ldc;
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(r0 + 0);
+            Sse.Prefetch0(r0 + 16);
+            Sse.Prefetch0(r0 + 31);
+            Sse.Prefetch0(r1 + 0);
+            Sse.Prefetch0(r1 + 16);
+            Sse.Prefetch0(r1 + 31);
+            Sse.Prefetch0(r2 + 0);
+            Sse.Prefetch0(r2 + 16);
+            Sse.Prefetch0(r2 + 31);
+            Sse.Prefetch0(r3 + 0);
+            Sse.Prefetch0(r3 + 16);
+            Sse.Prefetch0(r3 + 31);
+            Sse.Prefetch0(r4 + 0);
+            Sse.Prefetch0(r4 + 16);
+            Sse.Prefetch0(r4 + 31);
+            Sse.Prefetch0(r5 + 0);
+            Sse.Prefetch0(r5 + 16);
+            Sse.Prefetch0(r5 + 31);
+        }
+
         nint p = kc;
         while (p >= 4)
         {
@@ -137,12 +166,6 @@ internal readonly unsafe struct SgemmKernel512 : IGemmKernel<float>
         }
 
         Vector512<float> va = Vector512.Create(alpha);
-        float* r0 = c;
-        float* r1 = r0 + ldc;
-        float* r2 = r1 + ldc;
-        float* r3 = r2 + ldc;
-        float* r4 = r3 + ldc;
-        float* r5 = r4 + ldc;
         if (beta == 0)
         {
             Vector512.Store(c00 * va, r0);
@@ -193,6 +216,28 @@ internal readonly unsafe struct SgemmKernel256 : IGemmKernel<float>
     {
         Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         Vector256<float> b0, b1, av;
+        float* r0 = c;
+        float* r1 = r0 + ldc;
+        float* r2 = r1 + ldc;
+        float* r3 = r2 + ldc;
+        float* r4 = r3 + ldc;
+        float* r5 = r4 + ldc;
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(r0 + 0);
+            Sse.Prefetch0(r0 + 15);
+            Sse.Prefetch0(r1 + 0);
+            Sse.Prefetch0(r1 + 15);
+            Sse.Prefetch0(r2 + 0);
+            Sse.Prefetch0(r2 + 15);
+            Sse.Prefetch0(r3 + 0);
+            Sse.Prefetch0(r3 + 15);
+            Sse.Prefetch0(r4 + 0);
+            Sse.Prefetch0(r4 + 15);
+            Sse.Prefetch0(r5 + 0);
+            Sse.Prefetch0(r5 + 15);
+        }
+
         nint p = kc;
         while (p >= 4)
         {
@@ -308,12 +353,6 @@ internal readonly unsafe struct SgemmKernel256 : IGemmKernel<float>
         }
 
         Vector256<float> va = Vector256.Create(alpha);
-        float* r0 = c;
-        float* r1 = r0 + ldc;
-        float* r2 = r1 + ldc;
-        float* r3 = r2 + ldc;
-        float* r4 = r3 + ldc;
-        float* r5 = r4 + ldc;
         if (beta == 0)
         {
             Vector256.Store(c00 * va, r0);
@@ -364,6 +403,28 @@ internal readonly unsafe struct SgemmKernel128 : IGemmKernel<float>
     {
         Vector128<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         Vector128<float> b0, b1, av;
+        float* r0 = c;
+        float* r1 = r0 + ldc;
+        float* r2 = r1 + ldc;
+        float* r3 = r2 + ldc;
+        float* r4 = r3 + ldc;
+        float* r5 = r4 + ldc;
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(r0 + 0);
+            Sse.Prefetch0(r0 + 7);
+            Sse.Prefetch0(r1 + 0);
+            Sse.Prefetch0(r1 + 7);
+            Sse.Prefetch0(r2 + 0);
+            Sse.Prefetch0(r2 + 7);
+            Sse.Prefetch0(r3 + 0);
+            Sse.Prefetch0(r3 + 7);
+            Sse.Prefetch0(r4 + 0);
+            Sse.Prefetch0(r4 + 7);
+            Sse.Prefetch0(r5 + 0);
+            Sse.Prefetch0(r5 + 7);
+        }
+
         nint p = kc;
         while (p >= 4)
         {
@@ -479,12 +540,6 @@ internal readonly unsafe struct SgemmKernel128 : IGemmKernel<float>
         }
 
         Vector128<float> va = Vector128.Create(alpha);
-        float* r0 = c;
-        float* r1 = r0 + ldc;
-        float* r2 = r1 + ldc;
-        float* r3 = r2 + ldc;
-        float* r4 = r3 + ldc;
-        float* r5 = r4 + ldc;
         if (beta == 0)
         {
             Vector128.Store(c00 * va, r0);
@@ -535,6 +590,28 @@ internal readonly unsafe struct DgemmKernel256 : IGemmKernel<double>
     {
         Vector256<double> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         Vector256<double> b0, b1, av;
+        double* r0 = c;
+        double* r1 = r0 + ldc;
+        double* r2 = r1 + ldc;
+        double* r3 = r2 + ldc;
+        double* r4 = r3 + ldc;
+        double* r5 = r4 + ldc;
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(r0 + 0);
+            Sse.Prefetch0(r0 + 7);
+            Sse.Prefetch0(r1 + 0);
+            Sse.Prefetch0(r1 + 7);
+            Sse.Prefetch0(r2 + 0);
+            Sse.Prefetch0(r2 + 7);
+            Sse.Prefetch0(r3 + 0);
+            Sse.Prefetch0(r3 + 7);
+            Sse.Prefetch0(r4 + 0);
+            Sse.Prefetch0(r4 + 7);
+            Sse.Prefetch0(r5 + 0);
+            Sse.Prefetch0(r5 + 7);
+        }
+
         nint p = kc;
         while (p >= 4)
         {
@@ -650,12 +727,6 @@ internal readonly unsafe struct DgemmKernel256 : IGemmKernel<double>
         }
 
         Vector256<double> va = Vector256.Create(alpha);
-        double* r0 = c;
-        double* r1 = r0 + ldc;
-        double* r2 = r1 + ldc;
-        double* r3 = r2 + ldc;
-        double* r4 = r3 + ldc;
-        double* r5 = r4 + ldc;
         if (beta == 0)
         {
             Vector256.Store(c00 * va, r0);
@@ -706,6 +777,28 @@ internal readonly unsafe struct DgemmKernel128 : IGemmKernel<double>
     {
         Vector128<double> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         Vector128<double> b0, b1, av;
+        double* r0 = c;
+        double* r1 = r0 + ldc;
+        double* r2 = r1 + ldc;
+        double* r3 = r2 + ldc;
+        double* r4 = r3 + ldc;
+        double* r5 = r4 + ldc;
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(r0 + 0);
+            Sse.Prefetch0(r0 + 3);
+            Sse.Prefetch0(r1 + 0);
+            Sse.Prefetch0(r1 + 3);
+            Sse.Prefetch0(r2 + 0);
+            Sse.Prefetch0(r2 + 3);
+            Sse.Prefetch0(r3 + 0);
+            Sse.Prefetch0(r3 + 3);
+            Sse.Prefetch0(r4 + 0);
+            Sse.Prefetch0(r4 + 3);
+            Sse.Prefetch0(r5 + 0);
+            Sse.Prefetch0(r5 + 3);
+        }
+
         nint p = kc;
         while (p >= 4)
         {
@@ -821,12 +914,6 @@ internal readonly unsafe struct DgemmKernel128 : IGemmKernel<double>
         }
 
         Vector128<double> va = Vector128.Create(alpha);
-        double* r0 = c;
-        double* r1 = r0 + ldc;
-        double* r2 = r1 + ldc;
-        double* r3 = r2 + ldc;
-        double* r4 = r3 + ldc;
-        double* r5 = r4 + ldc;
         if (beta == 0)
         {
             Vector128.Store(c00 * va, r0);
