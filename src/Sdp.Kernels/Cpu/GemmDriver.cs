@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.ExceptionServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace Sdp.Kernels.Cpu;
 
@@ -191,7 +192,7 @@ internal static unsafe class GemmDriver<T, TK>
         int kc = BlockSize(g.K, kcMax, 1);
         int nc = BlockSize(g.N, ncMax, nr);
 
-        nuint aBytes = (nuint)RoundUp(mc * kc * sizeof(T), 64);
+        nuint aBytes = (nuint)RoundUp(mc * kc * sizeof(T), 64) + 64; // + slack: the vector A packer overshoots by 2 elements
         nuint bBytes = (nuint)RoundUp(kc * nc * sizeof(T), 64);
         nuint sBytes = (nuint)RoundUp(mr * nr * sizeof(T), 64);
         byte* ws = GemmWorkspace.Acquire(aBytes + bBytes + sBytes);
@@ -296,7 +297,11 @@ internal static unsafe class GemmDriver<T, TK>
         {
             int rows = Math.Min(mr, mc - ir);
             T* a0 = a + ir * lda;
-            if (mr == 6 && rows == 6)
+            if (typeof(T) == typeof(float) && mr == 6 && rows == 6 && Avx.IsSupported)
+            {
+                GemmPack.PackA6Float((float*)a0, lda, kc, (float*)dst);
+            }
+            else if (mr == 6 && rows == 6)
             {
                 T* a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
                 T* d = dst;
@@ -412,7 +417,16 @@ internal static unsafe class GemmDriver<T, TK>
         for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
         {
             int cols = Math.Min(nr, nc - jr);
-            for (int j = 0; j < cols; j++)
+            int j0 = 0;
+            if (typeof(T) == typeof(float) && Avx.IsSupported)
+            {
+                for (; j0 + 8 <= cols; j0 += 8)
+                {
+                    GemmPack.PackBT8Float((float*)(b + (jr + j0) * ldb), ldb, kc, (float*)(dst + j0), nr);
+                }
+            }
+
+            for (int j = j0; j < cols; j++)
             {
                 T* s = b + (jr + j) * ldb;
                 T* d = dst + j;
