@@ -99,7 +99,7 @@ public static unsafe class GemmQuickBench
     }
 
     /// <summary>Lets the other library's worker threads go idle (OpenBLAS spins for a while after each call).</summary>
-    private static void Pause() => Thread.Sleep(300);
+    private static void Pause() => Thread.Sleep(200);
 
     private static double TimeCalls(Action call, int reps)
     {
