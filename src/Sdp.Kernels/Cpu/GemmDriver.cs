@@ -1,0 +1,449 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.ExceptionServices;
+using System.Runtime.Intrinsics.X86;
+
+namespace Sdp.Kernels.Cpu;
+
+/// <summary>Arguments of one GEMM call (or of one thread's share of it). Strides are in elements.</summary>
+internal unsafe struct GemmArgs<T> where T : unmanaged
+{
+    public bool TransA, TransB;
+    public int M, N, K;
+    public T Alpha, Beta;
+    public T* A, B, C;
+    public nint Lda, Ldb, Ldc;
+}
+
+/// <summary>
+/// GotoBLAS/BLIS-style blocked GEMM over one microkernel:
+/// for each NC-wide column block of B, for each KC-deep slice: pack B (KC x NC) into NR-column panels;
+/// for each MC-tall row block of A: pack A (MC x KC) into MR-row panels, then sweep NR x MR microtiles.
+/// Packing absorbs the transposes, so the microkernel sees a single layout. Threads get fixed, independent
+/// rectangles of C (no barriers, each packs its own operands into its thread-local workspace).
+/// </summary>
+internal static unsafe class GemmDriver<T, TK>
+    where T : unmanaged, INumber<T>
+    where TK : struct, IGemmKernel<T>
+{
+    // --- threading -----------------------------------------------------------------------------------------
+
+    public static void Run(in GemmArgs<T> g, int threads)
+    {
+        long work = (long)g.M * g.N * g.K;
+        long perThread = Gemm.MinWorkPerThread;
+        int t = (int)Math.Clamp(work / Math.Max(1, perThread), 1, threads);
+        int tilesM = (g.M + TK.MR - 1) / TK.MR;
+        int tilesN = (g.N + TK.NR - 1) / TK.NR;
+        t = Math.Min(t, tilesM * tilesN);
+        if (t <= 1)
+        {
+            RunSerial(in g);
+            return;
+        }
+
+        ChooseGrid(g.M, g.N, g.K, t, tilesM, tilesN, out int tm, out int tn);
+        var job = new Job(g, tm, tn, tilesM, tilesN);
+        for (int i = 1; i < job.Parts; i++)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(job, preferLocal: false);
+        }
+
+        job.Drain();
+        job.WaitAll();
+    }
+
+    /// <summary>Picks tm x tn (tm * tn == t) minimising an estimate of the slowest part's cycles.</summary>
+    private static void ChooseGrid(int m, int n, int k, int t, int tilesM, int tilesN, out int bestM, out int bestN)
+    {
+        bestM = 1;
+        bestN = t;
+        double best = double.MaxValue;
+        int lanes = TK.NR / 2;
+        for (int tm = 1; tm <= t; tm++)
+        {
+            if (t % tm != 0)
+            {
+                continue;
+            }
+
+            int tn = t / tm;
+            if (tm > tilesM || tn > tilesN)
+            {
+                continue;
+            }
+
+            double mp = (double)((tilesM + tm - 1) / tm) * TK.MR;
+            double np = (double)((tilesN + tn - 1) / tn) * TK.NR;
+            double flops = mp * np * k / (2.0 * lanes);          // 2 FMA pipes x lanes per cycle
+            double packA = 0.6 * mp * k * Math.Ceiling(np / TK.NC); // strided gather
+            double packB = 0.3 * np * k;                          // mostly contiguous copies
+            double cost = flops + packA + packB;
+            if (cost < best * 0.999)
+            {
+                best = cost;
+                bestM = tm;
+                bestN = tn;
+            }
+        }
+    }
+
+    private sealed class Job : IThreadPoolWorkItem
+    {
+        private readonly GemmArgs<T> _g;
+        private readonly int _tm, _tilesM, _tilesN, _tn;
+        private readonly ManualResetEventSlim _done = new(false, 64);
+        private int _next;
+        private int _pending;
+        private Exception? _error;
+
+        public Job(in GemmArgs<T> g, int tm, int tn, int tilesM, int tilesN)
+        {
+            _g = g;
+            _tm = tm;
+            _tn = tn;
+            _tilesM = tilesM;
+            _tilesN = tilesN;
+            Parts = tm * tn;
+            _pending = Parts;
+        }
+
+        public int Parts { get; }
+
+        public void Execute() => Drain();
+
+        /// <summary>Claims and runs parts until none are left (the caller runs this too, so a busy pool cannot stall it).</summary>
+        public void Drain()
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref _next) - 1) < Parts)
+            {
+                try
+                {
+                    RunPart(i);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref _error, e, null);
+                }
+                finally
+                {
+                    if (Interlocked.Decrement(ref _pending) == 0)
+                    {
+                        _done.Set();
+                    }
+                }
+            }
+        }
+
+        public void WaitAll()
+        {
+            if (Volatile.Read(ref _pending) != 0)
+            {
+                _done.Wait();
+            }
+
+            if (_error is not null)
+            {
+                ExceptionDispatchInfo.Throw(_error);
+            }
+        }
+
+        private void RunPart(int part)
+        {
+            int pi = part / _tn, pj = part % _tn;
+            int m0 = Math.Min(_g.M, (int)((long)_tilesM * pi / _tm) * TK.MR);
+            int m1 = Math.Min(_g.M, (int)((long)_tilesM * (pi + 1) / _tm) * TK.MR);
+            int n0 = Math.Min(_g.N, (int)((long)_tilesN * pj / _tn) * TK.NR);
+            int n1 = Math.Min(_g.N, (int)((long)_tilesN * (pj + 1) / _tn) * TK.NR);
+            if (m1 <= m0 || n1 <= n0)
+            {
+                return;
+            }
+
+            GemmArgs<T> s = _g;
+            s.M = m1 - m0;
+            s.N = n1 - n0;
+            s.A = _g.TransA ? _g.A + m0 : _g.A + m0 * _g.Lda;
+            s.B = _g.TransB ? _g.B + n0 * _g.Ldb : _g.B + n0;
+            s.C = _g.C + m0 * _g.Ldc + n0;
+            RunSerial(in s);
+        }
+    }
+
+    // --- single-threaded blocked algorithm -----------------------------------------------------------------
+
+    private static int RoundUp(int x, int q) => (x + q - 1) / q * q;
+
+    /// <summary>Splits <paramref name="total"/> into equal blocks of at most <paramref name="max"/>, rounded up to <paramref name="quantum"/>.</summary>
+    private static int BlockSize(int total, int max, int quantum)
+    {
+        int blocks = (total + max - 1) / max;
+        return RoundUp((total + blocks - 1) / blocks, quantum);
+    }
+
+    public static void RunSerial(in GemmArgs<T> g)
+    {
+        int mr = TK.MR, nr = TK.NR;
+        int mcMax = Gemm.TuneMC > 0 ? RoundUp(Gemm.TuneMC, mr) : TK.MC;
+        int kcMax = Gemm.TuneKC > 0 ? Gemm.TuneKC : TK.KC;
+        int ncMax = Gemm.TuneNC > 0 ? RoundUp(Gemm.TuneNC, nr) : TK.NC;
+        int mc = BlockSize(g.M, mcMax, mr);
+        int kc = BlockSize(g.K, kcMax, 1);
+        int nc = BlockSize(g.N, ncMax, nr);
+
+        nuint aBytes = (nuint)RoundUp(mc * kc * sizeof(T), 64) + 64; // + slack: the vector A packer overshoots by 2 elements
+        nuint bBytes = (nuint)RoundUp(kc * nc * sizeof(T), 64);
+        nuint sBytes = (nuint)RoundUp(mr * nr * sizeof(T), 64);
+        byte* ws = GemmWorkspace.Acquire(aBytes + bBytes + sBytes);
+        T* ap = (T*)ws;
+        T* bp = (T*)(ws + aBytes);
+        T* scratch = (T*)(ws + aBytes + bBytes);
+
+        for (int jc = 0; jc < g.N; jc += nc)
+        {
+            int ncur = Math.Min(nc, g.N - jc);
+            for (int pc = 0; pc < g.K; pc += kc)
+            {
+                int kcur = Math.Min(kc, g.K - pc);
+                T beta = pc == 0 ? g.Beta : T.One;
+                if (g.TransB)
+                {
+                    PackBT(g.B + jc * g.Ldb + pc, g.Ldb, kcur, ncur, bp);
+                }
+                else
+                {
+                    PackBN(g.B + pc * g.Ldb + jc, g.Ldb, kcur, ncur, bp);
+                }
+
+                for (int ic = 0; ic < g.M; ic += mc)
+                {
+                    int mcur = Math.Min(mc, g.M - ic);
+                    if (g.TransA)
+                    {
+                        PackAT(g.A + pc * g.Lda + ic, g.Lda, mcur, kcur, ap);
+                    }
+                    else
+                    {
+                        PackAN(g.A + ic * g.Lda + pc, g.Lda, mcur, kcur, ap);
+                    }
+
+                    Macro(mcur, ncur, kcur, ap, bp, g.C + ic * g.Ldc + jc, g.Ldc, g.Alpha, beta, scratch);
+                }
+            }
+        }
+    }
+
+    private static void Macro(int mc, int nc, int kc, T* ap, T* bp, T* c, nint ldc, T alpha, T beta, T* scratch)
+    {
+        int mr = TK.MR, nr = TK.NR;
+        for (int jr = 0; jr < nc; jr += nr)
+        {
+            T* pb = bp + (nint)jr * kc;
+            int ncur = Math.Min(nr, nc - jr);
+            for (int ir = 0; ir < mc; ir += mr)
+            {
+                T* pa = ap + (nint)ir * kc;
+                T* cc = c + ir * ldc + jr;
+                int mcur = Math.Min(mr, mc - ir);
+                if (mcur == mr && ncur == nr)
+                {
+                    TK.Run(kc, pa, pb, cc, ldc, alpha, beta);
+                }
+                else
+                {
+                    Edge(kc, pa, pb, cc, ldc, alpha, beta, mcur, ncur, scratch);
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void Edge(int kc, T* pa, T* pb, T* c, nint ldc, T alpha, T beta, int mcur, int ncur, T* scratch)
+    {
+        int nr = TK.NR;
+        TK.Run(kc, pa, pb, scratch, nr, alpha, T.Zero);
+        for (int i = 0; i < mcur; i++)
+        {
+            T* src = scratch + i * nr;
+            T* dst = c + i * ldc;
+            if (beta == T.Zero)
+            {
+                for (int j = 0; j < ncur; j++)
+                {
+                    dst[j] = src[j];
+                }
+            }
+            else
+            {
+                for (int j = 0; j < ncur; j++)
+                {
+                    dst[j] = src[j] + beta * dst[j];
+                }
+            }
+        }
+    }
+
+    // --- packing -------------------------------------------------------------------------------------------
+    // Packed A block: panel q (rows q*MR..) at ap + q*MR*kc, element (r, p) at [p*MR + r], zero-padded rows.
+    // Packed B block: panel q (cols q*NR..) at bp + q*NR*kc, element (p, j) at [p*NR + j], zero-padded columns.
+
+    /// <summary>Packs A (mc x kc, row stride lda) into MR-row panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackAN(T* a, nint lda, int mc, int kc, T* dst)
+    {
+        int mr = TK.MR;
+        for (int ir = 0; ir < mc; ir += mr, dst += (nint)mr * kc)
+        {
+            int rows = Math.Min(mr, mc - ir);
+            T* a0 = a + ir * lda;
+            if (typeof(T) == typeof(float) && mr == 6 && rows == 6 && Avx.IsSupported)
+            {
+                GemmPack.PackA6Float((float*)a0, lda, kc, (float*)dst);
+            }
+            else if (mr == 6 && rows == 6)
+            {
+                T* a1 = a0 + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
+                T* d = dst;
+                for (int p = 0; p < kc; p++, d += 6)
+                {
+                    d[0] = a0[p];
+                    d[1] = a1[p];
+                    d[2] = a2[p];
+                    d[3] = a3[p];
+                    d[4] = a4[p];
+                    d[5] = a5[p];
+                }
+            }
+            else
+            {
+                for (int p = 0; p < kc; p++)
+                {
+                    T* d = dst + p * mr;
+                    for (int r = 0; r < rows; r++)
+                    {
+                        d[r] = a0[r * lda + p];
+                    }
+
+                    for (int r = rows; r < mr; r++)
+                    {
+                        d[r] = T.Zero;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs op(A) = Aᵀ where A is stored kc x mc (row stride lda) into MR-row panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackAT(T* a, nint lda, int mc, int kc, T* dst)
+    {
+        int mr = TK.MR;
+        for (int ir = 0; ir < mc; ir += mr, dst += (nint)mr * kc)
+        {
+            int rows = Math.Min(mr, mc - ir);
+            T* s = a + ir;
+            T* d = dst;
+            if (mr == 6 && rows == 6)
+            {
+                for (int p = 0; p < kc; p++, s += lda, d += 6)
+                {
+                    d[0] = s[0];
+                    d[1] = s[1];
+                    d[2] = s[2];
+                    d[3] = s[3];
+                    d[4] = s[4];
+                    d[5] = s[5];
+                }
+            }
+            else
+            {
+                for (int p = 0; p < kc; p++, s += lda, d += mr)
+                {
+                    for (int r = 0; r < rows; r++)
+                    {
+                        d[r] = s[r];
+                    }
+
+                    for (int r = rows; r < mr; r++)
+                    {
+                        d[r] = T.Zero;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs B (kc x nc, row stride ldb) into NR-column panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackBN(T* b, nint ldb, int kc, int nc, T* dst)
+    {
+        int nr = TK.NR;
+        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            T* s = b + jr;
+            T* d = dst;
+            if (cols == nr)
+            {
+                for (int p = 0; p < kc; p++, s += ldb, d += nr)
+                {
+                    Unsafe.CopyBlockUnaligned(d, s, (uint)(TK.NR * sizeof(T)));
+                }
+            }
+            else
+            {
+                for (int p = 0; p < kc; p++, s += ldb, d += nr)
+                {
+                    for (int j = 0; j < cols; j++)
+                    {
+                        d[j] = s[j];
+                    }
+
+                    for (int j = cols; j < nr; j++)
+                    {
+                        d[j] = T.Zero;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs op(B) = Bᵀ where B is stored nc x kc (row stride ldb) into NR-column panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackBT(T* b, nint ldb, int kc, int nc, T* dst)
+    {
+        int nr = TK.NR;
+        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            int j0 = 0;
+            if (typeof(T) == typeof(float) && Avx.IsSupported)
+            {
+                for (; j0 + 8 <= cols; j0 += 8)
+                {
+                    GemmPack.PackBT8Float((float*)(b + (jr + j0) * ldb), ldb, kc, (float*)(dst + j0), nr);
+                }
+            }
+
+            for (int j = j0; j < cols; j++)
+            {
+                T* s = b + (jr + j) * ldb;
+                T* d = dst + j;
+                for (int p = 0; p < kc; p++, d += nr)
+                {
+                    *d = s[p];
+                }
+            }
+
+            for (int j = cols; j < nr; j++)
+            {
+                T* d = dst + j;
+                for (int p = 0; p < kc; p++, d += nr)
+                {
+                    *d = T.Zero;
+                }
+            }
+        }
+    }
+}
