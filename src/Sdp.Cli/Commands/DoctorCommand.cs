@@ -31,7 +31,7 @@ public static class DoctorCommand
             Console.WriteLine($"gemm kernel    {Gemm.KernelName}, {Gemm.MaxThreads} threads");
             foreach (var (role, names) in NativeLibraries)
             {
-                string? found = names.FirstOrDefault(n => NativeLibrary.TryLoad(n, out _));
+                string? found = names.FirstOrDefault(n => NativeLibrary.TryLoad(n, out nint _));
                 Console.WriteLine($"{role,-26} {(found is null ? "not found" : "found: " + found)}");
             }
             return 0;
