@@ -149,8 +149,9 @@ public static partial class Ops
         int oh = (h + 2 * padding - kernel) / stride + 1, ow = (w + 2 * padding - kernel) / stride + 1;
 
         var y = Empty(new Shape(x.Shape[0], x.Shape[1], oh, ow), x);
-        // Int32 plane offsets (h·W + w) are enough for any plane and halve the saved bytes.
-        using var argmax = Tensor.Empty(y.Shape, DType.Int32, x.Backend);
+        // Int32 plane offsets (h·W + w) halve the saved bytes; int64 only for planes beyond int32 range.
+        var indexType = (long)h * w <= int.MaxValue ? DType.Int32 : DType.Int64;
+        using var argmax = Tensor.Empty(y.Shape, indexType, x.Backend);
         x.Backend.MaxPool2d(x, y, argmax, kernel, stride, padding);
         return NeedsGrad(x) ? Record(new MaxPool2dNode(y, x, argmax)) : y;
     }

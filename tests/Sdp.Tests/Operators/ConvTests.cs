@@ -468,14 +468,17 @@ public class ConvGradTests
     /// <summary>Temporarily sets the CPU conv plan hooks (group widths, thread count).</summary>
     private static IDisposable Plan(int slotColumns, int threadedColumns, int? threads)
     {
-        int oldSlot = CpuBackend.ConvSlotColumns, oldThreaded = CpuBackend.ConvThreadedColumns, oldThreads = CpuParallel.MaxThreads;
+        int oldSlot = CpuBackend.ConvSlotColumns, oldThreaded = CpuBackend.ConvThreadedColumns, oldWeight = CpuBackend.ConvWeightGradColumns;
+        int oldThreads = CpuParallel.MaxThreads;
         CpuBackend.ConvSlotColumns = slotColumns;
         CpuBackend.ConvThreadedColumns = threadedColumns;
+        CpuBackend.ConvWeightGradColumns = threadedColumns;
         if (threads is int t) CpuParallel.MaxThreads = t;
         return new Restore(() =>
         {
             CpuBackend.ConvSlotColumns = oldSlot;
             CpuBackend.ConvThreadedColumns = oldThreaded;
+            CpuBackend.ConvWeightGradColumns = oldWeight;
             CpuParallel.MaxThreads = oldThreads;
         });
     }

@@ -22,9 +22,12 @@ public sealed unsafe partial class CpuBackend
     /// <summary>Target GEMM width (columns) for one single-threaded slot. Tuning and test hook.</summary>
     internal static int ConvSlotColumns { get; set; } = 256;
 
-    /// <summary>Target GEMM width (columns) for a GEMM that threads itself, and for the weight gradient.
-    /// Tuning and test hook.</summary>
+    /// <summary>Target GEMM width (columns) for a GEMM that threads itself. Tuning and test hook.</summary>
     internal static int ConvThreadedColumns { get; set; } = 1024;
+
+    /// <summary>Target inner dimension (columns of dY and cols) of each weight-gradient GEMM: wider means
+    /// fewer passes over dW. Tuning and test hook.</summary>
+    internal static int ConvWeightGradColumns { get; set; } = 4096;
 
     /// <summary>Upper bound on one group's column matrix, in elements, so workspace stays bounded.</summary>
     private const long ConvMaxGroupElements = 1L << 22;
@@ -69,7 +72,7 @@ public sealed unsafe partial class CpuBackend
         /// <summary>The weight-gradient plan: always sequential, group size from the shape alone (deterministic sums).</summary>
         public static ConvPlan ForWeightGrad(in ConvGeom g)
         {
-            int gs = g.GroupSize(ConvThreadedColumns);
+            int gs = g.GroupSize(ConvWeightGradColumns);
             return new ConvPlan(gs, (g.N + gs - 1) / gs, 1, true);
         }
 
