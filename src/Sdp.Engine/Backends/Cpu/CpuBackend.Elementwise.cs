@@ -76,6 +76,7 @@ public sealed unsafe partial class CpuBackend
         CpuParallel.For(xt.Numel, ElementwiseGrain, (s, e) =>
         {
             T* x = (T*)xp, y = (T*)yp, dy = (T*)dyp, dx = (T*)dxp;
+            if (LinearBackward(op, pt, x + s, y + s, dy + s, dx + s, (int)(e - s))) return;
             for (long i = s; i < e; i++)
             {
                 T d = op switch
@@ -98,6 +99,37 @@ public sealed unsafe partial class CpuBackend
                 dx[i] += d * dy[i];
             }
         });
+    }
+
+    /// <summary>SIMD paths for the hot derivatives that are linear in dy: dx += dy·(const | y | [x &gt; 0]).</summary>
+    private static bool LinearBackward<T>(UnaryOp op, T p, T* x, T* y, T* dy, T* dx, int n) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        var dys = new ReadOnlySpan<T>(dy, n);
+        var dxs = new Span<T>(dx, n);
+        switch (op)
+        {
+            case UnaryOp.AddScalar: TensorPrimitives.Add(dxs, dys, dxs); return true;
+            case UnaryOp.Neg: TensorPrimitives.Subtract(dxs, dys, dxs); return true;
+            case UnaryOp.Scale: TensorPrimitives.MultiplyAdd(dys, p, dxs, dxs); return true;
+            case UnaryOp.Exp: TensorPrimitives.MultiplyAdd(dys, new ReadOnlySpan<T>(y, n), dxs, dxs); return true;
+            case UnaryOp.Relu:
+                int i = 0;
+                if (Vector.IsHardwareAccelerated)
+                {
+                    for (; i <= n - Vector<T>.Count; i += Vector<T>.Count)
+                    {
+                        var keep = Vector.GreaterThan(Vector.Load(x + i), Vector<T>.Zero);
+                        (Vector.Load(dx + i) + Vector.ConditionalSelect(keep, Vector.Load(dy + i), Vector<T>.Zero)).Store(dx + i);
+                    }
+                }
+                for (; i < n; i++)
+                {
+                    if (x[i] > T.Zero) dx[i] += dy[i];
+                }
+                return true;
+            default:
+                return false;
+        }
     }
 
     private static T SiluDerivative<T>(T x) where T : IFloatingPointIeee754<T>
