@@ -43,8 +43,12 @@ public sealed class AdamW : Optimizer
 
     public double WeightDecay { get; }
 
+    private static readonly string[] Names = ["exp_avg", "exp_avg_sq"];
+
+    public override IReadOnlyList<string> StateNames => Names;
+
     /// <summary>How many updates parameter <paramref name="parameterIndex"/> has received (PyTorch's state["step"]).</summary>
-    public long ParameterStepCount(int parameterIndex)
+    public override long ParameterStepCount(int parameterIndex)
     {
         CheckIndex(parameterIndex);
         return _steps[parameterIndex];
@@ -64,6 +68,26 @@ public sealed class AdamW : Optimizer
         var v = _v[index] ??= AllocateState(param, "exp_avg_sq");
         long step = ++_steps[index];
         param.Backend.AdamWStep(param, grad, m, v, LearningRate, Beta1, Beta2, Eps, WeightDecay, step);
+    }
+
+    protected override void ValidateLoadedState(int parameterIndex, bool hasState, long parameterStepCount)
+    {
+        // Moments exist exactly when the parameter has been updated at least once.
+        if (hasState != parameterStepCount > 0)
+        {
+            throw new ArgumentException(hasState
+                ? $"AdamW.LoadState: parameter {parameterIndex} has moments but a step count of 0; the step count must be >= 1 once moments exist"
+                : $"AdamW.LoadState: parameter {parameterIndex} has a step count of {parameterStepCount} but no moments (exp_avg, exp_avg_sq)");
+        }
+    }
+
+    protected override void RestoreState(int index, IReadOnlyDictionary<string, Tensor> state, long parameterStepCount)
+    {
+        _m[index]?.Dispose();
+        _v[index]?.Dispose();
+        _m[index] = state.GetValueOrDefault("exp_avg");
+        _v[index] = state.GetValueOrDefault("exp_avg_sq");
+        _steps[index] = parameterStepCount;
     }
 
     protected override void FreeState()

@@ -58,6 +58,95 @@ public abstract class Optimizer : IDisposable
     public long StepCount { get; private set; }
 
     /// <summary>
+    /// The names of the state tensors a parameter has once it has been updated ("exp_avg", "exp_avg_sq"
+    /// for AdamW; "momentum_buffer" for Sgd with momentum; none for plain Sgd). <see cref="State"/>
+    /// returns either none of them or all of them.
+    /// </summary>
+    public abstract IReadOnlyList<string> StateNames { get; }
+
+    /// <summary>How many updates parameter <paramref name="parameterIndex"/> has received (PyTorch's state["step"]).</summary>
+    public abstract long ParameterStepCount(int parameterIndex);
+
+    /// <summary>Sets <see cref="StepCount"/>, e.g. when resuming from a checkpoint.</summary>
+    public void RestoreStepCount(long stepCount)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (stepCount < 0) throw new ArgumentOutOfRangeException(nameof(stepCount), stepCount, $"{GetType().Name}: the step count must be >= 0");
+        StepCount = stepCount;
+    }
+
+    /// <summary>
+    /// Replaces the state of parameter <paramref name="parameterIndex"/> with copies of
+    /// <paramref name="state"/> and sets its update count, e.g. when resuming from a checkpoint. The
+    /// dictionary holds either no tensor (the state a parameter has before its first update) or one per
+    /// name in <see cref="StateNames"/>, each shaped like the parameter, floating-point (converted to the
+    /// parameter's dtype) and on its device. The copies are allocated exactly like lazily created state:
+    /// outside any scope, charged to <see cref="MemoryCategory.OptimizerState"/> of the current account.
+    /// The caller keeps ownership of <paramref name="state"/>. Everything is validated before anything
+    /// changes, so a rejected call leaves the optimizer as it was.
+    /// </summary>
+    public void LoadState(int parameterIndex, IReadOnlyDictionary<string, Tensor> state, long parameterStepCount)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        CheckIndex(parameterIndex);
+        ArgumentNullException.ThrowIfNull(state);
+        string name = GetType().Name;
+        var param = _parameters[parameterIndex];
+        string what = $"{name}.LoadState: parameter {parameterIndex} ({param.Describe()})";
+        if (parameterStepCount < 0) throw new ArgumentOutOfRangeException(nameof(parameterStepCount), parameterStepCount, $"{what}: the step count must be >= 0");
+        var expected = StateNames;
+        foreach (var (key, t) in state)
+        {
+            if (!expected.Contains(key))
+            {
+                string known = expected.Count == 0 ? "it keeps no state" : "expected " + string.Join(", ", expected);
+                throw new ArgumentException($"{what}: unknown state '{key}'; {known}", nameof(state));
+            }
+            if (t is null || t.IsDisposed) throw new ArgumentException($"{what}: state '{key}' is null or disposed", nameof(state));
+            if (t.Shape != param.Shape || !t.DType.IsFloatingPoint() || t.Device != param.Device)
+            {
+                throw new ArgumentException($"{what}: state '{key}' is {t.Describe()} on {t.Device}, expected a floating-point tensor of shape {param.Shape} on {param.Device}", nameof(state));
+            }
+        }
+        if (state.Count > 0)
+        {
+            var missing = expected.Where(k => !state.ContainsKey(k)).ToList();
+            if (missing.Count > 0) throw new ArgumentException($"{what}: state is incomplete, missing {string.Join(", ", missing)}", nameof(state));
+        }
+        ValidateLoadedState(parameterIndex, state.Count > 0, parameterStepCount);
+
+        var copies = new Dictionary<string, Tensor>();
+        try
+        {
+            foreach (var key in expected)
+            {
+                if (!state.TryGetValue(key, out var src)) continue;
+                var copy = AllocateState(param, key);
+                copies[key] = copy;
+                if (src.DType == copy.DType) copy.Backend.Copy(src, copy);
+                else copy.Backend.Cast(src, copy);
+            }
+        }
+        catch
+        {
+            foreach (var t in copies.Values) t.Dispose();
+            throw;
+        }
+        RestoreState(parameterIndex, copies, parameterStepCount);
+    }
+
+    /// <summary>Throws when a parameter's loaded state and step count are inconsistent (called before anything changes).</summary>
+    protected virtual void ValidateLoadedState(int parameterIndex, bool hasState, long parameterStepCount)
+    {
+    }
+
+    /// <summary>
+    /// Takes ownership of <paramref name="state"/> (validated copies, empty or one per <see cref="StateNames"/>)
+    /// as the state of parameter <paramref name="index"/>, disposing the state it replaces.
+    /// </summary>
+    protected abstract void RestoreState(int index, IReadOnlyDictionary<string, Tensor> state, long parameterStepCount);
+
+    /// <summary>
     /// Applies one update to every parameter that has a gradient; parameters whose Grad is null are
     /// skipped and their state is left as is. Runs with grad mode off, so nothing is recorded.
     /// </summary>

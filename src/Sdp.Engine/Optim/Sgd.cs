@@ -14,7 +14,9 @@ namespace Sdp.Engine.Optim;
 /// </summary>
 public sealed class Sgd : Optimizer
 {
+    private static readonly string[] MomentumNames = ["momentum_buffer"];
     private readonly Tensor?[] _buffers;
+    private readonly long[] _steps;
 
     public Sgd(IReadOnlyList<Tensor> parameters, double lr, double momentum = 0, double dampening = 0, bool nesterov = false, double weightDecay = 0)
         : base(parameters, lr)
@@ -31,6 +33,7 @@ public sealed class Sgd : Optimizer
         Nesterov = nesterov;
         WeightDecay = weightDecay;
         _buffers = new Tensor?[parameters.Count];
+        _steps = new long[parameters.Count];
     }
 
     public double Momentum { get; }
@@ -40,6 +43,16 @@ public sealed class Sgd : Optimizer
     public bool Nesterov { get; }
 
     public double WeightDecay { get; }
+
+    /// <summary>"momentum_buffer" when momentum != 0, nothing otherwise.</summary>
+    public override IReadOnlyList<string> StateNames => Momentum != 0 ? MomentumNames : [];
+
+    /// <summary>How many updates parameter <paramref name="parameterIndex"/> has received.</summary>
+    public override long ParameterStepCount(int parameterIndex)
+    {
+        CheckIndex(parameterIndex);
+        return _steps[parameterIndex];
+    }
 
     public override IReadOnlyDictionary<string, Tensor> State(int parameterIndex)
     {
@@ -61,7 +74,26 @@ public sealed class Sgd : Optimizer
                 first = true;
             }
         }
+        _steps[index]++;
         param.Backend.SgdStep(param, grad, buf, LearningRate, Momentum, Dampening, Nesterov, WeightDecay, first);
+    }
+
+    protected override void ValidateLoadedState(int parameterIndex, bool hasState, long parameterStepCount)
+    {
+        // A momentum buffer exists exactly when the parameter has been updated at least once.
+        if (Momentum != 0 && hasState != parameterStepCount > 0)
+        {
+            throw new ArgumentException(hasState
+                ? $"Sgd.LoadState: parameter {parameterIndex} has a momentum buffer but a step count of 0; the step count must be >= 1 once the buffer exists"
+                : $"Sgd.LoadState: parameter {parameterIndex} has a step count of {parameterStepCount} but no momentum buffer");
+        }
+    }
+
+    protected override void RestoreState(int index, IReadOnlyDictionary<string, Tensor> state, long parameterStepCount)
+    {
+        _buffers[index]?.Dispose();
+        _buffers[index] = state.GetValueOrDefault("momentum_buffer");
+        _steps[index] = parameterStepCount;
     }
 
     protected override void FreeState()
