@@ -1,0 +1,157 @@
+using Sdp.Engine;
+using Sdp.Engine.Nn;
+
+namespace Sdp.Models.ResNet;
+
+/// <summary>
+/// torchvision's BasicBlock: y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), with 3x3 convs
+/// (conv1 carries the stride) and a projection shortcut (1x1 conv with the stride, then BN) when the
+/// stride is not 1 or the channel count changes; otherwise the shortcut is the identity.
+/// Names: conv1, bn1, conv2, bn2 and downsample.0 (conv), downsample.1 (BN).
+/// <para>
+/// The pieces are public so callers can change the block: <see cref="Residual"/> is the branch before
+/// the sum, <see cref="Shortcut"/> the other side, <see cref="Skip"/> the block's output when its
+/// residual branch is dropped.
+/// </para>
+/// </summary>
+public sealed class BasicBlock : Module
+{
+    public BasicBlock(int inChannels, int outChannels, int stride, Rng rng, DType dtype = DType.Float32)
+    {
+        if (inChannels < 1 || outChannels < 1) throw new ArgumentOutOfRangeException(nameof(inChannels), $"BasicBlock: channels must be >= 1, got in {inChannels}, out {outChannels}");
+        if (stride < 1) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"BasicBlock: stride must be >= 1, got {stride}");
+        (InChannels, OutChannels, Stride) = (inChannels, outChannels, stride);
+        Conv1 = RegisterModule("conv1", ResNetInit.Conv(inChannels, outChannels, 3, stride, rng, dtype));
+        Bn1 = RegisterModule("bn1", new BatchNorm2d(outChannels, dtype: dtype));
+        Conv2 = RegisterModule("conv2", ResNetInit.Conv(outChannels, outChannels, 3, 1, rng, dtype));
+        Bn2 = RegisterModule("bn2", new BatchNorm2d(outChannels, dtype: dtype));
+        if (stride != 1 || inChannels != outChannels) Downsample = RegisterModule("downsample", new Projection(inChannels, outChannels, stride, rng, dtype));
+    }
+
+    public int InChannels { get; }
+
+    public int OutChannels { get; }
+
+    public int Stride { get; }
+
+    public Conv2d Conv1 { get; }
+
+    public BatchNorm2d Bn1 { get; }
+
+    public Conv2d Conv2 { get; }
+
+    public BatchNorm2d Bn2 { get; }
+
+    /// <summary>The projection shortcut, or null when the shortcut is the identity.</summary>
+    public Projection? Downsample { get; }
+
+    /// <summary>x (N, in, H, W) -> y (N, out, OH, OW), OH = (H - 1) / stride + 1.</summary>
+    public Tensor Forward(Tensor x)
+    {
+        using var residual = Residual(x);
+        using var projected = Downsample?.Forward(x);
+        using var sum = Ops.Add(residual, projected ?? x);
+        return Ops.Relu(sum);
+    }
+
+    /// <summary>The residual branch bn2(conv2(relu(bn1(conv1(x))))). x (N, in, H, W) -> (N, out, OH, OW).</summary>
+    public Tensor Residual(Tensor x)
+    {
+        using var a = Conv1.Forward(x);
+        using var b = Bn1.Forward(a);
+        using var c = Ops.Relu(b);
+        using var d = Conv2.Forward(c);
+        return Bn2.Forward(d);
+    }
+
+    /// <summary>
+    /// The shortcut: the projection's output (a new tensor), or <paramref name="x"/> itself for an
+    /// identity shortcut (the caller keeps owning it). x (N, in, H, W) -> (N, out, OH, OW).
+    /// </summary>
+    public Tensor Shortcut(Tensor x) => Downsample?.Forward(x) ?? x;
+
+    /// <summary>
+    /// The block with its residual branch dropped: relu(shortcut(x)). A projection block still
+    /// projects (so the shapes match the next block); an identity block returns <paramref name="x"/>
+    /// itself, since block inputs are ReLU outputs already (the caller keeps owning it).
+    /// x (N, in, H, W) -> (N, out, OH, OW).
+    /// </summary>
+    public Tensor Skip(Tensor x)
+    {
+        if (Downsample is null) return x;
+        using var projected = Downsample.Forward(x);
+        return Ops.Relu(projected);
+    }
+}
+
+/// <summary>The projection shortcut, torchvision's downsample Sequential: "0" a 1x1 conv with the stride, no bias; "1" BN.</summary>
+public sealed class Projection : Module
+{
+    public Projection(int inChannels, int outChannels, int stride, Rng rng, DType dtype = DType.Float32)
+    {
+        Conv = RegisterModule("0", ResNetInit.Conv(inChannels, outChannels, 1, stride, rng, dtype));
+        Bn = RegisterModule("1", new BatchNorm2d(outChannels, dtype: dtype));
+    }
+
+    public Conv2d Conv { get; }
+
+    public BatchNorm2d Bn { get; }
+
+    /// <summary>x (N, in, H, W) -> y (N, out, OH, OW), OH = (H - 1) / stride + 1.</summary>
+    public Tensor Forward(Tensor x)
+    {
+        using var a = Conv.Forward(x);
+        return Bn.Forward(a);
+    }
+}
+
+/// <summary>One stage (torchvision's layerN): blocks "0", "1", ... applied in order.</summary>
+public sealed class ResNetStage : Module
+{
+    private readonly List<BasicBlock> _blocks = [];
+
+    public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype = DType.Float32)
+    {
+        if (blocks < 1) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"ResNetStage: needs at least one block, got {blocks}");
+        for (int i = 0; i < blocks; i++)
+        {
+            var block = new BasicBlock(i == 0 ? inChannels : outChannels, outChannels, i == 0 ? stride : 1, rng, dtype);
+            _blocks.Add(RegisterModule(i.ToString(System.Globalization.CultureInfo.InvariantCulture), block));
+        }
+    }
+
+    public IReadOnlyList<BasicBlock> Blocks => _blocks;
+
+    /// <summary>
+    /// Runs the blocks in order; a block for which <paramref name="skip"/> is true runs
+    /// <see cref="BasicBlock.Skip"/> instead. Returns a new tensor unless every block was an identity skip,
+    /// in which case it returns <paramref name="x"/> itself. x (N, in, H, W) -> (N, out, OH, OW).
+    /// </summary>
+    public Tensor Forward(Tensor x, Func<BasicBlock, bool>? skip = null)
+    {
+        var h = x;
+        foreach (var block in _blocks)
+        {
+            var next = skip is not null && skip(block) ? block.Skip(h) : block.Forward(h);
+            if (!ReferenceEquals(h, x) && !ReferenceEquals(next, h)) h.Dispose();
+            h = next;
+        }
+        return h;
+    }
+}
+
+internal static class ResNetInit
+{
+    /// <summary>
+    /// A bias-free square conv with padding k/2 and torchvision's ResNet init:
+    /// kaiming_normal_(mode='fan_out', nonlinearity='relu'), i.e. N(0, 2 / (out·k·k)).
+    /// </summary>
+    public static Conv2d Conv(int inChannels, int outChannels, int kernel, int stride, Rng rng, DType dtype)
+    {
+        // Conv2d fills its weight with the default uniform init; draw that from a throwaway generator
+        // so the model's generator feeds only the Kaiming draws.
+        var conv = new Conv2d(inChannels, outChannels, kernel, stride, kernel / 2, bias: false, new Rng(0), dtype);
+        Init.Normal(conv.Weight, rng, Math.Sqrt(2.0 / ((double)outChannels * kernel * kernel)));
+        return conv;
+    }
+}
