@@ -1,0 +1,132 @@
+using Sdp.Engine;
+using Sdp.Engine.Nn;
+
+namespace Sdp.Models.Llama;
+
+/// <summary>
+/// A LLaMA decoder-only language model with Hugging Face LlamaForCausalLM's parameter names
+/// ("model.embed_tokens.weight", "model.layers.{i}.self_attn.q_proj.weight", ..., "model.norm.weight",
+/// "lm_head.weight"), so checkpoints map one to one. Weights are drawn from N(0, initializer_range²)
+/// (HF's _init_weights) with a seeded <see cref="Rng"/>; norm weights start at one. With
+/// tie_word_embeddings the logits reuse model.embed_tokens.weight and there is no lm_head.
+/// <code>
+/// x = embed_tokens(ids)                                  // (B, T, C)
+/// for each layer: x = x + self_attn(input_layernorm(x))  // RoPE, causal GQA
+///                 x = x + mlp(post_attention_layernorm(x))  // SwiGLU
+/// logits = lm_head(norm(x))                              // (B, T, V)
+/// </code>
+/// </summary>
+public sealed class LlamaForCausalLM : Module
+{
+    public LlamaForCausalLM(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(rng);
+        config.Validate();
+        if (!dtype.IsFloatingPoint()) throw new ArgumentException($"LlamaForCausalLM: parameters must be float32 or float64, got {dtype.Name()}", nameof(dtype));
+        Config = config;
+        DType = dtype;
+        Model = RegisterModule("model", new LlamaModel(config, rng, dtype));
+        if (!config.TieWordEmbeddings) LmHead = RegisterModule("lm_head", LlamaInit.Linear(config.HiddenSize, config.VocabSize, config, rng, dtype));
+    }
+
+    public LlamaConfig Config { get; }
+
+    /// <summary>Element type of every parameter and activation.</summary>
+    public DType DType { get; }
+
+    /// <summary>The decoder stack ("model").</summary>
+    public LlamaModel Model { get; }
+
+    /// <summary>The output projection ("lm_head"), or null when embeddings are tied.</summary>
+    public Linear? LmHead { get; }
+
+    /// <summary>Convenience for <c>Model.Layers</c>.</summary>
+    public IReadOnlyList<LlamaDecoderLayer> Layers => Model.Layers;
+
+    /// <summary>The (V, C) matrix that turns hidden states into logits: lm_head.weight, or embed_tokens.weight when tied.</summary>
+    public Tensor OutputWeight => LmHead?.Weight ?? Model.EmbedTokens.Weight;
+
+    /// <summary>ids (B, T) int32/int64 in [0, V) -> logits (B, T, V).</summary>
+    public Tensor Forward(Tensor ids)
+    {
+        using var hidden = Model.Forward(ids);
+        return Ops.Linear(hidden, OutputWeight);
+    }
+
+    /// <summary>
+    /// Mean next-token cross-entropy over the B·T positions: ids (B, T), targets (B, T) int (already
+    /// shifted, so targets[b, t] is the token after ids[b, t]; -100 marks positions to ignore) -> loss ().
+    /// The logits are not kept beyond what the fused cross-entropy saves for backward.
+    /// </summary>
+    public Tensor Loss(Tensor ids, Tensor targets)
+    {
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(targets);
+        if (targets.Shape != ids.Shape)
+            throw new ArgumentException($"LlamaForCausalLM.Loss: targets {targets.Shape} must have the shape of ids {ids.Shape} (B, T)", nameof(targets));
+        using var logits = Forward(ids);
+        return Ops.CrossEntropy(logits, targets, ignoreIndex: -100);
+    }
+}
+
+/// <summary>
+/// HF LlamaModel: the token embedding ("embed_tokens"), the decoder layers ("layers.0", "layers.1", ...)
+/// and the final RMSNorm ("norm"). Produces the normalised hidden states.
+/// </summary>
+public sealed class LlamaModel : Module
+{
+    private readonly List<LlamaDecoderLayer> _layers = [];
+
+    public LlamaModel(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
+    {
+        Config = config;
+        DType = dtype;
+        EmbedTokens = RegisterModule("embed_tokens", new Embedding(config.VocabSize, config.HiddenSize, rng, config.InitializerRange, dtype));
+        var layers = RegisterModule("layers", new LayerList());
+        for (int i = 0; i < config.NumHiddenLayers; i++)
+        {
+            _layers.Add(layers.Add(i.ToString(System.Globalization.CultureInfo.InvariantCulture), new LlamaDecoderLayer(config, rng, dtype)));
+        }
+        Norm = RegisterModule("norm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype));
+    }
+
+    public LlamaConfig Config { get; }
+
+    public DType DType { get; }
+
+    public Embedding EmbedTokens { get; }
+
+    /// <summary>The decoder layers in order; layer i is named "layers.{i}".</summary>
+    public IReadOnlyList<LlamaDecoderLayer> Layers => _layers;
+
+    public RmsNorm Norm { get; }
+
+    /// <summary>ids (B, T) int -> hidden states (B, T, C) after the final norm.</summary>
+    public Tensor Forward(Tensor ids)
+    {
+        ArgumentNullException.ThrowIfNull(ids);
+        if (ids.Rank != 2 || ids.Shape[1] == 0 || ids.DType is not (DType.Int32 or DType.Int64))
+            throw new ArgumentException($"LlamaForCausalLM: ids must be (B, T) int32 or int64 token ids with T >= 1, got {ids.Shape} {ids.DType.Name()}", nameof(ids));
+        var (cos, sin) = Ops.RopeTables(ids.Shape[1], Config.HeadDim, Config.RopeTheta, DType, ids.Backend);
+        using (cos)
+        using (sin)
+        {
+            var rope = new LlamaRotary(cos, sin);
+            var x = EmbedTokens.Forward(ids);
+            foreach (var layer in _layers)
+            {
+                var next = layer.Forward(x, rope);
+                x.Dispose();
+                x = next;
+            }
+            using (x) return Norm.Forward(x);
+        }
+    }
+
+    /// <summary>The "layers" container: children "0", "1", ... so names come out as model.layers.{i}.*.</summary>
+    private sealed class LayerList : Module
+    {
+        public LlamaDecoderLayer Add(string name, LlamaDecoderLayer layer) => RegisterModule(name, layer);
+    }
+}
