@@ -29,6 +29,9 @@ public static unsafe class Gemm
 
     internal static int TuneNC { get; set; }
 
+    /// <summary>Multiply-adds up to which a single-threaded call skips cache blocking and most packing.</summary>
+    internal static long SmallWork { get; set; } = 64L * 64 * 64;
+
     /// <summary>Multiply-adds below which an extra thread is not worth waking (~0.1 ms of work).</summary>
     internal static long MinWorkPerThread { get; set; } = 128L * 128 * 128;
 

@@ -38,7 +38,15 @@ internal static unsafe class GemmDriver<T, TK>
         t = Math.Min(t, tilesM * tilesN);
         if (t <= 1)
         {
-            RunSerial(in g);
+            if (work <= Gemm.SmallWork && g.K <= TK.KC)
+            {
+                RunSmall(in g);
+            }
+            else
+            {
+                RunSerial(in g);
+            }
+
             return;
         }
 
@@ -261,8 +269,14 @@ internal static unsafe class GemmDriver<T, TK>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void Edge(int kc, T* pa, T* pb, T* c, nint ldc, T alpha, T beta, int mcur, int ncur, T* scratch)
     {
+        TK.Run(kc, pa, pb, scratch, TK.NR, alpha, T.Zero);
+        StoreTile(scratch, c, ldc, beta, mcur, ncur);
+    }
+
+    /// <summary>C[0..mcur, 0..ncur] = tile + beta * C, where tile (row stride NR) already holds alpha * A·B.</summary>
+    private static void StoreTile(T* scratch, T* c, nint ldc, T beta, int mcur, int ncur)
+    {
         int nr = TK.NR;
-        TK.Run(kc, pa, pb, scratch, nr, alpha, T.Zero);
         for (int i = 0; i < mcur; i++)
         {
             T* src = scratch + i * nr;
@@ -279,6 +293,82 @@ internal static unsafe class GemmDriver<T, TK>
                 for (int j = 0; j < ncur; j++)
                 {
                     dst[j] = src[j] + beta * dst[j];
+                }
+            }
+        }
+    }
+
+    // --- small problems: no blocking, operands used in place where the layout allows -------------------------
+
+    /// <summary>
+    /// Single pass over k (k &lt;= KC) for problems that sit in cache anyway: A is read in place (any transpose) and
+    /// B in place when not transposed; only ragged edge panels (and Bᵀ) are packed.
+    /// </summary>
+    private static void RunSmall(in GemmArgs<T> g)
+    {
+        int mr = TK.MR, nr = TK.NR, k = g.K;
+        int nPanels = (g.N + nr - 1) / nr;
+        nuint bBytes = g.TransB ? (nuint)RoundUp(nPanels * nr * k * sizeof(T), 64) : (nuint)RoundUp(nr * k * sizeof(T), 64);
+        nuint aBytes = (nuint)RoundUp(mr * k * sizeof(T), 64) + 64;
+        nuint sBytes = (nuint)RoundUp(mr * nr * sizeof(T), 64);
+        byte* ws = GemmWorkspace.Acquire(aBytes + bBytes + sBytes);
+        T* aEdge = (T*)ws;
+        T* bBuf = (T*)(ws + aBytes);
+        T* scratch = (T*)(ws + aBytes + bBytes);
+
+        nint rsa = g.TransA ? 1 : g.Lda, csa = g.TransA ? g.Lda : 1;
+        int mFull = g.M / mr * mr;
+        if (mFull < g.M)
+        {
+            if (g.TransA)
+            {
+                PackAT(g.A + mFull, g.Lda, g.M - mFull, k, aEdge);
+            }
+            else
+            {
+                PackAN(g.A + mFull * g.Lda, g.Lda, g.M - mFull, k, aEdge);
+            }
+        }
+
+        if (g.TransB)
+        {
+            PackBT(g.B, g.Ldb, k, g.N, bBuf);
+        }
+
+        for (int jr = 0; jr < g.N; jr += nr)
+        {
+            int ncur = Math.Min(nr, g.N - jr);
+            T* pb;
+            nint rsb = nr;
+            if (g.TransB)
+            {
+                pb = bBuf + (nint)jr * k;
+            }
+            else if (ncur == nr)
+            {
+                pb = g.B + jr;
+                rsb = g.Ldb;
+            }
+            else
+            {
+                PackBN(g.B + jr, g.Ldb, k, ncur, bBuf);
+                pb = bBuf;
+            }
+
+            for (int ir = 0; ir < g.M; ir += mr)
+            {
+                T* cc = g.C + ir * g.Ldc + jr;
+                bool fullRows = ir < mFull;
+                T* pa = fullRows ? (g.TransA ? g.A + ir : g.A + ir * g.Lda) : aEdge;
+                nint ra = fullRows ? rsa : 1, ca = fullRows ? csa : mr;
+                if (fullRows && ncur == nr)
+                {
+                    TK.RunStrided(k, pa, ra, ca, pb, rsb, cc, g.Ldc, g.Alpha, g.Beta);
+                }
+                else
+                {
+                    TK.RunStrided(k, pa, ra, ca, pb, rsb, scratch, nr, g.Alpha, T.Zero);
+                    StoreTile(scratch, cc, g.Ldc, g.Beta, Math.Min(mr, g.M - ir), ncur);
                 }
             }
         }
