@@ -110,6 +110,28 @@ public unsafe class GemmTests
         }
     }
 
+    [TestCase(1)]
+    [TestCase(2)]
+    [TestCase(3)]
+    public void TinyBlocking_ManyPhasesAndRegions(int threads)
+    {
+        // Blocks far smaller than the defaults: many (jc, pc) phases, ragged last blocks, B double buffering.
+        Gemm.TuneMC = 12;
+        Gemm.TuneKC = 16;
+        Gemm.TuneNC = 48;
+        try
+        {
+            new Problem(false, false, 65, 129, 75, 1.0, 0.5, padded: true, seed: 21).CheckSgemm(threads);
+            new Problem(true, true, 33, 100, 49, -1.0, 0.0, padded: false, seed: 22).CheckSgemm(threads);
+            new Problem(false, true, 41, 67, 33, 0.5, 2.0, padded: true, seed: 23).CheckDgemm(threads);
+            new Problem(true, false, 29, 53, 71, 1.0, 0.0, padded: false, seed: 24).CheckDgemm(threads);
+        }
+        finally
+        {
+            Gemm.TuneMC = Gemm.TuneKC = Gemm.TuneNC = 0;
+        }
+    }
+
     [Test]
     public void AlphaZero_DoesNotReadAOrB()
     {
