@@ -85,7 +85,12 @@ internal static unsafe class GemmDriver<T, TK>
         {
             _g = g;
             int mr = TK.MR, nr = TK.NR;
-            _mc = BlockSize(g.M, Gemm.TuneMC > 0 ? RoundUp(Gemm.TuneMC, mr) : TK.MC, mr);
+            // >= 2 compute items per thread and phase for dynamic balancing: first by shrinking the row blocks (down to
+            // 4 microtiles), then by splitting columns (each range keeps >= 4 panels; every range re-packs its A block).
+            int target = 2 * threads;
+            int mcMax = Gemm.TuneMC > 0 ? RoundUp(Gemm.TuneMC, mr) : TK.MC;
+            mcMax = Math.Min(mcMax, Math.Max(4 * mr, RoundUp((g.M + target - 1) / target, mr)));
+            _mc = BlockSize(g.M, mcMax, mr);
             _kc = BlockSize(g.K, Gemm.TuneKC > 0 ? Gemm.TuneKC : TK.KC, 1);
             _nc = BlockSize(g.N, Gemm.TuneNC > 0 ? RoundUp(Gemm.TuneNC, nr) : TK.NC, nr);
             _kBlocks = (g.K + _kc - 1) / _kc;
@@ -93,10 +98,8 @@ internal static unsafe class GemmDriver<T, TK>
             int icBlocks = (g.M + _mc - 1) / _mc;
             int panels = _nc / nr;
 
-            // Enough compute items per phase for dynamic balancing (>= 2 per thread), splitting columns only when the
-            // row blocks alone are too few; each column range keeps >= 16 panels so the re-packed A stays cheap.
-            int want = (2 * threads + icBlocks - 1) / icBlocks;
-            _jrSplits = Math.Clamp(want, 1, Math.Max(1, panels / 16));
+            int want = (target + icBlocks - 1) / icBlocks;
+            _jrSplits = Math.Clamp(want, 1, Math.Max(1, panels / 4));
             _compItems = icBlocks * _jrSplits;
             _packItems = Math.Min(threads, panels);
             _itemsPerPhase = _packItems + _compItems;
