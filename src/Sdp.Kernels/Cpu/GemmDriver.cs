@@ -19,8 +19,9 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
 /// GotoBLAS/BLIS-style blocked GEMM over one microkernel:
 /// for each NC-wide column block of B, for each KC-deep slice: pack B (KC x NC) into NR-column panels;
 /// for each MC-tall row block of A: pack A (MC x KC) into MR-row panels, then sweep NR x MR microtiles.
-/// Packing absorbs the transposes, so the microkernel sees a single layout. Threads get fixed, independent
-/// rectangles of C (no barriers, each packs its own operands into its thread-local workspace).
+/// Packing absorbs the transposes, so the microkernel sees a single layout. Multi-threaded calls share each packed
+/// B block and hand out (B slice | A block x column range) items dynamically (see <see cref="SharedJob"/>);
+/// small single-threaded calls skip blocking (see <see cref="RunSmall"/>).
 /// </summary>
 internal static unsafe class GemmDriver<T, TK>
     where T : unmanaged, INumber<T>
