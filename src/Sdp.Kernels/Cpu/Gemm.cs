@@ -30,7 +30,7 @@ public static unsafe class Gemm
     internal static int TuneNC { get; set; }
 
     /// <summary>Multiply-adds up to which a single-threaded call skips cache blocking and most packing.</summary>
-    internal static long SmallWork { get; set; } = 64L * 64 * 64;
+    internal static long SmallWork { get; set; } = 1L << 20;
 
     /// <summary>Multiply-adds below which an extra thread is not worth waking (~30 µs of work).</summary>
     internal static long MinWorkPerThread { get; set; } = 1L << 20;
