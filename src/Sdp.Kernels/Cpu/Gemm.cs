@@ -29,8 +29,11 @@ public static unsafe class Gemm
 
     internal static int TuneNC { get; set; }
 
-    /// <summary>Multiply-adds below which an extra thread is not worth waking (~0.1 ms of work).</summary>
-    internal static long MinWorkPerThread { get; set; } = 128L * 128 * 128;
+    /// <summary>Multiply-adds up to which a single-threaded call skips cache blocking and most packing.</summary>
+    internal static long SmallWork { get; set; } = 1L << 20;
+
+    /// <summary>Multiply-adds below which an extra thread is not worth waking (~30 µs of work).</summary>
+    internal static long MinWorkPerThread { get; set; } = 1L << 20;
 
     /// <summary>Default thread count when a call passes threads &lt;= 0. Must be at least 1.</summary>
     public static int MaxThreads

@@ -19,8 +19,9 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
 /// GotoBLAS/BLIS-style blocked GEMM over one microkernel:
 /// for each NC-wide column block of B, for each KC-deep slice: pack B (KC x NC) into NR-column panels;
 /// for each MC-tall row block of A: pack A (MC x KC) into MR-row panels, then sweep NR x MR microtiles.
-/// Packing absorbs the transposes, so the microkernel sees a single layout. Threads get fixed, independent
-/// rectangles of C (no barriers, each packs its own operands into its thread-local workspace).
+/// Packing absorbs the transposes, so the microkernel sees a single layout. Multi-threaded calls share each packed
+/// B block and hand out (B slice | A block x column range) items dynamically (see <see cref="SharedJob"/>);
+/// small single-threaded calls skip blocking (see <see cref="RunSmall"/>).
 /// </summary>
 internal static unsafe class GemmDriver<T, TK>
     where T : unmanaged, INumber<T>
@@ -38,13 +39,21 @@ internal static unsafe class GemmDriver<T, TK>
         t = Math.Min(t, tilesM * tilesN);
         if (t <= 1)
         {
-            RunSerial(in g);
+            if (work <= Gemm.SmallWork && g.K <= TK.KC)
+            {
+                RunSmall(in g);
+            }
+            else
+            {
+                RunSerial(in g);
+            }
+
             return;
         }
 
-        ChooseGrid(g.M, g.N, g.K, t, tilesM, tilesN, out int tm, out int tn);
-        var job = new Job(g, tm, tn, tilesM, tilesN);
-        for (int i = 1; i < job.Parts; i++)
+        var job = new SharedJob(in g, t);
+        int helpers = Math.Min(t, job.ComputeItemsPerPhase) - 1;
+        for (int i = 0; i < helpers; i++)
         {
             ThreadPool.UnsafeQueueUserWorkItem(job, preferLocal: false);
         }
@@ -53,74 +62,79 @@ internal static unsafe class GemmDriver<T, TK>
         job.WaitAll();
     }
 
-    /// <summary>Picks tm x tn (tm * tn == t) minimising an estimate of the slowest part's cycles.</summary>
-    private static void ChooseGrid(int m, int n, int k, int t, int tilesM, int tilesN, out int bestM, out int bestN)
-    {
-        bestM = 1;
-        bestN = t;
-        double best = double.MaxValue;
-        int lanes = TK.NR / 2;
-        for (int tm = 1; tm <= t; tm++)
-        {
-            if (t % tm != 0)
-            {
-                continue;
-            }
-
-            int tn = t / tm;
-            if (tm > tilesM || tn > tilesN)
-            {
-                continue;
-            }
-
-            double mp = (double)((tilesM + tm - 1) / tm) * TK.MR;
-            double np = (double)((tilesN + tn - 1) / tn) * TK.NR;
-            double flops = mp * np * k / (2.0 * lanes);          // 2 FMA pipes x lanes per cycle
-            double packA = 0.6 * mp * k * Math.Ceiling(np / TK.NC); // strided gather
-            double packB = 0.3 * np * k;                          // mostly contiguous copies
-            double cost = flops + packA + packB;
-            if (cost < best * 0.999)
-            {
-                best = cost;
-                bestM = tm;
-                bestN = tn;
-            }
-        }
-    }
-
-    private sealed class Job : IThreadPoolWorkItem
+    /// <summary>
+    /// One multi-threaded call, as a flat list of work items claimed dynamically by whichever threads take part
+    /// (the caller plus pool helpers; a helper that starts late just finds less to do, so a busy pool or a busy core
+    /// cannot hold the call hostage). The items of phase (jc, pc) are: first <c>PackItems</c> slices of the shared
+    /// packed B block, then one compute item per (MC row block x column range), each packing its A block into its own
+    /// thread's workspace and sweeping the microtiles. Dependencies only ever point at items claimed earlier, i.e. at
+    /// threads that are already running: a compute item waits for its phase's B packing and for the same C region in
+    /// the previous k slice; packing into one of the two B buffers waits for the phase that used it before.
+    /// </summary>
+    private sealed class SharedJob : IThreadPoolWorkItem
     {
         private readonly GemmArgs<T> _g;
-        private readonly int _tm, _tilesM, _tilesN, _tn;
+        private readonly int _mc, _kc, _nc, _kBlocks, _jrSplits, _packItems, _compItems, _itemsPerPhase, _totalItems;
+        private readonly nint _bufStride; // elements per B buffer
+        private readonly T* _bBuffers;     // two KC x NC buffers (double buffering across phases)
+        private readonly int[] _packDone, _compDone, _regionDone;
         private readonly ManualResetEventSlim _done = new(false, 64);
-        private int _next;
-        private int _pending;
+        private int _next, _finished;
         private Exception? _error;
 
-        public Job(in GemmArgs<T> g, int tm, int tn, int tilesM, int tilesN)
+        public SharedJob(in GemmArgs<T> g, int threads)
         {
             _g = g;
-            _tm = tm;
-            _tn = tn;
-            _tilesM = tilesM;
-            _tilesN = tilesN;
-            Parts = tm * tn;
-            _pending = Parts;
+            int mr = TK.MR, nr = TK.NR;
+            // >= 2 compute items per thread and phase for dynamic balancing: first by shrinking the row blocks (down to
+            // 4 microtiles), then by splitting columns (each range keeps >= 4 panels; every range re-packs its A block).
+            int target = 2 * threads;
+            int mcMax = Gemm.TuneMC > 0 ? RoundUp(Gemm.TuneMC, mr) : TK.MC;
+            mcMax = Math.Min(mcMax, Math.Max(4 * mr, RoundUp((g.M + target - 1) / target, mr)));
+            _mc = BlockSize(g.M, mcMax, mr);
+            _kc = BlockSize(g.K, Gemm.TuneKC > 0 ? Gemm.TuneKC : TK.KC, 1);
+            _nc = BlockSize(g.N, Gemm.TuneNC > 0 ? RoundUp(Gemm.TuneNC, nr) : TK.NC, nr);
+            _kBlocks = (g.K + _kc - 1) / _kc;
+            int jBlocks = (g.N + _nc - 1) / _nc;
+            int icBlocks = (g.M + _mc - 1) / _mc;
+            int panels = _nc / nr;
+
+            int want = (target + icBlocks - 1) / icBlocks;
+            _jrSplits = Math.Clamp(want, 1, Math.Max(1, panels / 4));
+            _compItems = icBlocks * _jrSplits;
+            _packItems = Math.Min(threads, panels);
+            _itemsPerPhase = _packItems + _compItems;
+            int phases = jBlocks * _kBlocks;
+            _totalItems = phases * _itemsPerPhase;
+            _packDone = new int[phases];
+            _compDone = new int[phases];
+            _regionDone = new int[phases * _compItems];
+
+            _bufStride = (nint)RoundUp(_kc * _nc * sizeof(T), 64) / sizeof(T);
+            _bBuffers = (T*)GemmWorkspace.AcquireShared((nuint)(2 * _bufStride * sizeof(T)));
         }
 
-        public int Parts { get; }
+        public int ComputeItemsPerPhase => _compItems;
 
         public void Execute() => Drain();
 
-        /// <summary>Claims and runs parts until none are left (the caller runs this too, so a busy pool cannot stall it).</summary>
+        /// <summary>Claims and runs items until none are left.</summary>
         public void Drain()
         {
             int i;
-            while ((i = Interlocked.Increment(ref _next) - 1) < Parts)
+            while ((i = Interlocked.Increment(ref _next) - 1) < _totalItems)
             {
+                int ph = i / _itemsPerPhase, j = i % _itemsPerPhase;
                 try
                 {
-                    RunPart(i);
+                    if (j < _packItems)
+                    {
+                        Pack(ph, j);
+                    }
+                    else
+                    {
+                        Compute(ph, j - _packItems);
+                    }
                 }
                 catch (Exception e)
                 {
@@ -128,7 +142,18 @@ internal static unsafe class GemmDriver<T, TK>
                 }
                 finally
                 {
-                    if (Interlocked.Decrement(ref _pending) == 0)
+                    // Completion is published even after a failure so that no other item waits forever.
+                    if (j < _packItems)
+                    {
+                        Interlocked.Increment(ref _packDone[ph]);
+                    }
+                    else
+                    {
+                        Volatile.Write(ref _regionDone[(ph * _compItems) + j - _packItems], 1);
+                        Interlocked.Increment(ref _compDone[ph]);
+                    }
+
+                    if (Interlocked.Increment(ref _finished) == _totalItems)
                     {
                         _done.Set();
                     }
@@ -138,7 +163,7 @@ internal static unsafe class GemmDriver<T, TK>
 
         public void WaitAll()
         {
-            if (Volatile.Read(ref _pending) != 0)
+            if (Volatile.Read(ref _finished) != _totalItems)
             {
                 _done.Wait();
             }
@@ -149,25 +174,94 @@ internal static unsafe class GemmDriver<T, TK>
             }
         }
 
-        private void RunPart(int part)
+        private static void WaitFor(ref int counter, int target)
         {
-            int pi = part / _tn, pj = part % _tn;
-            int m0 = Math.Min(_g.M, (int)((long)_tilesM * pi / _tm) * TK.MR);
-            int m1 = Math.Min(_g.M, (int)((long)_tilesM * (pi + 1) / _tm) * TK.MR);
-            int n0 = Math.Min(_g.N, (int)((long)_tilesN * pj / _tn) * TK.NR);
-            int n1 = Math.Min(_g.N, (int)((long)_tilesN * (pj + 1) / _tn) * TK.NR);
-            if (m1 <= m0 || n1 <= n0)
+            if (Volatile.Read(ref counter) >= target)
             {
                 return;
             }
 
-            GemmArgs<T> s = _g;
-            s.M = m1 - m0;
-            s.N = n1 - n0;
-            s.A = _g.TransA ? _g.A + m0 : _g.A + m0 * _g.Lda;
-            s.B = _g.TransB ? _g.B + n0 * _g.Ldb : _g.B + n0;
-            s.C = _g.C + m0 * _g.Ldc + n0;
-            RunSerial(in s);
+            var spin = default(SpinWait);
+            while (Volatile.Read(ref counter) < target)
+            {
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+        }
+
+        private void Phase(int ph, out int jc, out int ncur, out int pc, out int kcur)
+        {
+            jc = ph / _kBlocks * _nc;
+            ncur = Math.Min(_nc, _g.N - jc);
+            pc = ph % _kBlocks * _kc;
+            kcur = Math.Min(_kc, _g.K - pc);
+        }
+
+        private void Pack(int ph, int slice)
+        {
+            if (ph >= 2)
+            {
+                WaitFor(ref _compDone[ph - 2], _compItems); // the buffer's previous users are done
+            }
+
+            Phase(ph, out int jc, out int ncur, out int pc, out int kcur);
+            int nr = TK.NR;
+            int panels = (ncur + nr - 1) / nr;
+            int c0 = slice * panels / _packItems * nr;
+            int c1 = Math.Min(ncur, (slice + 1) * panels / _packItems * nr);
+            if (c1 <= c0)
+            {
+                return;
+            }
+
+            T* dst = _bBuffers + ((ph & 1) * _bufStride) + ((nint)c0 * kcur);
+            if (_g.TransB)
+            {
+                PackBT(_g.B + ((jc + c0) * _g.Ldb) + pc, _g.Ldb, kcur, c1 - c0, dst);
+            }
+            else
+            {
+                PackBN(_g.B + (pc * _g.Ldb) + jc + c0, _g.Ldb, kcur, c1 - c0, dst);
+            }
+        }
+
+        private void Compute(int ph, int region)
+        {
+            WaitFor(ref _packDone[ph], _packItems);
+            Phase(ph, out int jc, out int ncur, out int pc, out int kcur);
+            if (pc > 0)
+            {
+                WaitFor(ref _regionDone[((ph - 1) * _compItems) + region], 1); // same C region, previous k slice
+            }
+
+            int nr = TK.NR;
+            int icb = region / _jrSplits, js = region % _jrSplits;
+            int ic = icb * _mc;
+            int mcur = Math.Min(_mc, _g.M - ic);
+            int panels = (ncur + nr - 1) / nr;
+            int c0 = js * panels / _jrSplits * nr;
+            int c1 = Math.Min(ncur, (js + 1) * panels / _jrSplits * nr);
+            if (c1 <= c0 || mcur <= 0)
+            {
+                return;
+            }
+
+            nuint aBytes = (nuint)RoundUp(_mc * _kc * sizeof(T), 64) + 64;
+            nuint sBytes = (nuint)RoundUp(TK.MR * nr * sizeof(T), 64);
+            byte* ws = GemmWorkspace.Acquire(aBytes + sBytes);
+            T* ap = (T*)ws;
+            T* scratch = (T*)(ws + aBytes);
+            if (_g.TransA)
+            {
+                PackAT(_g.A + (pc * _g.Lda) + ic, _g.Lda, mcur, kcur, ap);
+            }
+            else
+            {
+                PackAN(_g.A + (ic * _g.Lda) + pc, _g.Lda, mcur, kcur, ap);
+            }
+
+            T* bp = _bBuffers + ((ph & 1) * _bufStride) + ((nint)c0 * kcur);
+            T beta = pc == 0 ? _g.Beta : T.One;
+            Macro(mcur, c1 - c0, kcur, ap, bp, _g.C + (ic * _g.Ldc) + jc + c0, _g.Ldc, _g.Alpha, beta, scratch);
         }
     }
 
@@ -261,8 +355,14 @@ internal static unsafe class GemmDriver<T, TK>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void Edge(int kc, T* pa, T* pb, T* c, nint ldc, T alpha, T beta, int mcur, int ncur, T* scratch)
     {
+        TK.Run(kc, pa, pb, scratch, TK.NR, alpha, T.Zero);
+        StoreTile(scratch, c, ldc, beta, mcur, ncur);
+    }
+
+    /// <summary>C[0..mcur, 0..ncur] = tile + beta * C, where tile (row stride NR) already holds alpha * A·B.</summary>
+    private static void StoreTile(T* scratch, T* c, nint ldc, T beta, int mcur, int ncur)
+    {
         int nr = TK.NR;
-        TK.Run(kc, pa, pb, scratch, nr, alpha, T.Zero);
         for (int i = 0; i < mcur; i++)
         {
             T* src = scratch + i * nr;
@@ -279,6 +379,82 @@ internal static unsafe class GemmDriver<T, TK>
                 for (int j = 0; j < ncur; j++)
                 {
                     dst[j] = src[j] + beta * dst[j];
+                }
+            }
+        }
+    }
+
+    // --- small problems: no blocking, operands used in place where the layout allows -------------------------
+
+    /// <summary>
+    /// Single pass over k (k &lt;= KC) for problems that sit in cache anyway: A is read in place (any transpose) and
+    /// B in place when not transposed; only ragged edge panels (and Bᵀ) are packed.
+    /// </summary>
+    private static void RunSmall(in GemmArgs<T> g)
+    {
+        int mr = TK.MR, nr = TK.NR, k = g.K;
+        int nPanels = (g.N + nr - 1) / nr;
+        nuint bBytes = g.TransB ? (nuint)RoundUp(nPanels * nr * k * sizeof(T), 64) : (nuint)RoundUp(nr * k * sizeof(T), 64);
+        nuint aBytes = (nuint)RoundUp(mr * k * sizeof(T), 64) + 64;
+        nuint sBytes = (nuint)RoundUp(mr * nr * sizeof(T), 64);
+        byte* ws = GemmWorkspace.Acquire(aBytes + bBytes + sBytes);
+        T* aEdge = (T*)ws;
+        T* bBuf = (T*)(ws + aBytes);
+        T* scratch = (T*)(ws + aBytes + bBytes);
+
+        nint rsa = g.TransA ? 1 : g.Lda, csa = g.TransA ? g.Lda : 1;
+        int mFull = g.M / mr * mr;
+        if (mFull < g.M)
+        {
+            if (g.TransA)
+            {
+                PackAT(g.A + mFull, g.Lda, g.M - mFull, k, aEdge);
+            }
+            else
+            {
+                PackAN(g.A + mFull * g.Lda, g.Lda, g.M - mFull, k, aEdge);
+            }
+        }
+
+        if (g.TransB)
+        {
+            PackBT(g.B, g.Ldb, k, g.N, bBuf);
+        }
+
+        for (int jr = 0; jr < g.N; jr += nr)
+        {
+            int ncur = Math.Min(nr, g.N - jr);
+            T* pb;
+            nint rsb = nr;
+            if (g.TransB)
+            {
+                pb = bBuf + (nint)jr * k;
+            }
+            else if (ncur == nr)
+            {
+                pb = g.B + jr;
+                rsb = g.Ldb;
+            }
+            else
+            {
+                PackBN(g.B + jr, g.Ldb, k, ncur, bBuf);
+                pb = bBuf;
+            }
+
+            for (int ir = 0; ir < g.M; ir += mr)
+            {
+                T* cc = g.C + ir * g.Ldc + jr;
+                bool fullRows = ir < mFull;
+                T* pa = fullRows ? (g.TransA ? g.A + ir : g.A + ir * g.Lda) : aEdge;
+                nint ra = fullRows ? rsa : 1, ca = fullRows ? csa : mr;
+                if (fullRows && ncur == nr)
+                {
+                    TK.RunStrided(k, pa, ra, ca, pb, rsb, cc, g.Ldc, g.Alpha, g.Beta);
+                }
+                else
+                {
+                    TK.RunStrided(k, pa, ra, ca, pb, rsb, scratch, nr, g.Alpha, T.Zero);
+                    StoreTile(scratch, cc, g.Ldc, g.Beta, Math.Min(mr, g.M - ir), ncur);
                 }
             }
         }

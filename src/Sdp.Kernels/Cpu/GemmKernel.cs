@@ -28,4 +28,10 @@ internal unsafe interface IGemmKernel<T> where T : unmanaged
     /// Bp holds NR values per k step. beta == 0 means C is write-only.
     /// </summary>
     static abstract void Run(nint kc, T* a, T* b, T* c, nint ldc, T alpha, T beta);
+
+    /// <summary>
+    /// As <see cref="Run"/> on operands in place: A(r, p) at a[r*rsa + p*csa] and B(p, 0..NR) at b + p*rsb
+    /// (used for small problems, where packing would cost as much as it saves).
+    /// </summary>
+    static abstract void RunStrided(nint kc, T* a, nint rsa, nint csa, T* b, nint rsb, T* c, nint ldc, T alpha, T beta);
 }

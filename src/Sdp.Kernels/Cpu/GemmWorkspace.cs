@@ -13,6 +13,7 @@ internal sealed unsafe class GemmWorkspace
     private const nuint Granule = 64 * 1024;
 
     [ThreadStatic] private static GemmWorkspace? t_current;
+    [ThreadStatic] private static GemmWorkspace? t_shared;
     private static long s_totalBytes;
 
     private byte* _ptr;
@@ -32,13 +33,34 @@ internal sealed unsafe class GemmWorkspace
         return ws._ptr;
     }
 
-    /// <summary>Frees the calling thread's buffer (the next call on this thread allocates again).</summary>
+    /// <summary>
+    /// Returns this thread's second buffer, which a multi-threaded call's owner uses for the packed B blocks its
+    /// helpers read (kept apart from <see cref="Acquire"/>, which every participant uses for its own A block).
+    /// </summary>
+    public static byte* AcquireShared(nuint bytes)
+    {
+        GemmWorkspace ws = t_shared ??= new GemmWorkspace();
+        if (ws._capacity < bytes)
+        {
+            ws.Grow(bytes);
+        }
+
+        return ws._ptr;
+    }
+
+    /// <summary>Frees the calling thread's buffers (the next call on this thread allocates again).</summary>
     public static void ReleaseCurrentThread()
     {
-        GemmWorkspace? ws = t_current;
+        Release(ref t_current);
+        Release(ref t_shared);
+    }
+
+    private static void Release(ref GemmWorkspace? slot)
+    {
+        GemmWorkspace? ws = slot;
         if (ws is not null)
         {
-            t_current = null;
+            slot = null;
             ws.Free();
             GC.SuppressFinalize(ws);
         }

@@ -9,12 +9,14 @@ public unsafe class GemmTests
     private static readonly int[] Sizes = [1, 7, 17, 33, 65, 129, 300];
 
     private long _savedMinWork;
+    private long _savedSmallWork;
 
     [OneTimeSetUp]
     public void SetUp()
     {
         // Let small problems use several threads too, so the partitioning is exercised on odd sizes.
         _savedMinWork = Gemm.MinWorkPerThread;
+        _savedSmallWork = Gemm.SmallWork;
         Gemm.MinWorkPerThread = 1;
     }
 
@@ -22,6 +24,7 @@ public unsafe class GemmTests
     public void TearDown()
     {
         Gemm.MinWorkPerThread = _savedMinWork;
+        Gemm.SmallWork = _savedSmallWork;
         Gemm.ForcedIsa = null;
     }
 
@@ -45,9 +48,12 @@ public unsafe class GemmTests
             {
                 foreach (bool tb in new[] { false, true })
                 {
-                    int threads = (m + n + k + (ta ? 1 : 0)) % 2 + 1;
-                    yield return new TestCaseData(ta, tb, m, n, k, threads).SetArgDisplayNames(
-                        $"{(ta ? "T" : "N")}{(tb ? "T" : "N")} {m}x{n}x{k} t{threads}");
+                    // threads 0 = single-threaded small-problem path (no blocking), 1 = blocked, 2 = two threads.
+                    foreach (int threads in new[] { 0, 1, 2 })
+                    {
+                        yield return new TestCaseData(ta, tb, m, n, k, threads).SetArgDisplayNames(
+                            $"{(ta ? "T" : "N")}{(tb ? "T" : "N")} {m}x{n}x{k} t{threads}");
+                    }
                 }
             }
         }
@@ -61,6 +67,8 @@ public unsafe class GemmTests
         yield return new TestCaseData(-0.5, 0.0, true, 2);
         yield return new TestCaseData(2.0, -1.5, true, 1);
         yield return new TestCaseData(0.75, 0.25, false, 2);
+        yield return new TestCaseData(-1.0, 0.5, true, 0);
+        yield return new TestCaseData(1.0, 0.0, true, 0);
     }
 
     [TestCaseSource(nameof(Cases))]
@@ -90,6 +98,7 @@ public unsafe class GemmTests
         }
     }
 
+    [TestCase(0)]
     [TestCase(1)]
     [TestCase(2)]
     public void KZero_ScalesC(int threads)
@@ -98,6 +107,28 @@ public unsafe class GemmTests
         {
             new Problem(false, false, 17, 33, 0, 1.0, beta, padded: true, seed: 1).CheckSgemm(threads);
             new Problem(true, true, 17, 33, 0, 1.0, beta, padded: false, seed: 2).CheckDgemm(threads);
+        }
+    }
+
+    [TestCase(1)]
+    [TestCase(2)]
+    [TestCase(3)]
+    public void TinyBlocking_ManyPhasesAndRegions(int threads)
+    {
+        // Blocks far smaller than the defaults: many (jc, pc) phases, ragged last blocks, B double buffering.
+        Gemm.TuneMC = 12;
+        Gemm.TuneKC = 16;
+        Gemm.TuneNC = 48;
+        try
+        {
+            new Problem(false, false, 65, 129, 75, 1.0, 0.5, padded: true, seed: 21).CheckSgemm(threads);
+            new Problem(true, true, 33, 100, 49, -1.0, 0.0, padded: false, seed: 22).CheckSgemm(threads);
+            new Problem(false, true, 41, 67, 33, 0.5, 2.0, padded: true, seed: 23).CheckDgemm(threads);
+            new Problem(true, false, 29, 53, 71, 1.0, 0.0, padded: false, seed: 24).CheckDgemm(threads);
+        }
+        finally
+        {
+            Gemm.TuneMC = Gemm.TuneKC = Gemm.TuneNC = 0;
         }
     }
 
@@ -158,6 +189,8 @@ public unsafe class GemmTests
             Assert.That(Gemm.KernelName, Does.StartWith($"Vector{bits} "));
             new Problem(false, true, 13, 37, 29, 1.5, 0.5, padded: true, seed: 9).CheckSgemm(2);
             new Problem(true, false, 7, 65, 17, 1.0, 0.0, padded: false, seed: 10).CheckSgemm(1);
+            new Problem(false, false, 13, 37, 29, 1.0, 1.0, padded: true, seed: 12).CheckSgemm(0);
+            new Problem(true, false, 13, 11, 29, 2.0, 0.0, padded: true, seed: 13).CheckDgemm(0);
             new Problem(true, true, 13, 11, 29, -1.0, 2.0, padded: true, seed: 11).CheckDgemm(2);
         }
         finally
@@ -235,24 +268,39 @@ public unsafe class GemmTests
 
         public double[] C0 { get; }
 
+        /// <summary>threads 0: one thread on the small-problem path; 1: one thread, blocked path; else that many threads.</summary>
+        private static int SelectPath(int threads)
+        {
+            Gemm.SmallWork = threads == 0 ? long.MaxValue : 0;
+            return Math.Max(1, threads);
+        }
+
         public void CheckSgemm(int threads)
         {
+            long savedSmall = Gemm.SmallWork;
+            threads = SelectPath(threads);
             float[] a = [.. A.Select(x => (float)x)], b = [.. B.Select(x => (float)x)], c = [.. C0.Select(x => (float)x)];
             fixed (float* pa = a, pb = b, pc = c)
             {
                 Gemm.Sgemm(_transA, _transB, _m, _n, _k, (float)_alpha, pa, _lda, pb, _ldb, (float)_beta, pc, _ldc, threads);
             }
 
+            Gemm.SmallWork = savedSmall;
+
             Verify([.. c.Select(x => (double)x)], 1e-5, "Sgemm", threads);
         }
 
         public void CheckDgemm(int threads)
         {
+            long savedSmall = Gemm.SmallWork;
+            threads = SelectPath(threads);
             double[] c = [.. C0];
             fixed (double* pa = A, pb = B, pc = c)
             {
                 Gemm.Dgemm(_transA, _transB, _m, _n, _k, _alpha, pa, _lda, pb, _ldb, _beta, pc, _ldc, threads);
             }
+
+            Gemm.SmallWork = savedSmall;
 
             Verify(c, 1e-12, "Dgemm", threads);
         }
