@@ -21,7 +21,7 @@ public sealed class MetricsWriter : IDisposable
         _writer = new StreamWriter(_temp);
     }
 
-    public void Write(object record) => _writer!.WriteLine(JsonSerializer.Serialize(record));
+    public void Write(System.Text.Json.Nodes.JsonNode record) => _writer!.WriteLine(record.ToJsonString());
 
     public void Commit()
     {
