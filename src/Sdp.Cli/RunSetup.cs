@@ -12,7 +12,7 @@ public static class RunSetup
 {
     /// <summary>Symbols of the default synthetic chain. The model keeps its full vocabulary; the chain
     /// uses the first few ids so the tiny model can approach the floor within about a minute on 2 cores.</summary>
-    public const int SyntheticVocab = 512;
+    public const int SyntheticVocab = 256;
 
     public static readonly string[] Models = ["llama", "resnet18"];
 

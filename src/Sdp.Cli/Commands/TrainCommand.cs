@@ -28,12 +28,12 @@ public static class TrainCommand
         var config = new Option<string?>("--config") { Description = "LLaMA preset (tiny, 130m, 1b) or config.json; for resnet18 'cifar' or a config JSON file" };
         var data = new Option<string>("--data") { Description = "'synthetic' or a path: token shard file/glob (llama), CIFAR-10 or MNIST directory (resnet18)", DefaultValueFactory = _ => "synthetic" };
         var noShuffle = new Option<bool>("--no-shuffle") { Description = "Read data in order" };
-        var steps = new Option<int>("--steps") { Description = "Total optimizer steps", DefaultValueFactory = _ => 250 };
+        var steps = new Option<int>("--steps") { Description = "Total optimizer steps", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences or images per step", DefaultValueFactory = _ => 16 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence (llama)", DefaultValueFactory = _ => 64 };
         var optimizer = new Option<string>("--optimizer") { Description = "adamw or sgd", DefaultValueFactory = _ => "adamw" };
         optimizer.AcceptOnlyFromAmong("adamw", "sgd");
-        var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 3e-3 };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 5e-3 };
         var momentum = new Option<double>("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.9 };
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay (decoupled for AdamW)", DefaultValueFactory = _ => 0.0 };
         var warmup = new Option<int>("--warmup") { Description = "Linear warm-up steps", DefaultValueFactory = _ => 20 };

@@ -118,9 +118,15 @@ public sealed class Trainer
     public EvalMetrics Evaluate(IBatchSource data, int batches)
     {
         using var _ = Account.Activate();
+        return Evaluate(_model, data, batches, Step);
+    }
+
+    /// <summary>Evaluates <paramref name="model"/> with grad mode off and the module in eval mode (restored afterwards).</summary>
+    public static EvalMetrics Evaluate(ITrainable model, IBatchSource data, int batches, long step = 0)
+    {
         using var noGrad = GradMode.Disable();
-        bool wasTraining = _model.Module.IsTraining;
-        _model.Module.Eval();
+        bool wasTraining = model.Module.IsTraining;
+        model.Module.Eval();
         try
         {
             double lossSum = 0;
@@ -130,7 +136,7 @@ public sealed class Trainer
             {
                 using var scope = TensorScope.Begin();
                 var (inputs, targets) = data.NextBatch();
-                var e = _model.Evaluate(inputs, targets);
+                var e = model.Evaluate(inputs, targets);
                 lossSum += e.LossSum;
                 count += e.Count;
                 if (e.Correct is { } c)
@@ -139,11 +145,11 @@ public sealed class Trainer
                     correct += c;
                 }
             }
-            return new EvalMetrics(Step, lossSum / Math.Max(1, count), count, classifier ? correct / (double)Math.Max(1, count) : null);
+            return new EvalMetrics(step, lossSum / Math.Max(1, count), count, classifier ? correct / (double)Math.Max(1, count) : null);
         }
         finally
         {
-            _model.Module.Train(wasTraining);
+            model.Module.Train(wasTraining);
         }
     }
 

@@ -1,0 +1,23 @@
+using System.CommandLine;
+using Sdp.Cli.Commands;
+
+namespace Sdp.Cli;
+
+/// <summary>The `sdp` command tree, callable in-process (tests and embedding programs use <see cref="Run"/>).</summary>
+public static class SdpCli
+{
+    public static int Run(string[] args)
+    {
+        var verbose = new Option<bool>("--verbose") { Description = "Print stack traces for errors", Recursive = true };
+        var root = new RootCommand("Sdp: Subnetwork Data Parallelism training engine")
+        {
+            TrainCommand.Create(),
+            EvalCommand.Create(),
+            TokenizeCommand.Create(),
+            BenchCommand.Create(),
+            DoctorCommand.Create(),
+        };
+        root.Options.Add(verbose);
+        return CliRunner.Run(root, verbose, args);
+    }
+}
