@@ -65,6 +65,12 @@ switch ($Target) {
     'build' { Invoke-Build }
     'test' { Invoke-Test }
     'bench' {
+        # The baseline is OpenBLAS; install it where this machine can (Debian, as root) and lacks it.
+        $openblas = '/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0'
+        if (-not (Test-Path $openblas) -and (Get-Command apt-get -ErrorAction SilentlyContinue)) {
+            Invoke-Checked 'apt-get update' { apt-get update -qq }
+            Invoke-Checked 'apt-get install libopenblas0-pthread' { apt-get install -y -qq libopenblas0-pthread }
+        }
         Invoke-Checked 'sdp bench gemm' { dotnet run --project (Join-Path $root 'src/Sdp.Cli') -c $Configuration -- bench gemm }
     }
     'pack' {
