@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 
 namespace Sdp.Cli;
 
@@ -14,7 +15,7 @@ public static class CliRunner
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            foreach (var e in parse.Errors) Console.Error.WriteLine($"sdp: {e.Message}");
+            foreach (var e in parse.Errors) Console.Error.WriteLine($"sdp: {Describe(e)}");
             return UsageError;
         }
         try
@@ -23,15 +24,50 @@ public static class CliRunner
         }
         catch (Exception ex) when (ex is UsageException or ArgumentException or FileNotFoundException or InvalidDataException or DirectoryNotFoundException)
         {
-            Console.Error.WriteLine($"sdp: {ex.Message}");
+            Console.Error.WriteLine($"sdp: {MessageOf(ex)}");
             if (parse.GetValue(verbose)) Console.Error.WriteLine(ex);
             return UsageError;
         }
         catch (Exception ex)
         {
-            Console.Error.WriteLine($"sdp: internal error: {ex.Message}");
+            Console.Error.WriteLine($"sdp: internal error: {MessageOf(ex)}");
             if (parse.GetValue(verbose)) Console.Error.WriteLine(ex);
             return 1;
         }
     }
+
+    /// <summary>
+    /// A parse error on one line, naming the option it belongs to ("--model: Argument 'x' not recognized.
+    /// Must be one of: 'llama' 'resnet18'" rather than a bare multi-line list).
+    /// </summary>
+    private static string Describe(ParseError e)
+    {
+        string message = OneLine(e.Message);
+        var option = e.SymbolResult switch
+        {
+            OptionResult o => o.Option,
+            ArgumentResult { Parent: OptionResult o } => o.Option,
+            _ => null,
+        };
+        return option is null || message.Contains(option.Name, StringComparison.Ordinal) ? message : $"{option.Name}: {message}";
+    }
+
+    /// <summary>
+    /// The exception's message without the runtime's decorations (" (Parameter 'name')", "Actual value
+    /// was ..."), which mean nothing to someone typing options. Messages that are deliberately several
+    /// lines (a checkpoint's list of mismatches) keep their lines.
+    /// </summary>
+    public static string MessageOf(Exception ex)
+    {
+        string message = ex.Message;
+        if (ex is ArgumentException { ParamName: { } name })
+        {
+            int at = message.IndexOf($" (Parameter '{name}')", StringComparison.Ordinal);
+            if (at >= 0) message = message[..at];
+        }
+        return message;
+    }
+
+    private static string OneLine(string text)
+        => string.Join(' ', text.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 }

@@ -16,13 +16,28 @@ public static class RunSetup
 
     public static readonly string[] Models = ["llama", "resnet18"];
 
-    /// <summary>A model from --model and --config (a preset, a config.json, or a ResNet config JSON file).</summary>
-    public static ITrainable BuildModel(string model, string? config, Rng rng, int imageChannels = 3, int imageClasses = 10) => model switch
+    /// <summary>
+    /// A model from --model and --config (a preset, a config.json, or a ResNet config JSON file), or from
+    /// configuration JSON taken from a checkpoint; <paramref name="configSource"/> names where the config
+    /// came from in error messages.
+    /// </summary>
+    public static ITrainable BuildModel(string model, string? config, Rng rng, int imageChannels = 3, int imageClasses = 10, string configSource = "--config") => model switch
     {
-        "llama" => new LlamaTrainable(new LlamaForCausalLM(LlamaConfigFrom(config ?? "tiny"), rng)),
-        "resnet18" => new ResNetTrainable(new ResNet18(ResNetConfigFrom(config, imageChannels, imageClasses), rng)),
+        "llama" => new LlamaTrainable(new LlamaForCausalLM(LlamaConfigFrom(config ?? "tiny", configSource), rng)),
+        "resnet18" => new ResNetTrainable(new ResNet18(ResNetConfigFrom(config, imageChannels, imageClasses, configSource), rng)),
         _ => throw new UsageException($"--model must be one of {string.Join(", ", Models)}, got '{model}'"),
     };
+
+    /// <summary>
+    /// Parses --config without building anything, so a bad config is reported before data is loaded or
+    /// generated (ResNet's image shape is only known from the data, so the model itself is built later).
+    /// </summary>
+    public static void CheckConfig(string model, string? config)
+    {
+        if (config is null) return;
+        if (model == "llama") LlamaConfigFrom(config, "--config");
+        else if (model == "resnet18") ResNetConfigFrom(config, 3, 10, "--config");
+    }
 
     /// <summary>The model configuration stored in a checkpoint (model.safetensors metadata "config"), if any.</summary>
     public static string? ConfigFromCheckpoint(string checkpoint)
@@ -31,28 +46,46 @@ public static class RunSetup
         return file.Metadata.GetValueOrDefault(TrainingCheckpoint.ConfigMetadataKey);
     }
 
-    /// <summary>A .safetensors file as given, or the model file inside a training-state directory.</summary>
-    public static string ModelFile(string checkpoint)
+    /// <summary>A .safetensors file as given, or the model file inside a training-state directory; <paramref name="option"/> names the option in errors.</summary>
+    public static string ModelFile(string checkpoint, string option = "--checkpoint")
     {
-        if (Directory.Exists(checkpoint)) return Path.Combine(checkpoint, TrainingCheckpoint.ModelFileName);
-        if (!File.Exists(checkpoint)) throw new FileNotFoundException($"checkpoint '{checkpoint}' does not exist");
+        if (Directory.Exists(checkpoint))
+        {
+            string inside = Path.Combine(checkpoint, TrainingCheckpoint.ModelFileName);
+            return File.Exists(inside) ? inside : throw new UsageException($"{option}: directory '{checkpoint}' has no {TrainingCheckpoint.ModelFileName} (expected a .safetensors file or a directory saved by `sdp train --save DIR`)");
+        }
+        if (!File.Exists(checkpoint)) throw new UsageException($"{option}: checkpoint '{checkpoint}' does not exist");
         return checkpoint;
     }
 
-    private static LlamaConfig LlamaConfigFrom(string config)
+    private static LlamaConfig LlamaConfigFrom(string config, string source)
     {
-        return config.TrimStart().StartsWith('{') ? LlamaConfig.FromJson(config, "checkpoint metadata") : LlamaConfig.Parse(config);
+        if (config.TrimStart().StartsWith('{')) return LlamaConfig.FromJson(config, source);
+        bool known = LlamaConfig.PresetNames.Contains(config, StringComparer.OrdinalIgnoreCase) || File.Exists(config)
+            || File.Exists(Path.Combine(config, "config.json"));
+        if (!known)
+            throw new UsageException($"{source}: '{config}' is neither a LLaMA preset ({string.Join(", ", LlamaConfig.PresetNames)}) nor a config.json file or a folder holding one");
+        return LlamaConfig.Parse(config);
     }
 
-    private static ResNetConfig ResNetConfigFrom(string? config, int channels, int classes)
+    private static ResNetConfig ResNetConfigFrom(string? config, int channels, int classes, string source)
     {
         if (config is null || config == "cifar") return new ResNetConfig(64, classes, channels);
-        string json = config.TrimStart().StartsWith('{') ? config
+        bool inline = config.TrimStart().StartsWith('{');
+        string json = inline ? config
             : File.Exists(config) ? File.ReadAllText(config)
-            : throw new UsageException($"--config for resnet18 must be 'cifar' or a ResNet config JSON file; '{config}' does not exist");
-        var c = ResNetConfig.FromJson(json);
-        c.Validate();
-        return c;
+            : throw new UsageException($"{source} for resnet18 must be 'cifar' or a ResNet config JSON file; '{config}' does not exist");
+        string where = inline ? source : $"{source} '{config}'";
+        try
+        {
+            var c = ResNetConfig.FromJson(json);
+            c.Validate();
+            return c;
+        }
+        catch (Exception e) when (e is FormatException or ArgumentException)
+        {
+            throw new UsageException($"{where}: {CliRunner.MessageOf(e)}");
+        }
     }
 
     /// <summary>A training or evaluation stream for <paramref name="model"/>, and the loss floor when it is known.</summary>
@@ -75,6 +108,38 @@ public static class RunSetup
             : LoadImages(data, train);
         var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment: train && data != "synthetic", seed: seed);
         return (new ImageBatches(images), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes");
+    }
+
+    /// <summary>
+    /// Token-shard batches checked against the LLaMA model's vocabulary before they reach the embedding,
+    /// so shards of another tokenizer (GPT-2 ids from `sdp tokenize` into the 4096-id tiny model) fail
+    /// with a message naming the data option instead of an embedding index error. Other sources pass through.
+    /// </summary>
+    public static IBatchSource CheckTokenIds(IBatchSource source, ITrainable model, string option, string data)
+        => source is TokenBatches { Source: TokenLoader loader } && model is LlamaTrainable llama
+            ? new VocabCheckedBatches(loader, llama.Model.Config.VocabSize, option, data)
+            : source;
+
+    private sealed class VocabCheckedBatches(TokenLoader loader, int vocab, string option, string data) : IBatchSource
+    {
+        public DataLoaderState State { get => loader.State; set => loader.State = value; }
+
+        public (Tensor Inputs, Tensor Targets) NextBatch()
+        {
+            var at = loader.State;
+            var inputs = new int[loader.Batch * loader.Seq];
+            var targets = new int[inputs.Length];
+            loader.NextBatch(inputs, targets);
+            int max = Math.Max(inputs.Max(), targets.Max());
+            if (max >= vocab)
+            {
+                throw new InvalidDataException(
+                    $"{option} '{data}': token id {max} (epoch {at.Epoch}, shard {at.Shard}, batch {at.Batch}) is outside the model's vocabulary of {vocab} ids; " +
+                    $"GPT-2 shards from `sdp tokenize` hold ids up to {ShardTokenizer.EndOfText} and need a --config with vocab_size of at least {ShardTokenizer.EndOfText + 1}");
+            }
+            var shape = new Shape(loader.Batch, loader.Seq);
+            return (Tensor.FromArray(inputs, shape), Tensor.FromArray(targets, shape));
+        }
     }
 
     private static ImageDataset LoadImages(string path, bool train)

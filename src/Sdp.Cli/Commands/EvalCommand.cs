@@ -27,14 +27,17 @@ public static class EvalCommand
         {
             string modelKind = p.GetValue(model)!, ckpt = p.GetValue(checkpoint)!, path = p.GetValue(data)!;
             int b = Check.Positive(p.GetValue(batch), "--batch"), t = Check.Positive(p.GetValue(seq), "--seq"), n = Check.AtLeast(p.GetValue(batches), 0, "--batches");
+            RunSetup.CheckConfig(modelKind, p.GetValue(config));
             var account = new MemoryAccount("eval");
             using var _ = account.Activate();
             var (source, floor, description) = RunSetup.BuildData(modelKind, path, b, t, shuffle: false, p.GetValue(seed), train: path == "synthetic");
+            string modelFile = RunSetup.ModelFile(ckpt, "--checkpoint");
             string? cfg = p.GetValue(config) ?? RunSetup.ConfigFromCheckpoint(ckpt);
             var (channels, classes) = source is ImageBatches images ? (images.Loader.Dataset.Channels, images.Loader.Dataset.Classes) : (3, 10);
-            using var trainable = RunSetup.BuildModel(modelKind, cfg, new Rng(0), channels, classes);
-            ModuleCheckpoint.LoadInto(trainable.Module, RunSetup.ModelFile(ckpt));
+            using var trainable = RunSetup.BuildModel(modelKind, cfg, new Rng(0), channels, classes, p.GetValue(config) is null ? $"--checkpoint '{ckpt}' (its stored config)" : "--config");
+            ModuleCheckpoint.LoadInto(trainable.Module, modelFile);
             int count = n > 0 ? n : PassLength(source) ?? throw new UsageException("--batches is required for the synthetic source, which never ends");
+            source = RunSetup.CheckTokenIds(source, trainable, "--data", path);
             var result = Trainer.Evaluate(trainable, source, count);
             if (p.GetValue(json))
             {

@@ -81,6 +81,28 @@ public static class TrainCommand
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
         if (o.Resume is not null && !Directory.Exists(o.Resume)) throw new UsageException($"--resume: '{o.Resume}' is not a directory");
         if (o.Metrics is not null && Directory.Exists(o.Metrics)) throw new UsageException($"--metrics: '{o.Metrics}' is a directory, expected a .jsonl file path");
+        if (o.Metrics is not null) RequireParentDirectory(o.Metrics, "--metrics");
+        RunSetup.CheckConfig(o.Model, o.Config);
+        if (o.InitFrom is not null) RunSetup.ModelFile(o.InitFrom, "--init-from");
+        // Checked before training, so a bad --save path does not cost the whole run.
+        if (o.Save is not null)
+        {
+            if (o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            {
+                if (Directory.Exists(o.Save)) throw new UsageException($"--save: '{o.Save}' is a directory; a *.safetensors path saves the weights as one file");
+                RequireParentDirectory(o.Save, "--save");
+            }
+            else if (File.Exists(Path.TrimEndingDirectorySeparator(o.Save)))
+            {
+                throw new UsageException($"--save: '{o.Save}' is a file; give a *.safetensors path for the weights or a directory path for the full training state");
+            }
+        }
+    }
+
+    private static void RequireParentDirectory(string path, string option)
+    {
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        if (!Directory.Exists(dir)) throw new UsageException($"{option}: directory '{dir}' of '{path}' does not exist");
     }
 
     public static int Run(Options o, TextWriter output, bool plain)
@@ -94,8 +116,10 @@ public static class TrainCommand
         var (train, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
         var (channels, classes) = ImageShape(train);
-        using var model = RunSetup.BuildModel(o.Model, config, rng, channels, classes);
-        if (o.InitFrom is not null) ModuleCheckpoint.LoadInto(model.Module, RunSetup.ModelFile(o.InitFrom));
+        using var model = RunSetup.BuildModel(o.Model, config, rng, channels, classes, resumeInfo is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
+        if (o.InitFrom is not null) ModuleCheckpoint.LoadInto(model.Module, RunSetup.ModelFile(o.InitFrom, "--init-from"));
+        train = RunSetup.CheckTokenIds(train, model, "--data", o.Data);
+        eval = RunSetup.CheckTokenIds(eval, model, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
 
         using Optimizer optimizer = resumeInfo is not null ? resumeInfo.Optimizer.Create(model.Module.Parameters())
             : o.Optimizer == "sgd" ? new Sgd(model.Module.Parameters(), o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
