@@ -19,7 +19,11 @@ public sealed record TrainerOptions
     /// <summary>Global gradient-norm clip; 0 or less disables clipping (the norm is still measured).</summary>
     public double Clip { get; init; }
 
-    /// <summary>Evaluate every K steps (0 = only at the end, when an evaluation source is given).</summary>
+    /// <summary>
+    /// Evaluate every K steps (0 = only at the end, when an evaluation source is given). Every evaluation
+    /// reads the same <see cref="EvalBatches"/> batches: the evaluation source is rewound to where it stood
+    /// when the trainer was built, so losses at different steps (and in resumed runs) are comparable.
+    /// </summary>
     public int EvalEvery { get; init; }
 
     public int EvalBatches { get; init; } = 8;
@@ -55,12 +59,14 @@ public sealed class Trainer
     private readonly Optimizer _optimizer;
     private readonly IBatchSource _train;
     private readonly IBatchSource? _eval;
+    private readonly DataLoaderState? _evalStart;
     private readonly TrainerOptions _options;
 
     public Trainer(ITrainable model, Optimizer optimizer, IBatchSource train, TrainerOptions options, MemoryAccount account, IBatchSource? eval = null)
     {
         if (options.Steps < 0) throw new ArgumentException($"trainer: steps must be >= 0, got {options.Steps}");
         (_model, _optimizer, _train, _options, Account, _eval) = (model, optimizer, train, options, account, eval);
+        _evalStart = eval?.State;
     }
 
     public MemoryAccount Account { get; }
@@ -81,11 +87,18 @@ public sealed class Trainer
         while (Step < _options.Steps)
         {
             TrainStep();
-            if (_eval is not null && _options.EvalEvery > 0 && Step % _options.EvalEvery == 0 && Step < _options.Steps) Evaluated?.Invoke(Evaluate(_eval, _options.EvalBatches));
+            if (_eval is not null && _options.EvalEvery > 0 && Step % _options.EvalEvery == 0 && Step < _options.Steps) Evaluated?.Invoke(EvaluateHeldOut(_eval));
             if (_options.SavePath is not null && _options.SaveEvery > 0 && Step % _options.SaveEvery == 0 && Step < _options.Steps) Save(_options.SavePath);
         }
-        if (_eval is not null) Evaluated?.Invoke(Evaluate(_eval, _options.EvalBatches));
+        if (_eval is not null) Evaluated?.Invoke(EvaluateHeldOut(_eval));
         if (_options.SavePath is not null) Save(_options.SavePath);
+    }
+
+    /// <summary>The periodic evaluation: always the same batches, from where the evaluation source started.</summary>
+    private EvalMetrics EvaluateHeldOut(IBatchSource eval)
+    {
+        eval.State = _evalStart!;
+        return Evaluate(eval, _options.EvalBatches);
     }
 
     public StepMetrics TrainStep()
