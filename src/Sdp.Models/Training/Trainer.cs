@@ -118,7 +118,9 @@ public sealed class Trainer
         }
         var parameters = _model.Module.Parameters();
         gradNorm = GradClip.ClipGlobalNorm(parameters, _options.Clip > 0 ? _options.Clip : double.PositiveInfinity);
-        _optimizer.Step();
+        // A non-finite gradient would poison the weights and the optimizer moments for good: skip the
+        // update (the step still counts, and its NaN/inf grad_norm is reported in the metrics).
+        if (double.IsFinite(gradNorm)) _optimizer.Step();
         _optimizer.ZeroGrad();
         Step++;
         double ms = clock.Elapsed.TotalMilliseconds;
