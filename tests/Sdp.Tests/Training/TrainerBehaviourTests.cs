@@ -351,4 +351,41 @@ public class TrainerBehaviourTests
         }
         Assert.That(account.CurrentBytes(MemoryCategory.Parameters), Is.Zero, "disposing the model frees its parameters and buffers");
     }
+
+    // ---- non-finite gradients ---------------------------------------------------------------------------
+
+    /// <summary>Scales the wrapped model's loss by a constant, to make every gradient non-finite on demand.</summary>
+    private sealed class ScaledLoss(ITrainable inner, double factor) : ITrainable
+    {
+        public Sdp.Engine.Nn.Module Module => inner.Module;
+
+        public string ConfigJson => inner.ConfigJson;
+
+        public string ItemUnit => inner.ItemUnit;
+
+        public long ItemsIn(Tensor inputs) => inner.ItemsIn(inputs);
+
+        public Tensor Loss(Tensor inputs, Tensor targets) => Sdp.Engine.Ops.Scale(inner.Loss(inputs, targets), factor);
+
+        public BatchEvaluation Evaluate(Tensor inputs, Tensor targets) => inner.Evaluate(inputs, targets);
+
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Test]
+    public void A_non_finite_gradient_skips_the_update_and_is_reported()
+    {
+        using var model = new ScaledLoss(NewLlama(SmallLlama, 1), double.NaN);
+        using var opt = new AdamW(model.Module.Parameters(), lr: 1e-2);
+        var before = model.Module.Parameters().Select(Bits).ToList();
+        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 2, Schedule = new ConstantSchedule(1e-2), Clip = 1 }, new MemoryAccount("nan"));
+        var norms = new List<double>();
+        trainer.StepCompleted += m => norms.Add(m.GradNorm);
+        trainer.Run();
+        Assert.That(norms, Has.Count.EqualTo(2).And.All.NaN);
+        Assert.That(trainer.Step, Is.EqualTo(2));
+        Assert.That(opt.StepCount, Is.Zero, "no optimizer update was applied");
+        var after = model.Module.Parameters().Select(Bits).ToList();
+        for (int i = 0; i < before.Count; i++) Assert.That(after[i], Is.EqualTo(before[i]), $"parameter {i} changed");
+    }
 }
