@@ -101,6 +101,7 @@ public sealed class InProcessCommunicator : ICommunicator
         public int Arrived;
         public int Left;
         public bool Done;
+        public bool TimedOut;
         public string? Error;
     }
 
@@ -161,6 +162,7 @@ public sealed class InProcessCommunicator : ICommunicator
                         var missing = ranks.Where((_, i) => !slot.Present[i]).ToArray();
                         slot.Error ??= $"{what} timed out after {timeout.TotalSeconds:G4} s on rank {rank}: ranks {Format(missing)} never joined";
                         slot.Done = true;
+                        slot.TimedOut = true;
                         _slots.Remove(key);
                         Monitor.PulseAll(_gate);
                         throw new TimeoutException(slot.Error);
@@ -168,6 +170,7 @@ public sealed class InProcessCommunicator : ICommunicator
                 }
                 slot.Left++;
                 if (slot.Left == ranks.Length) _slots.Remove(key);
+                if (slot.TimedOut) throw new TimeoutException(slot.Error);
                 if (slot.Error is not null)
                     throw new InvalidOperationException(slot.Error);
             }
