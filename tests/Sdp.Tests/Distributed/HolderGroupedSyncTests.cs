@@ -1,5 +1,6 @@
 using Sdp.Engine;
 using Sdp.Engine.Distributed;
+using Sdp.Engine.Memory;
 using static Sdp.Tests.Distributed.CommTestSupport;
 
 namespace Sdp.Tests.Distributed;
@@ -182,6 +183,59 @@ public class HolderGroupedSyncTests
         Assert.That(results[0].Collectives, Is.EqualTo(1));
         Assert.That(results[0].BytesSent, Is.EqualTo(24));
         Assert.That(grads[1][1], Is.EqualTo(InitialGrad(1, 1, 8)).AsCollection);
+    }
+
+    [Test]
+    public void Bucket_buffers_are_workspace_and_freed_and_dtypes_get_separate_buckets()
+    {
+        // W = 2: shared float32 (4, 4) = 64 bytes and shared float64 (3) = 24 bytes, cap 1 MiB → two
+        // buckets (one per dtype). Each worker's peak workspace is the larger bucket plus the scalar
+        // holder count (8 bytes for float64, 4 for float32) and nothing stays allocated.
+        var comms = InProcessCommunicator.Create(2);
+        var accounts = new[] { new MemoryAccount("w0"), new MemoryAccount("w1") };
+        var results = new double[2][];
+        RunAll(comms, (r, c) =>
+        {
+            using var a = Tensor.Zeros(new Shape(4, 4));
+            using var b = Tensor.Zeros(new Shape(3), DType.Float64);
+            a.Grad = Tensor.Full(new Shape(4, 4), r + 1);
+            b.Grad = Tensor.FromDoubles([r, 2 * r, 1.0 / 3], new Shape(3), DType.Float64);
+            var sync = new HolderGroupedSync([new SyncParameter(a), new SyncParameter(b)], r, 2, 1 << 20);
+            Assert.That(sync.Buckets.Select(k => k.DType), Is.EqualTo(new[] { DType.Float32, DType.Float64 }).AsCollection);
+            using (accounts[r].Activate())
+            {
+                accounts[r].ResetPeaks();
+                sync.Synchronize(c);
+            }
+            results[r] = [.. a.Grad.ToDoubles(), .. b.Grad.ToDoubles()];
+            a.Grad.Dispose();
+            b.Grad.Dispose();
+        });
+        for (int r = 0; r < 2; r++)
+        {
+            Assert.That(accounts[r].PeakBytes(MemoryCategory.Workspace), Is.EqualTo(64 + 4), $"worker {r}");
+            Assert.That(accounts[r].CurrentTotal, Is.EqualTo(0), $"worker {r}");
+            // float32 (1 + 2) / 2 = 1.5; float64 (0 + 1) / 2, (0 + 2) / 2, (1/3 + 1/3) / 2.
+            Assert.That(results[r], Is.EqualTo(Enumerable.Repeat(1.5, 16).Concat([0.5, 1.0, (1.0 / 3 + 1.0 / 3) / 2])).AsCollection);
+        }
+    }
+
+    [Test]
+    public void A_missing_gradient_contributes_zeros_and_receives_nothing()
+    {
+        // Worker 1 has no gradient for the shared parameter (it was unused this step): worker 0 gets (g_0 + 0) / 2.
+        var comms = InProcessCommunicator.Create(2);
+        var result = new double[2][];
+        RunAll(comms, (r, c) =>
+        {
+            using var a = Tensor.Zeros(new Shape(3));
+            if (r == 0) a.Grad = Tensor.FromDoubles([2, 4, 6], new Shape(3));
+            new HolderGroupedSync([new SyncParameter(a)], r, 2).Synchronize(c);
+            result[r] = a.Grad?.ToDoubles() ?? [];
+            a.Grad?.Dispose();
+        });
+        Assert.That(result[0], Is.EqualTo(new double[] { 1, 2, 3 }).AsCollection);
+        Assert.That(result[1], Is.Empty);
     }
 
     [Test]
