@@ -16,8 +16,11 @@ namespace Sdp.Engine.Sdp;
 /// <para>
 /// Block level: greedy memory/compute balancing. A block's cost is its share of the group's parameters
 /// plus its share of the group's FLOPs; blocks are taken in decreasing cost (ties in a seeded order) and
-/// each is given to the k workers with the least accumulated cost (ties by a seeded worker order), so
-/// every block has exactly k distinct holders and the heavy blocks are spread first.
+/// each is given to k distinct workers picked one by one: the least-loaded worker (ties by a seeded worker
+/// order), preferring workers not yet linked (through earlier shared blocks) to those already picked for
+/// this block. Every block has exactly k holders, heavy blocks are spread first, and with k ≥ 2 the
+/// worker graph ends up connected whenever the blocks allow it (plain least-loaded greedy tends to form
+/// disjoint families of identical subnetworks, which §2.3 warns against).
 /// </para>
 /// </summary>
 public sealed partial class SubnetworkPlan
@@ -222,6 +225,7 @@ public sealed partial class SubnetworkPlan
         int[] workerRank = Enumerable.Range(0, workers).ToArray();
         rng.Shuffle(workerRank.AsSpan());  // workerRank[i] = tie-break priority of worker i
         double[] load = new double[workers];
+        int[] parent = Enumerable.Range(0, workers).ToArray(); // union-find over workers linked by shared blocks
         var result = new int[groups.Count][][];
         for (int g = 0; g < groups.Count; g++)
         {
@@ -238,15 +242,46 @@ public sealed partial class SubnetworkPlan
             var holders = new int[n][];
             foreach (int u in order)
             {
-                int[] chosen = Enumerable.Range(0, workers).OrderBy(w => load[w]).ThenBy(w => workerRank[w]).Take(k).ToArray();
+                var chosen = new int[k];
+                for (int t = 0; t < k; t++)
+                {
+                    // Least-loaded worker, preferring one whose component (of the worker graph built so
+                    // far) is not yet among the chosen, so that holder sets link the workers together
+                    // instead of forming disjoint families (§2.3).
+                    int best = -1;
+                    bool bestNew = false;
+                    for (int w = 0; w < workers; w++)
+                    {
+                        if (chosen.AsSpan(0, t).Contains(w)) continue;
+                        bool isNew = true;
+                        for (int i = 0; i < t; i++) isNew &= Find(parent, chosen[i]) != Find(parent, w);
+                        if (best < 0 || (isNew && !bestNew)
+                            || (isNew == bestNew && (load[w] < load[best] || (load[w] == load[best] && workerRank[w] < workerRank[best]))))
+                        {
+                            best = w;
+                            bestNew = isNew;
+                        }
+                    }
+                    chosen[t] = best;
+                }
                 double c = Cost(u);
-                foreach (int w in chosen) load[w] += c;
+                foreach (int w in chosen)
+                {
+                    load[w] += c;
+                    parent[Find(parent, w)] = Find(parent, chosen[0]);
+                }
                 Array.Sort(chosen);
                 holders[u] = chosen;
             }
             result[g] = holders;
         }
         return result;
+    }
+
+    private static int Find(int[] parent, int x)
+    {
+        while (parent[x] != x) x = parent[x] = parent[parent[x]];
+        return x;
     }
 
     // ---- graph quantities ---------------------------------------------------------------------------------
