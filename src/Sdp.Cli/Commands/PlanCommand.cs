@@ -21,9 +21,11 @@ public static class PlanCommand
         subnet.AcceptOnlyFromAmong("neuron", "block");
         var seed = new Option<ulong>("--seed") { Description = "Seed of the unit permutations and tie-breaks", DefaultValueFactory = _ => 0UL };
         var keepDownsample = new Option<bool>("--keep-downsample-blocks") { Description = "resnet18 block level: never drop the downsampling blocks (they become shared)" };
+        var maskHeads = new Option<bool>("--mask-heads") { Description = "llama neuron level: also mask attention heads (per key/value head group)" };
+        var splitSublayers = new Option<bool>("--split-sublayers") { Description = "llama block level: attention and MLP sub-blocks are separate units" };
         var json = new Option<bool>("--json") { Description = "Print the plan as JSON" };
         var cmd = new Command("plan", "Show the SDP subnetwork plan: holders per unit, per-worker parameters, connectivity")
-            { model, config, workers, coverage, subnet, seed, keepDownsample, json };
+            { model, config, workers, coverage, subnet, seed, keepDownsample, maskHeads, splitSublayers, json };
         cmd.SetAction(p =>
         {
             string modelKind = p.GetValue(model)!;
@@ -39,7 +41,7 @@ public static class PlanCommand
                 throw new UsageException($"--coverage: {e.Message}");
             }
             var units = modelKind == "llama"
-                ? ModelUnits.Llama(LlamaConfigFrom(p.GetValue(config) ?? "tiny"), level)
+                ? ModelUnits.Llama(LlamaConfigFrom(p.GetValue(config) ?? "tiny"), level, p.GetValue(maskHeads), p.GetValue(splitSublayers))
                 : ModelUnits.ResNet18(ResNetConfigFrom(p.GetValue(config)), level,
                     p.GetValue(keepDownsample) ? DownsampleBlocks.AlwaysKeep : DownsampleBlocks.DropBranchKeepShortcut);
             var plan = SubnetworkPlan.Create(units, w, c, p.GetValue(seed));

@@ -23,7 +23,8 @@ public enum DownsampleBlocks
 public static class ModelUnits
 {
     /// <summary>LLaMA at <paramref name="level"/>; see <see cref="LlamaNeurons"/> and <see cref="LlamaBlocks"/>.</summary>
-    public static MaskableUnits Llama(LlamaConfig config, SubnetLevel level) => level == SubnetLevel.Neuron ? LlamaNeurons(config) : LlamaBlocks(config);
+    public static MaskableUnits Llama(LlamaConfig config, SubnetLevel level, bool maskHeads = false, bool splitSublayers = false)
+        => level == SubnetLevel.Neuron ? LlamaNeurons(config, maskHeads) : LlamaBlocks(config, splitSublayers: splitSublayers);
 
     /// <summary>ResNet-18 at <paramref name="level"/>; see <see cref="ResNetNeurons"/> and <see cref="ResNetBlocks"/>.</summary>
     public static MaskableUnits ResNet18(ResNetConfig config, SubnetLevel level, DownsampleBlocks downsample = DownsampleBlocks.DropBranchKeepShortcut, int imageSize = 32)
@@ -32,37 +33,76 @@ public static class ModelUnits
     /// <summary>
     /// Neuron level: one group per decoder layer, "model.layers.{i}.mlp", with intermediate_size units;
     /// unit t = row t of gate_proj and up_proj + column t of down_proj (3·hidden parameters, 6·hidden
-    /// FLOPs per token). Attention, norms, embeddings and lm_head are shared (maskHeads = false [I]).
+    /// FLOPs per token). Norms, embeddings and lm_head are always shared. Attention is shared unless
+    /// <paramref name="maskHeads"/> (§3.1 flag maskHeads, default false [I]): then each layer also has a
+    /// group "model.layers.{i}.self_attn" whose units are the key/value head groups; unit g = the q_proj
+    /// rows of its query heads, the k_proj and v_proj rows of KV head g, and the matching o_proj columns.
     /// </summary>
-    public static MaskableUnits LlamaNeurons(LlamaConfig config)
+    public static MaskableUnits LlamaNeurons(LlamaConfig config, bool maskHeads = false)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
-        long per = 3L * config.HiddenSize;
+        long h = config.HiddenSize, per = 3L * h;
+        long headUnit = (2L * config.GroupSize + 2) * config.HeadDim * h;
         var groups = new List<UnitGroup>();
+        long maskable = 0;
         for (int l = 0; l < config.NumHiddenLayers; l++)
+        {
+            if (maskHeads)
+            {
+                // Weights 2·headUnit FLOPs plus the scores and weighted values of its query heads (4·head_dim·T each, T = max_position_embeddings).
+                long flops = 2 * headUnit + 4L * config.GroupSize * config.HeadDim * config.MaxPositionEmbeddings;
+                groups.Add(UnitGroup.Uniform($"model.layers.{Str(l)}.self_attn", config.NumKeyValueHeads, headUnit, flops));
+                maskable += headUnit * config.NumKeyValueHeads;
+            }
             groups.Add(UnitGroup.Uniform($"model.layers.{Str(l)}.mlp", config.IntermediateSize, per, 2 * per));
-        long maskable = checked(config.NumHiddenLayers * per * config.IntermediateSize);
+            maskable += per * config.IntermediateSize;
+        }
         return new MaskableUnits(groups, config.ParameterCount - maskable, SubnetLevel.Neuron);
     }
 
     /// <summary>
     /// Block level: one group "model.layers" whose units are the decoder layers "model.layers.{i}" (all
     /// of a layer's parameters; FLOPs per token = 2·weights + 4·hidden·T for the attention scores and the
-    /// weighted values, T = <paramref name="seqLen"/>, default max_position_embeddings).
+    /// weighted values, T = <paramref name="seqLen"/>, default max_position_embeddings). With
+    /// <paramref name="splitSublayers"/> (§3.2 flag, default false [I]) the units are the sub-blocks
+    /// "model.layers.{i}.self_attn" and "model.layers.{i}.mlp", each including its pre-norm
+    /// (input_layernorm and post_attention_layernorm respectively).
     /// </summary>
-    public static MaskableUnits LlamaBlocks(LlamaConfig config, int? seqLen = null)
+    public static MaskableUnits LlamaBlocks(LlamaConfig config, int? seqLen = null, bool splitSublayers = false)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         int t = seqLen ?? config.MaxPositionEmbeddings;
         if (t < 1) throw new ArgumentException($"ModelUnits.LlamaBlocks: seqLen must be positive, got {t}");
         int n = config.NumHiddenLayers;
-        long layer = config.LayerParameterCount;
-        long flops = checked(2 * (layer - 2L * config.HiddenSize) + 4L * config.HiddenSize * t);
-        var names = Enumerable.Range(0, n).Select(i => $"model.layers.{Str(i)}").ToArray();
-        var group = new UnitGroup("model.layers", n, names, Enumerable.Repeat(layer, n).ToArray(), Enumerable.Repeat(flops, n).ToArray());
-        return new MaskableUnits([group], config.ParameterCount - n * layer, SubnetLevel.Block);
+        long h = config.HiddenSize, kv = (long)config.NumKeyValueHeads * config.HeadDim;
+        long attnWeights = 2 * h * h + 2 * h * kv, mlpWeights = 3 * h * config.IntermediateSize;
+        long attnFlops = checked(2 * attnWeights + 4 * h * t), mlpFlops = 2 * mlpWeights;
+        var names = new List<string>();
+        var ps = new List<long>();
+        var fs = new List<long>();
+        for (int i = 0; i < n; i++)
+        {
+            string layer = $"model.layers.{Str(i)}";
+            if (splitSublayers)
+            {
+                names.Add(layer + ".self_attn");
+                ps.Add(attnWeights + h);
+                fs.Add(attnFlops);
+                names.Add(layer + ".mlp");
+                ps.Add(mlpWeights + h);
+                fs.Add(mlpFlops);
+            }
+            else
+            {
+                names.Add(layer);
+                ps.Add(config.LayerParameterCount);
+                fs.Add(attnFlops + mlpFlops);
+            }
+        }
+        var group = new UnitGroup("model.layers", names.Count, names, [.. ps], [.. fs]);
+        return new MaskableUnits([group], config.ParameterCount - ps.Sum(), SubnetLevel.Block);
     }
 
     /// <summary>

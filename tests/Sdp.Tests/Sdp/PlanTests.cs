@@ -299,6 +299,27 @@ public sealed class PlanTests
     }
 
     [Test]
+    public void LlamaOptions_MaskHeadsAndSplitSublayers()
+    {
+        var tiny = LlamaConfig.Preset("tiny");
+        // maskHeads: 4 KV groups per layer, each = 2 query heads (q rows + o columns: 2·2·32·256) + k, v rows (2·32·256) = 49,152.
+        var heads = ModelUnits.LlamaNeurons(tiny, maskHeads: true);
+        Assert.That(heads.Groups.Select(g => g.Name).Take(3), Is.EqualTo(new[] { "model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn" }));
+        Assert.That(heads.Groups[0].UnitCount, Is.EqualTo(4));
+        Assert.That(heads.Groups[0].ParamsPerUnit, Is.All.EqualTo(49_152));
+        Assert.That(heads.TotalParams, Is.EqualTo(tiny.ParameterCount));
+        // Attention is 4·49,152 = 196,608 = 2·256² + 2·256·128 per layer.
+        Assert.That(heads.SharedParams, Is.EqualTo(2_885_888 - 4 * 196_608));
+        AssertUniform(SubnetworkPlan.Create(heads, 4, 0.5, 0));
+
+        var split = ModelUnits.Llama(tiny, SubnetLevel.Block, splitSublayers: true);
+        Assert.That(split.Groups[0].UnitNames!.Take(3), Is.EqualTo(new[] { "model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn" }));
+        Assert.That(split.Groups[0].ParamsPerUnit.Take(2), Is.EqualTo(new[] { 196_608L + 256, 528_384L + 256 }));
+        Assert.That(split.TotalParams, Is.EqualTo(tiny.ParameterCount));
+        Assert.That(SubnetworkPlan.Create(split, 4, 0.5, 0).IsConnected, Is.True);
+    }
+
+    [Test]
     public void ResNetUnits_SumToTheModelsParameterCount()
     {
         var config = new ResNetConfig(Width: 8, NumClasses: 10, InChannels: 3);
