@@ -87,7 +87,7 @@ public static class PlanCommand
         }
         Console.WriteLine(string.Create(inv, $"balance        max/min held parameters {(double)max / min:0.000}"));
         Console.WriteLine(string.Create(inv, $"holder groups  {plan.DistinctHolderGroups} distinct holder sets"));
-        Console.WriteLine(string.Create(inv, $"connectivity   {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.######}"));
+        Console.WriteLine(string.Create(inv, $"connectivity   {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.######} (normalised {plan.NormalizedAlgebraicConnectivity:0.######})"));
     }
 
     private static LlamaConfig LlamaConfigFrom(string config)

@@ -47,7 +47,7 @@ public sealed partial class SubnetworkPlan
             for (int u = 0; u < holders[g].Length; u++)
                 foreach (int w in holders[g][u]) _masks[w][g][u] = true;
         Overlap = ComputeOverlap();
-        (IsConnected, AlgebraicConnectivity) = Spectral();
+        (IsConnected, AlgebraicConnectivity, NormalizedAlgebraicConnectivity) = Spectral();
         DistinctHolderGroups = CountDistinctHolderSets();
     }
 
@@ -88,6 +88,13 @@ public sealed partial class SubnetworkPlan
     /// A[i, j] = O[i, j] (i ≠ j): positive exactly when the graph is connected (A16). 0 for one worker.
     /// </summary>
     public double AlgebraicConnectivity { get; }
+
+    /// <summary>
+    /// Second-smallest eigenvalue of the normalised Laplacian I − D^(−1/2)·A·D^(−1/2) of the same worker graph
+    /// (1 − the second-largest eigenvalue of the symmetric averaging operator; in [0, 2], 0 when
+    /// disconnected or W = 1), reported for comparison with the paper's ρ once its definition is known (A16).
+    /// </summary>
+    public double NormalizedAlgebraicConnectivity { get; }
 
     /// <summary>Sorted holders of unit <paramref name="unit"/> of group <paramref name="group"/>.</summary>
     public IReadOnlyList<int> HoldersOf(int group, int unit) => _holders[group][unit];
@@ -296,7 +303,7 @@ public sealed partial class SubnetworkPlan
         return o;
     }
 
-    private (bool Connected, double Fiedler) Spectral()
+    private (bool Connected, double Fiedler, double NormalizedFiedler) Spectral()
     {
         int w = Workers;
         // Connectivity by flood fill over shared units.
@@ -314,21 +321,32 @@ public sealed partial class SubnetworkPlan
             }
         }
         bool connected = reached == w;
-        if (w == 1) return (true, 0.0);
+        if (w == 1) return (true, 0.0, 0.0);
         var lap = new double[w, w];
+        var degree = new double[w];
         for (int i = 0; i < w; i++)
         {
             for (int j = 0; j < w; j++)
             {
                 if (i == j) continue;
                 lap[i, j] = -Overlap[i, j];
-                lap[i, i] += Overlap[i, j];
+                degree[i] += Overlap[i, j];
+            }
+            lap[i, i] = degree[i];
+        }
+        var norm = new double[w, w];
+        for (int i = 0; i < w; i++)
+        {
+            for (int j = 0; j < w; j++)
+            {
+                // An isolated worker (degree 0) contributes a 1 on the diagonal and nothing else.
+                if (i == j) norm[i, j] = 1;
+                else if (degree[i] > 0 && degree[j] > 0) norm[i, j] = lap[i, j] / Math.Sqrt(degree[i] * degree[j]);
             }
         }
-        double[] eig = SymmetricEigen.Eigenvalues(lap);
-        double fiedler = eig[1];
-        if (!connected) fiedler = 0.0; // exactly 0 in theory; Jacobi leaves rounding noise
-        return (connected, fiedler);
+        // Disconnected graphs have a second zero eigenvalue; report it as exactly 0 rather than rounding noise.
+        if (!connected) return (false, 0.0, 0.0);
+        return (true, SymmetricEigen.Eigenvalues(lap)[1], SymmetricEigen.Eigenvalues(norm)[1]);
     }
 
     private int CountDistinctHolderSets()

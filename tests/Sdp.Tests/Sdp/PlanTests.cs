@@ -231,6 +231,9 @@ public sealed class PlanTests
         var ring = SubnetworkPlan.Create(TinyNeurons, 4, 0.5, 0);
         Assert.That(ring.IsConnected, Is.True);
         Assert.That(ring.AlgebraicConnectivity, Is.EqualTo(1376).Within(1e-6));
+        // Normalised Laplacian of a 4-cycle: 1 − cos(2πj/4) = 0, 1, 1, 2.
+        Assert.That(ring.NormalizedAlgebraicConnectivity, Is.EqualTo(1).Within(1e-9));
+        Assert.That(partition.NormalizedAlgebraicConnectivity, Is.EqualTo(0));
         Assert.That(ring.DistinctHolderGroups, Is.EqualTo(4));
         for (int w = 0; w < 4; w++)
         {
