@@ -16,6 +16,7 @@ public static class SdpCli
             TokenizeCommand.Create(),
             BenchCommand.Create(),
             DoctorCommand.Create(),
+            PlanCommand.Create(),
         };
         root.Options.Add(verbose);
         return CliRunner.Run(root, verbose, args);
