@@ -1,9 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
-using Sdp.Engine.Sdp;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
-using Sdp.Models.Sdp;
+using Sdp.Models.Subnetworks;
 
 namespace Sdp.Cli.Commands;
 

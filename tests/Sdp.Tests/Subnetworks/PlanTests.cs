@@ -1,8 +1,8 @@
 using System.Text.Json;
-using Sdp.Engine.Sdp;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
-using Sdp.Models.Sdp;
+using Sdp.Models.Subnetworks;
 using Sdp.Tests.Cli;
 
 namespace Sdp.Tests.Subnetworks;

@@ -1,4 +1,4 @@
-namespace Sdp.Engine.Sdp;
+namespace Sdp.Engine.Subnetworks;
 
 /// <summary>Eigenvalues of small symmetric matrices by the cyclic Jacobi rotation method.</summary>
 public static class SymmetricEigen

@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Sdp.Engine.Sdp;
+namespace Sdp.Engine.Subnetworks;
 
 /// <summary>
 /// Which workers hold which maskable units (method reference §2.2–2.3, §3): a pure function of the

@@ -1,9 +1,9 @@
 using System.Globalization;
-using Sdp.Engine.Sdp;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
 
-namespace Sdp.Models.Sdp;
+namespace Sdp.Models.Subnetworks;
 
 /// <summary>What happens to ResNet's downsampling blocks (first block of stages 2–4) at block level (§3.2) [I].</summary>
 public enum DownsampleBlocks

@@ -1,4 +1,4 @@
-namespace Sdp.Engine.Sdp;
+namespace Sdp.Engine.Subnetworks;
 
 /// <summary>Granularity of SDP subnetworks (method reference §3): hidden neurons/channels, or whole blocks.</summary>
 public enum SubnetLevel

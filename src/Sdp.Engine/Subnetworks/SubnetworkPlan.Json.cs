@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.Json;
 
-namespace Sdp.Engine.Sdp;
+namespace Sdp.Engine.Subnetworks;
 
 public sealed partial class SubnetworkPlan
 {
