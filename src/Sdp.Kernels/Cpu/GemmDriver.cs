@@ -369,43 +369,92 @@ internal static unsafe class GemmDriver<T, TK>
         }
 
         int mr = TK.MR, nr = TK.NR;
+        int* rows = g.ScatterRows, cols = g.ScatterCols;
         for (int jr = 0; jr < nc; jr += nr)
         {
             T* pb = bp + ((nint)jr * kc);
             int ncur = Math.Min(nr, nc - jr);
+            int j0 = jc + jr;
+            int col0 = cols != null ? cols[j0] : j0;
+            bool colsRun = cols == null || cols[j0 + ncur - 1] - col0 == ncur - 1; // the tile's columns are adjacent in C
             for (int ir = 0; ir < mc; ir += mr)
             {
                 T* pa = ap + ((nint)ir * kc);
                 int mcur = Math.Min(mr, mc - ir);
+                int i0 = ic + ir;
+                int row0 = rows != null ? rows[i0] : i0;
+                bool rowsRun = rows == null || rows[i0 + mcur - 1] - row0 == mcur - 1;
+                if (colsRun && rowsRun)
+                {
+                    // The tile maps onto a dense C tile: no scatter needed.
+                    T* cc = g.C + (row0 * g.Ldc) + col0;
+                    if (mcur == mr && ncur == nr)
+                    {
+                        TK.Run(kc, pa, pb, cc, g.Ldc, g.Alpha, beta);
+                    }
+                    else
+                    {
+                        Edge(kc, pa, pb, cc, g.Ldc, g.Alpha, beta, mcur, ncur, scratch);
+                    }
+
+                    continue;
+                }
+
                 TK.Run(kc, pa, pb, scratch, nr, g.Alpha, T.Zero);
-                ScatterTile(in g, scratch, ic + ir, jc + jr, beta, mcur, ncur);
+                ScatterTile(g.C, g.Ldc, rows, colsRun ? null : cols, scratch, i0, colsRun ? col0 : j0, beta, mcur, ncur);
             }
         }
     }
 
-    /// <summary>C[map(i0 + i), map(j0 + j)] = tile[i, j] + beta * C[...] for the live part of one microtile.</summary>
-    private static void ScatterTile(in GemmArgs<T> g, T* scratch, int i0, int j0, T beta, int mcur, int ncur)
+    /// <summary>
+    /// C[row(i0 + i), col(j0 + j)] = tile[i, j] + beta * C[...] for the live part of one microtile, where row(x) = rows[x]
+    /// (x when rows is null) and col(x) = cols[x] (x when cols is null).
+    /// </summary>
+    private static void ScatterTile(T* c, nint ldc, int* rows, int* cols, T* scratch, int i0, int j0, T beta, int mcur, int ncur)
     {
         int nr = TK.NR;
-        int* rows = g.ScatterRows, cols = g.ScatterCols;
+        int vw = Vector<T>.Count;
+        var vb = new Vector<T>(beta);
         for (int i = 0; i < mcur; i++)
         {
             T* src = scratch + (i * nr);
-            int row = rows != null ? rows[i0 + i] : i0 + i;
-            T* dst = g.C + (row * g.Ldc);
+            T* dst = c + ((rows != null ? rows[i0 + i] : i0 + i) * ldc);
             if (cols == null)
             {
                 dst += j0;
+                int j = 0;
                 if (beta == T.Zero)
                 {
-                    for (int j = 0; j < ncur; j++)
+                    for (; j + vw <= ncur; j += vw)
+                    {
+                        Vector.Store(Vector.Load(src + j), dst + j);
+                    }
+
+                    for (; j < ncur; j++)
                     {
                         dst[j] = src[j];
                     }
                 }
+                else if (beta == T.One)
+                {
+                    for (; j + vw <= ncur; j += vw)
+                    {
+                        Vector.Store(Vector.Load(src + j) + Vector.Load(dst + j), dst + j);
+                    }
+
+                    for (; j < ncur; j++)
+                    {
+                        dst[j] += src[j];
+                    }
+                }
                 else
                 {
-                    for (int j = 0; j < ncur; j++)
+                    for (; j + vw <= ncur; j += vw)
+                    {
+                        Vector.Store(Vector.Load(src + j) + (vb * Vector.Load(dst + j)), dst + j);
+                    }
+
+                    for (; j < ncur; j++)
                     {
                         dst[j] = src[j] + (beta * dst[j]);
                     }
@@ -419,6 +468,13 @@ internal static unsafe class GemmDriver<T, TK>
                     for (int j = 0; j < ncur; j++)
                     {
                         dst[cj[j]] = src[j];
+                    }
+                }
+                else if (beta == T.One)
+                {
+                    for (int j = 0; j < ncur; j++)
+                    {
+                        dst[cj[j]] += src[j];
                     }
                 }
                 else
