@@ -400,6 +400,22 @@ internal static unsafe class GemmDriver<T, TK>
                     continue;
                 }
 
+                if (Sse.IsSupported)
+                {
+                    // Like the microkernel does for in-place tiles: start fetching the C lines this tile will update.
+                    int cFirst = colsRun ? col0 : cols![j0], cLast = colsRun ? col0 + ncur - 1 : cols![j0 + ncur - 1];
+                    for (int i = 0; i < mcur; i++)
+                    {
+                        T* crow = g.C + ((rows != null ? rows[i0 + i] : i0 + i) * g.Ldc);
+                        for (int q = cFirst; q <= cLast; q += 64 / sizeof(T))
+                        {
+                            Sse.Prefetch0(crow + q);
+                        }
+
+                        Sse.Prefetch0(crow + cLast);
+                    }
+                }
+
                 TK.Run(kc, pa, pb, scratch, nr, g.Alpha, T.Zero);
                 ScatterTile(g.C, g.Ldc, rows, colsRun ? null : cols, scratch, i0, colsRun ? col0 : j0, beta, mcur, ncur);
             }
