@@ -229,7 +229,145 @@ public static unsafe class MaskedGemm
             return;
         }
 
+        if ((g.ScatterRows != null) != (g.ScatterCols != null) && g.K > StagedMinK && StagingOverride != false)
+        {
+            RunStaged(in g, threads);
+            return;
+        }
+
         Gemm.Run(in g, threads);
+    }
+
+    /// <summary>Depth from which a scattered output is staged compactly (below, each tile is scattered once anyway).</summary>
+    internal static int StagedMinK { get; set; } = 256;
+
+    /// <summary>Test hook: false disables staging (per-microtile scatter only), true stages any K.</summary>
+    internal static bool? StagingOverride { get; set; }
+
+    /// <summary>Elements of the compact staging buffer (4 MiB of float32).</summary>
+    internal static int StagingElements { get; set; } = 1 << 20;
+
+    /// <summary>
+    /// Scattered output over a deep K: the driver would scatter every microtile once per KC slice, so instead the output
+    /// is computed in bounded chunks (of C rows for a row scatter, C columns for a column scatter) into a compact staging
+    /// buffer with beta = 0 and scattered once: C[map] = stage + beta · C[map].
+    /// </summary>
+    private static void RunStaged(in GemmArgs<float> g, int threads)
+    {
+        bool rowsMode = g.ScatterRows != null;
+        int other = rowsMode ? g.N : g.M;
+        int chunk = Math.Max(64, StagingElements / Math.Max(1, other));
+        chunk = Math.Min(chunk, rowsMode ? g.M : g.N);
+        float* stage = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)chunk * (nuint)other * sizeof(float), 64);
+        try
+        {
+            int total = rowsMode ? g.M : g.N;
+            for (int s0 = 0; s0 < total; s0 += chunk)
+            {
+                int len = Math.Min(chunk, total - s0);
+                GemmArgs<float> sub = g;
+                sub.Beta = 0f;
+                sub.C = stage;
+                sub.ScatterRows = null;
+                sub.ScatterCols = null;
+                if (rowsMode)
+                {
+                    sub.M = len;
+                    sub.Ldc = g.N;
+                    if (g.GatherA != null)
+                    {
+                        sub.GatherA = g.GatherA + s0;
+                    }
+                    else
+                    {
+                        sub.A = g.TransA ? g.A + s0 : g.A + ((nint)s0 * g.Lda);
+                    }
+                }
+                else
+                {
+                    sub.N = len;
+                    sub.Ldc = len;
+                    if (g.GatherBN != null)
+                    {
+                        sub.GatherBN = g.GatherBN + s0;
+                    }
+                    else
+                    {
+                        sub.B = g.TransB ? g.B + ((nint)s0 * g.Ldb) : g.B + s0;
+                    }
+                }
+
+                Gemm.Run(in sub, threads);
+                ScatterStage(in g, stage, rowsMode, s0, len);
+            }
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(stage);
+        }
+    }
+
+    /// <summary>C[map(s0 + q), ...] = stage[q, ...] + beta · C[...] for one staged chunk.</summary>
+    private static void ScatterStage(in GemmArgs<float> g, float* stage, bool rowsMode, int s0, int len)
+    {
+        float beta = g.Beta;
+        if (rowsMode)
+        {
+            int n = g.N;
+            for (int q = 0; q < len; q++)
+            {
+                var src = new ReadOnlySpan<float>(stage + ((nint)q * n), n);
+                var dst = new Span<float>(g.C + ((nint)g.ScatterRows[s0 + q] * g.Ldc), n);
+                Combine(src, dst, beta);
+            }
+
+            return;
+        }
+
+        int* cols = g.ScatterCols + s0;
+        for (int i = 0; i < g.M; i++)
+        {
+            float* src = stage + ((nint)i * len);
+            float* dst = g.C + ((nint)i * g.Ldc);
+            if (beta == 0f)
+            {
+                for (int j = 0; j < len; j++)
+                {
+                    dst[cols[j]] = src[j];
+                }
+            }
+            else if (beta == 1f)
+            {
+                for (int j = 0; j < len; j++)
+                {
+                    dst[cols[j]] += src[j];
+                }
+            }
+            else
+            {
+                for (int j = 0; j < len; j++)
+                {
+                    float* d = dst + cols[j];
+                    *d = src[j] + (beta * *d);
+                }
+            }
+        }
+    }
+
+    private static void Combine(ReadOnlySpan<float> src, Span<float> dst, float beta)
+    {
+        if (beta == 0f)
+        {
+            src.CopyTo(dst);
+        }
+        else if (beta == 1f)
+        {
+            TensorPrimitives.Add(dst, src, dst);
+        }
+        else
+        {
+            TensorPrimitives.MultiplyAdd(dst, beta, src, dst);
+        }
     }
 
     /// <summary>C[map(i), map(j)] *= beta (beta == 0 writes zeros without reading).</summary>

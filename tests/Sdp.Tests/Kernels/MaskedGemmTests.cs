@@ -132,52 +132,69 @@ public unsafe class MaskedGemmTests
     [TestCaseSource(nameof(Cases))]
     public void WeightGradRows_AllLayouts(int tokens, int inDim, int outDim, int unused, double d, int threads)
     {
-        foreach (bool dyFull in new[] { false, true })
+        foreach (bool staged in new[] { false, true })
         {
-            foreach (bool dwFull in new[] { false, true })
+            // staged: the scattered output goes through the compact staging buffer in several small chunks;
+            // otherwise every microtile is scattered per KC slice.
+            MaskedGemm.StagingOverride = staged ? null : false;
+            MaskedGemm.StagedMinK = staged ? 0 : 256;
+            MaskedGemm.StagingElements = staged ? 64 : 1 << 20;
+            try
             {
-                var r = new Random(3000 + tokens + inDim + outDim + (int)(d * 100));
-                int[] idx = RandIdx(r, outDim, d);
-                int lddy = (dyFull ? outDim : idx.Length) + 1, ldx = inDim + 2, lddw = inDim + 1;
-                int dwRows = dwFull ? outDim : idx.Length;
-                float[] dy = Rand(r, tokens * lddy), x = Rand(r, tokens * ldx), dw = Rand(r, dwRows * lddw);
-                float[] before = (float[])dw.Clone();
-                fixed (float* pdy = dy, px = x, pdw = dw)
+                foreach (bool dyFull in new[] { false, true })
                 {
-                    MaskedGemm.SgemmWeightGradRows(tokens, inDim, pdy, lddy, dyFull, px, ldx, idx, outDim, pdw, lddw, dwFull, threads: threads);
-                }
-
-                string tag = $"dyFull={dyFull} dwFull={dwFull}";
-                var held = new HashSet<int>(idx);
-                for (int q = 0; q < idx.Length; q++)
-                {
-                    int row = dwFull ? idx[q] : q;
-                    int dyCol = dyFull ? idx[q] : q;
-                    for (int j = 0; j < inDim; j++)
+                    foreach (bool dwFull in new[] { false, true })
                     {
-                        double s = before[(row * lddw) + j], sa = Math.Abs(s);
-                        for (int t = 0; t < tokens; t++)
+                        var r = new Random(3000 + tokens + inDim + outDim + (int)(d * 100));
+                        int[] idx = RandIdx(r, outDim, d);
+                        int lddy = (dyFull ? outDim : idx.Length) + 1, ldx = inDim + 2, lddw = inDim + 1;
+                        int dwRows = dwFull ? outDim : idx.Length;
+                        float[] dy = Rand(r, tokens * lddy), x = Rand(r, tokens * ldx), dw = Rand(r, dwRows * lddw);
+                        float[] before = (float[])dw.Clone();
+                        fixed (float* pdy = dy, px = x, pdw = dw)
                         {
-                            double v = (double)dy[(t * lddy) + dyCol] * x[(t * ldx) + j];
-                            s += v;
-                            sa += Math.Abs(v);
+                            MaskedGemm.SgemmWeightGradRows(tokens, inDim, pdy, lddy, dyFull, px, ldx, idx, outDim, pdw, lddw, dwFull, threads: threads);
                         }
 
-                        AssertClose(s, sa, dw[(row * lddw) + j], $"{tag} dW[{row},{j}]");
-                    }
-                }
-
-                for (int row = 0; row < dwRows; row++)
-                {
-                    bool written = dwFull ? held.Contains(row) : true;
-                    for (int j = 0; j < lddw; j++)
-                    {
-                        if (!written || j >= inDim)
+                        string tag = $"staged={staged} dyFull={dyFull} dwFull={dwFull}";
+                        var held = new HashSet<int>(idx);
+                        for (int q = 0; q < idx.Length; q++)
                         {
-                            Assert.That(BitConverter.SingleToInt32Bits(dw[(row * lddw) + j]), Is.EqualTo(BitConverter.SingleToInt32Bits(before[(row * lddw) + j])), $"{tag} untouched dW[{row},{j}]");
+                            int row = dwFull ? idx[q] : q;
+                            int dyCol = dyFull ? idx[q] : q;
+                            for (int j = 0; j < inDim; j++)
+                            {
+                                double s = before[(row * lddw) + j], sa = Math.Abs(s);
+                                for (int t = 0; t < tokens; t++)
+                                {
+                                    double v = (double)dy[(t * lddy) + dyCol] * x[(t * ldx) + j];
+                                    s += v;
+                                    sa += Math.Abs(v);
+                                }
+
+                                AssertClose(s, sa, dw[(row * lddw) + j], $"{tag} dW[{row},{j}]");
+                            }
+                        }
+
+                        for (int row = 0; row < dwRows; row++)
+                        {
+                            bool written = dwFull ? held.Contains(row) : true;
+                            for (int j = 0; j < lddw; j++)
+                            {
+                                if (!written || j >= inDim)
+                                {
+                                    Assert.That(BitConverter.SingleToInt32Bits(dw[(row * lddw) + j]), Is.EqualTo(BitConverter.SingleToInt32Bits(before[(row * lddw) + j])), $"{tag} untouched dW[{row},{j}]");
+                                }
+                            }
                         }
                     }
                 }
+            }
+            finally
+            {
+                MaskedGemm.StagingOverride = null;
+                MaskedGemm.StagedMinK = 256;
+                MaskedGemm.StagingElements = 1 << 20;
             }
         }
     }
@@ -185,51 +202,68 @@ public unsafe class MaskedGemmTests
     [TestCaseSource(nameof(Cases))]
     public void WeightGradCols_AllLayouts(int tokens, int outDim, int inDim, int unused, double d, int threads)
     {
-        foreach (bool xFull in new[] { false, true })
+        foreach (bool staged in new[] { false, true })
         {
-            foreach (bool dwFull in new[] { false, true })
+            // staged: the scattered output goes through the compact staging buffer in several small chunks;
+            // otherwise every microtile is scattered per KC slice.
+            MaskedGemm.StagingOverride = staged ? null : false;
+            MaskedGemm.StagedMinK = staged ? 0 : 256;
+            MaskedGemm.StagingElements = staged ? 64 : 1 << 20;
+            try
             {
-                var r = new Random(4000 + tokens + inDim + outDim + (int)(d * 100));
-                int[] idx = RandIdx(r, inDim, d);
-                int lddy = outDim + 1, ldx = (xFull ? inDim : idx.Length) + 2, lddw = (dwFull ? inDim : idx.Length) + 1;
-                float[] dy = Rand(r, tokens * lddy), x = Rand(r, tokens * ldx), dw = Rand(r, outDim * lddw);
-                float[] before = (float[])dw.Clone();
-                fixed (float* pdy = dy, px = x, pdw = dw)
+                foreach (bool xFull in new[] { false, true })
                 {
-                    MaskedGemm.SgemmWeightGradCols(tokens, outDim, pdy, lddy, px, ldx, xFull, idx, inDim, pdw, lddw, dwFull, threads: threads);
-                }
-
-                string tag = $"xFull={xFull} dwFull={dwFull}";
-                var writtenCols = new HashSet<int>();
-                for (int q = 0; q < idx.Length; q++)
-                {
-                    int col = dwFull ? idx[q] : q;
-                    int xCol = xFull ? idx[q] : q;
-                    writtenCols.Add(col);
-                    for (int i = 0; i < outDim; i++)
+                    foreach (bool dwFull in new[] { false, true })
                     {
-                        double s = before[(i * lddw) + col], sa = Math.Abs(s);
-                        for (int t = 0; t < tokens; t++)
+                        var r = new Random(4000 + tokens + inDim + outDim + (int)(d * 100));
+                        int[] idx = RandIdx(r, inDim, d);
+                        int lddy = outDim + 1, ldx = (xFull ? inDim : idx.Length) + 2, lddw = (dwFull ? inDim : idx.Length) + 1;
+                        float[] dy = Rand(r, tokens * lddy), x = Rand(r, tokens * ldx), dw = Rand(r, outDim * lddw);
+                        float[] before = (float[])dw.Clone();
+                        fixed (float* pdy = dy, px = x, pdw = dw)
                         {
-                            double v = (double)dy[(t * lddy) + i] * x[(t * ldx) + xCol];
-                            s += v;
-                            sa += Math.Abs(v);
+                            MaskedGemm.SgemmWeightGradCols(tokens, outDim, pdy, lddy, px, ldx, xFull, idx, inDim, pdw, lddw, dwFull, threads: threads);
                         }
 
-                        AssertClose(s, sa, dw[(i * lddw) + col], $"{tag} dW[{i},{col}]");
-                    }
-                }
-
-                for (int i = 0; i < outDim; i++)
-                {
-                    for (int j = 0; j < lddw; j++)
-                    {
-                        if (!writtenCols.Contains(j))
+                        string tag = $"staged={staged} xFull={xFull} dwFull={dwFull}";
+                        var writtenCols = new HashSet<int>();
+                        for (int q = 0; q < idx.Length; q++)
                         {
-                            Assert.That(BitConverter.SingleToInt32Bits(dw[(i * lddw) + j]), Is.EqualTo(BitConverter.SingleToInt32Bits(before[(i * lddw) + j])), $"{tag} untouched dW[{i},{j}]");
+                            int col = dwFull ? idx[q] : q;
+                            int xCol = xFull ? idx[q] : q;
+                            writtenCols.Add(col);
+                            for (int i = 0; i < outDim; i++)
+                            {
+                                double s = before[(i * lddw) + col], sa = Math.Abs(s);
+                                for (int t = 0; t < tokens; t++)
+                                {
+                                    double v = (double)dy[(t * lddy) + i] * x[(t * ldx) + xCol];
+                                    s += v;
+                                    sa += Math.Abs(v);
+                                }
+
+                                AssertClose(s, sa, dw[(i * lddw) + col], $"{tag} dW[{i},{col}]");
+                            }
+                        }
+
+                        for (int i = 0; i < outDim; i++)
+                        {
+                            for (int j = 0; j < lddw; j++)
+                            {
+                                if (!writtenCols.Contains(j))
+                                {
+                                    Assert.That(BitConverter.SingleToInt32Bits(dw[(i * lddw) + j]), Is.EqualTo(BitConverter.SingleToInt32Bits(before[(i * lddw) + j])), $"{tag} untouched dW[{i},{j}]");
+                                }
+                            }
                         }
                     }
                 }
+            }
+            finally
+            {
+                MaskedGemm.StagingOverride = null;
+                MaskedGemm.StagedMinK = 256;
+                MaskedGemm.StagingElements = 1 << 20;
             }
         }
     }
