@@ -25,10 +25,22 @@ public static unsafe class MaskedGemmBench
 
     public static IReadOnlyList<double> DefaultDensities { get; } = [0.25, 0.5, 0.75, 1.0];
 
+    /// <summary>Kernel names (see the class summary).</summary>
+    public static IReadOnlyList<string> Kernels { get; } = ["fwd-rows", "fwd-cols", "dW-rows", "dW-cols"];
+
     /// <summary>Runs the benchmark and prints a table to <paramref name="output"/>.</summary>
-    public static IReadOnlyList<MaskedGemmBenchRow> Run(TextWriter output, int[]? sizes = null, double[]? densities = null, int samples = 5, int threads = 0)
+    public static IReadOnlyList<MaskedGemmBenchRow> Run(TextWriter output, int[]? sizes = null, double[]? densities = null, int samples = 5, int threads = 0, string[]? kernels = null)
     {
         ArgumentNullException.ThrowIfNull(output);
+        kernels ??= [.. Kernels];
+        foreach (string k in kernels)
+        {
+            if (!Kernels.Contains(k))
+            {
+                throw new ArgumentException($"unknown kernel '{k}' (known: {string.Join(", ", Kernels)})", nameof(kernels));
+            }
+        }
+
         sizes ??= [.. DefaultSizes];
         densities ??= [.. DefaultDensities];
         ArgumentOutOfRangeException.ThrowIfLessThan(samples, 1);
@@ -52,7 +64,7 @@ public static unsafe class MaskedGemmBench
         foreach (int n in sizes)
         {
             using var mats = new GemmQuickBench.SquareMatrices(n); // A = X / dY / compact activations, B = W / X, C = Y / dW
-            foreach (string kernel in (Environment.GetEnvironmentVariable("SDP_MASKED_KERNELS") ?? "fwd-rows,fwd-cols,dW-rows,dW-cols").Split(','))
+            foreach (string kernel in kernels)
             {
                 foreach (double d in densities)
                 {
@@ -64,9 +76,6 @@ public static unsafe class MaskedGemmBench
                     {
                         "fwd-rows" => () => MaskedGemm.SgemmGatherB(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
                         "fwd-cols" => () => MaskedGemm.SgemmGatherK(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
-                        "dW-rows-c" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, false, mats.B, n, idx, n, mats.C, n, false, threads: t),
-                        "dW-rows-g" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, false, threads: t),
-                        "dW-rows-s" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, false, mats.B, n, idx, n, mats.C, n, true, threads: t),
                         "dW-rows" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, true, threads: t),
                         _ => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, n, true, threads: t),
                     };

@@ -26,7 +26,8 @@ public static class BenchCommand
         var mDens = new Option<double[]>("--densities") { Description = "Held-unit densities d in (0, 1]", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.DefaultDensities] };
         var mSamples = new Option<int>("--samples") { Description = "Timed samples per cell (median kept)", DefaultValueFactory = _ => 5 };
         var mThreads = new Option<int>("--threads") { Description = "Threads (0 = all)", DefaultValueFactory = _ => 0 };
-        var masked = new Command("masked", "Masked SGEMMs (gather in packing) against dense SGEMM: time_masked / (d · time_dense)") { mSizes, mDens, mSamples, mThreads };
+        var mKernels = new Option<string[]>("--kernels") { Description = "Kernels: " + string.Join(", ", MaskedGemmBench.Kernels), AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.Kernels] };
+        var masked = new Command("masked", "Masked SGEMMs (gather in packing) against dense SGEMM: time_masked / (d · time_dense)") { mSizes, mDens, mSamples, mThreads, mKernels };
         masked.SetAction(p =>
         {
             var n = p.GetValue(mSizes)!;
@@ -35,7 +36,9 @@ public static class BenchCommand
             if (d.Length == 0 || d.Any(v => !(v > 0 && v <= 1))) throw new UsageException("--densities must be in (0, 1]");
             if (p.GetValue(mSamples) < 1) throw new UsageException("--samples must be >= 1");
             if (p.GetValue(mThreads) < 0) throw new UsageException("--threads must be >= 0");
-            MaskedGemmBench.Run(Console.Out, n, d, p.GetValue(mSamples), p.GetValue(mThreads));
+            var ks = p.GetValue(mKernels)!;
+            if (ks.Length == 0 || ks.Any(k => !MaskedGemmBench.Kernels.Contains(k))) throw new UsageException("--kernels must be among: " + string.Join(", ", MaskedGemmBench.Kernels));
+            MaskedGemmBench.Run(Console.Out, n, d, p.GetValue(mSamples), p.GetValue(mThreads), ks);
             return 0;
         });
         return new Command("bench", "Benchmarks") { gemm, masked };
