@@ -229,13 +229,26 @@ public static unsafe class MaskedGemm
             return;
         }
 
-        if ((g.ScatterRows != null) != (g.ScatterCols != null) && g.K > StagedMinK && StagingOverride != false)
+        GemmArgs<float> h = g;
+        if (h.ScatterRows != null && h.ScatterRows[h.M - 1] - h.ScatterRows[0] == h.M - 1)
         {
-            RunStaged(in g, threads);
+            h.C += (nint)h.ScatterRows[0] * h.Ldc; // an adjacent run of rows: a plain strided output
+            h.ScatterRows = null;
+        }
+
+        if (h.ScatterCols != null && h.ScatterCols[h.N - 1] - h.ScatterCols[0] == h.N - 1)
+        {
+            h.C += h.ScatterCols[0];
+            h.ScatterCols = null;
+        }
+
+        if ((h.ScatterRows != null) != (h.ScatterCols != null) && h.K > StagedMinK && StagingOverride != false)
+        {
+            RunStaged(in h, threads);
             return;
         }
 
-        Gemm.Run(in g, threads);
+        Gemm.Run(in h, threads);
     }
 
     /// <summary>Depth from which a scattered output is staged compactly (below, each tile is scattered once anyway).</summary>
@@ -244,8 +257,8 @@ public static unsafe class MaskedGemm
     /// <summary>Test hook: false disables staging (per-microtile scatter only), true stages any K.</summary>
     internal static bool? StagingOverride { get; set; }
 
-    /// <summary>Elements of the compact staging buffer (4 MiB of float32).</summary>
-    internal static int StagingElements { get; set; } = 1 << 20;
+    /// <summary>Elements of the compact staging buffer (8 MiB of float32: row chunks of a 2048-wide output are 1024 tall, so B is re-packed rarely).</summary>
+    internal static int StagingElements { get; set; } = 1 << 21;
 
     /// <summary>
     /// Scattered output over a deep K: the driver would scatter every microtile once per KC slice, so instead the output

@@ -138,7 +138,7 @@ public unsafe class MaskedGemmTests
             // otherwise every microtile is scattered per KC slice.
             MaskedGemm.StagingOverride = staged ? null : false;
             MaskedGemm.StagedMinK = staged ? 0 : 256;
-            MaskedGemm.StagingElements = staged ? 64 : 1 << 20;
+            MaskedGemm.StagingElements = staged ? 64 : 1 << 21;
             try
             {
                 foreach (bool dyFull in new[] { false, true })
@@ -194,7 +194,7 @@ public unsafe class MaskedGemmTests
             {
                 MaskedGemm.StagingOverride = null;
                 MaskedGemm.StagedMinK = 256;
-                MaskedGemm.StagingElements = 1 << 20;
+                MaskedGemm.StagingElements = 1 << 21;
             }
         }
     }
@@ -208,7 +208,7 @@ public unsafe class MaskedGemmTests
             // otherwise every microtile is scattered per KC slice.
             MaskedGemm.StagingOverride = staged ? null : false;
             MaskedGemm.StagedMinK = staged ? 0 : 256;
-            MaskedGemm.StagingElements = staged ? 64 : 1 << 20;
+            MaskedGemm.StagingElements = staged ? 64 : 1 << 21;
             try
             {
                 foreach (bool xFull in new[] { false, true })
@@ -263,7 +263,7 @@ public unsafe class MaskedGemmTests
             {
                 MaskedGemm.StagingOverride = null;
                 MaskedGemm.StagedMinK = 256;
-                MaskedGemm.StagingElements = 1 << 20;
+                MaskedGemm.StagingElements = 1 << 21;
             }
         }
     }
@@ -286,6 +286,41 @@ public unsafe class MaskedGemmTests
             for (int j = 0; j < inDim; j++)
             {
                 Assert.That(float.IsNaN(dw[(o * inDim) + j]), Is.EqualTo(!held.Contains(o)), $"dW[{o},{j}]");
+            }
+        }
+    }
+
+    [Test]
+    public void WeightGrad_ContiguousRunNotAtZero()
+    {
+        // A contiguous held run [5, 20) maps to a plain offset output; rows/columns outside it stay untouched.
+        var r = new Random(11);
+        int tokens = 300, dim = 31;
+        int[] idx = [.. Enumerable.Range(5, 15)];
+        float[] dy = Rand(r, tokens * dim), x = Rand(r, tokens * dim), dwR = Rand(r, dim * dim);
+        float[] dwC = (float[])dwR.Clone(), before = (float[])dwR.Clone();
+        fixed (float* pdy = dy, px = x, pr = dwR, pc = dwC)
+        {
+            MaskedGemm.SgemmWeightGradRows(tokens, dim, pdy, dim, true, px, dim, idx, dim, pr, dim, true);
+            MaskedGemm.SgemmWeightGradCols(tokens, dim, pdy, dim, px, dim, true, idx, dim, pc, dim, true);
+        }
+
+        for (int i = 0; i < dim; i++)
+        {
+            for (int j = 0; j < dim; j++)
+            {
+                double sr = before[(i * dim) + j], sa = Math.Abs(sr);
+                for (int t = 0; t < tokens; t++)
+                {
+                    double vr = (double)dy[(t * dim) + i] * x[(t * dim) + j];
+                    sr += vr;
+                    sa += Math.Abs(vr);
+                }
+
+                double expectedRow = i is >= 5 and < 20 ? sr : before[(i * dim) + j];
+                double expectedCol = j is >= 5 and < 20 ? sr : before[(i * dim) + j];
+                AssertClose(expectedRow, sa, dwR[(i * dim) + j], $"rows dW[{i},{j}]");
+                AssertClose(expectedCol, sa, dwC[(i * dim) + j], $"cols dW[{i},{j}]");
             }
         }
     }
