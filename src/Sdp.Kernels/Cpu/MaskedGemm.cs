@@ -257,6 +257,9 @@ public static unsafe class MaskedGemm
     /// <summary>Test hook: false disables staging (per-microtile scatter only), true stages any K.</summary>
     internal static bool? StagingOverride { get; set; }
 
+    /// <summary>Staged elements per extra thread when scattering a chunk back.</summary>
+    internal static int StagingScatterWorkPerThread { get; set; } = 1 << 16;
+
     /// <summary>Elements of the compact staging buffer (8 MiB of float32: row chunks of a 2048-wide output are 1024 tall, so B is re-packed rarely).</summary>
     internal static int StagingElements { get; set; } = 1 << 21;
 
@@ -311,7 +314,19 @@ public static unsafe class MaskedGemm
                 }
 
                 Gemm.Run(in sub, threads);
-                ScatterStage(in g, stage, rowsMode, s0, len);
+                int rowsOut = rowsMode ? len : g.M;
+                int t = Math.Min(threads > 0 ? threads : Gemm.MaxThreads, Math.Max(1, (int)((long)len * other / StagingScatterWorkPerThread)));
+                if (t <= 1)
+                {
+                    ScatterStage(in g, stage, rowsMode, s0, len, 0, rowsOut);
+                }
+                else
+                {
+                    GemmArgs<float> gc = g;
+                    nint st = (nint)stage;
+                    Parallel.For(0, t, new ParallelOptions { MaxDegreeOfParallelism = t }, part =>
+                        ScatterStage(in gc, (float*)st, rowsMode, s0, len, (int)((long)part * rowsOut / t), (int)((long)(part + 1) * rowsOut / t)));
+                }
             }
         }
         finally
@@ -320,14 +335,14 @@ public static unsafe class MaskedGemm
         }
     }
 
-    /// <summary>C[map(s0 + q), ...] = stage[q, ...] + beta · C[...] for one staged chunk.</summary>
-    private static void ScatterStage(in GemmArgs<float> g, float* stage, bool rowsMode, int s0, int len)
+    /// <summary>C[map(s0 + q), ...] = stage[q, ...] + beta · C[...] for one staged chunk, stage rows [r0, r1).</summary>
+    private static void ScatterStage(in GemmArgs<float> g, float* stage, bool rowsMode, int s0, int len, int r0, int r1)
     {
         float beta = g.Beta;
         if (rowsMode)
         {
             int n = g.N;
-            for (int q = 0; q < len; q++)
+            for (int q = r0; q < r1; q++)
             {
                 var src = new ReadOnlySpan<float>(stage + ((nint)q * n), n);
                 var dst = new Span<float>(g.C + ((nint)g.ScatterRows[s0 + q] * g.Ldc), n);
@@ -338,7 +353,7 @@ public static unsafe class MaskedGemm
         }
 
         int* cols = g.ScatterCols + s0;
-        for (int i = 0; i < g.M; i++)
+        for (int i = r0; i < r1; i++)
         {
             float* src = stage + ((nint)i * len);
             float* dst = g.C + ((nint)i * g.Ldc);

@@ -139,6 +139,7 @@ public unsafe class MaskedGemmTests
             MaskedGemm.StagingOverride = staged ? null : false;
             MaskedGemm.StagedMinK = staged ? 0 : 256;
             MaskedGemm.StagingElements = staged ? 64 : 1 << 21;
+            MaskedGemm.StagingScatterWorkPerThread = staged ? 1 : 1 << 16;
             try
             {
                 foreach (bool dyFull in new[] { false, true })
@@ -195,6 +196,7 @@ public unsafe class MaskedGemmTests
                 MaskedGemm.StagingOverride = null;
                 MaskedGemm.StagedMinK = 256;
                 MaskedGemm.StagingElements = 1 << 21;
+                MaskedGemm.StagingScatterWorkPerThread = 1 << 16;
             }
         }
     }
@@ -209,6 +211,7 @@ public unsafe class MaskedGemmTests
             MaskedGemm.StagingOverride = staged ? null : false;
             MaskedGemm.StagedMinK = staged ? 0 : 256;
             MaskedGemm.StagingElements = staged ? 64 : 1 << 21;
+            MaskedGemm.StagingScatterWorkPerThread = staged ? 1 : 1 << 16;
             try
             {
                 foreach (bool xFull in new[] { false, true })
@@ -264,6 +267,7 @@ public unsafe class MaskedGemmTests
                 MaskedGemm.StagingOverride = null;
                 MaskedGemm.StagedMinK = 256;
                 MaskedGemm.StagingElements = 1 << 21;
+                MaskedGemm.StagingScatterWorkPerThread = 1 << 16;
             }
         }
     }
