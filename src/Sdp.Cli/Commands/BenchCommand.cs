@@ -3,7 +3,7 @@ using Sdp.Bench;
 
 namespace Sdp.Cli.Commands;
 
-/// <summary>`sdp bench gemm`: quick GEMM benchmark, ours against OpenBLAS in the same run.</summary>
+/// <summary>`sdp bench gemm`: quick GEMM benchmark, ours against OpenBLAS in the same run; `sdp bench masked`: masked GEMMs against dense.</summary>
 public static class BenchCommand
 {
     public static Command Create()
@@ -22,6 +22,25 @@ public static class BenchCommand
             GemmQuickBench.Run(Console.Out, n, t, p.GetValue(seconds));
             return 0;
         });
-        return new Command("bench", "Benchmarks") { gemm };
+        var mSizes = new Option<int[]>("--sizes") { Description = "Square sizes n (tokens = in = out = n)", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.DefaultSizes] };
+        var mDens = new Option<double[]>("--densities") { Description = "Held-unit densities d in (0, 1]", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.DefaultDensities] };
+        var mSamples = new Option<int>("--samples") { Description = "Timed samples per cell (median kept)", DefaultValueFactory = _ => 5 };
+        var mThreads = new Option<int>("--threads") { Description = "Threads (0 = all)", DefaultValueFactory = _ => 0 };
+        var mKernels = new Option<string[]>("--kernels") { Description = "Kernels: " + string.Join(", ", MaskedGemmBench.Kernels), AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.Kernels] };
+        var masked = new Command("masked", "Masked SGEMMs (gather in packing) against dense SGEMM: time_masked / (d · time_dense)") { mSizes, mDens, mSamples, mThreads, mKernels };
+        masked.SetAction(p =>
+        {
+            var n = p.GetValue(mSizes)!;
+            var d = p.GetValue(mDens)!;
+            if (n.Length == 0 || n.Any(v => v <= 0)) throw new UsageException("--sizes must be positive integers");
+            if (d.Length == 0 || d.Any(v => !(v > 0 && v <= 1))) throw new UsageException("--densities must be in (0, 1]");
+            if (p.GetValue(mSamples) < 1) throw new UsageException("--samples must be >= 1");
+            if (p.GetValue(mThreads) < 0) throw new UsageException("--threads must be >= 0");
+            var ks = p.GetValue(mKernels)!;
+            if (ks.Length == 0 || ks.Any(k => !MaskedGemmBench.Kernels.Contains(k))) throw new UsageException("--kernels must be among: " + string.Join(", ", MaskedGemmBench.Kernels));
+            MaskedGemmBench.Run(Console.Out, n, d, p.GetValue(mSamples), p.GetValue(mThreads), ks);
+            return 0;
+        });
+        return new Command("bench", "Benchmarks") { gemm, masked };
     }
 }

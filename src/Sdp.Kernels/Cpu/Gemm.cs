@@ -98,6 +98,12 @@ public static unsafe class Gemm
             return;
         }
 
+        Run(in g, threads);
+    }
+
+    /// <summary>Runs a prepared float32 GEMM (plain or index-aware; m, n, k &gt; 0) on the selected kernel.</summary>
+    internal static void Run(in GemmArgs<float> g, int threads)
+    {
         int t = threads > 0 ? threads : MaxThreads;
         switch (ForcedIsa ?? s_isa)
         {

@@ -13,6 +13,21 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
     public T Alpha, Beta;
     public T* A, B, C;
     public nint Lda, Ldb, Ldc;
+
+    // Index-aware variants (masked GEMM; all null for a plain GEMM). Indices are not bounds-checked here.
+    /// <summary>op(A) row i is logical row GatherA[i] of op(A)'s storage (only with TransA: a column gather of A).</summary>
+    public int* GatherA;
+
+    /// <summary>op(B) column j is logical column GatherBN[j] (TransB: row GatherBN[j] of B; else column GatherBN[j] of B).</summary>
+    public int* GatherBN;
+
+    /// <summary>op(B) row p is logical row GatherBK[p] (only with TransB: column GatherBK[p] of B).</summary>
+    public int* GatherBK;
+
+    /// <summary>Row i of C is stored at row ScatterRows[i]; column j of C at column ScatterCols[j].</summary>
+    public int* ScatterRows, ScatterCols;
+
+    public readonly bool Indexed => GatherA != null || GatherBN != null || GatherBK != null || ScatterRows != null || ScatterCols != null;
 }
 
 /// <summary>
@@ -39,7 +54,7 @@ internal static unsafe class GemmDriver<T, TK>
         t = Math.Min(t, tilesM * tilesN);
         if (t <= 1)
         {
-            if (work <= Gemm.SmallWork && g.K <= TK.KC)
+            if (work <= Gemm.SmallWork && g.K <= TK.KC && !g.Indexed)
             {
                 RunSmall(in g);
             }
@@ -214,14 +229,7 @@ internal static unsafe class GemmDriver<T, TK>
             }
 
             T* dst = _bBuffers + ((ph & 1) * _bufStride) + ((nint)c0 * kcur);
-            if (_g.TransB)
-            {
-                PackBT(_g.B + ((jc + c0) * _g.Ldb) + pc, _g.Ldb, kcur, c1 - c0, dst);
-            }
-            else
-            {
-                PackBN(_g.B + (pc * _g.Ldb) + jc + c0, _g.Ldb, kcur, c1 - c0, dst);
-            }
+            PackB(in _g, jc + c0, pc, kcur, c1 - c0, dst);
         }
 
         private void Compute(int ph, int region)
@@ -250,18 +258,11 @@ internal static unsafe class GemmDriver<T, TK>
             byte* ws = GemmWorkspace.Acquire(aBytes + sBytes);
             T* ap = (T*)ws;
             T* scratch = (T*)(ws + aBytes);
-            if (_g.TransA)
-            {
-                PackAT(_g.A + (pc * _g.Lda) + ic, _g.Lda, mcur, kcur, ap);
-            }
-            else
-            {
-                PackAN(_g.A + (ic * _g.Lda) + pc, _g.Lda, mcur, kcur, ap);
-            }
+            PackA(in _g, ic, pc, mcur, kcur, ap);
 
             T* bp = _bBuffers + ((ph & 1) * _bufStride) + ((nint)c0 * kcur);
             T beta = pc == 0 ? _g.Beta : T.One;
-            Macro(mcur, c1 - c0, kcur, ap, bp, _g.C + (ic * _g.Ldc) + jc + c0, _g.Ldc, _g.Alpha, beta, scratch);
+            MacroAt(in _g, ic, jc + c0, mcur, c1 - c0, kcur, ap, bp, beta, scratch);
         }
     }
 
@@ -301,28 +302,204 @@ internal static unsafe class GemmDriver<T, TK>
             {
                 int kcur = Math.Min(kc, g.K - pc);
                 T beta = pc == 0 ? g.Beta : T.One;
-                if (g.TransB)
-                {
-                    PackBT(g.B + jc * g.Ldb + pc, g.Ldb, kcur, ncur, bp);
-                }
-                else
-                {
-                    PackBN(g.B + pc * g.Ldb + jc, g.Ldb, kcur, ncur, bp);
-                }
+                PackB(in g, jc, pc, kcur, ncur, bp);
 
                 for (int ic = 0; ic < g.M; ic += mc)
                 {
                     int mcur = Math.Min(mc, g.M - ic);
-                    if (g.TransA)
+                    PackA(in g, ic, pc, mcur, kcur, ap);
+                    MacroAt(in g, ic, jc, mcur, ncur, kcur, ap, bp, beta, scratch);
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs the (mcur x kcur) block of op(A) at (ic, pc), gathering rows when <see cref="GemmArgs{T}.GatherA"/> is set.</summary>
+    private static void PackA(in GemmArgs<T> g, int ic, int pc, int mcur, int kcur, T* ap)
+    {
+        if (g.GatherA != null)
+        {
+            PackATGather(g.A + (pc * g.Lda), g.Lda, g.GatherA + ic, mcur, kcur, ap);
+        }
+        else if (g.TransA)
+        {
+            PackAT(g.A + (pc * g.Lda) + ic, g.Lda, mcur, kcur, ap);
+        }
+        else
+        {
+            PackAN(g.A + (ic * g.Lda) + pc, g.Lda, mcur, kcur, ap);
+        }
+    }
+
+    /// <summary>Packs the (kcur x ncols) block of op(B) at (pc, j0), through the gather indices when set.</summary>
+    private static void PackB(in GemmArgs<T> g, int j0, int pc, int kcur, int ncols, T* dst)
+    {
+        if (g.GatherBK != null)
+        {
+            PackBTGatherK(g.B + (j0 * g.Ldb), g.Ldb, g.GatherBK + pc, kcur, ncols, dst);
+        }
+        else if (g.GatherBN != null)
+        {
+            if (g.TransB)
+            {
+                PackBTGatherN(g.B + pc, g.Ldb, g.GatherBN + j0, kcur, ncols, dst);
+            }
+            else
+            {
+                PackBNGatherN(g.B + (pc * g.Ldb), g.Ldb, g.GatherBN + j0, kcur, ncols, dst);
+            }
+        }
+        else if (g.TransB)
+        {
+            PackBT(g.B + (j0 * g.Ldb) + pc, g.Ldb, kcur, ncols, dst);
+        }
+        else
+        {
+            PackBN(g.B + (pc * g.Ldb) + j0, g.Ldb, kcur, ncols, dst);
+        }
+    }
+
+    /// <summary>Runs the macro-kernel for the C block at (ic, jc), scattering rows/columns when the args ask for it.</summary>
+    private static void MacroAt(in GemmArgs<T> g, int ic, int jc, int mc, int nc, int kc, T* ap, T* bp, T beta, T* scratch)
+    {
+        if (g.ScatterRows == null && g.ScatterCols == null)
+        {
+            Macro(mc, nc, kc, ap, bp, g.C + (ic * g.Ldc) + jc, g.Ldc, g.Alpha, beta, scratch);
+            return;
+        }
+
+        int mr = TK.MR, nr = TK.NR;
+        int* rows = g.ScatterRows, cols = g.ScatterCols;
+        for (int jr = 0; jr < nc; jr += nr)
+        {
+            T* pb = bp + ((nint)jr * kc);
+            int ncur = Math.Min(nr, nc - jr);
+            int j0 = jc + jr;
+            int col0 = cols != null ? cols[j0] : j0;
+            bool colsRun = cols == null || cols[j0 + ncur - 1] - col0 == ncur - 1; // the tile's columns are adjacent in C
+            for (int ir = 0; ir < mc; ir += mr)
+            {
+                T* pa = ap + ((nint)ir * kc);
+                int mcur = Math.Min(mr, mc - ir);
+                int i0 = ic + ir;
+                int row0 = rows != null ? rows[i0] : i0;
+                bool rowsRun = rows == null || rows[i0 + mcur - 1] - row0 == mcur - 1;
+                if (colsRun && rowsRun)
+                {
+                    // The tile maps onto a dense C tile: no scatter needed.
+                    T* cc = g.C + (row0 * g.Ldc) + col0;
+                    if (mcur == mr && ncur == nr)
                     {
-                        PackAT(g.A + pc * g.Lda + ic, g.Lda, mcur, kcur, ap);
+                        TK.Run(kc, pa, pb, cc, g.Ldc, g.Alpha, beta);
                     }
                     else
                     {
-                        PackAN(g.A + ic * g.Lda + pc, g.Lda, mcur, kcur, ap);
+                        Edge(kc, pa, pb, cc, g.Ldc, g.Alpha, beta, mcur, ncur, scratch);
                     }
 
-                    Macro(mcur, ncur, kcur, ap, bp, g.C + ic * g.Ldc + jc, g.Ldc, g.Alpha, beta, scratch);
+                    continue;
+                }
+
+                if (Sse.IsSupported)
+                {
+                    // Like the microkernel does for in-place tiles: start fetching the C lines this tile will update.
+                    int cFirst = colsRun ? col0 : cols![j0], cLast = colsRun ? col0 + ncur - 1 : cols![j0 + ncur - 1];
+                    for (int i = 0; i < mcur; i++)
+                    {
+                        T* crow = g.C + ((rows != null ? rows[i0 + i] : i0 + i) * g.Ldc);
+                        for (int q = cFirst; q <= cLast; q += 64 / sizeof(T))
+                        {
+                            Sse.Prefetch0(crow + q);
+                        }
+
+                        Sse.Prefetch0(crow + cLast);
+                    }
+                }
+
+                TK.Run(kc, pa, pb, scratch, nr, g.Alpha, T.Zero);
+                ScatterTile(g.C, g.Ldc, rows, colsRun ? null : cols, scratch, i0, colsRun ? col0 : j0, beta, mcur, ncur);
+            }
+        }
+    }
+
+    /// <summary>
+    /// C[row(i0 + i), col(j0 + j)] = tile[i, j] + beta * C[...] for the live part of one microtile, where row(x) = rows[x]
+    /// (x when rows is null) and col(x) = cols[x] (x when cols is null).
+    /// </summary>
+    private static void ScatterTile(T* c, nint ldc, int* rows, int* cols, T* scratch, int i0, int j0, T beta, int mcur, int ncur)
+    {
+        int nr = TK.NR;
+        int vw = Vector<T>.Count;
+        var vb = new Vector<T>(beta);
+        for (int i = 0; i < mcur; i++)
+        {
+            T* src = scratch + (i * nr);
+            T* dst = c + ((rows != null ? rows[i0 + i] : i0 + i) * ldc);
+            if (cols == null)
+            {
+                dst += j0;
+                int j = 0;
+                if (beta == T.Zero)
+                {
+                    for (; j + vw <= ncur; j += vw)
+                    {
+                        Vector.Store(Vector.Load(src + j), dst + j);
+                    }
+
+                    for (; j < ncur; j++)
+                    {
+                        dst[j] = src[j];
+                    }
+                }
+                else if (beta == T.One)
+                {
+                    for (; j + vw <= ncur; j += vw)
+                    {
+                        Vector.Store(Vector.Load(src + j) + Vector.Load(dst + j), dst + j);
+                    }
+
+                    for (; j < ncur; j++)
+                    {
+                        dst[j] += src[j];
+                    }
+                }
+                else
+                {
+                    for (; j + vw <= ncur; j += vw)
+                    {
+                        Vector.Store(Vector.Load(src + j) + (vb * Vector.Load(dst + j)), dst + j);
+                    }
+
+                    for (; j < ncur; j++)
+                    {
+                        dst[j] = src[j] + (beta * dst[j]);
+                    }
+                }
+            }
+            else
+            {
+                int* cj = cols + j0;
+                if (beta == T.Zero)
+                {
+                    for (int j = 0; j < ncur; j++)
+                    {
+                        dst[cj[j]] = src[j];
+                    }
+                }
+                else if (beta == T.One)
+                {
+                    for (int j = 0; j < ncur; j++)
+                    {
+                        dst[cj[j]] += src[j];
+                    }
+                }
+                else
+                {
+                    for (int j = 0; j < ncur; j++)
+                    {
+                        T* d = dst + cj[j];
+                        *d = src[j] + (beta * *d);
+                    }
                 }
             }
         }
@@ -609,6 +786,157 @@ internal static unsafe class GemmDriver<T, TK>
                 for (int p = 0; p < kc; p++, d += nr)
                 {
                     *d = s[p];
+                }
+            }
+
+            for (int j = cols; j < nr; j++)
+            {
+                T* d = dst + j;
+                for (int p = 0; p < kc; p++, d += nr)
+                {
+                    *d = T.Zero;
+                }
+            }
+        }
+    }
+
+    // --- gather packers (masked GEMM) ---------------------------------------------------------------------------
+
+    /// <summary>Packs op(A) = Aᵀ restricted to columns idx[0..mc) of A (A stored kc x *, row stride lda) into MR-row panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackATGather(T* a, nint lda, int* idx, int mc, int kc, T* dst)
+    {
+        int mr = TK.MR;
+        int* cols = stackalloc int[mr];
+        for (int ir = 0; ir < mc; ir += mr, dst += (nint)mr * kc)
+        {
+            int rows = Math.Min(mr, mc - ir);
+            for (int r = 0; r < rows; r++)
+            {
+                cols[r] = idx[ir + r];
+            }
+
+            T* s = a;
+            T* d = dst;
+            for (int p = 0; p < kc; p++, s += lda, d += mr)
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    d[r] = s[cols[r]];
+                }
+
+                for (int r = rows; r < mr; r++)
+                {
+                    d[r] = T.Zero;
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs op(B) = Bᵀ restricted to rows idx[0..nc) of B (row j of B holds column j of op(B), starting at column pc) into NR-column panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackBTGatherN(T* b, nint ldb, int* idx, int kc, int nc, T* dst)
+    {
+        int nr = TK.NR;
+        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            int j0 = 0;
+            if (typeof(T) == typeof(float) && Avx.IsSupported)
+            {
+                for (; j0 + 8 <= cols; j0 += 8)
+                {
+                    int* ix = idx + jr + j0;
+                    GemmPack.PackBT8FloatRows(
+                        (float*)(b + (ix[0] * ldb)), (float*)(b + (ix[1] * ldb)), (float*)(b + (ix[2] * ldb)), (float*)(b + (ix[3] * ldb)),
+                        (float*)(b + (ix[4] * ldb)), (float*)(b + (ix[5] * ldb)), (float*)(b + (ix[6] * ldb)), (float*)(b + (ix[7] * ldb)),
+                        kc, (float*)(dst + j0), nr);
+                }
+            }
+
+            for (int j = j0; j < cols; j++)
+            {
+                T* s = b + (idx[jr + j] * ldb);
+                T* d = dst + j;
+                for (int p = 0; p < kc; p++, d += nr)
+                {
+                    *d = s[p];
+                }
+            }
+
+            for (int j = cols; j < nr; j++)
+            {
+                T* d = dst + j;
+                for (int p = 0; p < kc; p++, d += nr)
+                {
+                    *d = T.Zero;
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs op(B) = B (kc x *, row stride ldb) restricted to columns idx[0..nc) into NR-column panels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackBNGatherN(T* b, nint ldb, int* idx, int kc, int nc, T* dst)
+    {
+        int nr = TK.NR;
+        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            int* ix = idx + jr;
+            T* s = b;
+            T* d = dst;
+            for (int p = 0; p < kc; p++, s += ldb, d += nr)
+            {
+                int j = 0;
+                if (typeof(T) == typeof(float) && Avx2.IsSupported)
+                {
+                    for (; j + 8 <= cols; j += 8)
+                    {
+                        GemmPack.Gather8Float((float*)s, ix + j, (float*)(d + j));
+                    }
+                }
+
+                for (; j < cols; j++)
+                {
+                    d[j] = s[ix[j]];
+                }
+
+                for (j = cols; j < nr; j++)
+                {
+                    d[j] = T.Zero;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Packs op(B) = Bᵀ restricted to rows idx[0..kc) of op(B), i.e. columns idx[p] of B (nc rows from b, row stride ldb),
+    /// into NR-column panels: dst[p*NR + j] = b[j*ldb + idx[p]].
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackBTGatherK(T* b, nint ldb, int* idx, int kc, int nc, T* dst)
+    {
+        int nr = TK.NR;
+        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            int j0 = 0;
+            if (typeof(T) == typeof(float) && Avx2.IsSupported)
+            {
+                for (; j0 + 8 <= cols; j0 += 8)
+                {
+                    GemmPack.PackBT8FloatGatherK((float*)(b + ((jr + j0) * ldb)), ldb, idx, kc, (float*)(dst + j0), nr);
+                }
+            }
+
+            for (int j = j0; j < cols; j++)
+            {
+                T* s = b + ((jr + j) * ldb);
+                T* d = dst + j;
+                for (int p = 0; p < kc; p++, d += nr)
+                {
+                    *d = s[idx[p]];
                 }
             }
 

@@ -68,6 +68,70 @@ internal static unsafe class GemmPack
         }
     }
 
+    /// <summary>As <see cref="PackBT8Float"/> with the 8 source rows given by pointer (a row gather): dst[p*nr + j] = row_j[p].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void PackBT8FloatRows(float* b0, float* b1, float* b2, float* b3, float* b4, float* b5, float* b6, float* b7, int kc, float* dst, int nr)
+    {
+        int p = 0;
+        for (; p + 8 <= kc; p += 8)
+        {
+            Transpose8x8Store(
+                Vector256.Load(b0 + p), Vector256.Load(b1 + p), Vector256.Load(b2 + p), Vector256.Load(b3 + p),
+                Vector256.Load(b4 + p), Vector256.Load(b5 + p), Vector256.Load(b6 + p), Vector256.Load(b7 + p),
+                dst + ((nint)p * nr), nr);
+        }
+
+        for (; p < kc; p++)
+        {
+            float* d = dst + ((nint)p * nr);
+            d[0] = b0[p];
+            d[1] = b1[p];
+            d[2] = b2[p];
+            d[3] = b3[p];
+            d[4] = b4[p];
+            d[5] = b5[p];
+            d[6] = b6[p];
+            d[7] = b7[p];
+        }
+    }
+
+    /// <summary>
+    /// Packs 8 rows of B (row stride ldb) at the gathered columns idx[0..kc) into an NR-wide panel:
+    /// dst[p*nr + j] = b[j*ldb + idx[p]] (AVX2 gathers along each row, then 8x8 transposes).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void PackBT8FloatGatherK(float* b, nint ldb, int* idx, int kc, float* dst, int nr)
+    {
+        float* b0 = b, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb, b4 = b3 + ldb, b5 = b4 + ldb, b6 = b5 + ldb, b7 = b6 + ldb;
+        int p = 0;
+        for (; p + 8 <= kc; p += 8)
+        {
+            Vector256<int> ix = Vector256.Load(idx + p);
+            Transpose8x8Store(
+                Avx2.GatherVector256(b0, ix, 4), Avx2.GatherVector256(b1, ix, 4), Avx2.GatherVector256(b2, ix, 4), Avx2.GatherVector256(b3, ix, 4),
+                Avx2.GatherVector256(b4, ix, 4), Avx2.GatherVector256(b5, ix, 4), Avx2.GatherVector256(b6, ix, 4), Avx2.GatherVector256(b7, ix, 4),
+                dst + ((nint)p * nr), nr);
+        }
+
+        for (; p < kc; p++)
+        {
+            int q = idx[p];
+            float* d = dst + ((nint)p * nr);
+            d[0] = b0[q];
+            d[1] = b1[q];
+            d[2] = b2[q];
+            d[3] = b3[q];
+            d[4] = b4[q];
+            d[5] = b5[q];
+            d[6] = b6[q];
+            d[7] = b7[q];
+        }
+    }
+
+    /// <summary>dst[j] = s[idx[j]] for j &lt; 8 (one AVX2 gather).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Gather8Float(float* s, int* idx, float* dst) => Vector256.Store(Avx2.GatherVector256(s, Vector256.Load(idx), 4), dst);
+
     /// <summary>Transposes rows r0..r7 and stores output row q (= element q of every input) at d + q*stride.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Transpose8x8Store(

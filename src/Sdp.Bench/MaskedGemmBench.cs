@@ -1,0 +1,130 @@
+using System.Diagnostics;
+using System.Globalization;
+using Sdp.Kernels.Cpu;
+
+namespace Sdp.Bench;
+
+/// <summary>One cell of the masked-GEMM benchmark: a kernel at size n and density d against the dense full-size GEMM.</summary>
+public sealed record MaskedGemmBenchRow(string Kernel, int N, double Density, double MaskedSeconds, double DenseSeconds)
+{
+    /// <summary>time_masked / (d · time_dense): 1.0 = time exactly proportional to density (target ≤ 1.15).</summary>
+    public double Ratio => MaskedSeconds / (Density * DenseSeconds);
+}
+
+/// <summary>
+/// Masked SGEMM vs dense SGEMM (the `sdp bench masked` command). Square problems: tokens = in = out = n, a random held
+/// unit set of round(d·n) units. Kernels: fwd-rows (Y[:, idx] = X·W[idx,:]ᵀ, <see cref="MaskedGemm.SgemmGatherB"/>, vs
+/// dense X·Wᵀ), fwd-cols (Y = A[:, idx-compact]·W[:, idx]ᵀ, <see cref="MaskedGemm.SgemmGatherK"/>, vs dense X·Wᵀ),
+/// dW-rows (dW[idx,:] += dY[:, idx]ᵀ·X into the full dW from the full dY, vs dense dYᵀ·X) and dW-cols
+/// (dW[:, idx] += dYᵀ·X[:, idx] into the full dW from the full X, vs dense dYᵀ·X). Masked and dense samples are
+/// interleaved on the same buffers; medians are kept.
+/// </summary>
+public static unsafe class MaskedGemmBench
+{
+    public static IReadOnlyList<int> DefaultSizes { get; } = [1024, 2048];
+
+    public static IReadOnlyList<double> DefaultDensities { get; } = [0.25, 0.5, 0.75, 1.0];
+
+    /// <summary>Kernel names (see the class summary).</summary>
+    public static IReadOnlyList<string> Kernels { get; } = ["fwd-rows", "fwd-cols", "dW-rows", "dW-cols"];
+
+    /// <summary>Runs the benchmark and prints a table to <paramref name="output"/>.</summary>
+    public static IReadOnlyList<MaskedGemmBenchRow> Run(TextWriter output, int[]? sizes = null, double[]? densities = null, int samples = 5, int threads = 0, string[]? kernels = null)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        kernels ??= [.. Kernels];
+        foreach (string k in kernels)
+        {
+            if (!Kernels.Contains(k))
+            {
+                throw new ArgumentException($"unknown kernel '{k}' (known: {string.Join(", ", Kernels)})", nameof(kernels));
+            }
+        }
+
+        sizes ??= [.. DefaultSizes];
+        densities ??= [.. DefaultDensities];
+        ArgumentOutOfRangeException.ThrowIfLessThan(samples, 1);
+        foreach (int s in sizes)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(s, 1, nameof(sizes));
+        }
+
+        foreach (double d in densities)
+        {
+            if (!(d > 0 && d <= 1))
+            {
+                throw new ArgumentOutOfRangeException(nameof(densities), d, "densities must be in (0, 1]");
+            }
+        }
+
+        int t = threads > 0 ? threads : Gemm.MaxThreads;
+        output.WriteLine($"Masked SGEMM vs dense SGEMM (row-major float32, square n, {t} threads). Kernel: {Gemm.KernelName}");
+        output.WriteLine($"{"kernel",-8} {"n",6} {"d",5} {"masked ms",10} {"dense ms",9} {"masked/(d*dense)",17}");
+        var rows = new List<MaskedGemmBenchRow>();
+        foreach (int n in sizes)
+        {
+            using var mats = new GemmQuickBench.SquareMatrices(n); // A = X / dY / compact activations, B = W / X, C = Y / dW
+            foreach (string kernel in kernels)
+            {
+                foreach (double d in densities)
+                {
+                    int[] idx = RandIdx(new Random(n + (int)(d * 1000)), n, d);
+                    Action dense = kernel.StartsWith("fwd", StringComparison.Ordinal)
+                        ? () => Gemm.Sgemm(false, true, n, n, n, 1f, mats.A, n, mats.B, n, 0f, mats.C, n, t)
+                        : () => Gemm.Sgemm(true, false, n, n, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, n, t);
+                    Action masked = kernel switch
+                    {
+                        "fwd-rows" => () => MaskedGemm.SgemmGatherB(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
+                        "fwd-cols" => () => MaskedGemm.SgemmGatherK(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
+                        "dW-rows" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, true, threads: t),
+                        _ => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, n, true, threads: t),
+                    };
+                    var row = RunCell(kernel, n, d, masked, dense, samples);
+                    rows.Add(row);
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"{row.Kernel,-8} {row.N,6} {row.Density,5:F2} {row.MaskedSeconds * 1e3,10:F2} {row.DenseSeconds * 1e3,9:F2} {row.Ratio,17:F3}"));
+                }
+            }
+        }
+
+        return rows;
+    }
+
+    private static MaskedGemmBenchRow RunCell(string kernel, int n, double density, Action masked, Action dense, int samples)
+    {
+        masked();
+        dense();
+        var tm = new double[samples];
+        var td = new double[samples];
+        for (int s = 0; s < samples; s++)
+        {
+            td[s] = Time(dense);
+            tm[s] = Time(masked);
+        }
+
+        int units = (int)Math.Round(density * n);
+        return new MaskedGemmBenchRow(kernel, n, (double)units / n, Median(tm), Median(td));
+    }
+
+    private static double Time(Action call)
+    {
+        long start = Stopwatch.GetTimestamp();
+        call();
+        return Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
+    private static double Median(double[] xs)
+    {
+        double[] s = [.. xs];
+        Array.Sort(s);
+        return s.Length % 2 == 1 ? s[s.Length / 2] : 0.5 * (s[(s.Length / 2) - 1] + s[s.Length / 2]);
+    }
+
+    private static int[] RandIdx(Random r, int n, double d)
+    {
+        int cnt = (int)Math.Round(d * n);
+        int[] all = [.. Enumerable.Range(0, n)];
+        r.Shuffle(all);
+        return [.. all.Take(cnt).Order()];
+    }
+}
