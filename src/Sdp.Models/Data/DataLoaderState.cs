@@ -64,6 +64,16 @@ internal static class SeedMix
 /// <summary>Argument checks shared by the loaders, with messages naming the loader and the value.</summary>
 internal static class LoaderArgs
 {
+    /// <summary>One batch of <paramref name="source"/> as fresh (B, T) int32 tensors: the allocating form of NextBatch.</summary>
+    public static (Tensor Inputs, Tensor Targets) TokenTensors(ITokenBatchSource source)
+    {
+        var inputs = new int[source.Batch * source.Seq];
+        var targets = new int[inputs.Length];
+        source.NextBatch(inputs, targets);
+        var shape = new Shape(source.Batch, source.Seq);
+        return (Tensor.FromArray(inputs, shape), Tensor.FromArray(targets, shape));
+    }
+
     public static void BatchSeqWorkers(string who, int batch, int seq, int worker, int workers)
     {
         if (batch < 1) throw new ArgumentException($"{who}: batch size must be at least 1, got {batch}");

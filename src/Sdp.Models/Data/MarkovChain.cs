@@ -274,13 +274,7 @@ public sealed class MarkovTokenSource : ITokenBatchSource
         }
     }
 
-    public (Tensor Inputs, Tensor Targets) NextBatch()
-    {
-        var inputs = new int[Batch * Seq];
-        var targets = new int[Batch * Seq];
-        NextBatch(inputs, targets);
-        return (Tensor.FromArray(inputs, new Shape(Batch, Seq)), Tensor.FromArray(targets, new Shape(Batch, Seq)));
-    }
+    public (Tensor Inputs, Tensor Targets) NextBatch() => LoaderArgs.TokenTensors(this);
 
     public void NextBatch(Span<int> inputs, Span<int> targets)
     {

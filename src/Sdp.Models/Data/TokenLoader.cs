@@ -98,13 +98,7 @@ public sealed class TokenLoader : ITokenBatchSource, IDisposable
     public void Reset() => State = DataLoaderState.Start;
 
     /// <summary>inputs (B, T) int32, targets (B, T) int32.</summary>
-    public (Tensor Inputs, Tensor Targets) NextBatch()
-    {
-        var inputs = new int[Batch * Seq];
-        var targets = new int[Batch * Seq];
-        NextBatch(inputs, targets);
-        return (Tensor.FromArray(inputs, new Shape(Batch, Seq)), Tensor.FromArray(targets, new Shape(Batch, Seq)));
-    }
+    public (Tensor Inputs, Tensor Targets) NextBatch() => LoaderArgs.TokenTensors(this);
 
     public void NextBatch(Span<int> inputs, Span<int> targets)
     {
