@@ -57,11 +57,32 @@ public sealed record UnitGroup(string Name, int UnitCount, IReadOnlyList<string>
 }
 
 /// <summary>
+/// Where one tensor of a model (a parameter or a buffer, by its dotted name, e.g.
+/// "model.layers.0.mlp.gate_proj.weight" or "layer1.0.bn1.running_mean") sits in the maskable units.
+/// <para>
+/// Sliced (<paramref name="Unit"/> null, neuron level): the tensor is cut along <paramref name="Axis"/>
+/// into <c>Groups[Group].UnitCount · SlicesPerUnit</c> slices and unit u owns the consecutive slices
+/// [u·SlicesPerUnit, (u+1)·SlicesPerUnit). gate_proj (F, D): Axis 0; down_proj (D, F): Axis 1; a KV-group
+/// unit of q_proj owns GroupSize·HeadDim rows (SlicesPerUnit = GroupSize·HeadDim).
+/// </para>
+/// <para>Whole (<paramref name="Unit"/> set, block level): the entire tensor belongs to that unit.</para>
+/// Tensors without a binding are shared: every worker holds them.
+/// </summary>
+public sealed record UnitBinding(string Tensor, int Group, int Axis = 0, int SlicesPerUnit = 1, int? Unit = null)
+{
+    public bool IsWhole => Unit is not null;
+}
+
+/// <summary>
 /// The maskable units of a model plus the parameters every worker holds (embeddings, stem, norms, head,
 /// projection shortcuts): <see cref="SharedParams"/> + Σ group params = the model's parameter count.
+/// <see cref="Bindings"/> maps the model's tensors onto the units (empty when only a plan is needed).
 /// </summary>
-public sealed record MaskableUnits(IReadOnlyList<UnitGroup> Groups, long SharedParams, SubnetLevel Level)
+public sealed record MaskableUnits(IReadOnlyList<UnitGroup> Groups, long SharedParams, SubnetLevel Level, IReadOnlyList<UnitBinding>? Bindings = null)
 {
+    /// <summary>The bindings, never null.</summary>
+    public IReadOnlyList<UnitBinding> TensorBindings => Bindings ?? [];
+
     /// <summary>Shared plus maskable parameters.</summary>
     public long TotalParams => SharedParams + Groups.Sum(g => g.TotalParams);
 }
