@@ -3,6 +3,8 @@ using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
+using Sdp.Models.Subnetworks;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli;
@@ -58,7 +60,8 @@ public static class RunSetup
         return checkpoint;
     }
 
-    private static LlamaConfig LlamaConfigFrom(string config, string source)
+    /// <summary>A LLaMA config from a preset name, inline JSON, a config.json file or a folder holding one.</summary>
+    public static LlamaConfig LlamaConfigFrom(string config, string source)
     {
         if (config.TrimStart().StartsWith('{')) return LlamaConfig.FromJson(config, source);
         bool known = LlamaConfig.PresetNames.Contains(config, StringComparer.OrdinalIgnoreCase) || File.Exists(config)
@@ -68,7 +71,8 @@ public static class RunSetup
         return LlamaConfig.Parse(config);
     }
 
-    private static ResNetConfig ResNetConfigFrom(string? config, int channels, int classes, string source)
+    /// <summary>A ResNet config: 'cifar' (or null) for width 64, or inline JSON or a JSON file.</summary>
+    public static ResNetConfig ResNetConfigFrom(string? config, int channels, int classes, string source)
     {
         if (config is null || config == "cifar") return new ResNetConfig(64, classes, channels);
         bool inline = config.TrimStart().StartsWith('{');
@@ -89,7 +93,7 @@ public static class RunSetup
     }
 
     /// <summary>A training or evaluation stream for <paramref name="model"/>, and the loss floor when it is known.</summary>
-    public static (IBatchSource Source, double? Floor, string Description) BuildData(string model, string data, int batch, int seq, bool shuffle, ulong seed, bool train)
+    public static (IBatchSource Source, double? Floor, string Description) BuildData(string model, string data, int batch, int seq, bool shuffle, ulong seed, bool train, int worker = 0, int workers = 1)
     {
         if (model == "llama")
         {
@@ -97,16 +101,16 @@ public static class RunSetup
             {
                 var chain = new MarkovChain(SyntheticVocab, seed: seed);
                 // Evaluation draws a different stream from the same chain.
-                var source = new MarkovTokenSource(chain, batch, seq, streamSeed: train ? seed : seed ^ 0x5EED_E7A1UL);
+                var source = new MarkovTokenSource(chain, batch, seq, worker, workers, streamSeed: train ? seed : seed ^ 0x5EED_E7A1UL);
                 return (new TokenBatches(source), chain.EntropyRate, $"synthetic Markov source ({SyntheticVocab} symbols, {chain.SuccessorCount} successors each, entropy rate {chain.EntropyRate:F4} nats/token)");
             }
-            var loader = new TokenLoader(data, batch, seq, shuffle: shuffle, seed: seed);
+            var loader = new TokenLoader(data, batch, seq, worker, workers, shuffle: shuffle, seed: seed);
             return (new TokenBatches(loader), null, $"{loader.Files.Count} token shard(s) from {data}");
         }
         ImageDataset dataset = data == "synthetic"
             ? ShapesDataset.Create(train ? 10_000 : 2_000, train ? seed : seed + 1)
             : LoadImages(data, train);
-        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment: train && data != "synthetic", seed: seed);
+        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment: train && data != "synthetic", seed: seed, worker: worker, workers: workers);
         return (new ImageBatches(images), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes");
     }
 
@@ -116,9 +120,39 @@ public static class RunSetup
     /// with a message naming the data option instead of an embedding index error. Other sources pass through.
     /// </summary>
     public static IBatchSource CheckTokenIds(IBatchSource source, ITrainable model, string option, string data)
-        => source is TokenBatches { Source: TokenLoader loader } && model is LlamaTrainable llama
-            ? new VocabCheckedBatches(loader, llama.Model.Config.VocabSize, option, data)
+        => CheckTokenIds(source, model is LlamaTrainable llama ? llama.Model.Config.VocabSize : null, option, data);
+
+    /// <summary>As above, for a vocabulary of <paramref name="vocab"/> ids (null: no check).</summary>
+    public static IBatchSource CheckTokenIds(IBatchSource source, int? vocab, string option, string data)
+        => source is TokenBatches { Source: TokenLoader loader } && vocab is { } v
+            ? new VocabCheckedBatches(loader, v, option, data)
             : source;
+
+    /// <summary>
+    /// The model of --model/--config as a <see cref="SubnetworkModel"/> for SDP at <paramref name="level"/>:
+    /// the dense model is built from <paramref name="seed"/> exactly as <see cref="BuildModel"/> does (then
+    /// loaded from <paramref name="initFrom"/> when given); subnetworks are cut from it by the trainer.
+    /// </summary>
+    public static SubnetworkModel BuildSubnetworkModel(string model, string? config, ulong seed, int imageChannels, int imageClasses, SubnetLevel level, SubnetOptions options, string? initFrom)
+    {
+        var inner = model switch
+        {
+            "llama" => SubnetworkModels.Llama(LlamaConfigFrom(config ?? "tiny", "--config"), level, options, seed),
+            "resnet18" => SubnetworkModels.ResNet18(ResNetConfigFrom(config, imageChannels, imageClasses, "--config"), level, options, seed),
+            _ => throw new UsageException($"--model must be one of {string.Join(", ", Models)}, got '{model}'"),
+        };
+        if (initFrom is null) return inner;
+        string file = ModelFile(initFrom, "--init-from");
+        return new SubnetworkModel(inner.Units, held =>
+        {
+            var built = inner.Build(held);
+            if (held is null) ModuleCheckpoint.LoadInto(built.Module, file);
+            return built;
+        });
+    }
+
+    /// <summary>The vocabulary size of a LLaMA --config (null for other models).</summary>
+    public static int? VocabSize(string model, string? config) => model == "llama" ? LlamaConfigFrom(config ?? "tiny", "--config").VocabSize : null;
 
     private sealed class VocabCheckedBatches(TokenLoader loader, int vocab, string option, string data) : IBatchSource
     {

@@ -1,8 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using Sdp.Engine.Subnetworks;
-using Sdp.Models.Llama;
-using Sdp.Models.ResNet;
 using Sdp.Models.Subnetworks;
 
 namespace Sdp.Cli.Commands;
@@ -41,8 +39,8 @@ public static class PlanCommand
                 throw new UsageException($"--coverage: {e.Message}");
             }
             var units = modelKind == "llama"
-                ? ModelUnits.Llama(LlamaConfigFrom(p.GetValue(config) ?? "tiny"), level, p.GetValue(maskHeads), p.GetValue(splitSublayers))
-                : ModelUnits.ResNet18(ResNetConfigFrom(p.GetValue(config)), level,
+                ? ModelUnits.Llama(RunSetup.LlamaConfigFrom(p.GetValue(config) ?? "tiny", "--config"), level, p.GetValue(maskHeads), p.GetValue(splitSublayers))
+                : ModelUnits.ResNet18(RunSetup.ResNetConfigFrom(p.GetValue(config), 3, 10, "--config"), level,
                     p.GetValue(keepDownsample) ? DownsampleBlocks.AlwaysKeep : DownsampleBlocks.DropBranchKeepShortcut);
             var plan = SubnetworkPlan.Create(units, w, c, p.GetValue(seed));
             if (p.GetValue(json)) Console.WriteLine(plan.ToJson());
@@ -88,32 +86,5 @@ public static class PlanCommand
         Console.WriteLine(string.Create(inv, $"balance        max/min held parameters {(double)max / min:0.000}"));
         Console.WriteLine(string.Create(inv, $"holder groups  {plan.DistinctHolderGroups} distinct holder sets"));
         Console.WriteLine(string.Create(inv, $"connectivity   {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.######} (normalised {plan.NormalizedAlgebraicConnectivity:0.######})"));
-    }
-
-    private static LlamaConfig LlamaConfigFrom(string config)
-    {
-        if (config.TrimStart().StartsWith('{')) return LlamaConfig.FromJson(config, "--config");
-        bool known = LlamaConfig.PresetNames.Contains(config, StringComparer.OrdinalIgnoreCase) || File.Exists(config)
-            || File.Exists(Path.Combine(config, "config.json"));
-        if (!known)
-            throw new UsageException($"--config: '{config}' is neither a LLaMA preset ({string.Join(", ", LlamaConfig.PresetNames)}) nor a config.json file or a folder holding one");
-        return LlamaConfig.Parse(config);
-    }
-
-    private static ResNetConfig ResNetConfigFrom(string? config)
-    {
-        if (config is null || config == "cifar") return new ResNetConfig();
-        bool inline = config.TrimStart().StartsWith('{');
-        string json = inline ? config
-            : File.Exists(config) ? File.ReadAllText(config)
-            : throw new UsageException($"--config for resnet18 must be 'cifar' or a ResNet config JSON file; '{config}' does not exist");
-        try
-        {
-            return ResNetConfig.FromJson(json);
-        }
-        catch (Exception e) when (e is FormatException or ArgumentException)
-        {
-            throw new UsageException($"--config: {CliRunner.MessageOf(e)}");
-        }
     }
 }

@@ -14,12 +14,12 @@ namespace Sdp.Cli.Commands;
 /// the synthetic Markov source for about a minute on 2 cores and reports the loss against the
 /// source's entropy rate, the exact floor.
 /// </summary>
-public static class TrainCommand
+public static partial class TrainCommand
 {
     public sealed record Options(
         string Model, string? Config, string Data, bool Shuffle, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int Warmup, string Schedule, double Clip,
-        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, string? Metrics);
+        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, string? Metrics, DistributedOptions? Distributed = null);
 
     public static Command Create()
     {
@@ -50,12 +50,14 @@ public static class TrainCommand
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation data (default: a held-out synthetic stream, or the test split of --data)" };
         var evalBatches = new Option<int>("--eval-batches") { Description = "Batches per evaluation", DefaultValueFactory = _ => 8 };
         var metrics = new Option<string?>("--metrics") { Description = "Write one JSON object per step (and per evaluation) to this .jsonl file" };
+        var distributed = DistributedArguments.Create();
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
             model, config, data, noShuffle, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
             initFrom, save, saveEvery, resume, evalEvery, evalData, evalBatches, metrics,
         };
+        distributed.AddTo(cmd);
         cmd.SetAction(p =>
         {
             if (p.GetValue(device) != "cpu") throw new UsageException($"--device: only 'cpu' is available in this build, got '{p.GetValue(device)}'");
@@ -65,9 +67,9 @@ public static class TrainCommand
                 Check.NonNegativeReal(p.GetValue(weightDecay), "--weight-decay"), Check.AtLeast(p.GetValue(warmup), 0, "--warmup"), p.GetValue(schedule)!,
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
-                p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(metrics));
+                p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(metrics), distributed.Parse(p));
             Validate(o);
-            return Run(o, Console.Out, Console.IsOutputRedirected);
+            return o.Distributed is { IsSingleWorkerDp: false } ? RunDistributed(o, Console.Out, Console.IsOutputRedirected) : Run(o, Console.Out, Console.IsOutputRedirected);
         });
         return cmd;
     }
@@ -83,6 +85,7 @@ public static class TrainCommand
         if (o.Metrics is not null && Directory.Exists(o.Metrics)) throw new UsageException($"--metrics: '{o.Metrics}' is a directory, expected a .jsonl file path");
         if (o.Metrics is not null) RequireParentDirectory(o.Metrics, "--metrics");
         RunSetup.CheckConfig(o.Model, o.Config);
+        if (o.Distributed is { IsSingleWorkerDp: false } d) ValidateDistributed(o, d);
         if (o.InitFrom is not null) RunSetup.ModelFile(o.InitFrom, "--init-from");
         // Checked before training, so a bad --save path does not cost the whole run.
         if (o.Save is not null)

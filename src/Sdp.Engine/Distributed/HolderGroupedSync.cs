@@ -26,6 +26,16 @@ public sealed record SyncPiece(int Parameter, int Axis, int Start, int Length, l
 /// <summary>What one <see cref="HolderGroupedSync.Synchronize"/> call did on this worker.</summary>
 public sealed record SyncResult(int Collectives, double BytesSent, long ElementsSynchronized);
 
+/// <summary>What a <see cref="HolderGroupedSync"/> averages: the parameters' gradients or the tensors themselves.</summary>
+public enum SyncTarget
+{
+    /// <summary><c>Parameter.Grad</c>, laid out as <see cref="Tensor.GradShape"/> (compact for held-slice parameters).</summary>
+    Gradient,
+
+    /// <summary>The tensor's own values (e.g. BatchNorm running statistics).</summary>
+    Value,
+}
+
 /// <summary>
 /// Masked averaging among holders (method reference §2.4): every unit's gradient becomes the mean of
 /// its holders' gradients, ĝ_u = Σ_{i∈H_u} g_{i,u} / |H_u|; shared parameters get the plain mean over all
@@ -33,131 +43,30 @@ public sealed record SyncResult(int Collectives, double BytesSent, long Elements
 /// buckets of at most <c>bucketBytes</c> (a single larger unit gets its own bucket), so a step costs one
 /// all-reduce per bucket: about one per distinct holder set, plus the shared one (units held by all W
 /// workers go into the shared buckets). Holder sets of size 1 need no communication and are skipped.
-/// Works on full-size gradient tensors; slices of units this worker does not hold are never read or
-/// written. The plan depends only on the parameter list, so all workers given the same list (their own
-/// tensors, same shapes) agree on every bucket's layout.
+/// <para>
+/// Each worker passes its own tensors, which may be compact (holding only its units, in ascending unit
+/// order: forward masking, or a held-slice gradient) or full size (listing every unit; slices of units the
+/// worker does not hold are then never read or written). Buckets are reduced in a canonical order (the
+/// shared set first, then holder sets in lexicographic order) and packed in parameter order, so every
+/// holder of a set agrees on its buckets' layout and no two workers can wait on each other in a cycle.
+/// </para>
 /// </summary>
 public sealed class HolderGroupedSync
 {
     private readonly Tensor[] _params;
     private readonly string[] _names;
 
-    public HolderGroupedSync(IReadOnlyList<SyncParameter> parameters, int worker, int worldSize, long bucketBytes = 25L << 20)
+    public HolderGroupedSync(IReadOnlyList<SyncParameter> parameters, int worker, int worldSize, long bucketBytes = 25L << 20, SyncTarget target = SyncTarget.Gradient)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), $"HolderGroupedSync: world size must be at least 1, got {worldSize}");
         if (worker < 0 || worker >= worldSize) throw new ArgumentOutOfRangeException(nameof(worker), $"HolderGroupedSync: worker {worker} is outside [0, {worldSize})");
-        if (bucketBytes < 1) throw new ArgumentOutOfRangeException(nameof(bucketBytes), $"HolderGroupedSync: bucket size must be positive, got {bucketBytes} bytes");
         Worker = worker;
         WorldSize = worldSize;
         BucketBytes = bucketBytes;
-        _params = new Tensor[parameters.Count];
-        _names = new string[parameters.Count];
-
-        // (holder key, dtype) -> ordered list of (parameter, axis, unit start, unit length, elements per slice)
-        var everyone = Enumerable.Range(0, worldSize).ToArray();
-        var order = new List<(string Key, DType DType)>();
-        var groups = new Dictionary<(string, DType), (int[] Holders, List<(int P, int Axis, int Start, int Len, long Elems)> Units)>();
-        void Add(int[] holders, DType dtype, int p, int axis, int start, int len, long elems)
-        {
-            var key = (string.Join(",", holders), dtype);
-            if (!groups.TryGetValue(key, out var g))
-            {
-                g = (holders, new());
-                groups[key] = g;
-                order.Add(key);
-            }
-            g.Units.Add((p, axis, start, len, elems));
-        }
-
-        for (int p = 0; p < parameters.Count; p++)
-        {
-            var sp = parameters[p] ?? throw new ArgumentNullException(nameof(parameters), $"HolderGroupedSync: parameter {p} is null");
-            var t = sp.Parameter ?? throw new ArgumentNullException(nameof(parameters), $"HolderGroupedSync: parameter {p} has no tensor");
-            string name = t.Name ?? $"#{p}";
-            _params[p] = t;
-            _names[p] = name;
-            if (!t.DType.IsFloatingPoint()) throw new ArgumentException($"HolderGroupedSync: parameter {name} {t.Shape} is {t.DType.Name()}; only floating-point parameters are synchronised");
-            if (sp.UnitHolders is null)
-            {
-                if (t.Numel > 0) Add(everyone, t.DType, p, 0, 0, t.Rank == 0 ? 1 : t.Shape[0], t.Rank == 0 ? 1 : t.Shape.Product(1, t.Rank));
-                continue;
-            }
-            int units = sp.UnitHolders.Length;
-            if (units == 0) throw new ArgumentException($"HolderGroupedSync: parameter {name} {t.Shape} has an empty unit list; pass null for a shared parameter");
-            int axis;
-            int size;
-            if (t.Rank == 0)
-            {
-                if (units != 1) throw new ArgumentException($"HolderGroupedSync: scalar parameter {name} can only be one unit, got {units}");
-                axis = 0; size = 1;
-            }
-            else
-            {
-                if (sp.Axis < -t.Rank || sp.Axis >= t.Rank) throw new ArgumentOutOfRangeException(nameof(parameters), $"HolderGroupedSync: axis {sp.Axis} is outside parameter {name} {t.Shape}");
-                axis = sp.Axis < 0 ? sp.Axis + t.Rank : sp.Axis;
-                size = t.Shape[axis];
-            }
-            if (size % units != 0) throw new ArgumentException($"HolderGroupedSync: parameter {name} {t.Shape} has {size} slices along axis {axis}, which cannot be cut into {units} equal units");
-            int per = size / units;
-            long sliceElems = t.Rank == 0 ? 1 : t.Numel / size;
-            for (int u = 0; u < units; u++)
-            {
-                var h = sp.UnitHolders[u] ?? throw new ArgumentException($"HolderGroupedSync: parameter {name} unit {u} has no holder list");
-                var holders = h.ToArray();
-                Array.Sort(holders);
-                if (holders.Length == 0) throw new ArgumentException($"HolderGroupedSync: parameter {name} unit {u} has no holders; every unit needs at least one");
-                for (int i = 0; i < holders.Length; i++)
-                {
-                    if (holders[i] < 0 || holders[i] >= worldSize) throw new ArgumentOutOfRangeException(nameof(parameters), $"HolderGroupedSync: parameter {name} unit {u} names worker {holders[i]}, outside [0, {worldSize})");
-                    if (i > 0 && holders[i] == holders[i - 1]) throw new ArgumentException($"HolderGroupedSync: parameter {name} unit {u} names worker {holders[i]} twice");
-                }
-                if (Array.BinarySearch(holders, worker) < 0 || per == 0 || sliceElems == 0) continue;
-                Add(holders, t.DType, p, axis, u * per, per, sliceElems);
-            }
-        }
-
-        // Shared set first, then the others in order of first appearance; greedy packing up to the cap,
-        // merging adjacent units of one parameter into one piece.
-        string everyoneKey = string.Join(",", everyone);
-        var buckets = new List<SyncBucket>();
-        foreach (var key in order.OrderBy(k => k.Key == everyoneKey ? 0 : 1))
-        {
-            var (holders, units) = groups[key];
-            var pieces = new List<SyncPiece>();
-            long elems = 0;
-            void Close()
-            {
-                if (pieces.Count == 0) return;
-                buckets.Add(new SyncBucket(holders, key.DType, elems, pieces.ToArray()));
-                pieces.Clear();
-                elems = 0;
-            }
-            long esize = key.DType.ElementSize();
-            foreach (var (p, axis, start, len, sliceElems) in units)
-            {
-                for (int s = start; s < start + len;)
-                {
-                    // Take as many slices of this unit as fit (at least one slice of the whole unit run when the bucket is empty).
-                    long room = (BucketBytes / esize - elems) / sliceElems;
-                    int take = (int)Math.Min(len - (s - start), Math.Max(room, 0));
-                    if (take == 0)
-                    {
-                        if (elems > 0) { Close(); continue; }
-                        take = 1; // one slice larger than the cap: its own bucket
-                    }
-                    var last = pieces.Count > 0 ? pieces[^1] : null;
-                    if (last is not null && last.Parameter == p && last.Axis == axis && last.Start + last.Length == s)
-                        pieces[^1] = last with { Length = last.Length + take, Elements = last.Elements + take * sliceElems };
-                    else
-                        pieces.Add(new SyncPiece(p, axis, s, take, elems, take * sliceElems));
-                    elems += take * sliceElems;
-                    s += take;
-                }
-            }
-            Close();
-        }
-        Buckets = buckets;
+        Target = target;
+        var plan = SyncBuckets.Plan(parameters, worldSize, bucketBytes, target, holders => Array.BinarySearch(holders, worker) >= 0, "HolderGroupedSync");
+        (_params, _names, Buckets) = (plan.Tensors, plan.Names, plan.Buckets);
     }
 
     public int Worker { get; }
@@ -165,6 +74,8 @@ public sealed class HolderGroupedSync
     public int WorldSize { get; }
 
     public long BucketBytes { get; }
+
+    public SyncTarget Target { get; }
 
     /// <summary>This worker's buckets in the order they are reduced (shared first), including size-1 holder sets (not communicated).</summary>
     public IReadOnlyList<SyncBucket> Buckets { get; }
@@ -176,9 +87,9 @@ public sealed class HolderGroupedSync
     public double BytesPerStep => Buckets.Sum(b => CommStats.RingAllReduceBytes(b.Bytes, b.Holders.Length));
 
     /// <summary>
-    /// Averages every held unit's gradient over its holders, in place in <c>Parameter.Grad</c>. Must be
-    /// called by every worker (each from its own thread with its own communicator) at the same point.
-    /// A parameter whose gradient is null contributes zeros and receives nothing.
+    /// Averages every held unit's gradient (or value, per <see cref="Target"/>) over its holders, in place.
+    /// Must be called by every worker (each from its own thread with its own communicator) at the same
+    /// point. A parameter whose gradient is null contributes zeros and receives nothing.
     /// </summary>
     public SyncResult Synchronize(ICommunicator comm)
     {
@@ -190,7 +101,7 @@ public sealed class HolderGroupedSync
         using var noGrad = GradMode.Disable();
         foreach (var bucket in Buckets)
         {
-            if (bucket.Holders.Length == 1) continue; // the mean over one holder is its own gradient
+            if (bucket.Holders.Length == 1) continue; // the mean over one holder is its own value
             var backend = _params[bucket.Pieces[0].Parameter].Backend;
             using (MemoryAccount.Use(MemoryCategory.Workspace))
             using (var buf = Tensor.Empty(new Shape(checked((int)bucket.Elements)), bucket.DType, backend))
@@ -198,21 +109,19 @@ public sealed class HolderGroupedSync
             {
                 foreach (var piece in bucket.Pieces)
                 {
-                    using var view = PieceView(buf, piece);
-                    var grad = Grad(piece);
-                    if (grad is null) backend.Fill(view, 0);
-                    else if (grad.Rank == 0) backend.Copy(grad, view);
-                    else backend.ReadSlice(grad, piece.Axis, piece.Start, view, accumulate: false);
+                    var source = Source(piece);
+                    if (source is not null) SyncBuckets.Pack(source, buf, piece);
+                    else
+                    {
+                        using var view = SyncBuckets.PieceView(buf, _params[piece.Parameter].GradShape, piece);
+                        backend.Fill(view, 0);
+                    }
                 }
                 comm.AllReduceSum(buf, bucket.Holders);
                 backend.Binary(BinaryOp.Div, buf, count, buf);
                 foreach (var piece in bucket.Pieces)
                 {
-                    var grad = Grad(piece);
-                    if (grad is null) continue;
-                    using var view = PieceView(buf, piece);
-                    if (grad.Rank == 0) backend.Copy(view, grad);
-                    else backend.WriteSlice(view, piece.Axis, piece.Start, grad, accumulate: false);
+                    if (Source(piece) is { } target) SyncBuckets.Unpack(buf, target, piece);
                 }
             }
             total += bucket.Elements;
@@ -221,20 +130,47 @@ public sealed class HolderGroupedSync
         return new SyncResult(after.Collectives - before.Collectives, after.BytesSent - before.BytesSent, total);
     }
 
-    private Tensor? Grad(SyncPiece piece)
+    /// <summary>
+    /// This worker's share of the squared global norm of the synchronised gradients (A14): Σ over its
+    /// held units of ‖ĝ_u‖² / |H_u| (shared parameters: / W). Summed over all workers it is ‖ĝ‖², each
+    /// parameter counted exactly once. Accumulated in float64 in bucket order.
+    /// </summary>
+    public double SquaredNormShare()
     {
-        var p = _params[piece.Parameter];
-        var g = p.Grad;
-        if (g is not null && g.Shape != p.Shape)
-            throw new InvalidOperationException($"HolderGroupedSync: gradient of {_names[piece.Parameter]} is {g.Shape} but the parameter is {p.Shape}");
-        return g;
+        if (Target != SyncTarget.Gradient) throw new InvalidOperationException("HolderGroupedSync.SquaredNormShare: only gradient syncs have a gradient norm");
+        using var noGrad = GradMode.Disable();
+        double sum = 0;
+        foreach (var bucket in Buckets)
+        {
+            foreach (var piece in bucket.Pieces)
+            {
+                var grad = Source(piece);
+                if (grad is null) continue;
+                double squares;
+                if (grad.Rank == 0 || piece.Elements == grad.Numel) squares = grad.Backend.SumOfSquares(grad);
+                else
+                {
+                    using (MemoryAccount.Use(MemoryCategory.Workspace))
+                    using (var slice = Tensor.Empty(grad.Shape.With(piece.Axis, piece.Length), grad.DType, grad.Backend))
+                    {
+                        grad.Backend.ReadSlice(grad, piece.Axis, piece.Start, slice, accumulate: false);
+                        squares = grad.Backend.SumOfSquares(slice);
+                    }
+                }
+                sum += squares / bucket.Holders.Length;
+            }
+        }
+        return sum;
     }
 
-    /// <summary>The piece's region of the flat bucket, shaped like the parameter with Length slices on the axis.</summary>
-    private Tensor PieceView(Tensor buf, SyncPiece piece)
+    /// <summary>The tensor a piece is read from and written to: the gradient (null when absent) or the tensor itself.</summary>
+    private Tensor? Source(SyncPiece piece)
     {
         var p = _params[piece.Parameter];
-        var shape = p.Rank == 0 ? Shape.Scalar : p.Shape.With(piece.Axis, piece.Length);
-        return buf.Alias(shape, buf.Offset + piece.Offset, registerInScope: false);
+        if (Target == SyncTarget.Value) return p;
+        var g = p.Grad;
+        if (g is not null && g.Shape != p.GradShape)
+            throw new InvalidOperationException($"HolderGroupedSync: gradient of {_names[piece.Parameter]} is {g.Shape} but {p.GradShape} was expected");
+        return g;
     }
 }

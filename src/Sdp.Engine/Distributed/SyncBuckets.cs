@@ -1,0 +1,159 @@
+namespace Sdp.Engine.Distributed;
+
+/// <summary>
+/// Packs the units of a parameter list into buckets by holder set (shared between
+/// <see cref="HolderGroupedSync"/> and <see cref="UnitRefresh"/>): units with the same holder set and dtype
+/// go, in parameter order and then unit order, into contiguous buckets of at most the cap (a single larger
+/// slice gets its own bucket). Sets are ordered canonically: all W workers first, then lexicographically.
+/// </summary>
+internal static class SyncBuckets
+{
+    public sealed record Result(Tensor[] Tensors, string[] Names, IReadOnlyList<SyncBucket> Buckets);
+
+    /// <summary>
+    /// <paramref name="include"/> decides, per unit holder set (sorted), whether this worker packs the unit.
+    /// The layout of each tensor is its <see cref="Tensor.GradShape"/> for <see cref="SyncTarget.Gradient"/>,
+    /// its shape otherwise.
+    /// </summary>
+    public static Result Plan(IReadOnlyList<SyncParameter> parameters, int worldSize, long bucketBytes, SyncTarget target, Func<int[], bool> include, string who)
+    {
+        if (bucketBytes < 1) throw new ArgumentOutOfRangeException(nameof(bucketBytes), $"{who}: bucket size must be positive, got {bucketBytes} bytes");
+        var tensors = new Tensor[parameters.Count];
+        var names = new string[parameters.Count];
+        var everyone = Enumerable.Range(0, worldSize).ToArray();
+        var groups = new Dictionary<(string, DType), (int[] Holders, List<(int P, int Axis, int Start, int Len, long Elems)> Units)>();
+        void Add(int[] holders, DType dtype, int p, int axis, int start, int len, long elems)
+        {
+            var key = (string.Join(",", holders), dtype);
+            if (!groups.TryGetValue(key, out var g))
+            {
+                g = (holders, new());
+                groups[key] = g;
+            }
+            g.Units.Add((p, axis, start, len, elems));
+        }
+
+        for (int p = 0; p < parameters.Count; p++)
+        {
+            var sp = parameters[p] ?? throw new ArgumentNullException(nameof(parameters), $"{who}: parameter {p} is null");
+            var t = sp.Parameter ?? throw new ArgumentNullException(nameof(parameters), $"{who}: parameter {p} has no tensor");
+            string name = t.Name ?? $"#{p}";
+            tensors[p] = t;
+            names[p] = name;
+            if (!t.DType.IsFloatingPoint()) throw new ArgumentException($"{who}: tensor {name} {t.Shape} is {t.DType.Name()}; only floating-point tensors are synchronised");
+            var shape = target == SyncTarget.Gradient ? t.GradShape : t.Shape;
+            if (sp.UnitHolders is null)
+            {
+                if (shape.Numel > 0 && include(everyone)) Add(everyone, t.DType, p, 0, 0, shape.Rank == 0 ? 1 : shape[0], shape.Rank == 0 ? 1 : shape.Product(1, shape.Rank));
+                continue;
+            }
+            int units = sp.UnitHolders.Length;
+            if (units == 0) throw new ArgumentException($"{who}: tensor {name} {shape} has an empty unit list; pass null for a shared tensor");
+            int axis;
+            int size;
+            if (shape.Rank == 0)
+            {
+                if (units != 1) throw new ArgumentException($"{who}: scalar tensor {name} can only be one unit, got {units}");
+                axis = 0;
+                size = 1;
+            }
+            else
+            {
+                if (sp.Axis < -shape.Rank || sp.Axis >= shape.Rank) throw new ArgumentOutOfRangeException(nameof(parameters), $"{who}: axis {sp.Axis} is outside tensor {name} {shape}");
+                axis = sp.Axis < 0 ? sp.Axis + shape.Rank : sp.Axis;
+                size = shape[axis];
+            }
+            if (size % units != 0) throw new ArgumentException($"{who}: tensor {name} {shape} has {size} slices along axis {axis}, which cannot be cut into {units} equal units");
+            int per = size / units;
+            long sliceElems = shape.Rank == 0 ? 1 : shape.Numel / size;
+            for (int u = 0; u < units; u++)
+            {
+                var h = sp.UnitHolders[u] ?? throw new ArgumentException($"{who}: tensor {name} unit {u} has no holder list");
+                var holders = h.ToArray();
+                Array.Sort(holders);
+                if (holders.Length == 0) throw new ArgumentException($"{who}: tensor {name} unit {u} has no holders; every unit needs at least one");
+                for (int i = 0; i < holders.Length; i++)
+                {
+                    if (holders[i] < 0 || holders[i] >= worldSize) throw new ArgumentOutOfRangeException(nameof(parameters), $"{who}: tensor {name} unit {u} names worker {holders[i]}, outside [0, {worldSize})");
+                    if (i > 0 && holders[i] == holders[i - 1]) throw new ArgumentException($"{who}: tensor {name} unit {u} names worker {holders[i]} twice");
+                }
+                if (!include(holders) || per == 0 || sliceElems == 0) continue;
+                Add(holders, t.DType, p, axis, u * per, per, sliceElems);
+            }
+        }
+
+        var buckets = new List<SyncBucket>();
+        foreach (var key in groups.Keys.OrderBy(k => k.Item1.Split(',').Length == worldSize ? 0 : 1).ThenBy(k => groups[k].Holders, HolderOrder.Instance).ThenBy(k => k.Item2))
+        {
+            var (holders, units) = groups[key];
+            var pieces = new List<SyncPiece>();
+            long elems = 0;
+            void Close()
+            {
+                if (pieces.Count == 0) return;
+                buckets.Add(new SyncBucket(holders, key.Item2, elems, pieces.ToArray()));
+                pieces.Clear();
+                elems = 0;
+            }
+            long esize = key.Item2.ElementSize();
+            foreach (var (p, axis, start, len, sliceElems) in units)
+            {
+                for (int s = start; s < start + len;)
+                {
+                    // Take as many slices of this unit as fit (at least one slice when the bucket is empty).
+                    long room = (bucketBytes / esize - elems) / sliceElems;
+                    int take = (int)Math.Min(len - (s - start), Math.Max(room, 0));
+                    if (take == 0)
+                    {
+                        if (elems > 0) { Close(); continue; }
+                        take = 1;
+                    }
+                    var last = pieces.Count > 0 ? pieces[^1] : null;
+                    if (last is not null && last.Parameter == p && last.Axis == axis && last.Start + last.Length == s)
+                        pieces[^1] = last with { Length = last.Length + take, Elements = last.Elements + take * sliceElems };
+                    else
+                        pieces.Add(new SyncPiece(p, axis, s, take, elems, take * sliceElems));
+                    elems += take * sliceElems;
+                    s += take;
+                }
+            }
+            Close();
+        }
+        return new Result(tensors, names, buckets);
+    }
+
+    /// <summary>The piece's region of the flat bucket, shaped like the layout with Length slices on the axis.</summary>
+    public static Tensor PieceView(Tensor buf, Shape layout, SyncPiece piece)
+    {
+        var shape = layout.Rank == 0 ? Shape.Scalar : layout.With(piece.Axis, piece.Length);
+        return buf.Alias(shape, buf.Offset + piece.Offset, registerInScope: false);
+    }
+
+    /// <summary>Copies the piece of <paramref name="source"/> into its region of the bucket.</summary>
+    public static void Pack(Tensor source, Tensor buf, SyncPiece piece)
+    {
+        using var view = PieceView(buf, source.Shape, piece);
+        if (source.Rank == 0) source.Backend.Copy(source, view);
+        else source.Backend.ReadSlice(source, piece.Axis, piece.Start, view, accumulate: false);
+    }
+
+    /// <summary>Copies the bucket region of the piece back into <paramref name="target"/>.</summary>
+    public static void Unpack(Tensor buf, Tensor target, SyncPiece piece)
+    {
+        using var view = PieceView(buf, target.Shape, piece);
+        if (target.Rank == 0) target.Backend.Copy(view, target);
+        else target.Backend.WriteSlice(view, piece.Axis, piece.Start, target, accumulate: false);
+    }
+
+    private sealed class HolderOrder : IComparer<int[]>
+    {
+        public static readonly HolderOrder Instance = new();
+
+        public int Compare(int[]? x, int[]? y)
+        {
+            for (int i = 0; i < Math.Min(x!.Length, y!.Length); i++)
+                if (x[i] != y[i]) return x[i].CompareTo(y[i]);
+            return x.Length.CompareTo(y.Length);
+        }
+    }
+}

@@ -1,0 +1,358 @@
+using System.Diagnostics;
+using Sdp.Engine;
+using Sdp.Engine.Autograd;
+using Sdp.Engine.Distributed;
+using Sdp.Engine.Memory;
+using Sdp.Engine.Optim;
+using Sdp.Engine.Subnetworks;
+using Sdp.Models.Checkpoints;
+using Sdp.Models.Subnetworks;
+
+namespace Sdp.Models.Training;
+
+/// <summary>
+/// Data-parallel and subnetwork-data-parallel training of W simulated workers in one process (method
+/// reference §2.5), one thread per worker, talking through an <see cref="InProcessCommunicator"/>.
+/// Each worker has its own model copy (its subnetwork under forward masking; the dense model with held-slice
+/// gradients under backward masking), optimizer over what it holds, data stream and
+/// <see cref="MemoryAccount"/>. A step on every worker:
+/// <code>
+/// loss = L(subnetwork; own batch); backward              // dW only for held units
+/// ĝ_u = mean of g_u over u's holders                      // one all-reduce per holder-set bucket
+/// ‖ĝ‖² = all-reduce Σ_held ‖ĝ_u‖² / |H_u|; clip          // each parameter counted once (A14)
+/// optimizer step on held parameters                       // weight decay once per parameter (A15)
+/// BatchNorm buffers: mean over holders
+/// backward masking: unheld units ← their lowest holder   // broadcast (§2.6 B1)
+/// </code>
+/// The dense model is kept on the host (its own account) and assembled from the holders for evaluation
+/// and saving (A18). DP is the same loop with every tensor shared.
+/// </summary>
+public sealed class SdpTrainer : IDisposable
+{
+    private readonly SubnetworkModel _model;
+    private readonly TrainerOptions _options;
+    private readonly IBatchSource? _eval;
+    private readonly Data.DataLoaderState? _evalStart;
+    private readonly Worker[] _workers;
+    private readonly ITrainable _dense;
+
+    /// <param name="model">The model and its maskable units.</param>
+    /// <param name="sdp">Workers, mode, level, masking, coverage.</param>
+    /// <param name="optimizer">Makes a worker's optimizer over the parameters it trains.</param>
+    /// <param name="trainData">Worker w's training batches (worker 0's must be single-worker training's for A5).</param>
+    /// <param name="options">Steps, schedule, clipping, evaluation and saving, as for <see cref="Trainer"/>.</param>
+    /// <param name="eval">Held-out batches, evaluated on the assembled dense model.</param>
+    public SdpTrainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(sdp);
+        ArgumentNullException.ThrowIfNull(optimizer);
+        ArgumentNullException.ThrowIfNull(trainData);
+        ArgumentNullException.ThrowIfNull(options);
+        if (sdp.Workers < 1) throw new ArgumentException($"SdpTrainer: workers must be at least 1, got {sdp.Workers}");
+        if (options.Steps < 0) throw new ArgumentException($"SdpTrainer: steps must be >= 0, got {options.Steps}");
+        if (options.SavePath is { } save && !save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            throw new ArgumentException($"SdpTrainer: the save path must be a *.safetensors file (the assembled dense model), got '{save}'");
+        (_model, Options, _options, _eval) = (model, sdp, options, eval);
+        _evalStart = eval?.State;
+
+        if (sdp.Mode == ParallelMode.Sdp)
+        {
+            if (model.Units.TensorBindings.Count == 0) throw new ArgumentException("SdpTrainer: SDP needs the model's unit bindings (MaskableUnits.Bindings is empty)");
+            Plan = SubnetworkPlan.Create(model.Units, sdp.Workers, sdp.Coverage, sdp.PlanSeed);
+        }
+
+        HostAccount = new MemoryAccount("host");
+        using (HostAccount.Activate())
+        using (MemoryAccount.Use(MemoryCategory.Parameters))
+        {
+            _dense = model.Build(null);
+        }
+        var comms = InProcessCommunicator.Create(sdp.Workers, sdp.CollectiveTimeout);
+        _workers = new Worker[sdp.Workers];
+        try
+        {
+            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, comms[w], optimizer, trainData(w));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public SdpOptions Options { get; }
+
+    /// <summary>The subnetwork plan (null in DP mode).</summary>
+    public SubnetworkPlan? Plan { get; }
+
+    /// <summary>Charged with the host's dense model (initialisation, evaluation, saving), not with any worker.</summary>
+    public MemoryAccount HostAccount { get; }
+
+    /// <summary>Worker w's memory account.</summary>
+    public MemoryAccount WorkerAccount(int worker) => _workers[worker].Account;
+
+    /// <summary>Worker w's model copy (its subnetwork under forward masking).</summary>
+    public ITrainable WorkerModel(int worker) => _workers[worker].Model;
+
+    /// <summary>Worker w's optimizer.</summary>
+    public Optimizer WorkerOptimizer(int worker) => _workers[worker].Optimizer;
+
+    /// <summary>Worker w's layout (null in DP mode).</summary>
+    public WorkerLayout? WorkerLayout(int worker) => _workers[worker].Layout;
+
+    /// <summary>Collectives and bytes per step of the gradient sync alone (A20), per worker.</summary>
+    public (int Collectives, double Bytes) GradientSyncCost(int worker) => (_workers[worker].GradSync.CollectivesPerStep, _workers[worker].GradSync.BytesPerStep);
+
+    /// <summary>Completed steps.</summary>
+    public long Step { get; private set; }
+
+    public event Action<SdpStepMetrics>? StepCompleted;
+
+    public event Action<EvalMetrics>? Evaluated;
+
+    public event Action<string>? Saved;
+
+    private Worker CreateWorker(int rank, ICommunicator comm, Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer, IBatchSource data)
+    {
+        var account = new MemoryAccount($"worker {rank}");
+        using var active = account.Activate();
+        var layout = Plan is null ? null : new WorkerLayout(_model.Units, Plan, rank);
+        bool forward = layout is not null && Options.Masking == Masking.Forward;
+        ITrainable model;
+        using (MemoryAccount.Use(MemoryCategory.Parameters))
+        {
+            model = _model.Build(forward ? layout!.HeldUnits : null);
+        }
+        try
+        {
+            SubnetworkTensors.CopyFromDense(_dense.Module, model.Module, layout);
+            var trained = layout is not null && !forward
+                ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
+                : [.. model.Module.NamedParameters().Select(p => p.Tensor).Where(t => t.RequiresGrad)];
+            if (trained.Count == 0) throw new ArgumentException($"SdpTrainer: worker {rank} trains no parameter");
+            var names = model.Module.NamedParameters().ToDictionary(p => p.Tensor, p => p.Name, ReferenceEqualityComparer.Instance);
+            var gradEntries = trained.Select(p => Entry(layout, names[p], p, SyncTarget.Gradient)).OfType<SyncParameter>().ToList();
+            var buffers = model.Module.NamedBuffers().Where(b => b.Tensor.DType.IsFloatingPoint()).ToList();
+            var bufferEntries = buffers.Select(b => Entry(layout, b.Name, b.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
+            UnitRefresh? refresh = null;
+            if (layout is not null && !forward)
+            {
+                var all = model.Module.NamedParameters().Concat(buffers).Select(t => layout.SyncEntry(t.Name, t.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
+                refresh = new UnitRefresh(all, rank, Options.Workers, Options.BucketBytes);
+            }
+            var gradSync = new HolderGroupedSync(gradEntries, rank, Options.Workers, Options.BucketBytes);
+            var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, rank, Options.Workers, Options.BucketBytes, SyncTarget.Value);
+            return new Worker(rank, layout, model, makeOptimizer(trained), account, comm, data, gradSync, bufferSync, refresh);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static SyncParameter? Entry(WorkerLayout? layout, string name, Tensor t, SyncTarget target)
+        => layout is null ? new SyncParameter(t) : layout.SyncEntry(name, t, target);
+
+    /// <summary>Trains from <see cref="Step"/> up to the configured number of steps, evaluating and saving as configured.</summary>
+    public void Run()
+    {
+        while (Step < _options.Steps)
+        {
+            TrainStep();
+            if (_eval is not null && _options.EvalEvery > 0 && Step % _options.EvalEvery == 0 && Step < _options.Steps) Evaluated?.Invoke(EvaluateHeldOut(_eval));
+        }
+        if (_eval is not null) Evaluated?.Invoke(EvaluateHeldOut(_eval));
+        if (_options.SavePath is not null) Save(_options.SavePath);
+    }
+
+    /// <summary>One synchronous step of every worker.</summary>
+    public SdpStepMetrics TrainStep()
+    {
+        var clock = Stopwatch.StartNew();
+        double lr = _options.Schedule.LearningRate(Step);
+        var results = new (double Loss, long Items, double Norm, double Bytes, int Collectives)[_workers.Length];
+        OnEveryWorker(w => results[w.Rank] = w.Step(lr, _options.Clip));
+        Step++;
+        double ms = clock.Elapsed.TotalMilliseconds;
+        double loss = 0;
+        long items = 0;
+        foreach (var r in results)
+        {
+            loss += r.Loss;
+            items += r.Items;
+        }
+        loss /= _workers.Length;
+        var perWorker = _workers.Select(w => new WorkerStepMetrics(w.Rank, results[w.Rank].Loss, w.Account.Snapshot(), results[w.Rank].Bytes, results[w.Rank].Collectives)).ToArray();
+        var metrics = new SdpStepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _dense.ItemUnit, perWorker);
+        StepCompleted?.Invoke(metrics);
+        return metrics;
+    }
+
+    /// <summary>The dense model assembled from the holders (A18), owned by the trainer.</summary>
+    public ITrainable AssembleDense()
+    {
+        using var active = HostAccount.Activate();
+        if (Plan is null) SubnetworkTensors.CopyFromDense(_workers[0].Model.Module, _dense.Module, null);
+        else SubnetworkTensors.AssembleDense(_dense.Module, [.. _workers.Select(w => w.Model.Module)], [.. _workers.Select(w => w.Layout!)]);
+        return _dense;
+    }
+
+    /// <summary>Mean loss (and accuracy) of the assembled dense model over <paramref name="batches"/> batches.</summary>
+    public EvalMetrics Evaluate(IBatchSource data, int batches)
+    {
+        var dense = AssembleDense();
+        using var active = HostAccount.Activate();
+        if (Options.BnRecalibrationBatches > 0) RecalibrateBatchNorm(dense, _workers[0].Data, Options.BnRecalibrationBatches);
+        return Trainer.Evaluate(dense, data, batches, Step);
+    }
+
+    private EvalMetrics EvaluateHeldOut(IBatchSource eval)
+    {
+        eval.State = _evalStart!;
+        return Evaluate(eval, _options.EvalBatches);
+    }
+
+    /// <summary>
+    /// Re-estimates BatchNorm running statistics of the dense model: reset to mean 0, variance 1, then
+    /// forward passes in training mode without gradients. The batches are drawn from a copy of worker 0's
+    /// position, so training data order is unchanged.
+    /// </summary>
+    private static void RecalibrateBatchNorm(ITrainable dense, IBatchSource source, int batches)
+    {
+        var buffers = dense.Module.NamedBuffers().ToList();
+        if (!buffers.Any(b => b.Name.EndsWith("running_mean", StringComparison.Ordinal))) return;
+        var saved = source.State;
+        using var noGrad = GradMode.Disable();
+        foreach (var (name, t) in buffers)
+        {
+            if (name.EndsWith("running_mean", StringComparison.Ordinal)) t.Backend.Fill(t, 0);
+            else if (name.EndsWith("running_var", StringComparison.Ordinal)) t.Backend.Fill(t, 1);
+        }
+        bool wasTraining = dense.Module.IsTraining;
+        dense.Module.Train();
+        try
+        {
+            for (int b = 0; b < batches; b++)
+            {
+                using var scope = TensorScope.Begin();
+                var (inputs, targets) = source.NextBatch();
+                using var loss = dense.Loss(inputs, targets);
+            }
+        }
+        finally
+        {
+            dense.Module.Train(wasTraining);
+            source.State = saved;
+        }
+    }
+
+    /// <summary>Writes the assembled dense model as safetensors, atomically, with its config in the metadata.</summary>
+    public void Save(string path)
+    {
+        var dense = AssembleDense();
+        ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
+        Saved?.Invoke(path);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/> on every worker at once, each on its own thread with its account
+    /// active (collectives need all of them running). The first failure is rethrown; a worker that only
+    /// timed out waiting for a failed one is not the cause and is reported only when nothing else failed.
+    /// </summary>
+    private void OnEveryWorker(Action<Worker> work)
+    {
+        var errors = new Exception?[_workers.Length];
+        var threads = _workers.Select(w => new Thread(() =>
+        {
+            try
+            {
+                using var active = w.Account.Activate();
+                work(w);
+            }
+            catch (Exception e)
+            {
+                errors[w.Rank] = e;
+            }
+        }) { Name = $"sdp worker {w.Rank}", IsBackground = true }).ToArray();
+        foreach (var t in threads) t.Start();
+        foreach (var t in threads) t.Join();
+        var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException) ?? errors.FirstOrDefault(e => e is not null);
+        if (cause is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
+    }
+
+    public void Dispose()
+    {
+        foreach (var w in _workers) w?.Dispose();
+        _dense?.Dispose();
+    }
+
+    private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data,
+        HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh) : IDisposable
+    {
+        public int Rank { get; } = rank;
+
+        public WorkerLayout? Layout { get; } = layout;
+
+        public ITrainable Model { get; } = model;
+
+        public Optimizer Optimizer { get; } = optimizer;
+
+        public MemoryAccount Account { get; } = account;
+
+        public IBatchSource Data { get; } = data;
+
+        public HolderGroupedSync GradSync { get; } = gradSync;
+
+        /// <summary>Forward, backward, gradient sync, clipping, update, buffer sync and (backward masking) refresh.</summary>
+        public (double Loss, long Items, double Norm, double Bytes, int Collectives) Step(double lr, double clip)
+        {
+            var before = comm.Stats.Clone();
+            Optimizer.LearningRate = lr;
+            double loss;
+            long items;
+            using (TensorScope.Begin())
+            {
+                var (inputs, targets) = Data.NextBatch();
+                items = Model.ItemsIn(inputs);
+                var lossTensor = Model.Loss(inputs, targets);
+                loss = lossTensor.Item();
+                lossTensor.Backward();
+            }
+            GradSync.Synchronize(comm);
+            double norm = Math.Sqrt(SumOverWorkers(GradSync.SquaredNormShare()));
+            var parameters = Optimizer.Parameters;
+            if (double.IsFinite(norm))
+            {
+                if (clip > 0) GradClip.ScaleToNorm(parameters, norm, clip);
+                Optimizer.Step();
+            }
+            Optimizer.ZeroGrad();
+            bufferSync?.Synchronize(comm);
+            refresh?.Refresh(comm);
+            var after = comm.Stats;
+            return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
+        }
+
+        /// <summary>Σ over workers of a float64 value, in rank order (identical on every worker).</summary>
+        private double SumOverWorkers(double value)
+        {
+            if (comm.WorldSize == 1) return value;
+            using var noGrad = GradMode.Disable();
+            using (MemoryAccount.Use(MemoryCategory.Workspace))
+            using (var t = Tensor.Scalar(value, DType.Float64))
+            {
+                comm.AllReduceSum(t, [.. Enumerable.Range(0, comm.WorldSize)]);
+                return t.Item();
+            }
+        }
+
+        public void Dispose()
+        {
+            using var active = Account.Activate();
+            Optimizer.Dispose();
+            Model.Dispose();
+        }
+    }
+}
