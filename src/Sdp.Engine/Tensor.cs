@@ -20,6 +20,7 @@ public sealed class Tensor : IDisposable
     private static long _nextId;
     private Storage? _storage;
     private bool _requiresGrad;
+    private HeldSlices? _held;
 
     internal Tensor(Storage storage, long offset, Shape shape, DType dtype, bool registerInScope = true)
     {
@@ -64,6 +65,39 @@ public sealed class Tensor : IDisposable
 
     /// <summary>Accumulated gradient of a leaf that requires grad, allocated by the first backward pass.</summary>
     public Tensor? Grad { get; internal set; }
+
+    /// <summary>
+    /// SDP backward masking: the slices of this leaf that backward and the optimizer train, or null for
+    /// all of it. When set, <see cref="Grad"/> is compact (shape <see cref="GradShape"/>, the held slices in
+    /// index order), optimizer state is compact too, and an optimizer step changes only the held slices.
+    /// The forward pass is unaffected. Only leaves that require grad may hold slices; the axis and indices
+    /// must fit <see cref="Shape"/>; and the value can only change while there is no gradient (call
+    /// <see cref="ZeroGrad"/> first), since the gradient's shape depends on it.
+    /// </summary>
+    public HeldSlices? Held
+    {
+        get => _held;
+        set
+        {
+            if (Grad is not null)
+                throw new InvalidOperationException($"Held: {Describe()} already has a gradient {Grad.Describe()}; call ZeroGrad() before changing which slices it holds");
+            if (value is not null)
+            {
+                if (!IsLeaf) throw new InvalidOperationException($"Held: only leaf tensors can hold slices; {Describe()} was produced by {GradFn!.OpName}");
+                if (!_requiresGrad) throw new InvalidOperationException($"Held: {Describe()} does not require grad; set RequiresGrad = true before choosing the slices it trains");
+                if (value.Axis >= Rank)
+                    throw new ArgumentOutOfRangeException(nameof(value), value.Axis, $"Held: axis {value.Axis} is out of range for {Describe()} of rank {Rank}");
+                int size = Shape[value.Axis];
+                int last = value.Indices[^1];
+                if (last >= size)
+                    throw new ArgumentOutOfRangeException(nameof(value), last, $"Held: index {last} is out of range for axis {value.Axis} of {Describe()} (size {size})");
+            }
+            _held = value;
+        }
+    }
+
+    /// <summary>The shape of <see cref="Grad"/>: <see cref="Shape"/>, with the held axis shrunk to the number of held slices when <see cref="Held"/> is set.</summary>
+    public Shape GradShape => _held is null ? Shape : Shape.With(_held.Axis, _held.Count);
 
     /// <summary>The tape node that produced this tensor, or null for leaves.</summary>
     internal TapeNode? GradFn { get; set; }

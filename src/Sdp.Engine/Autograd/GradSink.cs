@@ -6,27 +6,38 @@ namespace Sdp.Engine.Autograd;
 /// Gradients in flight during one backward pass. Leaves accumulate into their persistent
 /// <see cref="Tensor.Grad"/> (category Gradients); intermediate tensors get transient buffers
 /// (Workspace) that are freed once the node that produced them has consumed them.
+/// A leaf with <see cref="Tensor.Held"/> has a compact Grad: ops that write full-shape gradients get a
+/// transient full-shape buffer (Workspace) from <see cref="For"/>, and the tape folds its held slices into
+/// the compact Grad as soon as the node's backward returns (<see cref="FlushHeld"/>).
 /// </summary>
 public sealed class GradSink : IDisposable
 {
     private readonly Dictionary<long, Tensor> _pending = [];
+    private readonly List<(Tensor Leaf, Tensor Full)> _heldPending = [];
 
     /// <summary>
     /// The buffer to accumulate <paramref name="input"/>'s gradient into (zeros on first request), or
-    /// null when no gradient is needed for it.
+    /// null when no gradient is needed for it. Always shaped like <paramref name="input"/>, also for a leaf
+    /// with held slices.
     /// </summary>
     public Tensor? For(Tensor input)
     {
         if (!input.RequiresGrad) return null;
         if (input.IsLeaf)
         {
-            if (input.Grad is null)
+            AutogradCounters.AddWeightGrad(input.Numel);
+            if (input.Held is not null)
             {
-                input.Grad = Tensor.Allocate(input.Shape, input.DType, input.Backend, MemoryCategory.Gradients, registerInScope: false);
-                input.Grad.Name = input.Name is null ? null : input.Name + ".grad";
-                input.Backend.Fill(input.Grad, 0);
+                foreach (var (leaf, full) in _heldPending)
+                {
+                    if (ReferenceEquals(leaf, input)) return full;
+                }
+                var buffer = Tensor.Allocate(input.Shape, input.DType, input.Backend, MemoryCategory.Workspace, registerInScope: false);
+                input.Backend.Fill(buffer, 0);
+                _heldPending.Add((input, buffer));
+                return buffer;
             }
-            return input.Grad;
+            return LeafGrad(input);
         }
         if (!_pending.TryGetValue(input.Id, out var g))
         {
@@ -35,6 +46,49 @@ public sealed class GradSink : IDisposable
             _pending.Add(input.Id, g);
         }
         return g;
+    }
+
+    /// <summary>
+    /// The compact gradient (shape <see cref="Tensor.GradShape"/>) of a leaf with held slices, for ops that
+    /// compute only the held slices' gradient (the += contract applies), or null when it needs none.
+    /// </summary>
+    internal Tensor? CompactFor(Tensor leaf)
+    {
+        if (!leaf.RequiresGrad) return null;
+        if (!leaf.IsLeaf || leaf.Held is null) throw new InvalidOperationException($"CompactFor: {leaf.Describe()} is not a leaf with held slices");
+        var g = LeafGrad(leaf);
+        AutogradCounters.AddWeightGrad(g.Numel);
+        return g;
+    }
+
+    /// <summary>The leaf's persistent gradient, allocated zero-filled (Gradients) with its GradShape on first use.</summary>
+    private static Tensor LeafGrad(Tensor leaf)
+    {
+        if (leaf.Grad is null)
+        {
+            leaf.Grad = Tensor.Allocate(leaf.GradShape, leaf.DType, leaf.Backend, MemoryCategory.Gradients, registerInScope: false);
+            leaf.Grad.Name = leaf.Name is null ? null : leaf.Name + ".grad";
+            leaf.Backend.Fill(leaf.Grad, 0);
+        }
+        return leaf.Grad;
+    }
+
+    /// <summary>Adds the held slices of every transient full-shape leaf buffer into the leaf's compact Grad and frees the buffer.</summary>
+    internal void FlushHeld()
+    {
+        if (_heldPending.Count == 0) return;
+        try
+        {
+            foreach (var (leaf, full) in _heldPending)
+            {
+                leaf.Backend.GatherHeld(full, leaf.Held!, LeafGrad(leaf), accumulate: true);
+            }
+        }
+        finally
+        {
+            foreach (var (_, full) in _heldPending) full.Dispose();
+            _heldPending.Clear();
+        }
     }
 
     /// <summary>Adds <paramref name="grad"/> to <paramref name="input"/>'s gradient.</summary>
@@ -59,5 +113,7 @@ public sealed class GradSink : IDisposable
     {
         foreach (var g in _pending.Values) g.Dispose();
         _pending.Clear();
+        foreach (var (_, full) in _heldPending) full.Dispose();
+        _heldPending.Clear();
     }
 }

@@ -55,6 +55,7 @@ public sealed class Tape
                     if (root.IsLeaf)
                     {
                         sink.Accumulate(root, ones);
+                        sink.FlushHeld();
                         return;
                     }
                     sink.Seed(root, ones);
@@ -74,6 +75,8 @@ public sealed class Tape
                         using (var scratch = TensorScope.Begin())
                         {
                             node.Backward(g, sink);
+                            // Held-slice leaves: fold the node's full-shape contribution into the compact Grad now, so at most one node's worth of full-size buffers exists.
+                            sink.FlushHeld();
                         }
                     }
                     node.Release();

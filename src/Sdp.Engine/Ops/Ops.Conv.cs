@@ -55,10 +55,26 @@ public static partial class Ops
         protected internal override void Backward(Tensor dy, GradSink grads)
         {
             var dx = grads.For(Inputs[0]);
-            var dw = grads.For(Inputs[1]);
+            var w = Inputs[1];
+            // Held output filters (axis 0) or input channels (axis 1): the compact dW is the weight gradient of
+            // a smaller convolution, over the held channels of dy or of x, so no full-size dW is formed.
+            bool heldWeight = w.IsLeaf && w.RequiresGrad && w.Held is { Axis: 0 or 1 };
+            var dw = heldWeight ? null : grads.For(w);
             var db = Inputs.Length > 2 ? grads.For(Inputs[2]) : null;
-            if (dx is null && dw is null && db is null) return;
-            dy.Backend.Conv2dBackward(_x, _w, dy, dx, dw, db, _stride, _padding);
+            var be = dy.Backend;
+            if (dx is not null || dw is not null || db is not null) be.Conv2dBackward(_x, _w, dy, dx, dw, db, _stride, _padding);
+            if (heldWeight) HeldWeightGrad(be, dy, w.Held!, grads.CompactFor(w)!);
+        }
+
+        /// <summary>dwCompact += the conv weight gradient of the held filters (dy channels) or held input channels (x channels).</summary>
+        private void HeldWeightGrad(Backends.IBackend be, Tensor dy, HeldSlices held, Tensor dwCompact)
+        {
+            var channels = new HeldSlices(1, held.Indices);
+            var source = held.Axis == 0 ? dy : _x!;
+            using var gathered = Tensor.Allocate(source.Shape.With(1, held.Count), source.DType, be, Memory.MemoryCategory.Workspace, registerInScope: false);
+            be.GatherHeld(source, channels, gathered, accumulate: false);
+            if (held.Axis == 0) be.Conv2dBackward(_x, null, gathered, null, dwCompact, null, _stride, _padding);
+            else be.Conv2dBackward(gathered, null, dy, null, dwCompact, null, _stride, _padding);
         }
     }
 

@@ -63,8 +63,21 @@ public static partial class Ops
         protected internal override void Backward(Tensor dc, GradSink grads)
         {
             var da = grads.For(Inputs[0]);
-            var db = grads.For(Inputs[1]);
+            var w = Inputs[1];
+            // Linear with a held-slice weight (y = x·Wᵀ, W (out, in) shared by the batch): compute only the
+            // held rows/columns of dW, straight into the compact gradient; no full-size dW exists.
+            bool heldWeight = _transB && !_transA && w.Rank == 2 && w.IsLeaf && w.RequiresGrad && w.Held is not null;
+            var db = heldWeight ? null : grads.For(w);
             var be = dc.Backend;
+            if (heldWeight)
+            {
+                var dwCompact = grads.CompactFor(w)!;
+                int tokens = _batch * _m;
+                // dy (..., M, N) and x (..., M, K) are contiguous, so all batches flatten to token rows.
+                using var dy2 = dc.Alias(new Shape(tokens, _n), dc.Offset, registerInScope: false);
+                using var x2 = _a!.Alias(new Shape(tokens, _k), _a.Offset, registerInScope: false);
+                be.MatMulWeightGradHeld(dy2, x2, w.Held!, dwCompact);
+            }
             // dA (M,K) = dC · op(B)ᵀ, stored transposed when A was; dB (K,N) = op(A)ᵀ · dC likewise.
             if (da is not null)
             {

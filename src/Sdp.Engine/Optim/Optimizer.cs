@@ -79,7 +79,8 @@ public abstract class Optimizer : IDisposable
     /// Replaces the state of parameter <paramref name="parameterIndex"/> with copies of
     /// <paramref name="state"/> and sets its update count, e.g. when resuming from a checkpoint. The
     /// dictionary holds either no tensor (the state a parameter has before its first update) or one per
-    /// name in <see cref="StateNames"/>, each shaped like the parameter, floating-point (converted to the
+    /// name in <see cref="StateNames"/>, each shaped like the parameter's gradient (<see cref="Tensor.GradShape"/>:
+    /// compact for a parameter with <see cref="Tensor.Held"/> slices), floating-point (converted to the
     /// parameter's dtype) and on its device. The copies are allocated exactly like lazily created state:
     /// outside any scope, charged to <see cref="MemoryCategory.OptimizerState"/> of the current account.
     /// The caller keeps ownership of <paramref name="state"/>. Everything is validated before anything
@@ -103,9 +104,9 @@ public abstract class Optimizer : IDisposable
                 throw new ArgumentException($"{what}: unknown state '{key}'; {known}", nameof(state));
             }
             if (t is null || t.IsDisposed) throw new ArgumentException($"{what}: state '{key}' is null or disposed", nameof(state));
-            if (t.Shape != param.Shape || !t.DType.IsFloatingPoint() || t.Device != param.Device)
+            if (t.Shape != param.GradShape || !t.DType.IsFloatingPoint() || t.Device != param.Device)
             {
-                throw new ArgumentException($"{what}: state '{key}' is {t.Describe()} on {t.Device}, expected a floating-point tensor of shape {param.Shape} on {param.Device}", nameof(state));
+                throw new ArgumentException($"{what}: state '{key}' is {t.Describe()} on {t.Device}, expected a floating-point tensor of shape {param.GradShape}{HeldNote(param)} on {param.Device}", nameof(state));
             }
         }
         if (state.Count > 0)
@@ -160,15 +161,41 @@ public abstract class Optimizer : IDisposable
                 var p = _parameters[i];
                 var g = p.Grad;
                 if (g is null) continue;
-                if (g.Shape != p.Shape || g.DType != p.DType || g.Device != p.Device)
+                if (g.Shape != p.GradShape || g.DType != p.DType || g.Device != p.Device)
                 {
-                    throw new InvalidOperationException($"{GetType().Name}: gradient {g.Describe()} on {g.Device} does not match parameter {i} {p.Describe()} on {p.Device}");
+                    throw new InvalidOperationException($"{GetType().Name}: gradient {g.Describe()} on {g.Device} does not match parameter {i} {p.Describe()}{HeldNote(p)} on {p.Device}");
                 }
-                Update(i, p, g);
+                if (p.Held is null) Update(i, p, g);
+                else UpdateHeld(i, p, g);
             }
         }
         StepCount++;
     }
+
+    /// <summary>
+    /// Backward masking: the held slices of <paramref name="param"/> are gathered into a compact Workspace
+    /// copy, updated there by the ordinary fused update with the compact gradient and state, and scattered
+    /// back, so unheld slices (and their weight decay) are never touched.
+    /// </summary>
+    private void UpdateHeld(int index, Tensor param, Tensor grad)
+    {
+        var held = param.Held!;
+        foreach (var (key, t) in State(index))
+        {
+            if (t.Shape != param.GradShape)
+            {
+                throw new InvalidOperationException($"{GetType().Name}: state '{key}' {t.Describe()} of parameter {index} {param.Describe()} does not match its gradient shape {param.GradShape} ({held}); were the held slices changed after the optimizer's first step?");
+            }
+        }
+        var be = param.Backend;
+        using var compact = Tensor.Allocate(param.GradShape, param.DType, be, MemoryCategory.Workspace, registerInScope: false);
+        compact.Name = param.Name; // lazily created state takes its name from the tensor it is created for
+        be.GatherHeld(param, held, compact, accumulate: false);
+        Update(index, compact, grad);
+        be.ScatterHeld(compact, held, param);
+    }
+
+    private static string HeldNote(Tensor p) => p.Held is null ? "" : $" holding {p.Held} (compact shape {p.GradShape})";
 
     /// <summary>Drops every parameter's gradient (<see cref="Tensor.ZeroGrad"/>), freeing its memory until the next backward.</summary>
     public void ZeroGrad()
@@ -189,14 +216,15 @@ public abstract class Optimizer : IDisposable
     /// <summary>Frees the state tensors. Called once, from <see cref="Dispose()"/>.</summary>
     protected abstract void FreeState();
 
-    /// <summary>A zero-filled state tensor shaped like <paramref name="param"/>, owned by no scope and
-    /// charged to <see cref="MemoryCategory.OptimizerState"/> of the current account.</summary>
+    /// <summary>A zero-filled state tensor shaped like <paramref name="param"/>'s gradient (<see cref="Tensor.GradShape"/>,
+    /// compact for a parameter with held slices), owned by no scope and charged to
+    /// <see cref="MemoryCategory.OptimizerState"/> of the current account.</summary>
     protected static Tensor AllocateState(Tensor param, string stateName)
     {
         Tensor t;
         using (MemoryAccount.Use(MemoryCategory.OptimizerState))
         {
-            t = Tensor.Allocate(param.Shape, param.DType, param.Backend, MemoryCategory.OptimizerState, registerInScope: false);
+            t = Tensor.Allocate(param.GradShape, param.DType, param.Backend, MemoryCategory.OptimizerState, registerInScope: false);
         }
         t.Name = param.Name is null ? stateName : $"{param.Name}.{stateName}";
         t.Backend.Fill(t, 0);

@@ -9,6 +9,8 @@ namespace Sdp.Models.Llama;
 /// "lm_head.weight"), so checkpoints map one to one. Weights are drawn from N(0, initializer_range²)
 /// (HF's _init_weights) with a seeded <see cref="Rng"/>; norm weights start at one. With
 /// tie_word_embeddings the logits reuse model.embed_tokens.weight and there is no lm_head.
+/// With a <see cref="LlamaSubnetShape"/> it builds a forward-masked subnetwork instead (same names,
+/// narrower or missing layers); without one the model and its draws from the generator are the dense ones.
 /// <code>
 /// x = embed_tokens(ids)                                  // (B, T, C)
 /// for each layer: x = x + self_attn(input_layernorm(x))  // RoPE, causal GQA
@@ -18,15 +20,17 @@ namespace Sdp.Models.Llama;
 /// </summary>
 public sealed class LlamaForCausalLM : Module
 {
-    public LlamaForCausalLM(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
+    public LlamaForCausalLM(LlamaConfig config, Rng rng, DType dtype = DType.Float32, LlamaSubnetShape? shape = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(rng);
         config.Validate();
+        shape?.Validate(config);
         if (!dtype.IsFloatingPoint()) throw new ArgumentException($"LlamaForCausalLM: parameters must be float32 or float64, got {dtype.Name()}", nameof(dtype));
         Config = config;
         DType = dtype;
-        Model = RegisterModule("model", new LlamaModel(config, rng, dtype));
+        SubnetShape = shape;
+        Model = RegisterModule("model", new LlamaModel(config, rng, dtype, shape));
         if (!config.TieWordEmbeddings) LmHead = RegisterModule("lm_head", LlamaInit.Linear(config.HiddenSize, config.VocabSize, config, rng, dtype));
     }
 
@@ -35,13 +39,16 @@ public sealed class LlamaForCausalLM : Module
     /// <summary>Element type of every parameter and activation.</summary>
     public DType DType { get; }
 
+    /// <summary>The forward-masked subnetwork shape, or null for the dense model.</summary>
+    public LlamaSubnetShape? SubnetShape { get; }
+
     /// <summary>The decoder stack ("model").</summary>
     public LlamaModel Model { get; }
 
     /// <summary>The output projection ("lm_head"), or null when embeddings are tied.</summary>
     public Linear? LmHead { get; }
 
-    /// <summary>Convenience for <c>Model.Layers</c>.</summary>
+    /// <summary>Convenience for <c>Model.Layers</c> (the layers that exist; see <see cref="LlamaModel.LayerIndices"/>).</summary>
     public IReadOnlyList<LlamaDecoderLayer> Layers => Model.Layers;
 
     /// <summary>The (V, C) matrix that turns hidden states into logits: lm_head.weight, or embed_tokens.weight when tied.</summary>
@@ -77,16 +84,24 @@ public sealed class LlamaForCausalLM : Module
 public sealed class LlamaModel : Module
 {
     private readonly List<LlamaDecoderLayer> _layers = [];
+    private readonly List<int> _layerIndices = [];
 
-    public LlamaModel(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
+    public LlamaModel(LlamaConfig config, Rng rng, DType dtype = DType.Float32, LlamaSubnetShape? shape = null)
     {
+        ArgumentNullException.ThrowIfNull(config);
+        shape?.Validate(config);
         Config = config;
         DType = dtype;
         EmbedTokens = RegisterModule("embed_tokens", new Embedding(config.VocabSize, config.HiddenSize, rng, config.InitializerRange, dtype));
         var layers = RegisterModule("layers", new LayerList());
         for (int i = 0; i < config.NumHiddenLayers; i++)
         {
-            _layers.Add(layers.Add(i.ToString(System.Globalization.CultureInfo.InvariantCulture), new LlamaDecoderLayer(config, rng, dtype)));
+            var layer = shape is null
+                ? new LlamaDecoderLayer(config, rng, dtype)
+                : LayerOf(shape, config, i, rng, dtype);
+            if (layer is null) continue; // a dropped layer: not registered, its residual stream passes through
+            _layers.Add(layers.Add(i.ToString(System.Globalization.CultureInfo.InvariantCulture), layer));
+            _layerIndices.Add(i);
         }
         Norm = RegisterModule("norm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype));
     }
@@ -97,8 +112,14 @@ public sealed class LlamaModel : Module
 
     public Embedding EmbedTokens { get; }
 
-    /// <summary>The decoder layers in order; layer i is named "layers.{i}".</summary>
+    /// <summary>
+    /// The decoder layers in order; Layers[j] is named "layers.{LayerIndices[j]}" (j itself for the dense
+    /// model; a forward-masked subnetwork lacks its dropped layers).
+    /// </summary>
     public IReadOnlyList<LlamaDecoderLayer> Layers => _layers;
+
+    /// <summary>The config index of each entry of <see cref="Layers"/>.</summary>
+    public IReadOnlyList<int> LayerIndices => _layerIndices;
 
     public RmsNorm Norm { get; }
 
@@ -122,6 +143,12 @@ public sealed class LlamaModel : Module
             }
             using (x) return Norm.Forward(x);
         }
+    }
+
+    private static LlamaDecoderLayer? LayerOf(LlamaSubnetShape shape, LlamaConfig config, int i, Rng rng, DType dtype)
+    {
+        int width = shape.MlpWidth(config, i), heads = shape.KeyValueHeadCount(config, i);
+        return width == 0 && heads == 0 ? null : new LlamaDecoderLayer(config, rng, dtype, width, heads, shape.Scale(i));
     }
 
     /// <summary>The "layers" container: children "0", "1", ... so names come out as model.layers.{i}.*.</summary>

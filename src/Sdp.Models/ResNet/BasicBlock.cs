@@ -16,15 +16,37 @@ namespace Sdp.Models.ResNet;
 /// </summary>
 public sealed class BasicBlock : Module
 {
+    private readonly Conv2d? _conv1;
+    private readonly BatchNorm2d? _bn1;
+    private readonly Conv2d? _conv2;
+    private readonly BatchNorm2d? _bn2;
+
     public BasicBlock(int inChannels, int outChannels, int stride, Rng rng, DType dtype = DType.Float32)
+        : this(inChannels, outChannels, stride, rng, dtype, outChannels, 1.0)
+    {
+    }
+
+    /// <summary>
+    /// A forward-masked block (see <see cref="ResNetSubnetShape"/>): <paramref name="internalWidth"/>
+    /// internal channels (conv1 (c, in, 3, 3), bn1 (c), conv2 (out, c, 3, 3)) whose activation
+    /// relu(bn1(conv1(x))) is multiplied by <paramref name="scale"/>. Width 0: no residual branch at all
+    /// (conv1, bn1, conv2, bn2 are not allocated) and <see cref="Forward"/> runs <see cref="Skip"/>.
+    /// </summary>
+    public BasicBlock(int inChannels, int outChannels, int stride, Rng rng, DType dtype, int internalWidth, double scale)
     {
         if (inChannels < 1 || outChannels < 1) throw new ArgumentOutOfRangeException(nameof(inChannels), $"BasicBlock: channels must be >= 1, got in {inChannels}, out {outChannels}");
         if (stride < 1) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"BasicBlock: stride must be >= 1, got {stride}");
-        (InChannels, OutChannels, Stride) = (inChannels, outChannels, stride);
-        Conv1 = RegisterModule("conv1", ResNetInit.Conv(inChannels, outChannels, 3, stride, rng, dtype));
-        Bn1 = RegisterModule("bn1", new BatchNorm2d(outChannels, dtype: dtype));
-        Conv2 = RegisterModule("conv2", ResNetInit.Conv(outChannels, outChannels, 3, 1, rng, dtype));
-        Bn2 = RegisterModule("bn2", new BatchNorm2d(outChannels, dtype: dtype));
+        if (internalWidth < 0 || internalWidth > outChannels)
+            throw new ArgumentOutOfRangeException(nameof(internalWidth), internalWidth, $"BasicBlock: internal width must be in [0, {outChannels}], got {internalWidth}");
+        if (!(double.IsFinite(scale) && scale > 0)) throw new ArgumentOutOfRangeException(nameof(scale), scale, $"BasicBlock: scale must be a positive finite number, got {scale}");
+        (InChannels, OutChannels, Stride, InternalWidth, Scale) = (inChannels, outChannels, stride, internalWidth, scale);
+        if (internalWidth > 0)
+        {
+            _conv1 = RegisterModule("conv1", ResNetInit.Conv(inChannels, internalWidth, 3, stride, rng, dtype));
+            _bn1 = RegisterModule("bn1", new BatchNorm2d(internalWidth, dtype: dtype));
+            _conv2 = RegisterModule("conv2", ResNetInit.Conv(internalWidth, outChannels, 3, 1, rng, dtype));
+            _bn2 = RegisterModule("bn2", new BatchNorm2d(outChannels, dtype: dtype));
+        }
         if (stride != 1 || inChannels != outChannels) Downsample = RegisterModule("downsample", new Projection(inChannels, outChannels, stride, rng, dtype));
     }
 
@@ -34,33 +56,52 @@ public sealed class BasicBlock : Module
 
     public int Stride { get; }
 
-    public Conv2d Conv1 { get; }
+    /// <summary>Channels between conv1 and conv2: OutChannels for the dense block, 0 when the branch is absent.</summary>
+    public int InternalWidth { get; }
 
-    public BatchNorm2d Bn1 { get; }
+    /// <summary>Factor on the internal activation (1: none, the dense block).</summary>
+    public double Scale { get; }
 
-    public Conv2d Conv2 { get; }
+    /// <summary>Whether the residual branch exists (always, except in a forward-masked subnetwork).</summary>
+    public bool HasBranch => _conv1 is not null;
 
-    public BatchNorm2d Bn2 { get; }
+    /// <summary>The first 3x3 conv; throws when the residual branch is absent (<see cref="HasBranch"/>).</summary>
+    public Conv2d Conv1 => _conv1 ?? throw Absent("conv1");
+
+    /// <summary>The first BN; throws when the residual branch is absent.</summary>
+    public BatchNorm2d Bn1 => _bn1 ?? throw Absent("bn1");
+
+    /// <summary>The second 3x3 conv; throws when the residual branch is absent.</summary>
+    public Conv2d Conv2 => _conv2 ?? throw Absent("conv2");
+
+    /// <summary>The second BN; throws when the residual branch is absent.</summary>
+    public BatchNorm2d Bn2 => _bn2 ?? throw Absent("bn2");
 
     /// <summary>The projection shortcut, or null when the shortcut is the identity.</summary>
     public Projection? Downsample { get; }
 
-    /// <summary>x (N, in, H, W) -> y (N, out, OH, OW), OH = (H - 1) / stride + 1.</summary>
+    /// <summary>
+    /// x (N, in, H, W) -> y (N, out, OH, OW), OH = (H - 1) / stride + 1. Without a residual branch this
+    /// is <see cref="Skip"/>, which returns <paramref name="x"/> itself for an identity shortcut.
+    /// </summary>
     public Tensor Forward(Tensor x)
     {
+        if (!HasBranch) return Skip(x);
         using var residual = Residual(x);
         using var projected = Downsample?.Forward(x);
         using var sum = Ops.Add(residual, projected ?? x);
         return Ops.Relu(sum);
     }
 
-    /// <summary>The residual branch bn2(conv2(relu(bn1(conv1(x))))). x (N, in, H, W) -> (N, out, OH, OW).</summary>
+    /// <summary>The residual branch bn2(conv2(Scale·relu(bn1(conv1(x))))). x (N, in, H, W) -> (N, out, OH, OW).</summary>
     public Tensor Residual(Tensor x)
     {
-        using var a = Conv1.Forward(x);
+        using var a = Conv1.Forward(x);       // (N, c, OH, OW)
         using var b = Bn1.Forward(a);
         using var c = Ops.Relu(b);
-        using var d = Conv2.Forward(c);
+        // Scale 1 adds no op, so the dense block computes exactly what it did before scaling existed.
+        using var scaled = Scale == 1.0 ? null : Ops.Scale(c, Scale);
+        using var d = Conv2.Forward(scaled ?? c);
         return Bn2.Forward(d);
     }
 
@@ -82,6 +123,9 @@ public sealed class BasicBlock : Module
         using var projected = Downsample.Forward(x);
         return Ops.Relu(projected);
     }
+
+    private static InvalidOperationException Absent(string name)
+        => new($"BasicBlock: {name} is not part of this forward-masked block (its residual branch was dropped)");
 }
 
 /// <summary>The projection shortcut, torchvision's downsample Sequential: "0" a 1x1 conv with the stride, no bias; "1" BN.</summary>
@@ -111,11 +155,25 @@ public sealed class ResNetStage : Module
     private readonly List<BasicBlock> _blocks = [];
 
     public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype = DType.Float32)
+        : this(inChannels, outChannels, stride, blocks, rng, dtype, null, null)
+    {
+    }
+
+    /// <summary>
+    /// A stage whose block i has <paramref name="internalWidths"/>[i] internal channels (0: no residual
+    /// branch) and activation factor <paramref name="scales"/>[i]; null arrays mean dense and unscaled.
+    /// </summary>
+    public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype, int[]? internalWidths, double[]? scales)
     {
         if (blocks < 1) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"ResNetStage: needs at least one block, got {blocks}");
+        if (internalWidths is not null && internalWidths.Length != blocks)
+            throw new ArgumentException($"ResNetStage: internalWidths has {internalWidths.Length} entries, expected one per block ({blocks})", nameof(internalWidths));
+        if (scales is not null && scales.Length != blocks)
+            throw new ArgumentException($"ResNetStage: scales has {scales.Length} entries, expected one per block ({blocks})", nameof(scales));
         for (int i = 0; i < blocks; i++)
         {
-            var block = new BasicBlock(i == 0 ? inChannels : outChannels, outChannels, i == 0 ? stride : 1, rng, dtype);
+            var block = new BasicBlock(i == 0 ? inChannels : outChannels, outChannels, i == 0 ? stride : 1, rng, dtype,
+                internalWidths?[i] ?? outChannels, scales?[i] ?? 1.0);
             _blocks.Add(RegisterModule(i.ToString(System.Globalization.CultureInfo.InvariantCulture), block));
         }
     }
@@ -132,7 +190,7 @@ public sealed class ResNetStage : Module
         var h = x;
         foreach (var block in _blocks)
         {
-            var next = skip is not null && skip(block) ? block.Skip(h) : block.Forward(h);
+            var next = !block.HasBranch || (skip is not null && skip(block)) ? block.Skip(h) : block.Forward(h);
             if (!ReferenceEquals(h, x) && !ReferenceEquals(next, h)) h.Dispose();
             h = next;
         }

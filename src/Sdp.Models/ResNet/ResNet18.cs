@@ -9,18 +9,22 @@ namespace Sdp.Models.ResNet;
 /// <see cref="BasicBlock"/>s with Width·{1, 2, 4, 8} channels and strides 1, 2, 2, 2; global average
 /// pool; fc. Parameter and buffer names are torchvision's, so state dicts map one to one.
 /// Init as torchvision: convs N(0, 2 / fan_out), BN weight 1 and bias 0, fc nn.Linear's default.
-/// At Width 64 with 10 classes: 11,173,962 parameters.
+/// At Width 64 with 10 classes: 11,173,962 parameters. With a <see cref="ResNetSubnetShape"/> it builds a
+/// forward-masked subnetwork (narrower or branchless blocks, same names); without one the model and its
+/// draws from the generator are the dense ones.
 /// </summary>
 public sealed class ResNet18 : Module
 {
     private readonly List<ResNetStage> _stages = [];
     private readonly List<BasicBlock> _blocks = [];
 
-    public ResNet18(ResNetConfig config, Rng rng, DType dtype = DType.Float32)
+    public ResNet18(ResNetConfig config, Rng rng, DType dtype = DType.Float32, ResNetSubnetShape? shape = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(rng);
         config.Validate();
+        shape?.Validate(config);
+        SubnetShape = shape;
         if (!dtype.IsFloatingPoint()) throw new ArgumentException($"ResNet18: dtype must be float32 or float64, got {dtype.Name()}", nameof(dtype));
         (Config, DType) = (config, dtype);
 
@@ -30,7 +34,9 @@ public sealed class ResNet18 : Module
         for (int s = 0; s < 4; s++)
         {
             int outChannels = config.StageChannels(s);
-            var stage = RegisterModule($"layer{s + 1}", new ResNetStage(inChannels, outChannels, ResNetConfig.BlockStride(s, 0), 2, rng, dtype));
+            int[]? widths = shape is null ? null : [shape.InternalWidth(2 * s, outChannels), shape.InternalWidth(2 * s + 1, outChannels)];
+            double[]? scales = shape is null ? null : [shape.ScaleOf(2 * s), shape.ScaleOf(2 * s + 1)];
+            var stage = RegisterModule($"layer{s + 1}", new ResNetStage(inChannels, outChannels, ResNetConfig.BlockStride(s, 0), 2, rng, dtype, widths, scales));
             _stages.Add(stage);
             _blocks.AddRange(stage.Blocks);
             inChannels = outChannels;
@@ -41,6 +47,9 @@ public sealed class ResNet18 : Module
     public ResNetConfig Config { get; }
 
     public DType DType { get; }
+
+    /// <summary>The forward-masked subnetwork shape, or null for the dense model.</summary>
+    public ResNetSubnetShape? SubnetShape { get; }
 
     public Conv2d Conv1 { get; }
 
