@@ -31,12 +31,26 @@ public static class GradClip
             sumSq += g.Backend.SumOfSquares(g);
         }
         double norm = Math.Sqrt(sumSq);
-        if (!double.IsFinite(norm)) return norm;
-        if (norm > maxNorm)
-        {
-            double factor = maxNorm / (norm + 1e-6);
-            foreach (var g in grads) g.Backend.Unary(UnaryOp.Scale, g, g, factor);
-        }
+        ScaleGradients(grads, norm, maxNorm);
         return norm;
+    }
+
+    /// <summary>
+    /// The clipping half of <see cref="ClipGlobalNorm"/> for a norm measured elsewhere (e.g. summed over
+    /// the workers of a distributed run): when the finite <paramref name="norm"/> exceeds
+    /// <paramref name="maxNorm"/>, every parameter's gradient is scaled by maxNorm / (norm + 1e-6).
+    /// </summary>
+    public static void ScaleToNorm(IEnumerable<Tensor> parameters, double norm, double maxNorm)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        if (!(maxNorm > 0) || double.IsNaN(maxNorm)) throw new ArgumentOutOfRangeException(nameof(maxNorm), maxNorm, "ScaleToNorm: maxNorm must be > 0");
+        ScaleGradients(parameters.Select(p => p?.Grad).OfType<Tensor>(), norm, maxNorm);
+    }
+
+    private static void ScaleGradients(IEnumerable<Tensor> grads, double norm, double maxNorm)
+    {
+        if (!double.IsFinite(norm) || norm <= maxNorm) return;
+        double factor = maxNorm / (norm + 1e-6);
+        foreach (var g in grads) g.Backend.Unary(UnaryOp.Scale, g, g, factor);
     }
 }

@@ -131,7 +131,8 @@ public sealed class SdpTrainer : IDisposable
                 ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
                 : [.. model.Module.NamedParameters().Select(p => p.Tensor).Where(t => t.RequiresGrad)];
             if (trained.Count == 0) throw new ArgumentException($"SdpTrainer: worker {rank} trains no parameter");
-            var names = model.Module.NamedParameters().ToDictionary(p => p.Tensor, p => p.Name, ReferenceEqualityComparer.Instance);
+            var names = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
+            foreach (var (name, p) in model.Module.NamedParameters()) names[p] = name;
             var gradEntries = trained.Select(p => Entry(layout, names[p], p, SyncTarget.Gradient)).OfType<SyncParameter>().ToList();
             var buffers = model.Module.NamedBuffers().Where(b => b.Tensor.DType.IsFloatingPoint()).ToList();
             var bufferEntries = buffers.Select(b => Entry(layout, b.Name, b.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
