@@ -11,7 +11,8 @@ namespace Sdp.Engine.Optim;
 /// </code>
 /// Like PyTorch, t counts per parameter, so a parameter that had no gradient at some steps is
 /// bias-corrected by its own count (see <see cref="ParameterStepCount"/>).
-/// State: "exp_avg" (m) and "exp_avg_sq" (v), each a tensor like the parameter.
+/// State: "exp_avg" (m) and "exp_avg_sq" (v), each shaped like the parameter's gradient (compact for a
+/// parameter with <see cref="Tensor.Held"/> slices, whose update then touches only those slices).
 /// </summary>
 public sealed class AdamW : Optimizer
 {

@@ -10,7 +10,8 @@ namespace Sdp.Engine.Optim;
 ///     g   = nesterov ? g + momentum·buf : buf
 /// p = p - lr·g
 /// </code>
-/// State: "momentum_buffer" (one tensor like the parameter) when momentum != 0, none otherwise.
+/// State: "momentum_buffer" (one tensor shaped like the parameter's gradient, compact for a parameter with
+/// <see cref="Tensor.Held"/> slices) when momentum != 0, none otherwise.
 /// </summary>
 public sealed class Sgd : Optimizer
 {
