@@ -67,7 +67,12 @@ public sealed class HolderGroupedSync
         Target = target;
         var plan = SyncBuckets.Plan(parameters, worldSize, bucketBytes, target, holders => Array.BinarySearch(holders, worker) >= 0, "HolderGroupedSync");
         (_params, _names, Buckets) = (plan.Tensors, plan.Names, plan.Buckets);
+        _piecesByParameter = Buckets.SelectMany(b => b.Pieces.Select(piece => (Piece: piece, Holders: b.Holders.Length)))
+            .GroupBy(x => x.Piece.Parameter).OrderBy(g => g.Key).Select(g => (g.Key, g.ToArray())).ToArray();
     }
+
+    /// <summary>Per parameter (ascending), its pieces with their holder counts.</summary>
+    private readonly (int Parameter, (SyncPiece Piece, int Holders)[] Pieces)[] _piecesByParameter;
 
     public int Worker { get; }
 
@@ -139,25 +144,28 @@ public sealed class HolderGroupedSync
     {
         if (Target != SyncTarget.Gradient) throw new InvalidOperationException("HolderGroupedSync.SquaredNormShare: only gradient syncs have a gradient norm");
         using var noGrad = GradMode.Disable();
+        // Parameter by parameter, in order: a parameter whose units all have the same number of holders
+        // (every parameter under a uniform plan) is one SumOfSquares over its whole gradient, so the sum
+        // does not depend on how the units were cut into buckets (C = 1 matches DP bit for bit, A4).
         double sum = 0;
-        foreach (var bucket in Buckets)
+        foreach (var (p, pieces) in _piecesByParameter)
         {
-            foreach (var piece in bucket.Pieces)
+            var grad = Source(pieces[0].Piece);
+            if (grad is null) continue;
+            int holders = pieces[0].Holders;
+            if (pieces.All(x => x.Holders == holders) && pieces.Sum(x => x.Piece.Elements) == grad.Numel)
             {
-                var grad = Source(piece);
-                if (grad is null) continue;
-                double squares;
-                if (grad.Rank == 0 || piece.Elements == grad.Numel) squares = grad.Backend.SumOfSquares(grad);
-                else
+                sum += grad.Backend.SumOfSquares(grad) / holders;
+                continue;
+            }
+            foreach (var (piece, n) in pieces)
+            {
+                using (MemoryAccount.Use(MemoryCategory.Workspace))
+                using (var slice = Tensor.Empty(grad.Shape.With(piece.Axis, piece.Length), grad.DType, grad.Backend))
                 {
-                    using (MemoryAccount.Use(MemoryCategory.Workspace))
-                    using (var slice = Tensor.Empty(grad.Shape.With(piece.Axis, piece.Length), grad.DType, grad.Backend))
-                    {
-                        grad.Backend.ReadSlice(grad, piece.Axis, piece.Start, slice, accumulate: false);
-                        squares = grad.Backend.SumOfSquares(slice);
-                    }
+                    grad.Backend.ReadSlice(grad, piece.Axis, piece.Start, slice, accumulate: false);
+                    sum += grad.Backend.SumOfSquares(slice) / n;
                 }
-                sum += squares / bucket.Holders.Length;
             }
         }
         return sum;

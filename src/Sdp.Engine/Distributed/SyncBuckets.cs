@@ -21,8 +21,11 @@ internal static class SyncBuckets
         var tensors = new Tensor[parameters.Count];
         var names = new string[parameters.Count];
         var everyone = Enumerable.Range(0, worldSize).ToArray();
-        var groups = new Dictionary<(string, DType), (int[] Holders, List<(int P, int Axis, int Start, int Len, long Elems)> Units)>();
-        void Add(int[] holders, DType dtype, int p, int axis, int start, int len, long elems)
+        var groups = new Dictionary<(string, DType), (int[] Holders, List<(int P, int Axis, int Start, int Len, long Elems, bool Mergeable)> Units)>();
+        // Mergeable: adjacent runs of slices can share one piece, because a run packs as the concatenation
+        // of its slices (axis 0, or only size-1 dims before it). Elsewhere a run interleaves its slices, and
+        // holders that keep the same units at different positions (compact tensors) must still agree on the layout.
+        void Add(int[] holders, DType dtype, int p, int axis, int start, int len, long elems, bool mergeable)
         {
             var key = (string.Join(",", holders), dtype);
             if (!groups.TryGetValue(key, out var g))
@@ -30,7 +33,7 @@ internal static class SyncBuckets
                 g = (holders, new());
                 groups[key] = g;
             }
-            g.Units.Add((p, axis, start, len, elems));
+            g.Units.Add((p, axis, start, len, elems, mergeable));
         }
 
         for (int p = 0; p < parameters.Count; p++)
@@ -44,7 +47,7 @@ internal static class SyncBuckets
             var shape = target == SyncTarget.Gradient ? t.GradShape : t.Shape;
             if (sp.UnitHolders is null)
             {
-                if (shape.Numel > 0 && include(everyone)) Add(everyone, t.DType, p, 0, 0, shape.Rank == 0 ? 1 : shape[0], shape.Rank == 0 ? 1 : shape.Product(1, shape.Rank));
+                if (shape.Numel > 0 && include(everyone)) Add(everyone, t.DType, p, 0, 0, shape.Rank == 0 ? 1 : shape[0], shape.Rank == 0 ? 1 : shape.Product(1, shape.Rank), true);
                 continue;
             }
             int units = sp.UnitHolders.Length;
@@ -78,7 +81,7 @@ internal static class SyncBuckets
                     if (i > 0 && holders[i] == holders[i - 1]) throw new ArgumentException($"{who}: tensor {name} unit {u} names worker {holders[i]} twice");
                 }
                 if (!include(holders) || per == 0 || sliceElems == 0) continue;
-                Add(holders, t.DType, p, axis, u * per, per, sliceElems);
+                Add(holders, t.DType, p, axis, u * per, per, sliceElems, shape.Rank == 0 || shape.Product(0, axis) == 1);
             }
         }
 
@@ -96,7 +99,7 @@ internal static class SyncBuckets
                 elems = 0;
             }
             long esize = key.Item2.ElementSize();
-            foreach (var (p, axis, start, len, sliceElems) in units)
+            foreach (var (p, axis, start, len, sliceElems, mergeable) in units)
             {
                 for (int s = start; s < start + len;)
                 {
@@ -109,7 +112,7 @@ internal static class SyncBuckets
                         take = 1;
                     }
                     var last = pieces.Count > 0 ? pieces[^1] : null;
-                    if (last is not null && last.Parameter == p && last.Axis == axis && last.Start + last.Length == s)
+                    if (mergeable && last is not null && last.Parameter == p && last.Axis == axis && last.Start + last.Length == s)
                         pieces[^1] = last with { Length = last.Length + take, Elements = last.Elements + take * sliceElems };
                     else
                         pieces.Add(new SyncPiece(p, axis, s, take, elems, take * sliceElems));
