@@ -159,12 +159,14 @@ public sealed class MemoryModelTests
     [TestCase(SubnetLevel.Block, MaskingRegime.Backward)]
     public void FullCoverageEqualsDataParallel(SubnetLevel level, MaskingRegime masking)
     {
+        var switches = new[] { new SubnetOptions(), new SubnetOptions { MaskHeads = true, SplitSublayers = true, Downsample = DownsampleBlocks.AlwaysKeep } };
         foreach (MemoryWorkload workload in new MemoryWorkload[] { new LlamaWorkload(Mid, 2, 32), new ResNetWorkload(new ResNetConfig(8), 4, 16) })
-        {
-            var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 4, new SdpVariant(level, masking, 1.0));
-            Assert.That(e.PerWorker, Has.All.EqualTo(e.Dp), workload.Describe());
-            Assert.That(e.Saving.Total, Is.Zero);
-        }
+            foreach (var options in switches)
+            {
+                var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 4, new SdpVariant(level, masking, 1.0, Options: options));
+                Assert.That(e.PerWorker, Has.All.EqualTo(e.Dp), $"{workload.Describe()} {options}");
+                Assert.That(e.Saving.Total, Is.Zero);
+            }
     }
 
     [Test]
@@ -178,6 +180,18 @@ public sealed class MemoryModelTests
         long held = Mid.ParameterCount - Mid.NumHiddenLayers * 172L * 3 * Mid.HiddenSize;
         Assert.That(e.PerWorker.Select(w => w.Parameters), Has.All.EqualTo(4 * held));
         Assert.That(e.PerWorker.Select(w => w.OptimizerState), Has.All.EqualTo(8 * held));
+    }
+
+    [Test]
+    public void HeadMaskedNeuronWorkerIsTheDenseModelWithItsHeadsAndWidth()
+    {
+        // Mid has 2 KV groups; W = 2, C = 0.5: each worker holds one KV group (2 query heads) and 172 MLP units per layer.
+        var e = MemoryModel.Estimate(new LlamaWorkload(Mid, 2, 32), OptimizerMemory.AdamW, 2,
+            new SdpVariant(SubnetLevel.Neuron, MaskingRegime.Forward, 0.5, Options: new SubnetOptions { MaskHeads = true }));
+        // The residual width D stays while the attention width halves, so no smaller LlamaConfig describes this worker: use explicit shapes.
+        var shapes = Enumerable.Repeat(new LlamaLayerShape(KvHeads: 1, MlpWidth: 172), Mid.NumHiddenLayers).ToArray();
+        Assert.That(e.PerWorker.Select(w => w.Activations), Has.All.EqualTo(MemoryModel.LlamaActivationBytes(Mid, 2, 32, shapes)));
+        Assert.That(e.PerWorker.Select(w => w.Activations), Has.All.LessThan(MemoryModel.LlamaActivationBytes(Mid with { IntermediateSize = 172 }, 2, 32)));
     }
 
     [Test]
