@@ -17,6 +17,7 @@ public static class SdpCli
             BenchCommand.Create(),
             DoctorCommand.Create(),
             PlanCommand.Create(),
+            MemoryCommand.Create(),
         };
         root.Options.Add(verbose);
         return CliRunner.Run(root, verbose, args);

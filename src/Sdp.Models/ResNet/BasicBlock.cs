@@ -29,24 +29,28 @@ public sealed class BasicBlock : Module
     /// <summary>
     /// A forward-masked block (see <see cref="ResNetSubnetShape"/>): <paramref name="internalWidth"/>
     /// internal channels (conv1 (c, in, 3, 3), bn1 (c), conv2 (out, c, 3, 3)) whose activation
-    /// relu(bn1(conv1(x))) is multiplied by <paramref name="scale"/>. Width 0: no residual branch at all
-    /// (conv1, bn1, conv2, bn2 are not allocated) and <see cref="Forward"/> runs <see cref="Skip"/>.
+    /// relu(bn1(conv1(x))) is multiplied by <paramref name="scale"/>. Width 0 with
+    /// <paramref name="branch"/>: a neuron-level block holding none of its channels; conv1, bn1 and conv2
+    /// are not allocated and the branch is bn2 of zeros (bn2 is shared at neuron level, and bn2(0) is not
+    /// zero). <paramref name="branch"/> false: no residual branch at all (conv1, bn1, conv2, bn2 are not
+    /// allocated) and <see cref="Forward"/> runs <see cref="Skip"/>.
     /// </summary>
-    public BasicBlock(int inChannels, int outChannels, int stride, Rng rng, DType dtype, int internalWidth, double scale)
+    public BasicBlock(int inChannels, int outChannels, int stride, Rng rng, DType dtype, int internalWidth, double scale, bool branch = true)
     {
         if (inChannels < 1 || outChannels < 1) throw new ArgumentOutOfRangeException(nameof(inChannels), $"BasicBlock: channels must be >= 1, got in {inChannels}, out {outChannels}");
         if (stride < 1) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"BasicBlock: stride must be >= 1, got {stride}");
         if (internalWidth < 0 || internalWidth > outChannels)
             throw new ArgumentOutOfRangeException(nameof(internalWidth), internalWidth, $"BasicBlock: internal width must be in [0, {outChannels}], got {internalWidth}");
         if (!(double.IsFinite(scale) && scale > 0)) throw new ArgumentOutOfRangeException(nameof(scale), scale, $"BasicBlock: scale must be a positive finite number, got {scale}");
-        (InChannels, OutChannels, Stride, InternalWidth, Scale) = (inChannels, outChannels, stride, internalWidth, scale);
-        if (internalWidth > 0)
+        (InChannels, OutChannels, Stride) = (inChannels, outChannels, stride);
+        (InternalWidth, Scale) = branch ? (internalWidth, scale) : (0, 1.0);
+        if (branch && internalWidth > 0)
         {
             _conv1 = RegisterModule("conv1", ResNetInit.Conv(inChannels, internalWidth, 3, stride, rng, dtype));
             _bn1 = RegisterModule("bn1", new BatchNorm2d(internalWidth, dtype: dtype));
             _conv2 = RegisterModule("conv2", ResNetInit.Conv(internalWidth, outChannels, 3, 1, rng, dtype));
-            _bn2 = RegisterModule("bn2", new BatchNorm2d(outChannels, dtype: dtype));
         }
+        if (branch) _bn2 = RegisterModule("bn2", new BatchNorm2d(outChannels, dtype: dtype));
         if (stride != 1 || inChannels != outChannels) Downsample = RegisterModule("downsample", new Projection(inChannels, outChannels, stride, rng, dtype));
     }
 
@@ -56,22 +60,22 @@ public sealed class BasicBlock : Module
 
     public int Stride { get; }
 
-    /// <summary>Channels between conv1 and conv2: OutChannels for the dense block, 0 when the branch is absent.</summary>
+    /// <summary>Channels between conv1 and conv2: OutChannels for the dense block, 0 when none are held or the branch is absent.</summary>
     public int InternalWidth { get; }
 
     /// <summary>Factor on the internal activation (1: none, the dense block).</summary>
     public double Scale { get; }
 
     /// <summary>Whether the residual branch exists (always, except in a forward-masked subnetwork).</summary>
-    public bool HasBranch => _conv1 is not null;
+    public bool HasBranch => _bn2 is not null;
 
-    /// <summary>The first 3x3 conv; throws when the residual branch is absent (<see cref="HasBranch"/>).</summary>
+    /// <summary>The first 3x3 conv; throws when it is not allocated (<see cref="InternalWidth"/> 0).</summary>
     public Conv2d Conv1 => _conv1 ?? throw Absent("conv1");
 
-    /// <summary>The first BN; throws when the residual branch is absent.</summary>
+    /// <summary>The first BN; throws when it is not allocated (<see cref="InternalWidth"/> 0).</summary>
     public BatchNorm2d Bn1 => _bn1 ?? throw Absent("bn1");
 
-    /// <summary>The second 3x3 conv; throws when the residual branch is absent.</summary>
+    /// <summary>The second 3x3 conv; throws when it is not allocated (<see cref="InternalWidth"/> 0).</summary>
     public Conv2d Conv2 => _conv2 ?? throw Absent("conv2");
 
     /// <summary>The second BN; throws when the residual branch is absent.</summary>
@@ -96,6 +100,14 @@ public sealed class BasicBlock : Module
     /// <summary>The residual branch bn2(conv2(Scale·relu(bn1(conv1(x))))). x (N, in, H, W) -> (N, out, OH, OW).</summary>
     public Tensor Residual(Tensor x)
     {
+        ArgumentNullException.ThrowIfNull(x);
+        if (_conv1 is null)
+        {
+            // No internal channel is held: conv2's output is zero, but bn2 of it still contributes (its bias, in training).
+            int oh = (x.Shape[2] - 1) / Stride + 1, ow = (x.Shape[3] - 1) / Stride + 1;
+            using var zeros = Tensor.Zeros(new Shape(x.Shape[0], OutChannels, oh, ow), x.DType, x.Backend);
+            return Bn2.Forward(zeros);
+        }
         using var a = Conv1.Forward(x);       // (N, c, OH, OW)
         using var b = Bn1.Forward(a);
         using var c = Ops.Relu(b);
@@ -125,7 +137,7 @@ public sealed class BasicBlock : Module
     }
 
     private static InvalidOperationException Absent(string name)
-        => new($"BasicBlock: {name} is not part of this forward-masked block (its residual branch was dropped)");
+        => new($"BasicBlock: {name} is not part of this forward-masked block (its residual branch or all its internal channels were dropped)");
 }
 
 /// <summary>The projection shortcut, torchvision's downsample Sequential: "0" a 1x1 conv with the stride, no bias; "1" BN.</summary>
@@ -160,20 +172,23 @@ public sealed class ResNetStage : Module
     }
 
     /// <summary>
-    /// A stage whose block i has <paramref name="internalWidths"/>[i] internal channels (0: no residual
-    /// branch) and activation factor <paramref name="scales"/>[i]; null arrays mean dense and unscaled.
+    /// A stage whose block i has <paramref name="internalWidths"/>[i] internal channels, activation factor
+    /// <paramref name="scales"/>[i] and a residual branch unless <paramref name="branches"/>[i] is false;
+    /// null arrays mean dense, unscaled, present (see the forward-masked <see cref="BasicBlock"/> constructor).
     /// </summary>
-    public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype, int[]? internalWidths, double[]? scales)
+    public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype, int[]? internalWidths, double[]? scales, bool[]? branches = null)
     {
         if (blocks < 1) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"ResNetStage: needs at least one block, got {blocks}");
         if (internalWidths is not null && internalWidths.Length != blocks)
             throw new ArgumentException($"ResNetStage: internalWidths has {internalWidths.Length} entries, expected one per block ({blocks})", nameof(internalWidths));
         if (scales is not null && scales.Length != blocks)
             throw new ArgumentException($"ResNetStage: scales has {scales.Length} entries, expected one per block ({blocks})", nameof(scales));
+        if (branches is not null && branches.Length != blocks)
+            throw new ArgumentException($"ResNetStage: branches has {branches.Length} entries, expected one per block ({blocks})", nameof(branches));
         for (int i = 0; i < blocks; i++)
         {
             var block = new BasicBlock(i == 0 ? inChannels : outChannels, outChannels, i == 0 ? stride : 1, rng, dtype,
-                internalWidths?[i] ?? outChannels, scales?[i] ?? 1.0);
+                internalWidths?[i] ?? outChannels, scales?[i] ?? 1.0, branches?[i] ?? true);
             _blocks.Add(RegisterModule(i.ToString(System.Globalization.CultureInfo.InvariantCulture), block));
         }
     }

@@ -36,7 +36,8 @@ public sealed class ResNet18 : Module
             int outChannels = config.StageChannels(s);
             int[]? widths = shape is null ? null : [shape.InternalWidth(2 * s, outChannels), shape.InternalWidth(2 * s + 1, outChannels)];
             double[]? scales = shape is null ? null : [shape.ScaleOf(2 * s), shape.ScaleOf(2 * s + 1)];
-            var stage = RegisterModule($"layer{s + 1}", new ResNetStage(inChannels, outChannels, ResNetConfig.BlockStride(s, 0), 2, rng, dtype, widths, scales));
+            bool[]? branches = shape is null ? null : [shape.HasBranch(2 * s), shape.HasBranch(2 * s + 1)];
+            var stage = RegisterModule($"layer{s + 1}", new ResNetStage(inChannels, outChannels, ResNetConfig.BlockStride(s, 0), 2, rng, dtype, widths, scales, branches));
             _stages.Add(stage);
             _blocks.AddRange(stage.Blocks);
             inChannels = outChannels;

@@ -6,8 +6,9 @@ namespace Sdp.Models.ResNet;
 /// The shape of a forward-masked ResNet-18 subnetwork (method reference §2.4, §3), per BasicBlock in
 /// forward order (layer1.0, layer1.1, …, layer4.1; 8 entries); a null array means "dense". Block b keeps
 /// <see cref="InternalWidths"/>[b] internal channels (conv1 (c, in, 3, 3), bn1 (c), conv2 (out, c, 3, 3))
-/// and multiplies relu(bn1(conv1(x))) by <see cref="Scale"/>[b]. A block whose
-/// <see cref="BranchPresent"/>[b] is false (or whose width is 0) has no conv1/bn1/conv2/bn2 and runs
+/// and multiplies relu(bn1(conv1(x))) by <see cref="Scale"/>[b]; width 0 (a neuron-level worker holding
+/// none of the block's channels) keeps only bn2, applied to conv2's all-zero output. A block whose
+/// <see cref="BranchPresent"/>[b] is false has no conv1/bn1/conv2/bn2 and runs
 /// <see cref="BasicBlock.Skip"/>: its projection shortcut, if it has one, stays.
 /// </summary>
 public sealed record ResNetSubnetShape(int[]? InternalWidths = null, bool[]? BranchPresent = null, double[]? Scale = null)
@@ -18,9 +19,12 @@ public sealed record ResNetSubnetShape(int[]? InternalWidths = null, bool[]? Bra
     /// <summary>Internal channels of block <paramref name="block"/> (0 when its residual branch is absent); <paramref name="outChannels"/> when dense.</summary>
     public int InternalWidth(int block, int outChannels)
     {
-        if (BranchPresent is not null && !BranchPresent[block]) return 0;
+        if (!HasBranch(block)) return 0;
         return InternalWidths?[block] ?? outChannels;
     }
+
+    /// <summary>Whether block <paramref name="block"/> keeps its residual branch.</summary>
+    public bool HasBranch(int block) => BranchPresent?[block] ?? true;
 
     /// <summary>The factor on block <paramref name="block"/>'s internal activation (1 when unscaled).</summary>
     public double ScaleOf(int block) => Scale?[block] ?? 1.0;
