@@ -78,7 +78,7 @@ public static class MemoryCommand
                 Downsample = p.GetValue(keepDownsample) ? DownsampleBlocks.AlwaysKeep : DownsampleBlocks.DropBranchKeepShortcut,
             };
             var variant = new SdpVariant(SubnetworkPlan.ParseLevel(p.GetValue(subnet)!),
-                p.GetValue(masking) == "forward" ? MaskingRegime.Forward : MaskingRegime.Backward, c, p.GetValue(seed), subnetOptions);
+                p.GetValue(masking) == "forward" ? Masking.Forward : Masking.Backward, c, p.GetValue(seed), subnetOptions);
             double mom = Check.NonNegativeReal(p.GetValue(momentum), "--momentum");
             var opt = p.GetValue(optimizer) == "adamw" ? OptimizerMemory.AdamW : mom > 0 ? OptimizerMemory.SgdMomentum : OptimizerMemory.Sgd;
             bool measureStep = p.GetValue(measure);
@@ -195,7 +195,7 @@ public static class MemoryCommand
         var dp = MemoryModel.DenseBytes(o.Workload, o.Optimizer);
         var rows = new List<(SdpVariant Variant, MemoryEstimate? Estimate, string? Why)>();
         foreach (var level in new[] { SubnetLevel.Neuron, SubnetLevel.Block })
-            foreach (var masking in new[] { MaskingRegime.Forward, MaskingRegime.Backward })
+            foreach (var masking in new[] { Masking.Forward, Masking.Backward })
                 foreach (double c in VariantCoverages)
                 {
                     var v = o.Variant with { Level = level, Masking = masking, Coverage = c };

@@ -4,16 +4,6 @@ using Sdp.Models.ResNet;
 
 namespace Sdp.Models.Subnetworks;
 
-/// <summary>Where SDP applies a worker's mask (method reference §2.2, §3.3).</summary>
-public enum MaskingRegime
-{
-    /// <summary>The worker runs only its subnetwork: unheld units are neither stored nor computed.</summary>
-    Forward,
-
-    /// <summary>The worker runs the dense model; gradients and optimizer state exist only for held parameters.</summary>
-    Backward,
-}
-
 /// <summary>The optimizer whose state the model counts.</summary>
 public enum OptimizerMemory
 {
@@ -70,14 +60,14 @@ public sealed record ResNetWorkload(ResNetConfig Config, int Batch, int ImageSiz
 }
 
 /// <summary>One SDP configuration: level, masking regime, coverage C, plan seed and model switches.</summary>
-public sealed record SdpVariant(SubnetLevel Level, MaskingRegime Masking, double Coverage, ulong Seed = 0, SubnetOptions? Options = null)
+public sealed record SdpVariant(SubnetLevel Level, Masking Masking, double Coverage, ulong Seed = 0, SubnetOptions? Options = null)
 {
     public SubnetOptions SubnetOptions => Options ?? new SubnetOptions();
 
     /// <summary>"block/forward C=0.5".</summary>
     public string Name => FormattableString.Invariant($"{SubnetworkPlan.LevelName(Level)}/{MaskingName(Masking)} C={Coverage:0.###}");
 
-    public static string MaskingName(MaskingRegime m) => m == MaskingRegime.Forward ? "forward" : "backward";
+    public static string MaskingName(Masking m) => m == Masking.Forward ? "forward" : "backward";
 }
 
 /// <summary>Bytes per memory category of one worker (the categories of <see cref="Sdp.Engine.Memory.MemoryAccount"/>, Workspace excepted).</summary>
@@ -194,7 +184,7 @@ public static class MemoryModel
     }
 
     /// <summary>One worker of a given plan (the SDP runtime can compare its measured peaks with this).</summary>
-    public static CategoryBytes WorkerBytes(MemoryWorkload workload, OptimizerMemory optimizer, SubnetworkPlan plan, int worker, MaskingRegime masking)
+    public static CategoryBytes WorkerBytes(MemoryWorkload workload, OptimizerMemory optimizer, SubnetworkPlan plan, int worker, Masking masking)
     {
         ArgumentNullException.ThrowIfNull(workload);
         ArgumentNullException.ThrowIfNull(plan);
@@ -206,13 +196,13 @@ public static class MemoryModel
             case LlamaWorkload l:
             {
                 var shapes = LlamaShapes(l.Config, plan, worker, masking);
-                long parameters = masking == MaskingRegime.Forward ? held * F32 : l.Config.ParameterCount * F32;
+                long parameters = masking == Masking.Forward ? held * F32 : l.Config.ParameterCount * F32;
                 return new CategoryBytes(parameters, held * F32, held * optBytes, LlamaActivationBytes(l.Config, l.Batch, l.SeqLen, shapes));
             }
             case ResNetWorkload r:
             {
                 var shapes = ResNetShapes(r.Config, plan, worker, masking);
-                long parameters = masking == MaskingRegime.Forward
+                long parameters = masking == Masking.Forward
                     ? held * F32 + ResNetBufferBytes(r.Config, shapes)
                     : r.Config.ParameterCount * F32 + ResNetBufferBytes(r.Config, null);
                 return new CategoryBytes(parameters, held * F32, held * optBytes, ResNetActivationBytes(r.Config, r.Batch, r.ImageSize, shapes));
@@ -280,7 +270,7 @@ public static class MemoryModel
     }
 
     /// <summary>Layer shapes of worker <paramref name="worker"/> under <paramref name="plan"/> (null entries never occur).</summary>
-    public static IReadOnlyList<LlamaLayerShape> LlamaShapes(LlamaConfig config, SubnetworkPlan plan, int worker, MaskingRegime masking)
+    public static IReadOnlyList<LlamaLayerShape> LlamaShapes(LlamaConfig config, SubnetworkPlan plan, int worker, Masking masking)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(plan);
@@ -292,7 +282,7 @@ public static class MemoryModel
             if (plan.Level == SubnetLevel.Neuron)
             {
                 // Backward masking runs the dense network: every masked weight still trains (in part).
-                if (masking == MaskingRegime.Backward) continue;
+                if (masking == Masking.Backward) continue;
                 int? f = groups.TryGetValue(layer + ".mlp", out int gm) ? plan.UnitsHeld(worker, gm) : null;
                 int? kv = groups.TryGetValue(layer + ".self_attn", out int ga) ? plan.UnitsHeld(worker, ga) : null;
                 shapes[i] = new LlamaLayerShape(KvHeads: kv, MlpWidth: f);
@@ -301,7 +291,7 @@ public static class MemoryModel
             {
                 bool attn = HoldsBlock(plan, worker, layer) ?? HoldsBlock(plan, worker, layer + ".self_attn") ?? true;
                 bool mlp = HoldsBlock(plan, worker, layer) ?? HoldsBlock(plan, worker, layer + ".mlp") ?? true;
-                shapes[i] = masking == MaskingRegime.Forward
+                shapes[i] = masking == Masking.Forward
                     ? new LlamaLayerShape(Attention: attn, Mlp: mlp)
                     : new LlamaLayerShape(TrainAttention: attn, TrainMlp: mlp);
             }
@@ -402,7 +392,7 @@ public static class MemoryModel
     }
 
     /// <summary>Block shapes of worker <paramref name="worker"/> under <paramref name="plan"/>.</summary>
-    public static IReadOnlyList<ResNetBlockShape> ResNetShapes(ResNetConfig config, SubnetworkPlan plan, int worker, MaskingRegime masking)
+    public static IReadOnlyList<ResNetBlockShape> ResNetShapes(ResNetConfig config, SubnetworkPlan plan, int worker, Masking masking)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(plan);
@@ -414,11 +404,11 @@ public static class MemoryModel
             string name = infos[i].Name;
             if (plan.Level == SubnetLevel.Neuron)
             {
-                if (masking == MaskingRegime.Forward && groups.TryGetValue(name, out int g)) shapes[i] = new ResNetBlockShape(Width: plan.UnitsHeld(worker, g));
+                if (masking == Masking.Forward && groups.TryGetValue(name, out int g)) shapes[i] = new ResNetBlockShape(Width: plan.UnitsHeld(worker, g));
             }
             else if (HoldsBlock(plan, worker, name) is { } held)
             {
-                shapes[i] = masking == MaskingRegime.Forward ? new ResNetBlockShape(Present: held) : new ResNetBlockShape(Train: held);
+                shapes[i] = masking == Masking.Forward ? new ResNetBlockShape(Present: held) : new ResNetBlockShape(Train: held);
             }
         }
         return shapes;

@@ -153,11 +153,11 @@ public sealed class MemoryModelTests
 
     // ---- the SDP side of the model (no measurement) ----------------------------------------------------
 
-    [TestCase(SubnetLevel.Neuron, MaskingRegime.Forward)]
-    [TestCase(SubnetLevel.Neuron, MaskingRegime.Backward)]
-    [TestCase(SubnetLevel.Block, MaskingRegime.Forward)]
-    [TestCase(SubnetLevel.Block, MaskingRegime.Backward)]
-    public void FullCoverageEqualsDataParallel(SubnetLevel level, MaskingRegime masking)
+    [TestCase(SubnetLevel.Neuron, Masking.Forward)]
+    [TestCase(SubnetLevel.Neuron, Masking.Backward)]
+    [TestCase(SubnetLevel.Block, Masking.Forward)]
+    [TestCase(SubnetLevel.Block, Masking.Backward)]
+    public void FullCoverageEqualsDataParallel(SubnetLevel level, Masking masking)
     {
         var switches = new[] { new SubnetOptions(), new SubnetOptions { MaskHeads = true, SplitSublayers = true, Downsample = DownsampleBlocks.AlwaysKeep } };
         foreach (MemoryWorkload workload in new MemoryWorkload[] { new LlamaWorkload(Mid, 2, 32), new ResNetWorkload(new ResNetConfig(8), 4, 16) })
@@ -174,7 +174,7 @@ public sealed class MemoryModelTests
     {
         // W = 4 divides 344, so every worker holds exactly C·344 = 172 units of every layer.
         var workload = new LlamaWorkload(Mid, 2, 32);
-        var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 4, new SdpVariant(SubnetLevel.Neuron, MaskingRegime.Forward, 0.5));
+        var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 4, new SdpVariant(SubnetLevel.Neuron, Masking.Forward, 0.5));
         long narrow = MemoryModel.LlamaActivationBytes(Mid with { IntermediateSize = 172 }, 2, 32);
         Assert.That(e.PerWorker.Select(w => w.Activations), Has.All.EqualTo(narrow));
         long held = Mid.ParameterCount - Mid.NumHiddenLayers * 172L * 3 * Mid.HiddenSize;
@@ -187,7 +187,7 @@ public sealed class MemoryModelTests
     {
         // Mid has 2 KV groups; W = 2, C = 0.5: each worker holds one KV group (2 query heads) and 172 MLP units per layer.
         var e = MemoryModel.Estimate(new LlamaWorkload(Mid, 2, 32), OptimizerMemory.AdamW, 2,
-            new SdpVariant(SubnetLevel.Neuron, MaskingRegime.Forward, 0.5, Options: new SubnetOptions { MaskHeads = true }));
+            new SdpVariant(SubnetLevel.Neuron, Masking.Forward, 0.5, Options: new SubnetOptions { MaskHeads = true }));
         // The residual width D stays while the attention width halves, so no smaller LlamaConfig describes this worker: use explicit shapes.
         var shapes = Enumerable.Repeat(new LlamaLayerShape(KvHeads: 1, MlpWidth: 172), Mid.NumHiddenLayers).ToArray();
         Assert.That(e.PerWorker.Select(w => w.Activations), Has.All.EqualTo(MemoryModel.LlamaActivationBytes(Mid, 2, 32, shapes)));
@@ -198,7 +198,7 @@ public sealed class MemoryModelTests
     public void BlockForwardWorkerIsTheDenseModelWithItsLayers()
     {
         var config = Mid with { NumHiddenLayers = 4 };
-        var e = MemoryModel.Estimate(new LlamaWorkload(config, 2, 32), OptimizerMemory.AdamW, 4, new SdpVariant(SubnetLevel.Block, MaskingRegime.Forward, 0.5));
+        var e = MemoryModel.Estimate(new LlamaWorkload(config, 2, 32), OptimizerMemory.AdamW, 4, new SdpVariant(SubnetLevel.Block, Masking.Forward, 0.5));
         long twoLayers = MemoryModel.LlamaActivationBytes(config with { NumHiddenLayers = 2 }, 2, 32);
         Assert.That(e.PerWorker.Select(w => w.Activations), Has.All.EqualTo(twoLayers));
     }
@@ -207,7 +207,7 @@ public sealed class MemoryModelTests
     public void BackwardMaskingKeepsDenseParametersAndNeuronLevelActivations()
     {
         var workload = new ResNetWorkload(new ResNetConfig(8), 4, 16);
-        var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 4, new SdpVariant(SubnetLevel.Neuron, MaskingRegime.Backward, 0.5));
+        var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 4, new SdpVariant(SubnetLevel.Neuron, Masking.Backward, 0.5));
         Assert.That(e.PerWorker.Select(w => w.Parameters), Has.All.EqualTo(e.Dp.Parameters));
         Assert.That(e.PerWorker.Select(w => w.Activations), Has.All.EqualTo(e.Dp.Activations));
         Assert.That(e.PerWorker.Select(w => w.Gradients), Has.All.LessThan(e.Dp.Gradients));
@@ -218,9 +218,9 @@ public sealed class MemoryModelTests
     public void Llama130mBlockLevelHalfCoverageHolds68Percent()
     {
         var workload = new LlamaWorkload(LlamaConfig.Preset("130m"), 1, 16);
-        var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, MaskingRegime.Forward, 0.5));
+        var e = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, Masking.Forward, 0.5));
         Assert.That((double)e.Max.Parameters / e.Dp.Parameters, Is.EqualTo(0.683).Within(0.001));
-        var back = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, MaskingRegime.Backward, 0.5));
+        var back = MemoryModel.Estimate(workload, OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, Masking.Backward, 0.5));
         Assert.That(back.Max.Parameters, Is.EqualTo(back.Dp.Parameters));
         Assert.That((double)back.Max.Gradients / back.Dp.Gradients, Is.EqualTo(0.683).Within(0.001));
     }
@@ -229,7 +229,7 @@ public sealed class MemoryModelTests
     [Test]
     public void ResNet18BlockLevelMaxWorkerStaticIsAtMost57Percent()
     {
-        var e = MemoryModel.Estimate(new ResNetWorkload(new ResNetConfig(), 64, 32), OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, MaskingRegime.Forward, 0.5));
+        var e = MemoryModel.Estimate(new ResNetWorkload(new ResNetConfig(), 64, 32), OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, Masking.Forward, 0.5));
         Assert.That((double)e.MaxStatic / e.Dp.Static, Is.LessThanOrEqualTo(0.57));
     }
 
@@ -238,7 +238,7 @@ public sealed class MemoryModelTests
     {
         Assert.That(() => MemoryModel.Estimate(new LlamaWorkload(Mid, 0, 8), OptimizerMemory.AdamW, 2, null),
             Throws.ArgumentException.With.Message.Contains("batch"));
-        Assert.That(() => MemoryModel.Estimate(new LlamaWorkload(Mid, 1, 8), OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, MaskingRegime.Forward, 0.3)),
+        Assert.That(() => MemoryModel.Estimate(new LlamaWorkload(Mid, 1, 8), OptimizerMemory.AdamW, 8, new SdpVariant(SubnetLevel.Block, Masking.Forward, 0.3)),
             Throws.ArgumentException.With.Message.Contains("coverage"));
     }
 }
