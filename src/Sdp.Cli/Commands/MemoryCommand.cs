@@ -12,7 +12,7 @@ namespace Sdp.Cli.Commands;
 /// <summary>
 /// `sdp memory`: the analytical per-worker memory (parameters, gradients, optimizer state, activations)
 /// of data parallelism and of an SDP variant (method reference §4.2, A19), or of every variant; with
-/// --measure (data parallelism only) one real dense training step is run and its peaks are compared.
+/// --measure one real training step (dp: a dense worker; sdp: the largest worker, run alone) is run and its peaks are compared.
 /// </summary>
 public static class MemoryCommand
 {
@@ -46,7 +46,7 @@ public static class MemoryCommand
         var keepDownsample = new Option<bool>("--keep-downsample-blocks") { Description = "resnet18 block level: never drop the downsampling blocks (they become shared)" };
         var allVariants = new Option<bool>("--all-variants") { Description = "One row per variant (neuron/block x forward/backward) and C in {0.75, 0.5, 0.25}" };
         var json = new Option<bool>("--json") { Description = "Print JSON" };
-        var measure = new Option<bool>("--measure") { Description = "Mode dp: run one real dense training step at this scale and compare its peaks with the model" };
+        var measure = new Option<bool>("--measure") { Description = "Really allocate and run one training step at this scale (dp: a dense worker; sdp: the largest worker) and compare its peaks with the model" };
 
         var cmd = new Command("memory", "Per-worker memory of data parallelism and SDP: parameters, gradients, optimizer state, activations")
         {
@@ -82,9 +82,7 @@ public static class MemoryCommand
             double mom = Check.NonNegativeReal(p.GetValue(momentum), "--momentum");
             var opt = p.GetValue(optimizer) == "adamw" ? OptimizerMemory.AdamW : mom > 0 ? OptimizerMemory.SgdMomentum : OptimizerMemory.Sgd;
             bool measureStep = p.GetValue(measure);
-            if (measureStep && all) throw new UsageException("--measure runs one data-parallel step; it cannot be combined with --all-variants");
-            if (measureStep && sdp)
-                throw new UsageException("--measure: measuring an SDP worker needs the SDP runtime, which this build does not have yet; use --mode dp to measure a dense step");
+            if (measureStep && all) throw new UsageException("--measure runs one step of one variant; it cannot be combined with --all-variants");
             return Run(new Options(workload, label, w, sdp, variant, opt, all, p.GetValue(json), measureStep), Console.Out);
         });
         return cmd;
@@ -144,7 +142,10 @@ public static class MemoryCommand
         {
             throw new UsageException($"--coverage: {CliRunner.MessageOf(e)}");
         }
-        MeasuredMemory? measured = o.Measure ? MemoryMeasurement.MeasureDenseStep(o.Workload, o.Optimizer) : null;
+        // SDP: the worker the model says is the largest is built and stepped for real.
+        MeasuredMemory? measured = !o.Measure ? null
+            : sdp is null ? MemoryMeasurement.MeasureDenseStep(o.Workload, o.Optimizer)
+            : MemoryMeasurement.MeasureSdpWorker(o.Workload, o.Optimizer, o.Workers, o.Variant, sdp.MaxWorker);
 
         if (o.Json)
         {
@@ -185,7 +186,10 @@ public static class MemoryCommand
         if (measured is not null)
         {
             output.WriteLine();
-            foreach (var line in MemoryReport.ComparisonTable("measured: one dense training step (peaks of the worker's memory account)", dp.Dp, measured)) output.WriteLine(line);
+            var (title, model) = sdp is null
+                ? ("measured: one dense training step (peaks of the worker's memory account)", dp.Dp)
+                : ($"measured: one training step of SDP worker {sdp.MaxWorker}, run alone (peaks of its memory account)", sdp.PerWorker[sdp.MaxWorker]);
+            foreach (var line in MemoryReport.ComparisonTable(title, model, measured)) output.WriteLine(line);
         }
         return 0;
     }

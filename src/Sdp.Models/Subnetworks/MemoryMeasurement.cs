@@ -1,3 +1,4 @@
+using Sdp.Engine.Subnetworks;
 using System.Globalization;
 using Sdp.Engine;
 using Sdp.Engine.Memory;
@@ -67,6 +68,34 @@ public static class MemoryMeasurement
     {
         ArgumentNullException.ThrowIfNull(workload);
         return MeasureStep(() => Build(workload, seed), new SyntheticBatches(workload, seed), optimizer);
+    }
+
+    /// <summary>
+    /// One real SDP worker: worker <paramref name="worker"/> of the plan for <paramref name="variant"/> builds
+    /// exactly what <see cref="Training.SdpTrainer"/> gives it (its subnetwork under forward masking; the dense
+    /// model with held-slice gradients under backward masking) and runs one step on its own. Communication
+    /// is skipped: its buffers are transient workspace, which the model does not cover, and the other
+    /// workers need not exist, so a large model is measured one worker at a time.
+    /// </summary>
+    public static MeasuredMemory MeasureSdpWorker(MemoryWorkload workload, OptimizerMemory optimizer, int workers, SdpVariant variant, int worker)
+    {
+        ArgumentNullException.ThrowIfNull(workload);
+        ArgumentNullException.ThrowIfNull(variant);
+        var model = workload switch
+        {
+            LlamaWorkload l => SubnetworkModels.Llama(l.Config, variant.Level, variant.SubnetOptions, variant.Seed),
+            ResNetWorkload r => SubnetworkModels.ResNet18(r.Config, variant.Level, variant.SubnetOptions, variant.Seed),
+            _ => throw new ArgumentException($"MemoryMeasurement: unsupported workload {workload.GetType().Name}"),
+        };
+        var plan = SubnetworkPlan.Create(model.Units, workers, variant.Coverage, variant.Seed);
+        var layout = new WorkerLayout(model.Units, plan, worker);
+        return MeasureStep(() =>
+        {
+            if (variant.Masking == Masking.Forward) return model.Build(layout.HeldUnits);
+            var dense = model.Build(null);
+            SubnetworkTensors.ApplyBackwardMasking(dense.Module, layout);
+            return dense;
+        }, new SyntheticBatches(workload, variant.Seed), optimizer);
     }
 
     /// <summary>The dense model of a workload, initialised from <paramref name="seed"/>.</summary>
