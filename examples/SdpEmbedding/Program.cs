@@ -1,0 +1,96 @@
+// Trains a user-defined residual MLP with SDP: 4 simulated workers, each holding half of every block's
+// hidden units (neuron level, forward masking), then reads the per-worker memory report.
+using Sdp.Engine;
+using Sdp.Engine.Nn;
+using Sdp.Engine.Optim;
+using Sdp.Engine.Subnetworks;
+using Sdp.Models.Data;
+using Sdp.Models.Subnetworks;
+using Sdp.Models.Training;
+using static Sizes;
+
+var units = new MaskableUnits(
+    [.. Enumerable.Range(0, Blocks).Select(b => UnitGroup.Uniform($"blocks.{b}", Hidden, paramsPerUnit: 2 * Dim + 1))],
+    SharedParams: Dim * Dim + Dim + Dim * Classes + Classes, SubnetLevel.Neuron,
+    [.. Enumerable.Range(0, Blocks).SelectMany(b => new UnitBinding[] {
+        new($"blocks.{b}.up.weight", b, Axis: 0), new($"blocks.{b}.up.bias", b, Axis: 0), new($"blocks.{b}.down.weight", b, Axis: 1) })]);
+// held == null: the dense model; otherwise a narrower copy holding held[b].Length units of block b.
+var model = new SubnetworkModel(units, held => new Classifier(new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden])));
+
+using var trainer = new SdpTrainer(model,
+    new SdpOptions { Workers = 4, Mode = ParallelMode.Sdp, Level = SubnetLevel.Neuron, Masking = Masking.Forward, Coverage = 0.5 },
+    parameters => new AdamW(parameters, 3e-3),
+    worker => new TeacherData(seed: 100 + (ulong)worker),
+    new TrainerOptions { Steps = 150, Schedule = new ConstantSchedule(3e-3), Clip = 1.0 });
+trainer.StepCompleted += m => { if (m.Step % 50 == 0) Console.WriteLine($"step {m.Step}: loss {m.Loss:F3}, {m.Workers[0].Collectives} collectives"); };
+trainer.Run();
+Console.WriteLine($"assembled dense model, held-out loss: {trainer.Evaluate(new TeacherData(seed: 1), 20).MeanLoss:F3}");
+for (int w = 0; w < 4; w++) Console.WriteLine(trainer.WorkerAccount(w).Snapshot());
+
+/// <summary>x (B, Dim) -> logits (B, Classes): an input layer, residual blocks x + down(relu(up(x))), a head.</summary>
+sealed class ResidualMlp : Module
+{
+    private readonly Linear _input, _head;
+    private readonly List<(Linear Up, Linear Down)> _blocks = [];
+
+    public ResidualMlp(int[] widths)
+    {
+        var rng = new Rng(0);
+        _input = RegisterModule("input", new Linear(Dim, Dim, bias: true, rng));
+        var blocks = RegisterModule("blocks", new Container());
+        for (int b = 0; b < widths.Length; b++)
+        {
+            var block = blocks.Add(b.ToString(), new Container());
+            _blocks.Add((block.Add("up", new Linear(Dim, widths[b], bias: true, rng)), block.Add("down", new Linear(widths[b], Dim, bias: false, rng))));
+        }
+        _head = RegisterModule("head", new Linear(Dim, Classes, bias: true, rng));
+    }
+
+    public Tensor Forward(Tensor x)
+    {
+        var h = _input.Forward(x);
+        foreach (var (up, down) in _blocks)
+        {
+            using var hidden = Ops.Relu(up.Forward(h));
+            using var old = h;
+            h = Ops.Add(old, down.Forward(hidden));
+        }
+        using (h) return _head.Forward(h);
+    }
+
+    private sealed class Container : Module
+    {
+        public T Add<T>(string name, T module) where T : Module => RegisterModule(name, module);
+    }
+}
+
+sealed class Classifier(ResidualMlp net) : ITrainable
+{
+    public Module Module => net;
+    public string ConfigJson => "{}";
+    public string ItemUnit => "samples";
+    public long ItemsIn(Tensor inputs) => inputs.Shape[0];
+    public Tensor Loss(Tensor inputs, Tensor targets) { using var logits = net.Forward(inputs); return Ops.CrossEntropy(logits, targets); }
+    public BatchEvaluation Evaluate(Tensor inputs, Tensor targets) { using var loss = Loss(inputs, targets); return new(loss.Item() * targets.Numel, targets.Numel, null); }
+    public void Dispose() => net.Dispose();
+}
+
+/// <summary>Batches of 32 Gaussian points labelled by a fixed random linear teacher.</summary>
+sealed class TeacherData(ulong seed) : IBatchSource
+{
+    private static readonly float[] Teacher = [.. Enumerable.Range(0, Dim * Classes).Select(_ => (float)new Rng(42 + (ulong)_).NextNormal())];
+    private readonly Rng _rng = new(seed);
+    public DataLoaderState State { get; set; } = DataLoaderState.Start;
+    public (Tensor Inputs, Tensor Targets) NextBatch()
+    {
+        var x = Enumerable.Range(0, 32 * Dim).Select(_ => (float)_rng.NextNormal()).ToArray();
+        var y = Enumerable.Range(0, 32).Select(i => Enumerable.Range(0, Classes).MaxBy(c => Enumerable.Range(0, Dim).Sum(d => x[i * Dim + d] * Teacher[d * Classes + c]))).ToArray();
+        State = State with { Batch = State.Batch + 1 };
+        return (Tensor.FromArray(x, new Shape(32, Dim)), Tensor.FromArray(y, new Shape(32)));
+    }
+}
+
+static class Sizes
+{
+    public const int Dim = 32, Hidden = 64, Blocks = 3, Classes = 4;
+}
