@@ -126,6 +126,7 @@ public sealed class SdpTrainer : IDisposable
         }
         try
         {
+            if (forward) RequireSharedTensors(model, layout!);
             SubnetworkTensors.CopyFromDense(_dense.Module, model.Module, layout);
             var trained = layout is not null && !forward
                 ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
@@ -150,6 +151,24 @@ public sealed class SdpTrainer : IDisposable
         {
             model.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Every worker must have every shared tensor, or the shared gradient buckets would differ between
+    /// workers. A subnetwork drops a shared pre-norm when it holds no unit of the sub-block behind it
+    /// (e.g. no attention head of a layer with --mask-heads); such plans are refused, naming the cause.
+    /// </summary>
+    private void RequireSharedTensors(ITrainable model, WorkerLayout layout)
+    {
+        var present = SubnetworkTensors.Named(model.Module);
+        foreach (var name in SubnetworkTensors.Named(_dense.Module).Keys)
+        {
+            if (layout.BindingOf(name) is not null || present.ContainsKey(name)) continue;
+            var empty = Enumerable.Range(0, _model.Units.Groups.Count).Where(g => layout.HeldUnits[g].Length == 0).Select(g => _model.Units.Groups[g].Name).ToList();
+            throw new ArgumentException(
+                $"SdpTrainer: worker {layout.Worker} holds no unit of {string.Join(", ", empty.DefaultIfEmpty("some group"))}, so its subnetwork lacks the shared tensor {name}; " +
+                $"choose workers and coverage so that every worker holds at least one unit of every group (each group has {string.Join("/", _model.Units.Groups.Select(g => g.UnitCount).Distinct())} units, W = {Options.Workers}, C = {Options.Coverage})");
         }
     }
 
