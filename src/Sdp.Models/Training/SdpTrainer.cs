@@ -277,33 +277,29 @@ public sealed class SdpTrainer : IDisposable
     }
 
     /// <summary>
-    /// Runs <paramref name="work"/> on every worker at once, each on its own thread with its account
-    /// active (collectives need all of them running). The first failure is rethrown; a worker that only
-    /// timed out waiting for a failed one is not the cause and is reported only when nothing else failed.
+    /// Runs <paramref name="work"/> on every worker at once, each on its own long-lived thread (collectives
+    /// need all of them running; the tape and the GEMM packing buffers are per thread, so a worker keeps
+    /// its thread). The first failure is rethrown; a worker that only timed out waiting for a failed one
+    /// is not the cause and is reported only when nothing else failed.
     /// </summary>
     private void OnEveryWorker(Action<Worker> work)
     {
-        var errors = new Exception?[_workers.Length];
-        var threads = _workers.Select(w => new Thread(() =>
+        _threads ??= new WorkerThreads(_workers.Length);
+        var errors = _threads.Run(rank =>
         {
-            try
-            {
-                using var active = w.Account.Activate();
-                work(w);
-            }
-            catch (Exception e)
-            {
-                errors[w.Rank] = e;
-            }
-        }) { Name = $"sdp worker {w.Rank}", IsBackground = true }).ToArray();
-        foreach (var t in threads) t.Start();
-        foreach (var t in threads) t.Join();
+            var w = _workers[rank];
+            using var active = w.Account.Activate();
+            work(w);
+        });
         var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException) ?? errors.FirstOrDefault(e => e is not null);
         if (cause is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
     }
 
+    private WorkerThreads? _threads;
+
     public void Dispose()
     {
+        _threads?.Dispose();
         foreach (var w in _workers) w?.Dispose();
         _dense?.Dispose();
     }
@@ -373,6 +369,66 @@ public sealed class SdpTrainer : IDisposable
             using var active = Account.Activate();
             Optimizer.Dispose();
             Model.Dispose();
+        }
+    }
+
+    /// <summary>One thread per worker for the trainer's lifetime; <see cref="Run"/> hands each the same job and waits for all.</summary>
+    private sealed class WorkerThreads : IDisposable
+    {
+        private readonly Thread[] _threads;
+        private readonly SemaphoreSlim[] _start;
+        private readonly CountdownEvent _done;
+        private readonly Exception?[] _errors;
+        private Action<int>? _job;
+        private volatile bool _stopping;
+
+        public WorkerThreads(int count)
+        {
+            _start = [.. Enumerable.Range(0, count).Select(_ => new SemaphoreSlim(0))];
+            _done = new CountdownEvent(count);
+            _errors = new Exception?[count];
+            _threads = [.. Enumerable.Range(0, count).Select(rank => new Thread(() => Loop(rank)) { Name = $"sdp worker {rank}", IsBackground = true })];
+            foreach (var t in _threads) t.Start();
+        }
+
+        public Exception?[] Run(Action<int> job)
+        {
+            _job = job;
+            Array.Clear(_errors);
+            _done.Reset();
+            foreach (var s in _start) s.Release();
+            _done.Wait();
+            return [.. _errors];
+        }
+
+        private void Loop(int rank)
+        {
+            while (true)
+            {
+                _start[rank].Wait();
+                if (_stopping) return;
+                try
+                {
+                    _job!(rank);
+                }
+                catch (Exception e)
+                {
+                    _errors[rank] = e;
+                }
+                finally
+                {
+                    _done.Signal();
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            _stopping = true;
+            foreach (var s in _start) s.Release();
+            foreach (var t in _threads) t.Join();
+            foreach (var s in _start) s.Dispose();
+            _done.Dispose();
         }
     }
 }
