@@ -62,14 +62,7 @@ public static class MemoryCommand
             bool all = p.GetValue(allVariants);
             if (sdp && !all)
             {
-                try
-                {
-                    SubnetworkPlan.HoldersFor(w, c);
-                }
-                catch (ArgumentException e)
-                {
-                    throw new UsageException($"--coverage: {e.Message}");
-                }
+                Check.Coverage(w, c);
             }
             var subnetOptions = new SubnetOptions
             {

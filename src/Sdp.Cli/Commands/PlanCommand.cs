@@ -30,14 +30,7 @@ public static class PlanCommand
             int w = Check.Positive(p.GetValue(workers), "--workers");
             double c = p.GetValue(coverage);
             var level = SubnetworkPlan.ParseLevel(p.GetValue(subnet)!);
-            try
-            {
-                SubnetworkPlan.HoldersFor(w, c);
-            }
-            catch (ArgumentException e)
-            {
-                throw new UsageException($"--coverage: {e.Message}");
-            }
+            Check.Coverage(w, c);
             var units = modelKind == "llama"
                 ? ModelUnits.Llama(RunSetup.LlamaConfigFrom(p.GetValue(config) ?? "tiny", "--config"), level, p.GetValue(maskHeads), p.GetValue(splitSublayers))
                 : ModelUnits.ResNet18(RunSetup.ResNetConfigFrom(p.GetValue(config), 3, 10, "--config"), level,

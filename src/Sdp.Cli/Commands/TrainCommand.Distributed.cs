@@ -65,14 +65,7 @@ public static partial class TrainCommand
             double coverage = p.GetValue(_coverage);
             if (mode == ParallelMode.Sdp)
             {
-                try
-                {
-                    SubnetworkPlan.HoldersFor(workers, coverage);
-                }
-                catch (ArgumentException e)
-                {
-                    throw new UsageException($"--coverage: {e.Message}");
-                }
+                Check.Coverage(workers, coverage);
             }
             var subnet = new SubnetOptions
             {
@@ -133,9 +126,11 @@ public static partial class TrainCommand
         {
             trainer = new SdpTrainer(subnetworkModel, sdp, MakeOptimizer, TrainData, options, eval);
         }
-        catch (ArgumentException e) when (d.Mode == ParallelMode.Sdp && e.Message.Contains("coverage", StringComparison.Ordinal))
+        catch (ArgumentException e)
         {
-            throw new UsageException($"--coverage: {e.Message}");
+            // Options are checked one by one before this; what remains is a combination the model cannot
+            // be cut into (e.g. a worker left without any unit of a group), which is still the user's input.
+            throw new UsageException(CliRunner.MessageOf(e));
         }
         using (trainer)
         {

@@ -27,6 +27,32 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
     /// <summary>Stride of block <paramref name="block"/> of stage <paramref name="stage"/>: 2 for the first block of stages 1..3, else 1.</summary>
     public static int BlockStride(int stage, int block) => stage > 0 && block == 0 ? 2 : 1;
 
+    /// <summary>
+    /// The 8 BasicBlocks in network order ("layer1.0" … "layer4.1") for square <paramref name="imageSize"/>
+    /// inputs: channels, input and output pixels per image (3x3 convs with padding 1), and whether the block
+    /// has a projection shortcut.
+    /// </summary>
+    public IReadOnlyList<ResNetBlockGeometry> Blocks(int imageSize)
+    {
+        if (imageSize < 1) throw new ArgumentException($"ResNetConfig: image size must be positive, got {imageSize}");
+        var list = new List<ResNetBlockGeometry>();
+        int inC = Width, size = imageSize;
+        for (int s = 0; s < 4; s++)
+        {
+            int outC = StageChannels(s);
+            for (int b = 0; b < 2; b++)
+            {
+                int stride = BlockStride(s, b);
+                int blockIn = b == 0 ? inC : outC;
+                long inPixels = (long)size * size;
+                size = (size - 1) / stride + 1;
+                list.Add(new ResNetBlockGeometry(FormattableString.Invariant($"layer{s + 1}.{b}"), blockIn, outC, inPixels, (long)size * size, stride != 1 || blockIn != outC));
+            }
+            inC = outC;
+        }
+        return list;
+    }
+
     /// <summary>Features entering the classifier: 8·Width.</summary>
     public int Features => 8 * Width;
 
@@ -143,3 +169,6 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
         }
     }
 }
+
+/// <summary>One BasicBlock of <see cref="ResNetConfig.Blocks"/>: name, channels, input/output pixels per image, projection shortcut or not.</summary>
+public readonly record struct ResNetBlockGeometry(string Name, int In, int Out, long InPixels, long OutPixels, bool Downsamples);

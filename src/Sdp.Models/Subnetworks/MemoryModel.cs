@@ -301,30 +301,11 @@ public static class MemoryModel
 
     // ---- ResNet -----------------------------------------------------------------------------------------
 
-    /// <summary>One BasicBlock: its name, channels, input/output pixels per image, and whether it has a projection shortcut.</summary>
-    public readonly record struct ResNetBlockInfo(string Name, int In, int Out, long InPixels, long OutPixels, bool Downsamples);
-
     /// <summary>The 8 BasicBlocks of ResNet-18 in network order for <paramref name="imageSize"/> inputs.</summary>
-    public static IReadOnlyList<ResNetBlockInfo> ResNetBlocks(ResNetConfig config, int imageSize)
+    public static IReadOnlyList<ResNetBlockGeometry> ResNetBlocks(ResNetConfig config, int imageSize)
     {
         ArgumentNullException.ThrowIfNull(config);
-        if (imageSize < 1) throw new ArgumentException($"MemoryModel: image size must be positive, got {imageSize}");
-        var list = new List<ResNetBlockInfo>();
-        int inC = config.Width, size = imageSize;
-        for (int s = 0; s < 4; s++)
-        {
-            int outC = config.StageChannels(s);
-            for (int b = 0; b < 2; b++)
-            {
-                int stride = ResNetConfig.BlockStride(s, b);
-                int blockIn = b == 0 ? inC : outC;
-                long inPixels = (long)size * size;
-                size = (size - 1) / stride + 1; // 3x3 conv, padding 1
-                list.Add(new ResNetBlockInfo(FormattableString.Invariant($"layer{s + 1}.{b}"), blockIn, outC, inPixels, (long)size * size, stride != 1 || blockIn != outC));
-            }
-            inC = outC;
-        }
-        return list;
+        return config.Blocks(imageSize);
     }
 
     /// <summary>

@@ -138,7 +138,7 @@ public static class ModelUnits
         var groups = new List<UnitGroup>();
         var bindings = new List<UnitBinding>();
         long maskable = 0;
-        foreach (var b in Blocks(config, imageSize))
+        foreach (var b in config.Blocks(imageSize))
         {
             long per = 9L * b.In + 2 + 9L * b.Out;
             long flops = 2 * (9L * b.In + 9L * b.Out) * b.OutPixels + 2L * b.OutPixels;
@@ -167,7 +167,7 @@ public static class ModelUnits
         var ps = new List<long>();
         var fs = new List<long>();
         var bindings = new List<UnitBinding>();
-        foreach (var b in Blocks(config, imageSize))
+        foreach (var b in config.Blocks(imageSize))
         {
             if (b.Downsamples && downsample == DownsampleBlocks.AlwaysKeep) continue;
             int unit = names.Count;
@@ -195,26 +195,6 @@ public static class ModelUnits
 
     /// <summary>Every tensor of a BatchNorm2d.</summary>
     private static readonly string[] BnTensors = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"];
-
-    private readonly record struct BlockShape(string Name, int In, int Out, long OutPixels, bool Downsamples);
-
-    private static IEnumerable<BlockShape> Blocks(ResNetConfig config, int imageSize)
-    {
-        if (imageSize < 1) throw new ArgumentException($"ModelUnits: imageSize must be positive, got {imageSize}");
-        int inC = config.Width, size = imageSize;
-        for (int s = 0; s < 4; s++)
-        {
-            int outC = config.StageChannels(s);
-            for (int b = 0; b < 2; b++)
-            {
-                int stride = ResNetConfig.BlockStride(s, b);
-                int blockIn = b == 0 ? inC : outC;
-                size = (size + stride - 1) / stride; // 3x3 conv, padding 1
-                yield return new BlockShape($"layer{Str(s + 1)}.{Str(b)}", blockIn, outC, (long)size * size, stride != 1 || blockIn != outC);
-            }
-            inC = outC;
-        }
-    }
 
     private static string Str(int i) => i.ToString(CultureInfo.InvariantCulture);
 }

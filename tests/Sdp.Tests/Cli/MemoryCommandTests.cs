@@ -23,7 +23,6 @@ public sealed class MemoryCommandTests : CliTestBase
     [TestCase("memory --model llama:tiny --workers 8 --mode zero", "--mode")]
     [TestCase("memory --model llama:tiny --workers 8 --optimizer lion", "--optimizer")]
     [TestCase("memory --model llama:tiny --workers 8 --optimizer sgd --momentum -1", "--momentum")]
-    [TestCase("memory --model llama:tiny --workers 8 --measure", "--measure")]
     [TestCase("memory --model llama:tiny --workers 8 --mode dp --measure --all-variants", "--measure")]
     public void BadOptionExitsTwoNamingIt(string commandLine, string option)
     {
@@ -32,11 +31,17 @@ public sealed class MemoryCommandTests : CliTestBase
     }
 
     [Test]
-    public void SdpOnSdpWorkerMeasurementSaysItNeedsTheRuntime()
+    public void SdpMeasurementRunsTheLargestWorkerAndMatchesTheModel()
     {
-        var r = Sdp(Args(Small + " --measure"));
-        Assert.That(r.ExitCode, Is.EqualTo(2), r.ToString());
-        Assert.That(r.Err, Does.Contain("SDP runtime"));
+        var r = Sdp(Args(Small + " --subnet block --masking forward --measure"));
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+        Assert.That(r.Out, Does.Contain("measured: one training step of SDP worker"));
+        foreach (var category in new[] { "parameters", "gradients", "optimizer", "activations" })
+        {
+            var line = r.OutLines.Last(l => l.TrimStart().StartsWith(category, StringComparison.Ordinal));
+            double error = double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[^1].TrimEnd('%'), System.Globalization.CultureInfo.InvariantCulture);
+            Assert.That(Math.Abs(error), Is.LessThanOrEqualTo(category == "activations" ? 15 : 2), line);
+        }
     }
 
     [Test]
