@@ -104,6 +104,9 @@ public sealed class SdpTrainer : IDisposable
     /// <summary>Collectives and bytes per step of the gradient sync alone (A20), per worker.</summary>
     public (int Collectives, double Bytes) GradientSyncCost(int worker) => (_workers[worker].GradSync.CollectivesPerStep, _workers[worker].GradSync.BytesPerStep);
 
+    /// <summary>Backward masking: parameter and buffer elements worker w receives per step from the holders of the units it lacks (0 otherwise).</summary>
+    public long RefreshElementsReceived(int worker) => _workers[worker].Refresh?.ElementsReceived ?? 0;
+
     /// <summary>Completed steps.</summary>
     public long Step { get; private set; }
 
@@ -321,6 +324,8 @@ public sealed class SdpTrainer : IDisposable
 
         public HolderGroupedSync GradSync { get; } = gradSync;
 
+        public UnitRefresh? Refresh { get; } = refresh;
+
         /// <summary>Forward, backward, gradient sync, clipping, update, buffer sync and (backward masking) refresh.</summary>
         public (double Loss, long Items, double Norm, double Bytes, int Collectives) Step(double lr, double clip)
         {
@@ -346,7 +351,7 @@ public sealed class SdpTrainer : IDisposable
             }
             Optimizer.ZeroGrad();
             bufferSync?.Synchronize(comm);
-            refresh?.Refresh(comm);
+            Refresh?.Refresh(comm);
             var after = comm.Stats;
             return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
         }

@@ -67,6 +67,21 @@ public sealed class TrainDistributedTests : CliTestBase
     }
 
     [Test]
+    public void Resnet_neuron_backward_with_batchnorm_recalibration_reports_accuracy_and_holds_fewer_gradients()
+    {
+        var r = Sdp(Args("train --model resnet18 --config {\"width\":4} --steps 2 --warmup 0 --batch 2 --eval-batches 1 --workers 4 --mode sdp --subnet neuron --masking backward --coverage 0.5 --bn-recalibrate 2 --metrics m.jsonl"));
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+        Assert.That(r.Out, Does.Contain("accuracy").And.Contain("(assembled dense model)"));
+        var step = JsonNode.Parse(File.ReadAllLines("m.jsonl")[0])!.AsObject();
+        foreach (var w in step["workers"]!.AsArray().Select(x => x!.AsObject()))
+        {
+            long parameters = w["memory"]!["parameters"]!["current"]!.GetValue<long>();
+            long gradients = w["memory"]!["gradients"]!["peak"]!.GetValue<long>();
+            Assert.That(gradients, Is.GreaterThan(0).And.LessThan(parameters), "backward masking: the full model, gradients of held units only");
+        }
+    }
+
+    [Test]
     public void Bad_distributed_options_are_usage_errors()
     {
         var before = Listing();

@@ -118,7 +118,7 @@ public class SdpAcceptanceTests
         long heldParams = plan.HeldParams(1);
         Assert.That(gradientBytes, Is.EqualTo(4 * heldParams), "gradient bytes = 4 × held parameters");
         Assert.That(account.CurrentBytes(MemoryCategory.Gradients), Is.EqualTo(4 * heldParams));
-        Assert.That(AutogradCounters.WeightGradElements, Is.LessThan(dense.Module.ParameterCount), "no dW work for unheld units");
+        Assert.That(AutogradCounters.WeightGradElements, Is.EqualTo(heldParams), "weight-gradient work exactly for the held parameters");
     }
 
     private static float[] Gather(float[] full, Shape shape, HeldSlices held)
@@ -451,6 +451,8 @@ public class SdpAcceptanceTests
             Assert.That(collectives, Is.EqualTo(1 + sets), $"worker {r}: one shared bucket plus one per holder set");
             // The step adds the norm's scalar all-reduce, and under backward masking one refresh broadcast per holder set.
             int refresh = masking == Masking.Backward ? plan.DistinctHolderGroups : 0;
+            if (masking == Masking.Backward)
+                Assert.That(sdp.RefreshElementsReceived(r), Is.EqualTo(plan.TotalParams - plan.HeldParams(r)), $"worker {r} receives exactly the parameters it does not hold");
             Assert.That(step.Workers[r].Collectives, Is.EqualTo(collectives + 1 + refresh), $"worker {r} collectives in the step");
         }
         Assert.That(plan.DistinctHolderGroups, Is.LessThanOrEqualTo(w * (level == SubnetLevel.Neuron ? 1 : 6)));
