@@ -22,6 +22,12 @@ public interface ICommunicator
     /// <summary>Blocks until every rank of the world has reached the barrier.</summary>
     void Barrier();
 
+    /// <summary>
+    /// Makes every pending and later collective of the world fail at once with <paramref name="reason"/>:
+    /// a rank that failed calls it so the others do not wait out the timeout (NCCL: ncclCommAbort).
+    /// </summary>
+    void Abort(string reason);
+
     /// <summary>What this rank has sent since the last <see cref="CommStats.Reset"/>.</summary>
     CommStats Stats { get; }
 }

@@ -56,6 +56,8 @@ public sealed class InProcessCommunicator : ICommunicator
         Stats.AddBroadcast(buffer.ByteLength, root == Rank);
     }
 
+    public void Abort(string reason) => _hub.Abort($"rank {Rank} aborted the group: {reason}");
+
     public void Barrier()
     {
         Run("Barrier", Normalize("Barrier", null), buffer: null, root: -1);
@@ -112,6 +114,17 @@ public sealed class InProcessCommunicator : ICommunicator
 
         public int WorldSize { get; } = worldSize;
 
+        private string? _aborted;
+
+        public void Abort(string reason)
+        {
+            lock (_gate)
+            {
+                _aborted ??= reason;
+                Monitor.PulseAll(_gate);
+            }
+        }
+
         public void Rendezvous(string op, int[] ranks, string groupKey, long call, int rank, Tensor? buffer, int root)
         {
             string key = groupKey + "#" + call;
@@ -120,6 +133,7 @@ public sealed class InProcessCommunicator : ICommunicator
             bool last;
             lock (_gate)
             {
+                if (_aborted is not null) throw new OperationCanceledException($"{what}: {_aborted}");
                 if (!_slots.TryGetValue(key, out slot!))
                 {
                     slot = new Slot(op, ranks, root);
@@ -155,6 +169,7 @@ public sealed class InProcessCommunicator : ICommunicator
                 var deadline = DateTime.UtcNow + timeout;
                 while (!slot.Done)
                 {
+                    if (_aborted is not null) throw new OperationCanceledException($"{what}: {_aborted}");
                     var remaining = deadline - DateTime.UtcNow;
                     if (remaining <= TimeSpan.Zero || !Monitor.Wait(_gate, remaining))
                     {

@@ -282,8 +282,8 @@ public sealed class SdpTrainer : IDisposable
     /// <summary>
     /// Runs <paramref name="work"/> on every worker at once, each on its own long-lived thread (collectives
     /// need all of them running; the tape and the GEMM packing buffers are per thread, so a worker keeps
-    /// its thread). The first failure is rethrown; a worker that only timed out waiting for a failed one
-    /// is not the cause and is reported only when nothing else failed.
+    /// its thread). A worker that fails aborts the group, so the others stop waiting at their collectives;
+    /// the failure is rethrown (a worker's timeout or abort is reported only when nothing else failed).
     /// </summary>
     private void OnEveryWorker(Action<Worker> work)
     {
@@ -292,9 +292,17 @@ public sealed class SdpTrainer : IDisposable
         {
             var w = _workers[rank];
             using var active = w.Account.Activate();
-            work(w);
+            try
+            {
+                work(w);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                w.Comm.Abort($"worker {rank} failed: {e.Message}");
+                throw;
+            }
         });
-        var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException) ?? errors.FirstOrDefault(e => e is not null);
+        var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
         if (cause is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
     }
 
@@ -326,10 +334,12 @@ public sealed class SdpTrainer : IDisposable
 
         public UnitRefresh? Refresh { get; } = refresh;
 
+        public ICommunicator Comm { get; } = comm;
+
         /// <summary>Forward, backward, gradient sync, clipping, update, buffer sync and (backward masking) refresh.</summary>
         public (double Loss, long Items, double Norm, double Bytes, int Collectives) Step(double lr, double clip)
         {
-            var before = comm.Stats.Clone();
+            var before = Comm.Stats.Clone();
             Optimizer.LearningRate = lr;
             double loss;
             long items;
@@ -341,7 +351,7 @@ public sealed class SdpTrainer : IDisposable
                 loss = lossTensor.Item();
                 lossTensor.Backward();
             }
-            GradSync.Synchronize(comm);
+            GradSync.Synchronize(Comm);
             double norm = Math.Sqrt(SumOverWorkers(GradSync.SquaredNormShare()));
             var parameters = Optimizer.Parameters;
             if (double.IsFinite(norm))
@@ -350,21 +360,21 @@ public sealed class SdpTrainer : IDisposable
                 Optimizer.Step();
             }
             Optimizer.ZeroGrad();
-            bufferSync?.Synchronize(comm);
-            Refresh?.Refresh(comm);
-            var after = comm.Stats;
+            bufferSync?.Synchronize(Comm);
+            Refresh?.Refresh(Comm);
+            var after = Comm.Stats;
             return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
         }
 
         /// <summary>Σ over workers of a float64 value, in rank order (identical on every worker).</summary>
         private double SumOverWorkers(double value)
         {
-            if (comm.WorldSize == 1) return value;
+            if (Comm.WorldSize == 1) return value;
             using var noGrad = GradMode.Disable();
             using (MemoryAccount.Use(MemoryCategory.Workspace))
             using (var t = Tensor.Scalar(value, DType.Float64))
             {
-                comm.AllReduceSum(t, [.. Enumerable.Range(0, comm.WorldSize)]);
+                Comm.AllReduceSum(t, [.. Enumerable.Range(0, Comm.WorldSize)]);
                 return t.Item();
             }
         }
