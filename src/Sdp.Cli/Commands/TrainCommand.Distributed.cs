@@ -87,7 +87,6 @@ public static partial class TrainCommand
         if (o.Resume is not null) throw new UsageException("--resume: resuming is only supported for single-worker training (--workers 1 --mode dp)");
         if (o.Save is not null && !o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
             throw new UsageException($"--save: with --workers {d.Workers} --mode {(d.Mode == ParallelMode.Sdp ? "sdp" : "dp")} the dense model assembled from the workers is saved; give a *.safetensors path, got '{o.Save}'");
-        if (o.SaveEvery > 0) throw new UsageException("--save-every: periodic saves are only supported for single-worker training; the assembled model is saved at the end");
         long steps = SdpOptions.MatchedSteps(o.Steps, d.Coverage, d.ScheduleMatch);
         long warmup = SdpOptions.MatchedSteps(o.Warmup, d.Coverage, d.ScheduleMatch);
         if (o.Schedule == "cosine" && o.Warmup > 0 && warmup >= steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
@@ -120,7 +119,7 @@ public static partial class TrainCommand
             var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers).Source;
             return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
         }
-        var options = new TrainerOptions { Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, SavePath = o.Save };
+        var options = new TrainerOptions { Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, SavePath = o.Save, SaveEvery = o.SaveEvery };
         SdpTrainer trainer;
         try
         {

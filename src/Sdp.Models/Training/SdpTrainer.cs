@@ -185,6 +185,7 @@ public sealed class SdpTrainer : IDisposable
         {
             TrainStep();
             if (_eval is not null && _options.EvalEvery > 0 && Step % _options.EvalEvery == 0 && Step < _options.Steps) Evaluated?.Invoke(EvaluateHeldOut(_eval));
+            if (_options.SavePath is not null && _options.SaveEvery > 0 && Step % _options.SaveEvery == 0 && Step < _options.Steps) Save(_options.SavePath);
         }
         if (_eval is not null) Evaluated?.Invoke(EvaluateHeldOut(_eval));
         if (_options.SavePath is not null) Save(_options.SavePath);
