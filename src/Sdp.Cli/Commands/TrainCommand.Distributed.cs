@@ -84,9 +84,8 @@ public static partial class TrainCommand
 
     private static void ValidateDistributed(Options o, DistributedOptions d)
     {
-        if (o.Resume is not null) throw new UsageException("--resume: resuming is only supported for single-worker training (--workers 1 --mode dp)");
-        if (o.Save is not null && !o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            throw new UsageException($"--save: with --workers {d.Workers} --mode {(d.Mode == ParallelMode.Sdp ? "sdp" : "dp")} the dense model assembled from the workers is saved; give a *.safetensors path, got '{o.Save}'");
+        if (o.Resume is not null && !File.Exists(Path.Combine(o.Resume, SdpCheckpoint.StateFileName)))
+            throw new UsageException($"--resume: '{o.Resume}' has no {SdpCheckpoint.StateFileName}; it was not saved by a multi-worker run (--save DIR with --workers or --mode sdp)");
         long steps = SdpOptions.MatchedSteps(o.Steps, d.Coverage, d.ScheduleMatch);
         long warmup = SdpOptions.MatchedSteps(o.Warmup, d.Coverage, d.ScheduleMatch);
         if (o.Schedule == "cosine" && o.Warmup > 0 && warmup >= steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
@@ -99,8 +98,9 @@ public static partial class TrainCommand
         var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
         var (channels, classes) = ImageShape(probe);
-        var subnetworkModel = RunSetup.BuildSubnetworkModel(o.Model, o.Config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom);
-        int? vocab = RunSetup.VocabSize(o.Model, o.Config);
+        string? config = o.Resume is null ? o.Config : RunSetup.ConfigFromCheckpoint(o.Resume);
+        var subnetworkModel = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom);
+        int? vocab = RunSetup.VocabSize(o.Model, config);
         eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
         long steps = d.Mode == ParallelMode.Sdp ? SdpOptions.MatchedSteps(o.Steps, d.Coverage, d.ScheduleMatch) : o.Steps;
         int warmup = d.Mode == ParallelMode.Sdp ? (int)SdpOptions.MatchedSteps(o.Warmup, d.Coverage, d.ScheduleMatch) : o.Warmup;
@@ -133,6 +133,18 @@ public static partial class TrainCommand
         }
         using (trainer)
         {
+            if (o.Resume is not null)
+            {
+                try
+                {
+                    trainer.Resume(o.Resume);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException($"--resume: {CliRunner.MessageOf(e)}");
+                }
+                output.WriteLine($"resumed from {o.Resume} at step {trainer.Step}");
+            }
             var inv = CultureInfo.InvariantCulture;
             string variant = d.Mode == ParallelMode.Dp ? "dp" : $"sdp, {SubnetworkPlan.LevelName(d.Level)} level, {(d.Masking == Masking.Forward ? "forward" : "backward")} masking, C = {d.Coverage.ToString("0.###", inv)}";
             output.WriteLine($"sdp train: {o.Model} on {dataDescription}");
@@ -149,7 +161,8 @@ public static partial class TrainCommand
             if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
 
             using var metricsFile = o.Metrics is null ? null : new MetricsWriter(new FileInfo(o.Metrics));
-            var progress = new TrainProgress(output, plain, steps, 0);
+            var progress = new TrainProgress(output, plain, steps, trainer.Step);
+            long firstStep = trainer.Step;
             var recent = new Queue<double>();
             double items = 0;
             EvalMetrics? lastEval = null;
@@ -185,7 +198,7 @@ public static partial class TrainCommand
             output.WriteLine($"  train loss       {trainLoss:F4} (mean over workers, last {recent.Count} steps)");
             if (lastEval is { } le) output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + " (assembled dense model)");
             if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
-            output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over all workers, {trainer.Step} steps ({clock.Elapsed.TotalSeconds:F1} s)");
+            output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over all workers, {trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
             if (last is not null)
                 output.WriteLine(string.Create(inv, $"  communication    {last.MaxCollectives} collectives per step (max worker), {MemorySnapshot.FormatBytes((long)last.Workers.Max(w => w.BytesSent))} sent per step (max worker)"));
             output.WriteLine("  peak memory per worker");

@@ -196,7 +196,7 @@ public static class TrainingCheckpoint
                 expected.Add(name);
                 if (!file.TryGetInfo(name, out var info)) continue;
                 present++;
-                if (info.Shape != p.Shape) plan.Mismatched.Add($"{name}: checkpoint {info.Shape} vs model {p.Shape}");
+                if (info.Shape != p.GradShape) plan.Mismatched.Add($"{name}: checkpoint {info.Shape} vs model {p.GradShape}");
                 else if (!info.DType.CanLoadAs(p.DType)) plan.Mismatched.Add($"{name}: checkpoint {info.DTypeName} cannot be loaded into {p.DType.Name()}");
             }
             if (present != 0 && present != stateNames.Count)
@@ -357,9 +357,9 @@ public static class TrainingCheckpoint
 
     // ---- directories --------------------------------------------------------------------------------
 
-    private static string FullDirectoryPath(string directory) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
+    internal static string FullDirectoryPath(string directory) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
 
-    private static string RequireDirectory(string directory)
+    internal static string RequireDirectory(string directory)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         string dir = FullDirectoryPath(directory);
@@ -375,7 +375,8 @@ public static class TrainingCheckpoint
     }
 
     /// <summary>Makes <paramref name="temp"/> the directory <paramref name="target"/>, keeping the old one until the rename succeeded.</summary>
-    private static void Swap(string temp, string target)
+    /// <summary>Moves a fully written temporary directory into place, replacing <paramref name="target"/> only once the new one is there.</summary>
+    internal static void Swap(string temp, string target)
     {
         if (!Directory.Exists(target))
         {
@@ -419,12 +420,12 @@ public static class TrainingCheckpoint
         }
     }
 
-    private static void DeleteDirectory(string path)
+    internal static void DeleteDirectory(string path)
     {
         if (Directory.Exists(path)) Directory.Delete(path, recursive: true);
     }
 
-    private static void TryDeleteDirectory(string path)
+    internal static void TryDeleteDirectory(string path)
     {
         try
         {

@@ -51,8 +51,6 @@ public sealed class SdpTrainer : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         if (sdp.Workers < 1) throw new ArgumentException($"SdpTrainer: workers must be at least 1, got {sdp.Workers}");
         if (options.Steps < 0) throw new ArgumentException($"SdpTrainer: steps must be >= 0, got {options.Steps}");
-        if (options.SavePath is { } save && !save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            throw new ArgumentException($"SdpTrainer: the save path must be a *.safetensors file (the assembled dense model), got '{save}'");
         (_model, Options, _options, _eval) = (model, sdp, options, eval);
         _evalStart = eval?.State;
 
@@ -272,13 +270,56 @@ public sealed class SdpTrainer : IDisposable
         }
     }
 
-    /// <summary>Writes the assembled dense model as safetensors, atomically, with its config in the metadata.</summary>
+    /// <summary>
+    /// Saves atomically: a *.safetensors path gets the assembled dense model (config in the metadata); a
+    /// directory gets the full training state (<see cref="SdpCheckpoint"/>: the assembled model, every
+    /// worker's model copy, optimizer state and data position), from which <see cref="Resume"/> continues.
+    /// </summary>
     public void Save(string path)
     {
+        ArgumentException.ThrowIfNullOrEmpty(path);
         var dense = AssembleDense();
-        ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
+        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
+        }
+        else
+        {
+            var workers = _workers.Select(w => new SdpCheckpoint.WorkerState(w.Model.Module, w.Optimizer, new TrainingState
+            {
+                Step = Step, LrSchedulePosition = Step, DataLoader = Trainer.DataStateJson(w.Data.State),
+            })).ToList();
+            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers);
+        }
         Saved?.Invoke(path);
     }
+
+    /// <summary>
+    /// Continues the run saved in <paramref name="directory"/> by <see cref="Save"/>: every worker's weights,
+    /// optimizer state and data position, and the step. The saved run must have this trainer's workers,
+    /// mode, level, masking, coverage and plan seed (the plan, and so every compact tensor, follows from them).
+    /// </summary>
+    public void Resume(string directory)
+    {
+        var (run, step) = SdpCheckpoint.Read(directory);
+        var expected = Describe();
+        if (run != expected)
+            throw new ArgumentException($"training checkpoint '{directory}' was saved by a run with {run}, but this run has {expected}; resume with the same options");
+        for (int w = 0; w < _workers.Length; w++)
+        {
+            var worker = _workers[w];
+            using var active = worker.Account.Activate();
+            string dir = Path.Combine(directory, SdpCheckpoint.WorkerDirectory(w));
+            var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
+            if (info.State.Step != step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {step}");
+            if (info.State.DataLoader is { } data) worker.Data.State = Trainer.DataStateFromJson(data, dir);
+        }
+        Step = step;
+    }
+
+    private SdpCheckpoint.RunDescription Describe() => Plan is null
+        ? new(Options.Workers, "dp", "none", "none", 1.0, 0)
+        : new(Options.Workers, "sdp", SubnetworkPlan.LevelName(Options.Level), Options.Masking == Masking.Forward ? "forward" : "backward", Options.Coverage, Options.PlanSeed);
 
     /// <summary>
     /// Runs <paramref name="work"/> on every worker at once, each on its own long-lived thread (collectives

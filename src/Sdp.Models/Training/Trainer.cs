@@ -199,9 +199,9 @@ public sealed class Trainer
         return info;
     }
 
-    private static JsonObject DataStateJson(DataLoaderState s) => new() { ["epoch"] = s.Epoch, ["shard"] = s.Shard, ["batch"] = s.Batch };
+    internal static JsonObject DataStateJson(DataLoaderState s) => new() { ["epoch"] = s.Epoch, ["shard"] = s.Shard, ["batch"] = s.Batch };
 
-    private static DataLoaderState DataStateFromJson(JsonObject o, string where)
+    internal static DataLoaderState DataStateFromJson(JsonObject o, string where)
     {
         try
         {
