@@ -802,30 +802,54 @@ internal static unsafe class GemmDriver<T, TK>
 
     // --- gather packers (masked GEMM) ---------------------------------------------------------------------------
 
-    /// <summary>Packs op(A) = Aᵀ restricted to columns idx[0..mc) of A (A stored kc x *, row stride lda) into MR-row panels.</summary>
+    /// <summary>
+    /// Packs op(A) = Aᵀ restricted to columns idx[0..mc) of A (A stored kc x *, row stride lda) into MR-row panels.
+    /// Row by row of A (all panels per row) rather than panel by panel: the held columns of one row lie in a few
+    /// adjacent lines that the hardware prefetcher streams, whereas walking down one panel's columns touches a new page
+    /// per row and the block's lines (spread over |span| / d columns) no longer fit L2 for the next panel.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackATGather(T* a, nint lda, int* idx, int mc, int kc, T* dst)
     {
         int mr = TK.MR;
-        int* cols = stackalloc int[mr];
-        for (int ir = 0; ir < mc; ir += mr, dst += (nint)mr * kc)
+        int full = mc / mr, rest = mc - (full * mr);
+        nint panelStride = (nint)mr * kc;
+        T* s = a;
+        for (int p = 0; p < kc; p++, s += lda)
         {
-            int rows = Math.Min(mr, mc - ir);
-            for (int r = 0; r < rows; r++)
+            T* d = dst + ((nint)p * mr);
+            int* ix = idx;
+            if (mr == 6)
             {
-                cols[r] = idx[ir + r];
+                for (int q = 0; q < full; q++, ix += 6, d += panelStride)
+                {
+                    d[0] = s[ix[0]];
+                    d[1] = s[ix[1]];
+                    d[2] = s[ix[2]];
+                    d[3] = s[ix[3]];
+                    d[4] = s[ix[4]];
+                    d[5] = s[ix[5]];
+                }
+            }
+            else
+            {
+                for (int q = 0; q < full; q++, ix += mr, d += panelStride)
+                {
+                    for (int r = 0; r < mr; r++)
+                    {
+                        d[r] = s[ix[r]];
+                    }
+                }
             }
 
-            T* s = a;
-            T* d = dst;
-            for (int p = 0; p < kc; p++, s += lda, d += mr)
+            if (rest > 0)
             {
-                for (int r = 0; r < rows; r++)
+                for (int r = 0; r < rest; r++)
                 {
-                    d[r] = s[cols[r]];
+                    d[r] = s[ix[r]];
                 }
 
-                for (int r = rows; r < mr; r++)
+                for (int r = rest; r < mr; r++)
                 {
                     d[r] = T.Zero;
                 }
@@ -875,34 +899,58 @@ internal static unsafe class GemmDriver<T, TK>
         }
     }
 
-    /// <summary>Packs op(B) = B (kc x *, row stride ldb) restricted to columns idx[0..nc) into NR-column panels.</summary>
+    /// <summary>
+    /// Packs op(B) = B (kc x *, row stride ldb) restricted to columns idx[0..nc) into NR-column panels. Row by row of B
+    /// (all panels per row), for the same reason as <see cref="PackATGather"/>: each row's held columns are read in
+    /// ascending address order instead of striding down the rows once per panel.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackBNGatherN(T* b, nint ldb, int* idx, int kc, int nc, T* dst)
     {
         int nr = TK.NR;
-        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        int full = nc / nr, rest = nc - (full * nr);
+        nint panelStride = (nint)nr * kc;
+        bool vec = typeof(T) == typeof(float) && Avx2.IsSupported && nr % 8 == 0;
+        T* s = b;
+        for (int p = 0; p < kc; p++, s += ldb)
         {
-            int cols = Math.Min(nr, nc - jr);
-            int* ix = idx + jr;
-            T* s = b;
-            T* d = dst;
-            for (int p = 0; p < kc; p++, s += ldb, d += nr)
+            T* d = dst + ((nint)p * nr);
+            int* ix = idx;
+            for (int q = 0; q < full; q++, ix += nr, d += panelStride)
+            {
+                if (vec)
+                {
+                    for (int j = 0; j < nr; j += 8)
+                    {
+                        GemmPack.Gather8Float((float*)s, ix + j, (float*)(d + j));
+                    }
+                }
+                else
+                {
+                    for (int j = 0; j < nr; j++)
+                    {
+                        d[j] = s[ix[j]];
+                    }
+                }
+            }
+
+            if (rest > 0)
             {
                 int j = 0;
-                if (typeof(T) == typeof(float) && Avx2.IsSupported)
+                if (vec)
                 {
-                    for (; j + 8 <= cols; j += 8)
+                    for (; j + 8 <= rest; j += 8)
                     {
                         GemmPack.Gather8Float((float*)s, ix + j, (float*)(d + j));
                     }
                 }
 
-                for (; j < cols; j++)
+                for (; j < rest; j++)
                 {
                     d[j] = s[ix[j]];
                 }
 
-                for (j = cols; j < nr; j++)
+                for (j = rest; j < nr; j++)
                 {
                     d[j] = T.Zero;
                 }
