@@ -743,35 +743,45 @@ internal static unsafe class GemmDriver<T, TK>
     /// <summary>Rows of the source per strip in the strip-wise packers (see <see cref="PackAT"/>).</summary>
     private const int PackRows = 8;
 
-    /// <summary>Packs B (kc x nc, row stride ldb) into NR-column panels.</summary>
+    /// <summary>
+    /// Packs B (kc x nc, row stride ldb) into NR-column panels, in strips of <see cref="PackRows"/> rows of B (see
+    /// <see cref="PackAT"/>): each strip is read row by row in address order and each panel gets one contiguous run.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackBN(T* b, nint ldb, int kc, int nc, T* dst)
     {
         int nr = TK.NR;
-        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        nint panelStride = (nint)nr * kc;
+        for (int p0 = 0; p0 < kc; p0 += PackRows)
         {
-            int cols = Math.Min(nr, nc - jr);
-            T* s = b + jr;
-            T* d = dst;
-            if (cols == nr)
+            int pn = Math.Min(PackRows, kc - p0);
+            T* sRow = b + (p0 * ldb);
+            T* dRow = dst + ((nint)p0 * nr);
+            for (int jr = 0; jr < nc; jr += nr, dRow += panelStride)
             {
-                for (int p = 0; p < kc; p++, s += ldb, d += nr)
+                int cols = Math.Min(nr, nc - jr);
+                T* s = sRow + jr;
+                T* d = dRow;
+                if (cols == nr)
                 {
-                    Unsafe.CopyBlockUnaligned(d, s, (uint)(TK.NR * sizeof(T)));
-                }
-            }
-            else
-            {
-                for (int p = 0; p < kc; p++, s += ldb, d += nr)
-                {
-                    for (int j = 0; j < cols; j++)
+                    for (int p = 0; p < pn; p++, s += ldb, d += nr)
                     {
-                        d[j] = s[j];
+                        Unsafe.CopyBlockUnaligned(d, s, (uint)(TK.NR * sizeof(T)));
                     }
-
-                    for (int j = cols; j < nr; j++)
+                }
+                else
+                {
+                    for (int p = 0; p < pn; p++, s += ldb, d += nr)
                     {
-                        d[j] = T.Zero;
+                        for (int j = 0; j < cols; j++)
+                        {
+                            d[j] = s[j];
+                        }
+
+                        for (int j = cols; j < nr; j++)
+                        {
+                            d[j] = T.Zero;
+                        }
                     }
                 }
             }

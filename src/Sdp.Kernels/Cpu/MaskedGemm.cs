@@ -230,6 +230,27 @@ public static unsafe class MaskedGemm
         }
 
         GemmArgs<float> h = g;
+
+        // An adjacent run of gathered units (d = 1, or a block-structured mask) is a plain offset operand: the dense
+        // packers copy it without per-element indexing.
+        if (h.GatherA != null && IsRun(h.GatherA, h.M))
+        {
+            h.A += h.GatherA[0]; // GatherA only comes with TransA: a column offset of A
+            h.GatherA = null;
+        }
+
+        if (h.GatherBN != null && IsRun(h.GatherBN, h.N))
+        {
+            h.B += h.TransB ? (nint)h.GatherBN[0] * h.Ldb : h.GatherBN[0];
+            h.GatherBN = null;
+        }
+
+        if (h.GatherBK != null && IsRun(h.GatherBK, h.K))
+        {
+            h.B += h.GatherBK[0]; // GatherBK only comes with TransB: a column offset of B
+            h.GatherBK = null;
+        }
+
         if (h.ScatterRows != null && h.ScatterRows[h.M - 1] - h.ScatterRows[0] == h.M - 1)
         {
             h.C += (nint)h.ScatterRows[0] * h.Ldc; // an adjacent run of rows: a plain strided output
@@ -250,6 +271,8 @@ public static unsafe class MaskedGemm
 
         Gemm.Run(in h, threads);
     }
+
+    private static bool IsRun(int* idx, int count) => idx[count - 1] - idx[0] == count - 1;
 
     /// <summary>Depth from which a scattered output is staged compactly (below, each tile is scattered once anyway).</summary>
     internal static int StagedMinK { get; set; } = 256;
