@@ -687,75 +687,101 @@ internal static unsafe class GemmDriver<T, TK>
         }
     }
 
-    /// <summary>Packs op(A) = Aᵀ where A is stored kc x mc (row stride lda) into MR-row panels.</summary>
+    /// <summary>
+    /// Packs op(A) = Aᵀ where A is stored kc x mc (row stride lda) into MR-row panels, in strips of
+    /// <see cref="PackRows"/> rows of A: each strip's lines are fetched once (row by row, in address order) and reused
+    /// from L1 by every panel, while each panel receives one short contiguous run. Walking all kc rows per panel would
+    /// stride down a new page per row; writing every panel per row would spread the stores over MC/MR lines that alias
+    /// the same L1 sets.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackAT(T* a, nint lda, int mc, int kc, T* dst)
     {
         int mr = TK.MR;
-        for (int ir = 0; ir < mc; ir += mr, dst += (nint)mr * kc)
+        nint panelStride = (nint)mr * kc;
+        for (int p0 = 0; p0 < kc; p0 += PackRows)
         {
-            int rows = Math.Min(mr, mc - ir);
-            T* s = a + ir;
-            T* d = dst;
-            if (mr == 6 && rows == 6)
+            int pn = Math.Min(PackRows, kc - p0);
+            T* sRow = a + (p0 * lda);
+            T* dRow = dst + ((nint)p0 * mr);
+            for (int ir = 0; ir < mc; ir += mr, dRow += panelStride)
             {
-                for (int p = 0; p < kc; p++, s += lda, d += 6)
+                int rows = Math.Min(mr, mc - ir);
+                T* s = sRow + ir;
+                T* d = dRow;
+                if (mr == 6 && rows == 6)
                 {
-                    d[0] = s[0];
-                    d[1] = s[1];
-                    d[2] = s[2];
-                    d[3] = s[3];
-                    d[4] = s[4];
-                    d[5] = s[5];
-                }
-            }
-            else
-            {
-                for (int p = 0; p < kc; p++, s += lda, d += mr)
-                {
-                    for (int r = 0; r < rows; r++)
+                    for (int p = 0; p < pn; p++, s += lda, d += 6)
                     {
-                        d[r] = s[r];
+                        d[0] = s[0];
+                        d[1] = s[1];
+                        d[2] = s[2];
+                        d[3] = s[3];
+                        d[4] = s[4];
+                        d[5] = s[5];
                     }
-
-                    for (int r = rows; r < mr; r++)
+                }
+                else
+                {
+                    for (int p = 0; p < pn; p++, s += lda, d += mr)
                     {
-                        d[r] = T.Zero;
+                        for (int r = 0; r < rows; r++)
+                        {
+                            d[r] = s[r];
+                        }
+
+                        for (int r = rows; r < mr; r++)
+                        {
+                            d[r] = T.Zero;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// <summary>Packs B (kc x nc, row stride ldb) into NR-column panels.</summary>
+    /// <summary>Rows of the source per strip in the strip-wise packers (see <see cref="PackAT"/>).</summary>
+    private const int PackRows = 8;
+
+    /// <summary>
+    /// Packs B (kc x nc, row stride ldb) into NR-column panels, in strips of <see cref="PackRows"/> rows of B (see
+    /// <see cref="PackAT"/>): each strip is read row by row in address order and each panel gets one contiguous run.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackBN(T* b, nint ldb, int kc, int nc, T* dst)
     {
         int nr = TK.NR;
-        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        nint panelStride = (nint)nr * kc;
+        for (int p0 = 0; p0 < kc; p0 += PackRows)
         {
-            int cols = Math.Min(nr, nc - jr);
-            T* s = b + jr;
-            T* d = dst;
-            if (cols == nr)
+            int pn = Math.Min(PackRows, kc - p0);
+            T* sRow = b + (p0 * ldb);
+            T* dRow = dst + ((nint)p0 * nr);
+            for (int jr = 0; jr < nc; jr += nr, dRow += panelStride)
             {
-                for (int p = 0; p < kc; p++, s += ldb, d += nr)
+                int cols = Math.Min(nr, nc - jr);
+                T* s = sRow + jr;
+                T* d = dRow;
+                if (cols == nr)
                 {
-                    Unsafe.CopyBlockUnaligned(d, s, (uint)(TK.NR * sizeof(T)));
-                }
-            }
-            else
-            {
-                for (int p = 0; p < kc; p++, s += ldb, d += nr)
-                {
-                    for (int j = 0; j < cols; j++)
+                    for (int p = 0; p < pn; p++, s += ldb, d += nr)
                     {
-                        d[j] = s[j];
+                        Unsafe.CopyBlockUnaligned(d, s, (uint)(TK.NR * sizeof(T)));
                     }
-
-                    for (int j = cols; j < nr; j++)
+                }
+                else
+                {
+                    for (int p = 0; p < pn; p++, s += ldb, d += nr)
                     {
-                        d[j] = T.Zero;
+                        for (int j = 0; j < cols; j++)
+                        {
+                            d[j] = s[j];
+                        }
+
+                        for (int j = cols; j < nr; j++)
+                        {
+                            d[j] = T.Zero;
+                        }
                     }
                 }
             }
@@ -802,32 +828,54 @@ internal static unsafe class GemmDriver<T, TK>
 
     // --- gather packers (masked GEMM) ---------------------------------------------------------------------------
 
-    /// <summary>Packs op(A) = Aᵀ restricted to columns idx[0..mc) of A (A stored kc x *, row stride lda) into MR-row panels.</summary>
+    /// <summary>
+    /// Packs op(A) = Aᵀ restricted to columns idx[0..mc) of A (A stored kc x *, row stride lda) into MR-row panels, in
+    /// strips of <see cref="PackRows"/> rows like <see cref="PackAT"/>: the held columns of a strip lie in |span| / d
+    /// columns per row, which a per-panel walk down all kc rows would fetch from beyond L2 once per panel.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackATGather(T* a, nint lda, int* idx, int mc, int kc, T* dst)
     {
         int mr = TK.MR;
-        int* cols = stackalloc int[mr];
-        for (int ir = 0; ir < mc; ir += mr, dst += (nint)mr * kc)
+        nint panelStride = (nint)mr * kc;
+        for (int p0 = 0; p0 < kc; p0 += PackRows)
         {
-            int rows = Math.Min(mr, mc - ir);
-            for (int r = 0; r < rows; r++)
+            int pn = Math.Min(PackRows, kc - p0);
+            T* sRow = a + (p0 * lda);
+            T* dRow = dst + ((nint)p0 * mr);
+            for (int ir = 0; ir < mc; ir += mr, dRow += panelStride)
             {
-                cols[r] = idx[ir + r];
-            }
-
-            T* s = a;
-            T* d = dst;
-            for (int p = 0; p < kc; p++, s += lda, d += mr)
-            {
-                for (int r = 0; r < rows; r++)
+                int rows = Math.Min(mr, mc - ir);
+                int* ix = idx + ir;
+                T* s = sRow;
+                T* d = dRow;
+                if (mr == 6 && rows == 6)
                 {
-                    d[r] = s[cols[r]];
+                    nint c0 = ix[0], c1 = ix[1], c2 = ix[2], c3 = ix[3], c4 = ix[4], c5 = ix[5];
+                    for (int p = 0; p < pn; p++, s += lda, d += 6)
+                    {
+                        d[0] = s[c0];
+                        d[1] = s[c1];
+                        d[2] = s[c2];
+                        d[3] = s[c3];
+                        d[4] = s[c4];
+                        d[5] = s[c5];
+                    }
                 }
-
-                for (int r = rows; r < mr; r++)
+                else
                 {
-                    d[r] = T.Zero;
+                    for (int p = 0; p < pn; p++, s += lda, d += mr)
+                    {
+                        for (int r = 0; r < rows; r++)
+                        {
+                            d[r] = s[ix[r]];
+                        }
+
+                        for (int r = rows; r < mr; r++)
+                        {
+                            d[r] = T.Zero;
+                        }
+                    }
                 }
             }
         }
@@ -875,36 +923,45 @@ internal static unsafe class GemmDriver<T, TK>
         }
     }
 
-    /// <summary>Packs op(B) = B (kc x *, row stride ldb) restricted to columns idx[0..nc) into NR-column panels.</summary>
+    /// <summary>
+    /// Packs op(B) = B (kc x *, row stride ldb) restricted to columns idx[0..nc) into NR-column panels, in strips of
+    /// <see cref="PackRows"/> rows (see <see cref="PackATGather"/>).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackBNGatherN(T* b, nint ldb, int* idx, int kc, int nc, T* dst)
     {
         int nr = TK.NR;
-        for (int jr = 0; jr < nc; jr += nr, dst += (nint)nr * kc)
+        nint panelStride = (nint)nr * kc;
+        bool vec = typeof(T) == typeof(float) && Avx2.IsSupported;
+        for (int p0 = 0; p0 < kc; p0 += PackRows)
         {
-            int cols = Math.Min(nr, nc - jr);
-            int* ix = idx + jr;
-            T* s = b;
-            T* d = dst;
-            for (int p = 0; p < kc; p++, s += ldb, d += nr)
+            int pn = Math.Min(PackRows, kc - p0);
+            T* sRow = b + (p0 * ldb);
+            T* dRow = dst + ((nint)p0 * nr);
+            for (int jr = 0; jr < nc; jr += nr, dRow += panelStride)
             {
-                int j = 0;
-                if (typeof(T) == typeof(float) && Avx2.IsSupported)
+                int cols = Math.Min(nr, nc - jr);
+                int vcols = vec ? cols / 8 * 8 : 0;
+                int* ix = idx + jr;
+                T* s = sRow;
+                T* d = dRow;
+                for (int p = 0; p < pn; p++, s += ldb, d += nr)
                 {
-                    for (; j + 8 <= cols; j += 8)
+                    int j = 0;
+                    for (; j < vcols; j += 8)
                     {
                         GemmPack.Gather8Float((float*)s, ix + j, (float*)(d + j));
                     }
-                }
 
-                for (; j < cols; j++)
-                {
-                    d[j] = s[ix[j]];
-                }
+                    for (; j < cols; j++)
+                    {
+                        d[j] = s[ix[j]];
+                    }
 
-                for (j = cols; j < nr; j++)
-                {
-                    d[j] = T.Zero;
+                    for (; j < nr; j++)
+                    {
+                        d[j] = T.Zero;
+                    }
                 }
             }
         }

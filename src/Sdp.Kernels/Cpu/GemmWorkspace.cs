@@ -14,6 +14,7 @@ internal sealed unsafe class GemmWorkspace
 
     [ThreadStatic] private static GemmWorkspace? t_current;
     [ThreadStatic] private static GemmWorkspace? t_shared;
+    [ThreadStatic] private static GemmWorkspace? t_stage;
     private static long s_totalBytes;
 
     private byte* _ptr;
@@ -48,11 +49,27 @@ internal sealed unsafe class GemmWorkspace
         return ws._ptr;
     }
 
+    /// <summary>
+    /// Returns this thread's third buffer: the compact output a masked GEMM stages before scattering it (held across
+    /// calls like the others, so that a fresh multi-megabyte allocation is not page-faulted in on every call).
+    /// </summary>
+    public static byte* AcquireStage(nuint bytes)
+    {
+        GemmWorkspace ws = t_stage ??= new GemmWorkspace();
+        if (ws._capacity < bytes)
+        {
+            ws.Grow(bytes);
+        }
+
+        return ws._ptr;
+    }
+
     /// <summary>Frees the calling thread's buffers (the next call on this thread allocates again).</summary>
     public static void ReleaseCurrentThread()
     {
         Release(ref t_current);
         Release(ref t_shared);
+        Release(ref t_stage);
     }
 
     private static void Release(ref GemmWorkspace? slot)

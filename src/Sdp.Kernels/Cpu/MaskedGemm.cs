@@ -230,6 +230,27 @@ public static unsafe class MaskedGemm
         }
 
         GemmArgs<float> h = g;
+
+        // An adjacent run of gathered units (d = 1, or a block-structured mask) is a plain offset operand: the dense
+        // packers copy it without per-element indexing.
+        if (h.GatherA != null && IsRun(h.GatherA, h.M))
+        {
+            h.A += h.GatherA[0]; // GatherA only comes with TransA: a column offset of A
+            h.GatherA = null;
+        }
+
+        if (h.GatherBN != null && IsRun(h.GatherBN, h.N))
+        {
+            h.B += h.TransB ? (nint)h.GatherBN[0] * h.Ldb : h.GatherBN[0];
+            h.GatherBN = null;
+        }
+
+        if (h.GatherBK != null && IsRun(h.GatherBK, h.K))
+        {
+            h.B += h.GatherBK[0]; // GatherBK only comes with TransB: a column offset of B
+            h.GatherBK = null;
+        }
+
         if (h.ScatterRows != null && h.ScatterRows[h.M - 1] - h.ScatterRows[0] == h.M - 1)
         {
             h.C += (nint)h.ScatterRows[0] * h.Ldc; // an adjacent run of rows: a plain strided output
@@ -250,6 +271,8 @@ public static unsafe class MaskedGemm
 
         Gemm.Run(in h, threads);
     }
+
+    private static bool IsRun(int* idx, int count) => idx[count - 1] - idx[0] == count - 1;
 
     /// <summary>Depth from which a scattered output is staged compactly (below, each tile is scattered once anyway).</summary>
     internal static int StagedMinK { get; set; } = 256;
@@ -274,64 +297,57 @@ public static unsafe class MaskedGemm
         int other = rowsMode ? g.N : g.M;
         int chunk = Math.Max(64, StagingElements / Math.Max(1, other));
         chunk = Math.Min(chunk, rowsMode ? g.M : g.N);
-        float* stage = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)chunk * (nuint)other * sizeof(float), 64);
-        try
+        float* stage = (float*)GemmWorkspace.AcquireStage((nuint)chunk * (nuint)other * sizeof(float));
+        int total = rowsMode ? g.M : g.N;
+        for (int s0 = 0; s0 < total; s0 += chunk)
         {
-            int total = rowsMode ? g.M : g.N;
-            for (int s0 = 0; s0 < total; s0 += chunk)
+            int len = Math.Min(chunk, total - s0);
+            GemmArgs<float> sub = g;
+            sub.Beta = 0f;
+            sub.C = stage;
+            sub.ScatterRows = null;
+            sub.ScatterCols = null;
+            if (rowsMode)
             {
-                int len = Math.Min(chunk, total - s0);
-                GemmArgs<float> sub = g;
-                sub.Beta = 0f;
-                sub.C = stage;
-                sub.ScatterRows = null;
-                sub.ScatterCols = null;
-                if (rowsMode)
+                sub.M = len;
+                sub.Ldc = g.N;
+                if (g.GatherA != null)
                 {
-                    sub.M = len;
-                    sub.Ldc = g.N;
-                    if (g.GatherA != null)
-                    {
-                        sub.GatherA = g.GatherA + s0;
-                    }
-                    else
-                    {
-                        sub.A = g.TransA ? g.A + s0 : g.A + ((nint)s0 * g.Lda);
-                    }
+                    sub.GatherA = g.GatherA + s0;
                 }
                 else
                 {
-                    sub.N = len;
-                    sub.Ldc = len;
-                    if (g.GatherBN != null)
-                    {
-                        sub.GatherBN = g.GatherBN + s0;
-                    }
-                    else
-                    {
-                        sub.B = g.TransB ? g.B + ((nint)s0 * g.Ldb) : g.B + s0;
-                    }
-                }
-
-                Gemm.Run(in sub, threads);
-                int rowsOut = rowsMode ? len : g.M;
-                int t = Math.Min(threads > 0 ? threads : Gemm.MaxThreads, Math.Max(1, (int)((long)len * other / StagingScatterWorkPerThread)));
-                if (t <= 1)
-                {
-                    ScatterStage(in g, stage, rowsMode, s0, len, 0, rowsOut);
-                }
-                else
-                {
-                    GemmArgs<float> gc = g;
-                    nint st = (nint)stage;
-                    Parallel.For(0, t, new ParallelOptions { MaxDegreeOfParallelism = t }, part =>
-                        ScatterStage(in gc, (float*)st, rowsMode, s0, len, (int)((long)part * rowsOut / t), (int)((long)(part + 1) * rowsOut / t)));
+                    sub.A = g.TransA ? g.A + s0 : g.A + ((nint)s0 * g.Lda);
                 }
             }
-        }
-        finally
-        {
-            System.Runtime.InteropServices.NativeMemory.AlignedFree(stage);
+            else
+            {
+                sub.N = len;
+                sub.Ldc = len;
+                if (g.GatherBN != null)
+                {
+                    sub.GatherBN = g.GatherBN + s0;
+                }
+                else
+                {
+                    sub.B = g.TransB ? g.B + ((nint)s0 * g.Ldb) : g.B + s0;
+                }
+            }
+
+            Gemm.Run(in sub, threads);
+            int rowsOut = rowsMode ? len : g.M;
+            int t = Math.Min(threads > 0 ? threads : Gemm.MaxThreads, Math.Max(1, (int)((long)len * other / StagingScatterWorkPerThread)));
+            if (t <= 1)
+            {
+                ScatterStage(in g, stage, rowsMode, s0, len, 0, rowsOut);
+            }
+            else
+            {
+                GemmArgs<float> gc = g;
+                nint st = (nint)stage;
+                Parallel.For(0, t, new ParallelOptions { MaxDegreeOfParallelism = t }, part =>
+                    ScatterStage(in gc, (float*)st, rowsMode, s0, len, (int)((long)part * rowsOut / t), (int)((long)(part + 1) * rowsOut / t)));
+            }
         }
     }
 

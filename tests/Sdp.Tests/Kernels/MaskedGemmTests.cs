@@ -330,6 +330,51 @@ public unsafe class MaskedGemmTests
     }
 
     [Test]
+    public void Forward_ContiguousRunNotAtZero()
+    {
+        // A contiguous gathered run [5, 20) of W's rows (GatherB) or columns (GatherK) is read as a plain offset operand.
+        var r = new Random(12);
+        int m = 13, k = 40, units = 31;
+        int[] idx = [.. Enumerable.Range(5, 15)];
+        float[] a = Rand(r, m * k), w = Rand(r, units * k), aK = Rand(r, m * idx.Length), wK = Rand(r, k * units);
+        float[] cB = Poisoned(m * idx.Length), cK = Poisoned(m * k);
+        fixed (float* pa = a, pw = w, pak = aK, pwk = wK, pcb = cB, pck = cK)
+        {
+            MaskedGemm.SgemmGatherB(m, k, pa, k, pw, k, units, idx, pcb, idx.Length);
+            MaskedGemm.SgemmGatherK(m, k, pak, idx.Length, pwk, units, units, idx, pck, k);
+        }
+
+        for (int i = 0; i < m; i++)
+        {
+            for (int j = 0; j < idx.Length; j++)
+            {
+                double s = 0, sa = 0;
+                for (int p = 0; p < k; p++)
+                {
+                    double v = (double)a[(i * k) + p] * w[(idx[j] * k) + p];
+                    s += v;
+                    sa += Math.Abs(v);
+                }
+
+                AssertClose(s, sa, cB[(i * idx.Length) + j], $"GatherB C[{i},{j}]");
+            }
+
+            for (int j = 0; j < k; j++)
+            {
+                double s = 0, sa = 0;
+                for (int p = 0; p < idx.Length; p++)
+                {
+                    double v = (double)aK[(i * idx.Length) + p] * wK[(j * units) + idx[p]];
+                    s += v;
+                    sa += Math.Abs(v);
+                }
+
+                AssertClose(s, sa, cK[(i * k) + j], $"GatherK C[{i},{j}]");
+            }
+        }
+    }
+
+    [Test]
     public void GatherK_EmptyIdxWritesZeros()
     {
         float[] a = [1f], w = Rand(new Random(1), 5 * 4), c = Poisoned(3 * 5);
