@@ -82,12 +82,32 @@ public sealed class TrainDistributedTests : CliTestBase
     }
 
     [Test]
+    public void Save_directory_then_resume_continues_exactly()
+    {
+        const string run = "--workers 2 --mode sdp --subnet neuron --masking backward --coverage 0.5 --schedule constant --batch 2 --seq 8 --eval-batches 1";
+        var straight = Sdp([.. Args($"train {run} --steps 4 --metrics straight.jsonl"), "--config", SmallConfig]);
+        var first = Sdp([.. Args($"train {run} --steps 2 --save state"), "--config", SmallConfig]);
+        Assert.That(straight.ExitCode, Is.EqualTo(0), straight.ToString());
+        Assert.That(first.ExitCode, Is.EqualTo(0), first.ToString());
+        Assert.That(File.Exists(Path.Combine("state", SdpCheckpoint.StateFileName)), Is.True);
+        // The model configuration comes from the checkpoint on resume.
+        var resumed = Sdp(Args($"train {run} --steps 4 --resume state --metrics resumed.jsonl"));
+        Assert.That(resumed.ExitCode, Is.EqualTo(0), resumed.ToString());
+        Assert.That(resumed.Out, Does.Contain("resumed from state at step 2"));
+        static double[] Losses(string path, long from) => [.. File.ReadAllLines(path).Select(l => JsonNode.Parse(l)!.AsObject())
+            .Where(o => o["eval"] is null && o["step"]!.GetValue<long>() > from).Select(o => o["loss"]!.GetValue<double>())];
+        Assert.That(Losses("resumed.jsonl", 2), Is.EqualTo(Losses("straight.jsonl", 2)).And.Length.EqualTo(2));
+    }
+
+    [Test]
     public void Bad_distributed_options_are_usage_errors()
     {
         var before = Listing();
         AssertUsageError(Sdp(WithConfig("--workers 4 --mode sdp --coverage 0.3")), before, "--coverage", "nearest valid coverage");
         AssertUsageError(Sdp(WithConfig("--workers 0")), before, "--workers");
-        AssertUsageError(Sdp(WithConfig("--workers 2 --save run-dir")), before, "--save", "*.safetensors");
+        Directory.CreateDirectory("single");
+        AssertUsageError(Sdp(Args("train --workers 2 --resume single")), Listing(), "--resume", "sdp.json");
+        Directory.Delete("single");
         AssertUsageError(Sdp(WithConfig("--workers 2 --resume somewhere")), before, "--resume");
         AssertUsageError(Sdp(WithConfig("--workers 2 --mode sdp --masking sideways")), before, "--masking");
     }
