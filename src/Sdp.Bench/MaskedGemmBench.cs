@@ -16,8 +16,9 @@ public sealed record MaskedGemmBenchRow(string Kernel, int N, double Density, do
 /// unit set of round(d·n) units. Kernels: fwd-rows (Y[:, idx] = X·W[idx,:]ᵀ, <see cref="MaskedGemm.SgemmGatherB"/>, vs
 /// dense X·Wᵀ), fwd-cols (Y = A[:, idx-compact]·W[:, idx]ᵀ, <see cref="MaskedGemm.SgemmGatherK"/>, vs dense X·Wᵀ),
 /// dW-rows (dW[idx,:] += dY[:, idx]ᵀ·X into the full dW from the full dY, vs dense dYᵀ·X) and dW-cols
-/// (dW[:, idx] += dYᵀ·X[:, idx] into the full dW from the full X, vs dense dYᵀ·X). Masked and dense samples are
-/// interleaved on the same buffers; medians are kept.
+/// (dW[:, idx] += dYᵀ·X[:, idx] into the full dW from the full X, vs dense dYᵀ·X); dW-rows-c and dW-cols-c are the
+/// same into a compact dW (|idx| rows or columns), which is what backward masking's held-slice gradients use. Masked
+/// and dense samples are interleaved on the same buffers; medians are kept.
 /// </summary>
 public static unsafe class MaskedGemmBench
 {
@@ -26,7 +27,7 @@ public static unsafe class MaskedGemmBench
     public static IReadOnlyList<double> DefaultDensities { get; } = [0.25, 0.5, 0.75, 1.0];
 
     /// <summary>Kernel names (see the class summary).</summary>
-    public static IReadOnlyList<string> Kernels { get; } = ["fwd-rows", "fwd-cols", "dW-rows", "dW-cols"];
+    public static IReadOnlyList<string> Kernels { get; } = ["fwd-rows", "fwd-cols", "dW-rows", "dW-cols", "dW-rows-c", "dW-cols-c"];
 
     /// <summary>Runs the benchmark and prints a table to <paramref name="output"/>.</summary>
     public static IReadOnlyList<MaskedGemmBenchRow> Run(TextWriter output, int[]? sizes = null, double[]? densities = null, int samples = 5, int threads = 0, string[]? kernels = null)
@@ -59,7 +60,7 @@ public static unsafe class MaskedGemmBench
 
         int t = threads > 0 ? threads : Gemm.MaxThreads;
         output.WriteLine($"Masked SGEMM vs dense SGEMM (row-major float32, square n, {t} threads). Kernel: {Gemm.KernelName}");
-        output.WriteLine($"{"kernel",-8} {"n",6} {"d",5} {"masked ms",10} {"dense ms",9} {"masked/(d*dense)",17}");
+        output.WriteLine($"{"kernel",-9} {"n",6} {"d",5} {"masked ms",10} {"dense ms",9} {"masked/(d*dense)",17}");
         var rows = new List<MaskedGemmBenchRow>();
         foreach (int n in sizes)
         {
@@ -77,12 +78,14 @@ public static unsafe class MaskedGemmBench
                         "fwd-rows" => () => MaskedGemm.SgemmGatherB(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
                         "fwd-cols" => () => MaskedGemm.SgemmGatherK(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
                         "dW-rows" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, true, threads: t),
-                        _ => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, n, true, threads: t),
+                        "dW-cols" => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, n, true, threads: t),
+                        "dW-rows-c" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, false, threads: t),
+                        _ => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, idx.Length, false, threads: t),
                     };
                     var row = RunCell(kernel, n, d, masked, dense, samples);
                     rows.Add(row);
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"{row.Kernel,-8} {row.N,6} {row.Density,5:F2} {row.MaskedSeconds * 1e3,10:F2} {row.DenseSeconds * 1e3,9:F2} {row.Ratio,17:F3}"));
+                        $"{row.Kernel,-9} {row.N,6} {row.Density,5:F2} {row.MaskedSeconds * 1e3,10:F2} {row.DenseSeconds * 1e3,9:F2} {row.Ratio,17:F3}"));
                 }
             }
         }
