@@ -179,14 +179,7 @@ public sealed class SdpTrainer : IDisposable
     /// <summary>Trains from <see cref="Step"/> up to the configured number of steps, evaluating and saving as configured.</summary>
     public void Run()
     {
-        while (Step < _options.Steps)
-        {
-            TrainStep();
-            if (_eval is not null && _options.EvalEvery > 0 && Step % _options.EvalEvery == 0 && Step < _options.Steps) Evaluated?.Invoke(EvaluateHeldOut(_eval));
-            if (_options.SavePath is not null && _options.SaveEvery > 0 && Step % _options.SaveEvery == 0 && Step < _options.Steps) Save(_options.SavePath);
-        }
-        if (_eval is not null) Evaluated?.Invoke(EvaluateHeldOut(_eval));
-        if (_options.SavePath is not null) Save(_options.SavePath);
+        _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : () => Evaluated?.Invoke(EvaluateHeldOut(_eval)), Save);
     }
 
     /// <summary>One synchronous step of every worker.</summary>

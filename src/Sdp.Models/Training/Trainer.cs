@@ -36,6 +36,23 @@ public sealed record TrainerOptions
 
     /// <summary>Opaque options stored in training checkpoints.</summary>
     public JsonObject? RunOptions { get; init; }
+
+    /// <summary>
+    /// The loop both trainers share: step until <see cref="Steps"/>, evaluating and saving every K steps as
+    /// configured, then evaluating and saving once more at the end.
+    /// </summary>
+    internal void RunLoop(Func<long> step, Action trainStep, Action? evaluate, Action<string> save)
+    {
+        while (step() < Steps)
+        {
+            trainStep();
+            long done = step();
+            if (evaluate is not null && EvalEvery > 0 && done % EvalEvery == 0 && done < Steps) evaluate();
+            if (SavePath is not null && SaveEvery > 0 && done % SaveEvery == 0 && done < Steps) save(SavePath);
+        }
+        evaluate?.Invoke();
+        if (SavePath is not null) save(SavePath);
+    }
 }
 
 /// <summary>What one optimizer step did.</summary>
@@ -84,14 +101,7 @@ public sealed class Trainer
     public void Run()
     {
         using var _ = Account.Activate();
-        while (Step < _options.Steps)
-        {
-            TrainStep();
-            if (_eval is not null && _options.EvalEvery > 0 && Step % _options.EvalEvery == 0 && Step < _options.Steps) Evaluated?.Invoke(EvaluateHeldOut(_eval));
-            if (_options.SavePath is not null && _options.SaveEvery > 0 && Step % _options.SaveEvery == 0 && Step < _options.Steps) Save(_options.SavePath);
-        }
-        if (_eval is not null) Evaluated?.Invoke(EvaluateHeldOut(_eval));
-        if (_options.SavePath is not null) Save(_options.SavePath);
+        _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : () => Evaluated?.Invoke(EvaluateHeldOut(_eval)), Save);
     }
 
     /// <summary>The periodic evaluation: always the same batches, from where the evaluation source started.</summary>
