@@ -97,12 +97,9 @@ public static class MemoryCommand
             {
                 string spec = string.IsNullOrEmpty(arg) ? "tiny" : arg;
                 LlamaConfig config;
-                bool known = LlamaConfig.PresetNames.Contains(spec, StringComparer.OrdinalIgnoreCase) || File.Exists(spec) || File.Exists(Path.Combine(spec, "config.json"));
-                if (!known)
-                    throw new UsageException($"--model: '{spec}' is neither a LLaMA preset ({string.Join(", ", LlamaConfig.PresetNames)}) nor a config.json file or a folder holding one");
                 try
                 {
-                    config = LlamaConfig.Parse(spec);
+                    config = RunSetup.LlamaConfigFrom(spec, "--model");
                 }
                 catch (Exception e) when (e is FormatException or ArgumentException or InvalidDataException)
                 {

@@ -22,6 +22,10 @@ public static partial class TrainCommand
     {
         /// <summary>Plain single-worker training, which takes the ordinary trainer (with resume and full-state saves).</summary>
         public bool IsSingleWorkerDp => Workers == 1 && Mode == ParallelMode.Dp;
+
+        /// <summary>Total and warm-up steps after --schedule-match (DP runs at coverage 1, so they are unchanged).</summary>
+        public (long Steps, int Warmup) Matched(int steps, int warmup)
+            => (SdpOptions.MatchedSteps(steps, Coverage, ScheduleMatch), (int)SdpOptions.MatchedSteps(warmup, Coverage, ScheduleMatch));
     }
 
     /// <summary>The command-line options behind <see cref="DistributedOptions"/>.</summary>
@@ -86,9 +90,8 @@ public static partial class TrainCommand
     {
         if (o.Resume is not null && !File.Exists(Path.Combine(o.Resume, SdpCheckpoint.StateFileName)))
             throw new UsageException($"--resume: '{o.Resume}' has no {SdpCheckpoint.StateFileName}; it was not saved by a multi-worker run (--save DIR with --workers or --mode sdp)");
-        long steps = SdpOptions.MatchedSteps(o.Steps, d.Coverage, d.ScheduleMatch);
-        long warmup = SdpOptions.MatchedSteps(o.Warmup, d.Coverage, d.ScheduleMatch);
-        if (o.Schedule == "cosine" && o.Warmup > 0 && warmup >= steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
+        var (steps, warmup) = d.Matched(o.Steps, o.Warmup);
+        if (o.Schedule == "cosine" && warmup >= steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
     }
 
     /// <summary>Trains with <see cref="SdpTrainer"/>: W workers, DP or SDP, reporting per-worker memory and communication.</summary>
@@ -102,9 +105,7 @@ public static partial class TrainCommand
         var subnetworkModel = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom);
         int? vocab = RunSetup.VocabSize(o.Model, config);
         eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
-        long steps = d.Mode == ParallelMode.Sdp ? SdpOptions.MatchedSteps(o.Steps, d.Coverage, d.ScheduleMatch) : o.Steps;
-        int warmup = d.Mode == ParallelMode.Sdp ? (int)SdpOptions.MatchedSteps(o.Warmup, d.Coverage, d.ScheduleMatch) : o.Warmup;
-        if (o.Warmup == 0) warmup = 0;
+        var (steps, warmup) = d.Matched(o.Steps, o.Warmup);
         ILrSchedule schedule = o.Schedule == "cosine" ? new WarmupCosineSchedule(o.Lr, warmup, steps, o.Lr * 0.1) : new ConstantSchedule(o.Lr);
         var sdp = new SdpOptions
         {

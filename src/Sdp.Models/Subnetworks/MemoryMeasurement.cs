@@ -1,11 +1,9 @@
-using Sdp.Engine.Subnetworks;
 using System.Globalization;
 using Sdp.Engine;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Data;
-using Sdp.Models.Llama;
-using Sdp.Models.ResNet;
 using Sdp.Models.Training;
 
 namespace Sdp.Models.Subnetworks;
@@ -81,12 +79,7 @@ public static class MemoryMeasurement
     {
         ArgumentNullException.ThrowIfNull(workload);
         ArgumentNullException.ThrowIfNull(variant);
-        var model = workload switch
-        {
-            LlamaWorkload l => SubnetworkModels.Llama(l.Config, variant.Level, variant.SubnetOptions, variant.Seed),
-            ResNetWorkload r => SubnetworkModels.ResNet18(r.Config, variant.Level, variant.SubnetOptions, variant.Seed),
-            _ => throw new ArgumentException($"MemoryMeasurement: unsupported workload {workload.GetType().Name}"),
-        };
+        var model = ModelOf(workload, variant.Level, variant.SubnetOptions, variant.Seed);
         var plan = SubnetworkPlan.Create(model.Units, workers, variant.Coverage, variant.Seed);
         var layout = new WorkerLayout(model.Units, plan, worker);
         return MeasureStep(() =>
@@ -98,11 +91,17 @@ public static class MemoryMeasurement
         }, new SyntheticBatches(workload, variant.Seed), optimizer);
     }
 
-    /// <summary>The dense model of a workload, initialised from <paramref name="seed"/>.</summary>
-    public static ITrainable Build(MemoryWorkload workload, ulong seed = 0) => workload switch
+    /// <summary>The dense model of a workload, initialised from <paramref name="seed"/> as training builds it.</summary>
+    public static ITrainable Build(MemoryWorkload workload, ulong seed = 0)
     {
-        LlamaWorkload l => new LlamaTrainable(new LlamaForCausalLM(l.Config, new Rng(seed))),
-        ResNetWorkload r => new ResNetTrainable(new ResNet18(r.Config, new Rng(seed))),
+        ArgumentNullException.ThrowIfNull(workload);
+        return ModelOf(workload, SubnetLevel.Block, new SubnetOptions(), seed).Build(null);
+    }
+
+    private static SubnetworkModel ModelOf(MemoryWorkload workload, SubnetLevel level, SubnetOptions options, ulong seed) => workload switch
+    {
+        LlamaWorkload l => SubnetworkModels.Llama(l.Config, level, options, seed),
+        ResNetWorkload r => SubnetworkModels.ResNet18(r.Config, level, options, seed),
         _ => throw new ArgumentException($"MemoryMeasurement: unsupported workload {workload.GetType().Name}"),
     };
 

@@ -52,9 +52,12 @@ public sealed record SdpOptions
     /// <summary>How long a worker waits for the others at a collective before failing.</summary>
     public TimeSpan CollectiveTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
-    /// <summary>Steps to run for a DP-equivalent <paramref name="steps"/> (A17): unchanged, or steps ÷ C rounded to the nearest whole step.</summary>
+    /// <summary>
+    /// Steps to run for a DP-equivalent <paramref name="steps"/> (A17): unchanged, or steps ÷ C rounded to the
+    /// nearest whole step (at least one, unless there are none).
+    /// </summary>
     public static long MatchedSteps(long steps, double coverage, ScheduleMatch match)
-        => match == ScheduleMatch.SameSteps ? steps : Math.Max(1, (long)Math.Round(steps / coverage));
+        => match == ScheduleMatch.SameSteps || steps == 0 ? steps : Math.Max(1, (long)Math.Round(steps / coverage));
 }
 
 /// <summary>One worker's part of a step.</summary>
