@@ -65,8 +65,12 @@ public partial interface IBackend
     /// <summary>dx (outer, r, inner) += dy (outer, inner) at r = argmax (outer, inner).</summary>
     void MaxAxisBackward(Tensor dy, Tensor argmax, int axis, Tensor dx);
 
-    /// <summary>Σ x², accumulated in float64: the building block of gradient-norm clipping.</summary>
-    double SumOfSquares(Tensor x);
+    /// <summary>
+    /// total += (Σ x²) / divisor, with Σ x² accumulated in float64 and total a float64 scalar on this
+    /// device: the building block of gradient norms. The sum stays on the device, so a norm over many
+    /// parameters costs one host read (of total), not one per parameter.
+    /// </summary>
+    void AddSumOfSquares(Tensor x, double divisor, Tensor total);
 
     /// <summary>
     /// Batched GEMM, row-major: c[i] = alpha · op(a[i]) · op(b[i]) (+ c[i] when accumulate).

@@ -138,16 +138,16 @@ public sealed class HolderGroupedSync
     /// <summary>
     /// This worker's share of the squared global norm of the synchronised gradients (A14): Σ over its
     /// held units of ‖ĝ_u‖² / |H_u| (shared parameters: / W). Summed over all workers it is ‖ĝ‖², each
-    /// parameter counted exactly once. Accumulated in float64 in bucket order.
+    /// parameter counted exactly once. Accumulated in float64, in parameter order, into
+    /// <paramref name="total"/> (a float64 scalar on the gradients' device), so nothing is read back here.
     /// </summary>
-    public double SquaredNormShare()
+    public void AddSquaredNormShare(Tensor total)
     {
-        if (Target != SyncTarget.Gradient) throw new InvalidOperationException("HolderGroupedSync.SquaredNormShare: only gradient syncs have a gradient norm");
+        if (Target != SyncTarget.Gradient) throw new InvalidOperationException("HolderGroupedSync.AddSquaredNormShare: only gradient syncs have a gradient norm");
         using var noGrad = GradMode.Disable();
         // Parameter by parameter, in order: a parameter whose units all have the same number of holders
         // (every parameter under a uniform plan) is one SumOfSquares over its whole gradient, so the sum
         // does not depend on how the units were cut into buckets (C = 1 matches DP bit for bit, A4).
-        double sum = 0;
         foreach (var (p, pieces) in _piecesByParameter)
         {
             var grad = Source(pieces[0].Piece);
@@ -155,7 +155,7 @@ public sealed class HolderGroupedSync
             int holders = pieces[0].Holders;
             if (pieces.All(x => x.Holders == holders) && pieces.Sum(x => x.Piece.Elements) == grad.Numel)
             {
-                sum += grad.Backend.SumOfSquares(grad) / holders;
+                grad.Backend.AddSumOfSquares(grad, holders, total);
                 continue;
             }
             foreach (var (piece, n) in pieces)
@@ -164,11 +164,10 @@ public sealed class HolderGroupedSync
                 using (var slice = Tensor.Empty(grad.Shape.With(piece.Axis, piece.Length), grad.DType, grad.Backend))
                 {
                     grad.Backend.ReadSlice(grad, piece.Axis, piece.Start, slice, accumulate: false);
-                    sum += grad.Backend.SumOfSquares(slice) / n;
+                    grad.Backend.AddSumOfSquares(slice, n, total);
                 }
             }
         }
-        return sum;
     }
 
     /// <summary>The tensor a piece is read from and written to: the gradient (null when absent) or the tensor itself.</summary>

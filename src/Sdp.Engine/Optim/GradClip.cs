@@ -9,7 +9,8 @@ public static class GradClip
     /// Scales all gradients together so that their global L2 norm is at most <paramref name="maxNorm"/>,
     /// as torch.nn.utils.clip_grad_norm_ does, and returns the norm before clipping.
     /// <para>The norm is sqrt(Σ over parameters with a Grad of Σ grad²), accumulated in float64 via the
-    /// backend's SumOfSquares whatever the gradients' dtype; parameters whose Grad is null are skipped.
+    /// backend's AddSumOfSquares on the gradients' device whatever their dtype, and read back once;
+    /// parameters whose Grad is null are skipped.
     /// When norm &gt; maxNorm every gradient is multiplied in place by maxNorm / (norm + 1e-6), PyTorch's
     /// factor; otherwise the gradients are left untouched. (PyTorch also applies its factor when
     /// maxNorm - 1e-6 &lt; norm &lt;= maxNorm, scaling by less than 1e-6/maxNorm relative; skipping that
@@ -21,16 +22,15 @@ public static class GradClip
     {
         ArgumentNullException.ThrowIfNull(parameters);
         if (!(maxNorm > 0) || double.IsNaN(maxNorm)) throw new ArgumentOutOfRangeException(nameof(maxNorm), maxNorm, "ClipGlobalNorm: maxNorm must be > 0");
-        var grads = new List<Tensor>();
-        double sumSq = 0;
-        foreach (var p in parameters)
+        var grads = parameters.Select(p => p?.Grad).OfType<Tensor>().ToList();
+        if (grads.Count == 0) return 0;
+        double norm;
+        using (Memory.MemoryAccount.Use(Memory.MemoryCategory.Workspace))
+        using (var total = Tensor.Zeros(Shape.Scalar, DType.Float64, grads[0].Backend))
         {
-            var g = p?.Grad;
-            if (g is null) continue;
-            grads.Add(g);
-            sumSq += g.Backend.SumOfSquares(g);
+            foreach (var g in grads) g.Backend.AddSumOfSquares(g, 1, total);
+            norm = Math.Sqrt(total.Item());
         }
-        double norm = Math.Sqrt(sumSq);
         ScaleGradients(grads, norm, maxNorm);
         return norm;
     }

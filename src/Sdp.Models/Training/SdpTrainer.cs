@@ -387,7 +387,7 @@ public sealed class SdpTrainer : IDisposable
                 lossTensor.Backward();
             }
             GradSync.Synchronize(Comm);
-            double norm = Math.Sqrt(SumOverWorkers(GradSync.SquaredNormShare()));
+            double norm = Math.Sqrt(SquaredGradNorm());
             var parameters = Optimizer.Parameters;
             if (double.IsFinite(norm))
             {
@@ -401,16 +401,16 @@ public sealed class SdpTrainer : IDisposable
             return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
         }
 
-        /// <summary>Σ over workers of a float64 value, in rank order (identical on every worker).</summary>
-        private double SumOverWorkers(double value)
+        /// <summary>‖ĝ‖²: every worker's share (A14) summed over the workers in rank order on the device, then read once.</summary>
+        private double SquaredGradNorm()
         {
-            if (Comm.WorldSize == 1) return value;
             using var noGrad = GradMode.Disable();
             using (MemoryAccount.Use(MemoryCategory.Workspace))
-            using (var t = Tensor.Scalar(value, DType.Float64))
+            using (var total = Tensor.Zeros(Shape.Scalar, DType.Float64, Optimizer.Parameters[0].Backend))
             {
-                Comm.AllReduceSum(t, [.. Enumerable.Range(0, Comm.WorldSize)]);
-                return t.Item();
+                GradSync.AddSquaredNormShare(total);
+                if (Comm.WorldSize > 1) Comm.AllReduceSum(total, [.. Enumerable.Range(0, Comm.WorldSize)]);
+                return total.Item();
             }
         }
 

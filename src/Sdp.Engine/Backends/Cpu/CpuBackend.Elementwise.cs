@@ -310,18 +310,22 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    public double SumOfSquares(Tensor x)
+    public void AddSumOfSquares(Tensor x, double divisor, Tensor total)
     {
+        double sum;
         if (x.DType == DType.Float32)
         {
-            // Widen in chunks so the float64 total does not depend on float32 partial sums.
+            // Widen every term so the float64 total does not depend on float32 partial sums.
             var s = Span<float>(x);
-            double total = 0;
-            for (int i = 0; i < s.Length; i++) total += (double)s[i] * s[i];
-            return total;
+            sum = 0;
+            for (int i = 0; i < s.Length; i++) sum += (double)s[i] * s[i];
         }
-        var d = Span<double>(x);
-        return TensorPrimitives.Dot(d, d);
+        else
+        {
+            var d = Span<double>(x);
+            sum = TensorPrimitives.Dot(d, d);
+        }
+        Span<double>(total)[0] += sum / divisor;
     }
 
     public void MatMul(Tensor a, Tensor b, Tensor c, int batch, int m, int n, int k, bool transA, bool transB, double alpha, bool accumulate)
