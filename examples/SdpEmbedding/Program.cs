@@ -1,6 +1,7 @@
 // Trains a user-defined residual MLP with SDP: 4 simulated workers, each holding half of every block's
 // hidden units (neuron level, forward masking), then reads the per-worker memory report.
 using Sdp.Engine;
+using Sdp.Engine.Backends.Cpu;
 using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
@@ -8,6 +9,8 @@ using Sdp.Models.Data;
 using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
 using static Sizes;
+
+DeviceScope.SetProcessDefault(CpuBackend.Instance); // this program's device; every tensor below lives there
 
 var units = new MaskableUnits(
     [.. Enumerable.Range(0, Blocks).Select(b => UnitGroup.Uniform($"blocks.{b}", Hidden, paramsPerUnit: 2 * Dim + 1))],

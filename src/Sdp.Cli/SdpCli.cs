@@ -1,5 +1,7 @@
 using System.CommandLine;
 using Sdp.Cli.Commands;
+using Sdp.Engine;
+using Sdp.Engine.Backends.Cpu;
 
 namespace Sdp.Cli;
 
@@ -8,6 +10,9 @@ public static class SdpCli
 {
     public static int Run(string[] args)
     {
+        // The composition root: the CPU is the device of every command unless a command opens another
+        // (`sdp train --device`); nothing below the CLI assumes one.
+        DeviceScope.SetProcessDefault(CpuBackend.Instance);
         var verbose = new Option<bool>("--verbose") { Description = "Print stack traces for errors", Recursive = true };
         var root = new RootCommand("Sdp: Subnetwork Data Parallelism training engine")
         {

@@ -1,7 +1,6 @@
 using System.Text;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Backends;
-using Sdp.Engine.Backends.Cpu;
 using Sdp.Engine.Memory;
 
 namespace Sdp.Engine;
@@ -124,9 +123,12 @@ public sealed class Tensor : IDisposable
 
     // ---- factories ------------------------------------------------------------------------------
 
-    /// <summary>Uninitialised tensor, charged to the current account and category.</summary>
+    /// <summary>
+    /// Uninitialised tensor on <paramref name="backend"/>, or on <see cref="DeviceScope.Current"/> when none is
+    /// given, charged to the current account and category.
+    /// </summary>
     public static Tensor Empty(Shape shape, DType dtype = DType.Float32, IBackend? backend = null)
-        => Allocate(shape, dtype, backend ?? CpuBackend.Instance, MemoryAccount.CurrentCategory, registerInScope: true);
+        => Allocate(shape, dtype, backend ?? DeviceScope.Current, MemoryAccount.CurrentCategory, registerInScope: true);
 
     internal static Tensor Allocate(Shape shape, DType dtype, IBackend backend, MemoryCategory category, bool registerInScope)
     {

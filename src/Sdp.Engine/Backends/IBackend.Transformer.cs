@@ -9,10 +9,12 @@ namespace Sdp.Engine.Backends;
 public partial interface IBackend
 {
     /// <summary>
-    /// y (N, C) = weight (V, C) [ids (N)]. Returns -1 when every id lies in [0, V); otherwise returns the
-    /// flat index into ids of the first id outside that range, and y's contents are unspecified.
+    /// y (N, C) = weight (V, C) [ids (N)]. An id outside [0, V) is the caller's error (the loaders validate
+    /// ids where they enter); a backend reports it without a host read: the CPU throws
+    /// <see cref="ArgumentOutOfRangeException"/> at once, a device backend raises its device error flag,
+    /// which its next host read checks and throws (like a device-side assert). y is then unspecified.
     /// </summary>
-    long Embedding(Tensor weight, Tensor ids, Tensor y);
+    void Embedding(Tensor weight, Tensor ids, Tensor y);
 
     /// <summary>dweight (V, C)[ids[n]] += dy (N, C)[n] for every n, in increasing n (deterministic);
     /// ids were validated by the forward pass.</summary>
@@ -35,9 +37,9 @@ public partial interface IBackend
     /// y[b,t,h,i] = x[i]·cos[p,i] − x[i+D/2]·sin[p,i] and y[b,t,h,i+D/2] = x[i+D/2]·cos[p,i+D/2] + x[i]·sin[p,i+D/2]
     /// for i &lt; D/2, where cos and sin are (S, D) tables and the position is p = positions[b,t] (positions
     /// (B, T) or (T) shared by the batch) or, when positions is null, p = t + offset.
-    /// Returns -1, or the flat index of the first position outside [0, S) (y is then unspecified).
+    /// A position outside [0, S) is reported as for <see cref="Embedding"/> (y is then unspecified).
     /// </summary>
-    long Rope(Tensor x, Tensor cos, Tensor sin, Tensor? positions, int offset, Tensor y);
+    void Rope(Tensor x, Tensor cos, Tensor sin, Tensor? positions, int offset, Tensor y);
 
     /// <summary>dx (B, T, H, D) += Rᵀ·dy, the transpose of <see cref="Rope"/>'s rotation (rotation by −θ).</summary>
     void RopeBackward(Tensor dy, Tensor cos, Tensor sin, Tensor? positions, int offset, Tensor dx);

@@ -68,9 +68,13 @@ public abstract class Module : IDisposable
         return tensor;
     }
 
-    /// <summary>A parameter-category tensor owned by the module (never by an open TensorScope).</summary>
+    /// <summary>
+    /// A parameter-category tensor owned by the module (never by an open TensorScope), on
+    /// <paramref name="backend"/> or else the current device (<see cref="DeviceScope"/>): a model is built
+    /// where it will train.
+    /// </summary>
     protected static Tensor NewParameterTensor(Shape shape, DType dtype, Backends.IBackend? backend = null)
-        => Tensor.Allocate(shape, dtype, backend ?? Backends.Cpu.CpuBackend.Instance, MemoryCategory.Parameters, registerInScope: false);
+        => Tensor.Allocate(shape, dtype, backend ?? DeviceScope.Current, MemoryCategory.Parameters, registerInScope: false);
 
     private IEnumerable<(string, Tensor)> Named(Func<Module, List<(string, Tensor)>> select, string prefix)
     {

@@ -32,16 +32,39 @@ public static partial class Ops
         RequireRank(op, weight, 2, "(vocab, channels)");
         RequireIndex(op, ids);
         TransformerSameDevice(op, weight, ids);
-        int vocab = weight.Shape[0];
         var y = Empty(new Shape([.. ids.Shape.Dims, weight.Shape[1]]), weight);
-        long bad = weight.Backend.Embedding(weight, ids, y);
-        if (bad >= 0)
-        {
-            y.Dispose();
-            throw new ArgumentOutOfRangeException(nameof(ids),
-                $"{op}: id {TransformerIndexValue(ids, bad)} at position {TransformerUnravel(ids.Shape, bad)} of ids {ids.Describe()} is out of range for the vocabulary of weight {weight.Describe()}: ids must lie in [0, {vocab}) (V = {vocab})");
-        }
+        RunOrDispose(y, () => weight.Backend.Embedding(weight, ids, y));
         return NeedsGrad(weight) ? Record(new EmbeddingNode(y, weight, ids)) : y;
+    }
+
+    /// <summary>The error a backend raises for an embedding id outside the vocabulary (flat position <paramref name="flat"/> of ids).</summary>
+    internal static ArgumentOutOfRangeException EmbeddingIdOutOfRange(Tensor weight, Tensor ids, long flat)
+    {
+        int vocab = weight.Shape[0];
+        return new ArgumentOutOfRangeException(nameof(ids),
+            $"embedding: id {TransformerIndexValue(ids, flat)} at position {TransformerUnravel(ids.Shape, flat)} of ids {ids.Describe()} is out of range for the vocabulary of weight {weight.Describe()}: ids must lie in [0, {vocab}) (V = {vocab})");
+    }
+
+    /// <summary>The error a backend raises for a RoPE position outside the cos/sin tables.</summary>
+    internal static ArgumentOutOfRangeException RopePositionOutOfRange(Tensor positions, Tensor cos, long flat)
+    {
+        int rows = cos.Shape[0];
+        return new ArgumentOutOfRangeException(nameof(positions),
+            $"rope: position id {TransformerIndexValue(positions, flat)} at {TransformerUnravel(positions.Shape, flat)} of {positions.Describe()} is outside the {rows} rows of the cos/sin tables {cos.Describe()}: positions must lie in [0, {rows})");
+    }
+
+    /// <summary>Runs a kernel that writes <paramref name="output"/>; if it throws, the output is freed before the error propagates.</summary>
+    private static void RunOrDispose(Tensor output, Action kernel)
+    {
+        try
+        {
+            kernel();
+        }
+        catch
+        {
+            output.Dispose();
+            throw;
+        }
     }
 
     private sealed class EmbeddingNode : TapeNode
@@ -178,13 +201,7 @@ public static partial class Ops
             if (!ok) throw new ArgumentException($"{op}: position ids must have shape ({b}, {t}), (1, {t}) or ({t},) for x {x.Describe()}, got {positions.Describe()}");
         }
         var y = EmptyLike(x);
-        long bad = x.Backend.Rope(x, cos, sin, positions, offset, y);
-        if (bad >= 0)
-        {
-            y.Dispose();
-            throw new ArgumentOutOfRangeException(nameof(positions),
-                $"{op}: position id {TransformerIndexValue(positions!, bad)} at {TransformerUnravel(positions!.Shape, bad)} of {positions.Describe()} is outside the {rows} rows of the cos/sin tables {cos.Describe()}: positions must lie in [0, {rows})");
-        }
+        RunOrDispose(y, () => x.Backend.Rope(x, cos, sin, positions, offset, y));
         return NeedsGrad(x) ? Record(new RopeNode(y, x, cos, sin, positions, offset)) : y;
     }
 

@@ -39,10 +39,10 @@ public sealed unsafe partial class CpuBackend
 
     // ---- embedding --------------------------------------------------------------------------------
 
-    public long Embedding(Tensor weight, Tensor ids, Tensor y)
+    public void Embedding(Tensor weight, Tensor ids, Tensor y)
     {
         long bad = TransformerFirstBadIndex(ids, weight.Shape[0]);
-        if (bad >= 0) return bad;
+        if (bad >= 0) throw Ops.EmbeddingIdOutOfRange(weight, ids, bad);
         int c = weight.Shape[1];
         long rowBytes = (long)c * weight.DType.ElementSize();
         nint wp = (nint)Ptr<byte>(weight), yp = (nint)Ptr<byte>(y), ip = (nint)Ptr<byte>(ids);
@@ -55,7 +55,6 @@ public sealed unsafe partial class CpuBackend
                 Buffer.MemoryCopy(src, (byte*)yp + i * rowBytes, rowBytes, rowBytes);
             }
         });
-        return -1;
     }
 
     public void EmbeddingBackward(Tensor dy, Tensor ids, Tensor dweight)
@@ -184,16 +183,15 @@ public sealed unsafe partial class CpuBackend
 
     // ---- rotary embedding -------------------------------------------------------------------------
 
-    public long Rope(Tensor x, Tensor cos, Tensor sin, Tensor? positions, int offset, Tensor y)
+    public void Rope(Tensor x, Tensor cos, Tensor sin, Tensor? positions, int offset, Tensor y)
     {
         if (positions is not null)
         {
             long bad = TransformerFirstBadIndex(positions, cos.Shape[0]);
-            if (bad >= 0) return bad;
+            if (bad >= 0) throw Ops.RopePositionOutOfRange(positions, cos, bad);
         }
         if (x.DType == DType.Float32) RopeCore<float>(x, cos, sin, positions, offset, y, backward: false);
         else RopeCore<double>(x, cos, sin, positions, offset, y, backward: false);
-        return -1;
     }
 
     public void RopeBackward(Tensor dy, Tensor cos, Tensor sin, Tensor? positions, int offset, Tensor dx)
