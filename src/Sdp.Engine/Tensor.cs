@@ -92,7 +92,26 @@ public sealed class Tensor : IDisposable
                     throw new ArgumentOutOfRangeException(nameof(value), last, $"Held: index {last} is out of range for axis {value.Axis} of {Describe()} (size {size})");
             }
             _held = value;
+            _heldIndices?.Dispose();
+            _heldIndices = value is null ? null : IndexTensor(value);
         }
+    }
+
+    private Tensor? _heldIndices;
+
+    /// <summary>
+    /// <see cref="Held"/>'s indices as an int32 tensor on this tensor's device, built once when the held set
+    /// is assigned (charged to this tensor's account as <see cref="MemoryCategory.EngineBuffers"/>), so kernels
+    /// read them where they run instead of uploading a host list on every call. Null when nothing is held.
+    /// </summary>
+    public Tensor? HeldIndices => _heldIndices;
+
+    private Tensor IndexTensor(HeldSlices held)
+    {
+        var storage = Backend.Allocate((long)held.Count * sizeof(int), MemoryCategory.EngineBuffers, Storage.Account);
+        var indices = new Tensor(storage, 0, new Shape(held.Count), DType.Int32, registerInScope: false) { Name = (Name ?? "tensor") + ".held_indices" };
+        Backend.Upload(held.Span, indices);
+        return indices;
     }
 
     /// <summary>The shape of <see cref="Grad"/>: <see cref="Shape"/>, with the held axis shrunk to the number of held slices when <see cref="Held"/> is set.</summary>
@@ -266,6 +285,8 @@ public sealed class Tensor : IDisposable
     {
         var storage = _storage;
         if (storage is null) return;
+        _heldIndices?.Dispose();
+        _heldIndices = null;
         _storage = null;
         if (_savedAlias) storage.UnmarkSaved();
         storage.Release();

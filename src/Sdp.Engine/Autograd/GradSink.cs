@@ -81,7 +81,7 @@ public sealed class GradSink : IDisposable
         {
             foreach (var (leaf, full) in _heldPending)
             {
-                leaf.Backend.GatherHeld(full, leaf.Held!, LeafGrad(leaf), accumulate: true);
+                leaf.Backend.GatherHeld(full, leaf.Held!.Axis, leaf.HeldIndices!, LeafGrad(leaf), accumulate: true);
             }
         }
         finally

@@ -13,4 +13,8 @@ public enum MemoryCategory
 
     /// <summary>Everything transient: op outputs nobody saved, activation gradients, kernel scratch.</summary>
     Workspace,
+
+    /// <summary>Engine-owned tensors a worker keeps between steps so that a step allocates none: held-slice
+    /// index tensors, the optimizer's compact staging copy, gradient-sync staging buffers.</summary>
+    EngineBuffers,
 }

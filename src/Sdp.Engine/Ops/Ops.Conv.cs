@@ -63,17 +63,17 @@ public static partial class Ops
             var db = Inputs.Length > 2 ? grads.For(Inputs[2]) : null;
             var be = dy.Backend;
             if (dx is not null || dw is not null || db is not null) be.Conv2dBackward(_x, _w, dy, dx, dw, db, _stride, _padding);
-            if (heldWeight) HeldWeightGrad(be, dy, w.Held!, grads.CompactFor(w)!);
+            if (heldWeight) HeldWeightGrad(be, dy, w.Held!.Axis, w.HeldIndices!, grads.CompactFor(w)!);
         }
 
         /// <summary>dwCompact += the conv weight gradient of the held filters (dy channels) or held input channels (x channels).</summary>
-        private void HeldWeightGrad(Backends.IBackend be, Tensor dy, HeldSlices held, Tensor dwCompact)
+        private void HeldWeightGrad(Backends.IBackend be, Tensor dy, int heldAxis, Tensor indices, Tensor dwCompact)
         {
-            var channels = new HeldSlices(1, held.Indices);
-            var source = held.Axis == 0 ? dy : _x!;
-            using var gathered = Tensor.Allocate(source.Shape.With(1, held.Count), source.DType, be, Memory.MemoryCategory.Workspace, registerInScope: false);
-            be.GatherHeld(source, channels, gathered, accumulate: false);
-            if (held.Axis == 0) be.Conv2dBackward(_x, null, gathered, null, dwCompact, null, _stride, _padding);
+            // Held filters are dy's channels; held input channels are x's: both are axis 1 of an NCHW tensor.
+            var source = heldAxis == 0 ? dy : _x!;
+            using var gathered = Tensor.Allocate(source.Shape.With(1, (int)indices.Numel), source.DType, be, Memory.MemoryCategory.Workspace, registerInScope: false);
+            be.GatherHeld(source, 1, indices, gathered, accumulate: false);
+            if (heldAxis == 0) be.Conv2dBackward(_x, null, gathered, null, dwCompact, null, _stride, _padding);
             else be.Conv2dBackward(gathered, null, dy, null, dwCompact, null, _stride, _padding);
         }
     }

@@ -76,7 +76,7 @@ public static partial class Ops
                 // dy (..., M, N) and x (..., M, K) are contiguous, so all batches flatten to token rows.
                 using var dy2 = dc.Alias(new Shape(tokens, _n), dc.Offset, registerInScope: false);
                 using var x2 = _a!.Alias(new Shape(tokens, _k), _a.Offset, registerInScope: false);
-                be.MatMulWeightGradHeld(dy2, x2, w.Held!, dwCompact);
+                be.MatMulWeightGradHeld(dy2, x2, w.Held!.Axis, w.HeldIndices!, dwCompact);
             }
             // dA (M,K) = dC · op(B)ᵀ, stored transposed when A was; dB (K,N) = op(A)ᵀ · dC likewise.
             if (da is not null)

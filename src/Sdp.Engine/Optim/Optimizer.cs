@@ -173,9 +173,11 @@ public abstract class Optimizer : IDisposable
     }
 
     /// <summary>
-    /// Backward masking: the held slices of <paramref name="param"/> are gathered into a compact Workspace
-    /// copy, updated there by the ordinary fused update with the compact gradient and state, and scattered
-    /// back, so unheld slices (and their weight decay) are never touched.
+    /// Backward masking: the held slices of <paramref name="param"/> are gathered into a compact copy,
+    /// updated there by the ordinary fused update with the compact gradient and state, and scattered
+    /// back, so unheld slices (and their weight decay) are never touched. The copy is a view of one staging
+    /// buffer kept between steps (<see cref="MemoryCategory.EngineBuffers"/>), sized for the largest held
+    /// parameter, so a step allocates nothing for it.
     /// </summary>
     private void UpdateHeld(int index, Tensor param, Tensor grad)
     {
@@ -188,11 +190,23 @@ public abstract class Optimizer : IDisposable
             }
         }
         var be = param.Backend;
-        using var compact = Tensor.Allocate(param.GradShape, param.DType, be, MemoryCategory.Workspace, registerInScope: false);
+        using var compact = HeldStaging(param).Alias(param.GradShape, 0, registerInScope: false);
         compact.Name = param.Name; // lazily created state takes its name from the tensor it is created for
-        be.GatherHeld(param, held, compact, accumulate: false);
+        be.GatherHeld(param, held.Axis, param.HeldIndices!, compact, accumulate: false);
         Update(index, compact, grad);
-        be.ScatterHeld(compact, held, param);
+        be.ScatterHeld(compact, held.Axis, param.HeldIndices!, param);
+    }
+
+    private Tensor? _heldStaging;
+
+    /// <summary>The staging buffer for <see cref="UpdateHeld"/>: allocated at the first held update for the largest held parameter of that dtype.</summary>
+    private Tensor HeldStaging(Tensor param)
+    {
+        if (_heldStaging is { } s && s.DType == param.DType && s.Backend == param.Backend && s.Numel >= param.GradShape.Numel) return s;
+        _heldStaging?.Dispose();
+        long largest = _parameters.Where(p => p.Held is not null && p.DType == param.DType && p.Backend == param.Backend).Max(p => p.GradShape.Numel);
+        _heldStaging = Tensor.Allocate(new Shape(checked((int)largest)), param.DType, param.Backend, MemoryCategory.EngineBuffers, registerInScope: false);
+        return _heldStaging;
     }
 
     private static string HeldNote(Tensor p) => p.Held is null ? "" : $" holding {p.Held} (compact shape {p.GradShape})";
@@ -244,6 +258,8 @@ public abstract class Optimizer : IDisposable
         if (_disposed) return;
         _disposed = true;
         FreeState();
+        _heldStaging?.Dispose();
+        _heldStaging = null;
         GC.SuppressFinalize(this);
     }
 }

@@ -11,7 +11,7 @@ namespace Sdp.Tests.Cli;
 [NonParallelizable]
 public sealed class CliSmokeTests : CliTestBase
 {
-    private static readonly string[] MemoryCategories = ["parameters", "gradients", "optimizer_state", "activations", "workspace"];
+    private static readonly string[] MemoryCategories = ["parameters", "gradients", "optimizer_state", "activations", "workspace", "engine_buffers"];
 
     private static List<JsonObject> ReadJsonLines(string path)
         => File.ReadAllLines(path).Select(l => JsonNode.Parse(l) as JsonObject ?? throw new AssertionException($"not a JSON object: {l}")).ToList();

@@ -5,51 +5,43 @@ namespace Sdp.Engine.Backends.Cpu;
 
 public sealed unsafe partial class CpuBackend
 {
-    public void GatherHeld(Tensor full, HeldSlices held, Tensor compact, bool accumulate)
+    public void GatherHeld(Tensor full, int axis, Tensor indices, Tensor compact, bool accumulate)
     {
-        int axis = held.Axis;
-        fixed (int* ip = held.Span)
-        {
-            // Same row gather as IndexSelect, reading the indices from the (pinned) host list.
-            var kernel = new IndexSelectKernel((nint)Ptr<byte>(full), (nint)Ptr<byte>(compact), (nint)ip, false,
-                full.Shape.Product(0, axis), full.Shape[axis], held.Count, full.Shape.Product(axis + 1, full.Rank));
-            CpuStoreDispatch.Run(full.DType, accumulate, kernel);
-        }
+        // Same row gather as IndexSelect, minus the validation (held indices were checked when set).
+        var kernel = new IndexSelectKernel((nint)Ptr<byte>(full), (nint)Ptr<byte>(compact), (nint)Ptr<int>(indices), false,
+            full.Shape.Product(0, axis), full.Shape[axis], indices.Numel, full.Shape.Product(axis + 1, full.Rank));
+        CpuStoreDispatch.Run(full.DType, accumulate, kernel);
     }
 
-    public void ScatterHeld(Tensor compact, HeldSlices held, Tensor full)
+    public void ScatterHeld(Tensor compact, int axis, Tensor indices, Tensor full)
     {
-        int axis = held.Axis;
-        fixed (int* ip = held.Span)
-        {
-            var kernel = new ScatterHeldKernel((nint)Ptr<byte>(compact), (nint)Ptr<byte>(full), (nint)ip,
-                full.Shape.Product(0, axis), full.Shape[axis], held.Count, full.Shape.Product(axis + 1, full.Rank));
-            CpuStoreDispatch.Run(full.DType, accumulate: false, kernel);
-        }
+        var kernel = new ScatterHeldKernel((nint)Ptr<byte>(compact), (nint)Ptr<byte>(full), (nint)Ptr<int>(indices),
+            full.Shape.Product(0, axis), full.Shape[axis], indices.Numel, full.Shape.Product(axis + 1, full.Rank));
+        CpuStoreDispatch.Run(full.DType, accumulate: false, kernel);
     }
 
-    public void MatMulWeightGradHeld(Tensor dy, Tensor x, HeldSlices held, Tensor dwCompact)
+    public void MatMulWeightGradHeld(Tensor dy, Tensor x, int axis, Tensor indices, Tensor dwCompact)
     {
         int outDim = dy.Shape[-1], inDim = x.Shape[-1];
         int tokens = checked((int)(x.Numel / Math.Max(1, inDim)));
         if (tokens == 0) return;
+        var idx = Span<int>(indices);
         if (dy.DType == DType.Float32)
         {
             float* dyp = Ptr<float>(dy), xp = Ptr<float>(x), dwp = Ptr<float>(dwCompact);
-            if (held.Axis == 0)
-                MaskedGemm.SgemmWeightGradRows(tokens, inDim, dyp, outDim, dyFull: true, xp, inDim, held.Span, outDim, dwp, inDim, dwFull: false, alpha: 1f, beta: 1f);
+            if (axis == 0)
+                MaskedGemm.SgemmWeightGradRows(tokens, inDim, dyp, outDim, dyFull: true, xp, inDim, idx, outDim, dwp, inDim, dwFull: false, alpha: 1f, beta: 1f);
             else
-                MaskedGemm.SgemmWeightGradCols(tokens, outDim, dyp, outDim, xp, inDim, xFull: true, held.Span, inDim, dwp, held.Count, dwFull: false, alpha: 1f, beta: 1f);
+                MaskedGemm.SgemmWeightGradCols(tokens, outDim, dyp, outDim, xp, inDim, xFull: true, idx, inDim, dwp, idx.Length, dwFull: false, alpha: 1f, beta: 1f);
             return;
         }
 
         // Float64 (gradient checks): gather the held columns of the operand they come from, then one GEMM.
-        int k = held.Count;
+        int k = idx.Length;
         var staged = new double[(long)tokens * k];
-        bool rows = held.Axis == 0;
+        bool rows = axis == 0;
         double* src = rows ? Ptr<double>(dy) : Ptr<double>(x);
         int width = rows ? outDim : inDim;
-        var idx = held.Span;
         fixed (double* sp = staged)
         {
             for (long t = 0; t < tokens; t++)
