@@ -33,13 +33,58 @@ public abstract class Storage
 
     public bool IsFreed { get; private set; }
 
-    /// <summary>A safety net for tensors that were never disposed: the bytes still go back, late.</summary>
+    /// <summary>
+    /// Whether <see cref="Free"/> may run on any thread, the finalizer's included. True for host memory;
+    /// false (the default) for device memory, whose free needs the owner's device context and stream.
+    /// </summary>
+    protected virtual bool FreeableOnAnyThread => false;
+
+    /// <summary>
+    /// A safety net for tensors that were never disposed (<see cref="TensorScope"/> is the normal path): host
+    /// bytes go back at once, late; device storage is queued for its backend, which frees it on its own
+    /// thread (<see cref="FreeAbandoned"/>), and is counted as a leak.
+    /// </summary>
     ~Storage()
     {
         if (IsFreed) return;
-        IsFreed = true;
-        Account.Refund(Category, ByteLength);
-        Free();
+        if (FreeableOnAnyThread)
+        {
+            IsFreed = true;
+            Account.Refund(Category, ByteLength);
+            Free();
+            return;
+        }
+        Interlocked.Increment(ref _abandonedCount);
+        Abandoned.Enqueue(this); // resurrected until its owner frees it
+    }
+
+    private static readonly System.Collections.Concurrent.ConcurrentQueue<Storage> Abandoned = new();
+    private static long _abandonedCount;
+
+    /// <summary>Device storages the finalizer found undisposed since the process started: each one is a leak in the caller.</summary>
+    public static long AbandonedCount => Interlocked.Read(ref _abandonedCount);
+
+    /// <summary>
+    /// Frees the abandoned storages of <paramref name="owner"/> on the calling thread and returns how many;
+    /// a device backend calls it where its context is current (allocation, synchronisation). Storages of
+    /// other backends stay queued.
+    /// </summary>
+    public static int FreeAbandoned(IBackend owner)
+    {
+        int freed = 0, pending = Abandoned.Count;
+        for (int i = 0; i < pending && Abandoned.TryDequeue(out var s); i++)
+        {
+            if (!ReferenceEquals(s.Backend, owner))
+            {
+                Abandoned.Enqueue(s);
+                continue;
+            }
+            s.IsFreed = true;
+            s.Account.Refund(s.Category, s.ByteLength);
+            s.Free();
+            freed++;
+        }
+        return freed;
     }
 
     /// <summary>Returns the bytes to the device. Called exactly once, when the last reference is released.</summary>

@@ -1,4 +1,5 @@
 using Sdp.Engine;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Nn;
@@ -9,7 +10,8 @@ using Sdp.Tests.Support;
 namespace Sdp.Tests.Models;
 
 /// <summary>LLaMA config parsing and presets, HF parameter names, and the model's gradients, causality, determinism and training.</summary>
-public class LlamaTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class LlamaTests(IBackend backend) : DeviceFixture(backend)
 {
     [SetUp]
     public void ClearTape() => Tape.Current.Clear();

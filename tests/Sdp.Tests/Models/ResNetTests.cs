@@ -1,4 +1,5 @@
 using Sdp.Engine;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Nn;
@@ -9,7 +10,8 @@ using Sdp.Tests.Support;
 namespace Sdp.Tests.Models;
 
 /// <summary>CIFAR ResNet-18: torchvision names and counts, init, gradients, BN modes, skipping blocks, training.</summary>
-public class ResNetTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class ResNetTests(IBackend backend) : DeviceFixture(backend)
 {
     [SetUp]
     public void ClearTape() => Tape.Current.Clear();

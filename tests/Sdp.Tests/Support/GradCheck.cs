@@ -21,7 +21,7 @@ public static class GradCheck
         using var scope = TensorScope.Begin();
         var rng = new Rng((ulong)seed);
         Tensor probe = f(inputs);
-        var weights = Tensor.Randn(probe.Shape, rng, dtype: DType.Float64);
+        var weights = Tensor.Randn(probe.Shape, rng, dtype: DType.Float64, backend: probe.Backend);
         double Objective()
         {
             using (GradMode.Disable())
