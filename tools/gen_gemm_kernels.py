@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
-"""Generates src/Sdp.Kernels/Cpu/GemmKernels.cs: the unrolled GEMM microkernels (one struct per ISA and element type)."""
+"""Generates src/Sdp.Kernels/Cpu/GemmKernels.g.cs: the unrolled GEMM microkernels (one struct per ISA and element type).
+
+    python3 tools/gen_gemm_kernels.py           # rewrite the file
+    python3 tools/gen_gemm_kernels.py --check   # exit 1 if the committed file differs from what this script generates
+"""
+import argparse
 import os
+import sys
 
 MR = 6
 def kernel(struct, T, W, fma, mc, kc, nc, name, unroll=4):
@@ -131,4 +137,33 @@ ks = [
   kernel("DgemmKernel256", "double", 256, "Vector256.FusedMultiplyAdd", 72, 256, 2048, "Vector256 FMA"),
   kernel("DgemmKernel128", "double", 128, "Vector128.MultiplyAddEstimate", 72, 256, 2048, "Vector128"),
 ]
-open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "Sdp.Kernels", "Cpu", "GemmKernels.cs"), "w").write(hdr + "\n" + "\n\n".join(ks) + "\n")
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+OUTPUT = os.path.join(ROOT, "src", "Sdp.Kernels", "Cpu", "GemmKernels.g.cs")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it; exit 1 when stale")
+    args = parser.parse_args()
+    text = hdr + "\n" + "\n\n".join(ks) + "\n"
+    rel = os.path.relpath(OUTPUT, ROOT)
+    if args.check:
+        try:
+            with open(OUTPUT, encoding="utf-8", newline="") as f:
+                committed = f.read()
+        except FileNotFoundError:
+            committed = None
+        if committed != text:
+            what = "is missing" if committed is None else "differs from what tools/gen_gemm_kernels.py generates (stale or hand-edited)"
+            print(f"gen_gemm_kernels: {rel} {what}; run `python3 tools/gen_gemm_kernels.py` and commit the result", file=sys.stderr)
+            return 1
+        print(f"gen_gemm_kernels: {rel} is up to date")
+        return 0
+    with open(OUTPUT, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    print(f"gen_gemm_kernels: wrote {rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@ using System.Globalization;
 using BenchmarkDotNet.Running;
 using Sdp.Bench;
 using Sdp.Kernels.Cpu;
+using Sdp.Measure;
 
 // `Sdp.Bench gemm [--sizes 512,1024,2048] [--threads 1,2] [--seconds 0.6]`: quick Sdp-vs-OpenBLAS table.
 // Anything else goes to BenchmarkDotNet (e.g. `--filter *Sgemm*`).

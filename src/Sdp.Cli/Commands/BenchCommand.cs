@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Sdp.Bench;
+using Sdp.Measure;
 
 namespace Sdp.Cli.Commands;
 

@@ -71,11 +71,4 @@ public partial interface IBackend
     /// parameters costs one host read (of total), not one per parameter.
     /// </summary>
     void AddSumOfSquares(Tensor x, double divisor, Tensor total);
-
-    /// <summary>
-    /// Batched GEMM, row-major: c[i] = alpha · op(a[i]) · op(b[i]) (+ c[i] when accumulate).
-    /// a is (batchA, M, K), or (batchA, K, M) when transA; b is (batchB, K, N), or (batchB, N, K) when
-    /// transB; c is (batch, M, N). batchA and batchB each equal batch or 1 (a shared operand).
-    /// </summary>
-    void MatMul(Tensor a, Tensor b, Tensor c, int batch, int m, int n, int k, bool transA, bool transB, double alpha, bool accumulate);
 }

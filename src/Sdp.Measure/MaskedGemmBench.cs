@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Sdp.Kernels.Cpu;
 
-namespace Sdp.Bench;
+namespace Sdp.Measure;
 
 /// <summary>One cell of the masked-GEMM benchmark: a kernel at size n and density d against the dense full-size GEMM.</summary>
 public sealed record MaskedGemmBenchRow(string Kernel, int N, double Density, double MaskedSeconds, double DenseSeconds)

@@ -1,10 +1,9 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
-using BenchmarkDotNet.Attributes;
 using Sdp.Kernels.Cpu;
 
-namespace Sdp.Bench;
+namespace Sdp.Measure;
 
 /// <summary>One cell of the quick GEMM benchmark: square row-major C = A·B in float32.</summary>
 public sealed record GemmBenchRow(int N, int Threads, double SdpGflops, double OpenBlasGflops)
@@ -174,46 +173,5 @@ public static unsafe class GemmQuickBench
             NativeMemory.AlignedFree(C);
             NativeMemory.AlignedFree(C2);
         }
-    }
-}
-
-/// <summary>BenchmarkDotNet comparison of square row-major SGEMM (C = A·B): Sdp vs OpenBLAS (baseline).</summary>
-[MemoryDiagnoser]
-public unsafe class SgemmBenchmarks
-{
-    private GemmQuickBench.SquareMatrices? _mats;
-
-    [Params(512, 1024, 2048)]
-    public int N { get; set; }
-
-    [Params(1, 2)]
-    public int Threads { get; set; }
-
-    [GlobalSetup]
-    public void Setup()
-    {
-        _mats = new GemmQuickBench.SquareMatrices(N);
-        OpenBlas.SetNumThreads(Threads);
-    }
-
-    [GlobalCleanup]
-    public void Cleanup()
-    {
-        _mats?.Dispose();
-        _mats = null;
-    }
-
-    [Benchmark(Baseline = true)]
-    public void OpenBlasSgemm()
-    {
-        GemmQuickBench.SquareMatrices m = _mats!;
-        OpenBlas.Sgemm(false, false, N, N, N, 1f, m.A, N, m.B, N, 0f, m.C, N);
-    }
-
-    [Benchmark]
-    public void SdpSgemm()
-    {
-        GemmQuickBench.SquareMatrices m = _mats!;
-        Gemm.Sgemm(false, false, N, N, N, 1f, m.A, N, m.B, N, 0f, m.C, N, Threads);
     }
 }

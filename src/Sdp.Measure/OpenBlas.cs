@@ -1,19 +1,14 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 
-namespace Sdp.Bench;
+namespace Sdp.Measure;
 
 /// <summary>
 /// Minimal OpenBLAS binding used as the GEMM performance baseline (bench only; nothing else depends on OpenBLAS).
 /// The library is located at first use from a list of well-known paths (or SDP_OPENBLAS=/path/to/libopenblas.so).
 /// </summary>
-public static unsafe partial class OpenBlas
+public static unsafe class OpenBlas
 {
-    private const string LibName = "sdp-openblas";
-    private const int CblasRowMajor = 101;
-    private const int CblasNoTrans = 111;
-    private const int CblasTrans = 112;
-
     private static readonly Lazy<(nint Handle, string Path)> s_library = new(Load);
     private static int s_resolverInstalled;
 
@@ -61,7 +56,7 @@ public static unsafe partial class OpenBlas
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
         EnsureLoaded();
-        openblas_set_num_threads(threads);
+        OpenBlasNative.openblas_set_num_threads(threads);
     }
 
     /// <summary>Row-major cblas_sgemm with the same argument contract as <see cref="Sdp.Kernels.Cpu.Gemm.Sgemm"/>.</summary>
@@ -89,8 +84,9 @@ public static unsafe partial class OpenBlas
         }
 
         EnsureLoaded();
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-            m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        int opA = transA ? OpenBlasNative.CblasTrans : OpenBlasNative.CblasNoTrans;
+        int opB = transB ? OpenBlasNative.CblasTrans : OpenBlasNative.CblasNoTrans;
+        OpenBlasNative.cblas_sgemm(OpenBlasNative.CblasRowMajor, opA, opB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
 
     /// <summary>Loads the library (once) or throws one <see cref="DllNotFoundException"/> explaining how to install it.</summary>
@@ -130,12 +126,5 @@ public static unsafe partial class OpenBlas
     }
 
     private static nint Resolve(string name, Assembly assembly, DllImportSearchPath? searchPath) =>
-        name == LibName ? s_library.Value.Handle : 0;
-
-    [LibraryImport(LibName)]
-    private static partial void cblas_sgemm(int order, int transA, int transB, int m, int n, int k,
-        float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc);
-
-    [LibraryImport(LibName)]
-    private static partial void openblas_set_num_threads(int threads);
+        name == OpenBlasNative.LibName ? s_library.Value.Handle : 0;
 }
