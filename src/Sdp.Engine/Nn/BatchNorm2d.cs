@@ -29,12 +29,26 @@ public sealed class BatchNorm2d : Module
 
     public Tensor RunningVar { get; }
 
+    /// <summary>The saved form of <see cref="BatchesTracked"/> (int64 scalar on the module's device).</summary>
     public Tensor NumBatchesTracked { get; }
+
+    // The counter lives on the host, so a training forward never reads the device; the tensor is written
+    // (a fill, no read) for checkpoints. Null after TensorsReplaced: re-read once from the tensor.
+    private long? _batchesTracked = 0;
+
+    /// <summary>Training-mode forward passes so far (torchvision's num_batches_tracked).</summary>
+    public long BatchesTracked => _batchesTracked ??= (long)NumBatchesTracked.Item();
+
+    protected override void OnTensorsReplaced() => _batchesTracked = null;
 
     /// <summary>x (N, C, H, W) -> y (N, C, H, W).</summary>
     public Tensor Forward(Tensor x)
     {
-        if (IsTraining) NumBatchesTracked.Backend.Fill(NumBatchesTracked, NumBatchesTracked.Item() + 1);
+        if (IsTraining)
+        {
+            _batchesTracked = BatchesTracked + 1;
+            NumBatchesTracked.Backend.Fill(NumBatchesTracked, _batchesTracked.Value);
+        }
         return Ops.BatchNorm2d(x, Weight, Bias, RunningMean, RunningVar, IsTraining, Momentum, Eps);
     }
 }

@@ -44,6 +44,22 @@ public abstract class Module : IDisposable
 
     public IReadOnlyList<Tensor> Parameters() => [.. NamedParameters().Select(p => p.Tensor)];
 
+    /// <summary>
+    /// Tells this module and every descendant that their tensors were overwritten from outside (a
+    /// checkpoint load, a copy between models), so state a module keeps on the host (BatchNorm's batch
+    /// counter) is re-read from its tensor once, instead of on every step.
+    /// </summary>
+    public void TensorsReplaced()
+    {
+        OnTensorsReplaced();
+        foreach (var (_, child) in _children) child.TensorsReplaced();
+    }
+
+    /// <summary>See <see cref="TensorsReplaced"/>; modules with host-side state override it.</summary>
+    protected virtual void OnTensorsReplaced()
+    {
+    }
+
     public long ParameterCount => NamedParameters().Sum(p => p.Tensor.Numel);
 
     protected T RegisterModule<T>(string name, T module) where T : Module

@@ -45,6 +45,7 @@ public static class SubnetworkTensors
                 throw new ArgumentException($"SubnetworkTensors: worker {layout.Worker}'s {name} is {target.Shape}; its {index.Numel} held slices of the dense {full.Shape} along axis {binding.Axis} do not have that shape");
             full.Backend.IndexSelect(full, binding.Axis, index, target, accumulate: false);
         }
+        worker.TensorsReplaced();
     }
 
     /// <summary>
@@ -102,6 +103,7 @@ public static class SubnetworkTensors
                 }
             }
         }
+        dense.TensorsReplaced();
     }
 
     /// <summary>

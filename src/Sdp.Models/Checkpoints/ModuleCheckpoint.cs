@@ -58,6 +58,7 @@ public static class ModuleCheckpoint
         var plan = Plan(model, file);
         plan.ThrowIfInvalid(file.Path, "the model", strict);
         plan.Execute(file);
+        model.TensorsReplaced();
         return new ModuleLoadResult(plan.Loaded, plan.Missing, plan.Unexpected);
     }
 

@@ -119,6 +119,7 @@ public static class TrainingCheckpoint
         var steps = PlanOptimizer(optimizerFile, optimizer, names);
 
         modelPlan.Execute(modelFile);
+        model.TensorsReplaced();
         var stateNames = optimizer.StateNames;
         for (int i = 0; i < names.Length; i++)
         {
