@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using Sdp.Kernels.Cpu;
+using Sdp.Engine.Backends.Cpu;
 
 namespace Sdp.Cli.Commands;
 
@@ -28,7 +28,7 @@ public static class DoctorCommand
             Console.WriteLine($"cpu threads    {Environment.ProcessorCount}");
             Console.WriteLine($"simd           Vector512 {Flag(Vector512.IsHardwareAccelerated)}, Vector256 {Flag(Vector256.IsHardwareAccelerated)}, " +
                               $"AVX-512F {Flag(Avx512F.IsSupported)}, AVX2 {Flag(Avx2.IsSupported)}, FMA {Flag(Fma.IsSupported)}");
-            Console.WriteLine($"gemm kernel    {Gemm.KernelName}, {Gemm.MaxThreads} threads");
+            foreach (string line in BackendReport.Lines(CpuBackend.Instance)) Console.WriteLine(line);
             foreach (var (role, names) in NativeLibraries)
             {
                 string? found = names.FirstOrDefault(n => NativeLibrary.TryLoad(n, out nint _));

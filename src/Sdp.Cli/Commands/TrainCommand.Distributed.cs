@@ -210,7 +210,7 @@ public static partial class TrainCommand
                 var snap = trainer.WorkerAccount(w).Snapshot();
                 output.WriteLine($"    {w,-6} " + string.Concat(categories.Select(c => $"{MemorySnapshot.FormatBytes(snap.PeakBytes(c)),16}")) + $"{MemorySnapshot.FormatBytes(snap.PeakTotal),16}");
             }
-            output.WriteLine($"  GEMM packing buffers (per process, all threads): {MemorySnapshot.FormatBytes(Sdp.Kernels.Cpu.Gemm.WorkspaceBytes)}");
+            output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(0).Module)}");
         }
         return 0;
     }

@@ -184,7 +184,7 @@ public static partial class TrainCommand
         foreach (var c in Enum.GetValues<MemoryCategory>())
             output.WriteLine($"    {c,-16} {MemorySnapshot.FormatBytes(snap.PeakBytes(c)),12}");
         // The GEMM's per-thread packing panels belong to the process, not to one worker's account.
-        output.WriteLine($"  GEMM packing buffers (per process, all threads): {MemorySnapshot.FormatBytes(Sdp.Kernels.Cpu.Gemm.WorkspaceBytes)}");
+        output.WriteLine($"  {BackendReport.ProcessWorkspace(model.Module)}");
         return 0;
     }
 

@@ -18,6 +18,9 @@ public partial interface IBackend
 {
     Device Device { get; }
 
+    /// <summary>What this backend runs on and holds outside the memory accounts (a fresh snapshot on each read).</summary>
+    BackendDiagnostics Diagnostics { get; }
+
     /// <summary>Uninitialised storage of <paramref name="bytes"/>, charged to <paramref name="account"/>.</summary>
     Storage Allocate(long bytes, MemoryCategory category, MemoryAccount account);
 

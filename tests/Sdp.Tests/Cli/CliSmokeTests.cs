@@ -32,6 +32,7 @@ public sealed class CliSmokeTests : CliTestBase
         Assert.That(r.Out, Does.Contain("summary"));
         Assert.That(r.Out, Does.Contain("entropy floor"));
         Assert.That(r.Out, Does.Contain("peak memory"));
+        Assert.That(r.Out, Does.Contain("GEMM packing buffers (per process, all threads): "));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "m.jsonl" }), "no temporary files left");
 
         var records = ReadJsonLines("m.jsonl");
@@ -237,6 +238,7 @@ public sealed class CliSmokeTests : CliTestBase
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("simd"));
         Assert.That(r.Out, Does.Contain("gemm kernel"));
+        Assert.That(r.Out, Does.Contain("backend        cpu"));
         Assert.That(r.Err, Is.Empty);
     }
 }

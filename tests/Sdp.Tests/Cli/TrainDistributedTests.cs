@@ -22,6 +22,7 @@ public sealed class TrainDistributedTests : CliTestBase
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("4 workers (sdp, block level, forward masking, C = 0.5)"));
         Assert.That(r.Out, Does.Contain("(assembled dense model)"));
+        Assert.That(r.Out, Does.Contain("GEMM packing buffers (per process, all threads): "));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "m.jsonl", "dense.safetensors" }));
 
         var steps = File.ReadAllLines("m.jsonl").Select(l => JsonNode.Parse(l)!.AsObject()).Where(o => o["eval"] is null).ToList();

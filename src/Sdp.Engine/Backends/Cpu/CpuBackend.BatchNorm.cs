@@ -4,7 +4,7 @@ using System.Numerics.Tensors;
 namespace Sdp.Engine.Backends.Cpu;
 
 /// <summary>
-/// Batch normalisation on the CPU: one channel per task; per-channel sums run vectorised in T over blocks
+/// Batch normalisation on the CPU, parallel over channels; per-channel sums run vectorised in T over blocks
 /// of <see cref="BatchNormBlock"/> elements and are carried across blocks in float64.
 /// </summary>
 public sealed unsafe partial class CpuBackend

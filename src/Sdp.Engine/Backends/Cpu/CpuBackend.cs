@@ -1,5 +1,7 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using Sdp.Engine.Memory;
+using Sdp.Kernels.Cpu;
 
 namespace Sdp.Engine.Backends.Cpu;
 
@@ -19,6 +21,29 @@ public sealed unsafe partial class CpuBackend : IBackend
     public Device Device => Device.Cpu;
 
     public override string ToString() => "cpu";
+
+    /// <summary>
+    /// The GEMM microkernel and its default thread count, the threads of the other ops, the <see cref="Vector{T}"/>
+    /// width, and the GEMM's packing buffers: thread-local, kept between calls, charged to no memory account.
+    /// </summary>
+    public BackendDiagnostics Diagnostics
+    {
+        get
+        {
+            long packing = Gemm.WorkspaceBytes;
+            int simdBits = Vector<byte>.Count * 8;
+            return new BackendDiagnostics(
+                $"cpu (reference backend): {CpuParallel.MaxThreads} threads, {simdBits}-bit SIMD, GEMM {Gemm.KernelName}",
+                [
+                    ("gemm kernel", $"{Gemm.KernelName}, {Gemm.MaxThreads} threads"),
+                    ("op threads", $"{CpuParallel.MaxThreads}"),
+                    ("simd width", $"{simdBits}-bit Vector<T> ({Vector<float>.Count} x float32)"),
+                    ("gemm buffers", MemorySnapshot.FormatBytes(packing)),
+                ],
+                "GEMM packing buffers (per process, all threads)",
+                packing);
+        }
+    }
 
     public Storage Allocate(long bytes, MemoryCategory category, MemoryAccount account) => new CpuStorage(this, bytes, category, account);
 
