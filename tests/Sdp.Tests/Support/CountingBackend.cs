@@ -20,6 +20,8 @@ public sealed class CountingBackend : IBackend
 
     public Device Device => Inner.Device;
 
+    public BackendDiagnostics Diagnostics => Inner.Diagnostics;
+
     /// <summary>Device-to-host reads since creation or the last <see cref="ResetCounts"/>.</summary>
     public long Downloads => Interlocked.Read(ref _downloads);
 
