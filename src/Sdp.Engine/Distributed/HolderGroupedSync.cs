@@ -1,6 +1,5 @@
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Backends;
-using Sdp.Engine.Memory;
 
 namespace Sdp.Engine.Distributed;
 
@@ -50,33 +49,60 @@ public enum SyncTarget
 /// shared set first, then holder sets in lexicographic order) and packed in parameter order, so every
 /// holder of a set agrees on its buckets' layout and no two workers can wait on each other in a cycle.
 /// </para>
+/// <para>
+/// Everything a step needs is made at construction: each holder set's group (from <see cref="HolderGroups"/>),
+/// one staging buffer per dtype as long as the largest bucket, with the views of every bucket and piece into
+/// it, and the holder counts to divide by, all charged as Workspace to the account current then. A step
+/// allocates nothing.
+/// </para>
 /// </summary>
-public sealed class HolderGroupedSync
+public sealed class HolderGroupedSync : IDisposable
 {
     private readonly Tensor[] _params;
     private readonly string[] _names;
+    private readonly ICommunicator _comm;
+    private readonly BucketStaging _staging;
 
-    public HolderGroupedSync(IReadOnlyList<SyncParameter> parameters, int worker, int worldSize, long bucketBytes = 25L << 20, SyncTarget target = SyncTarget.Gradient)
+    /// <summary>The buckets that need a collective, in reduction order, with their group and the holder count to divide by.</summary>
+    private readonly (StagedBucket Staged, ICommGroup Group, Tensor HolderCount)[] _reduced;
+
+    /// <summary>Per parameter (ascending), its pieces with their holder counts, and for a parameter whose norm share is summed slice by slice, a staging view per piece to copy the slice into.</summary>
+    private readonly ((SyncPiece Piece, int Holders)[] Pieces, Tensor[]? Slices)[] _normTerms;
+
+    /// <param name="parameters">This worker's tensors and how their units are shared.</param>
+    /// <param name="groups">This worker's groups; every holder set of two or more workers that a bucket uses must be among them.</param>
+    /// <param name="bucketBytes">The bucket cap.</param>
+    /// <param name="target">Gradients or the tensors' own values.</param>
+    public HolderGroupedSync(IReadOnlyList<SyncParameter> parameters, HolderGroups groups, long bucketBytes = 25L << 20, SyncTarget target = SyncTarget.Gradient)
     {
         ArgumentNullException.ThrowIfNull(parameters);
-        if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), $"HolderGroupedSync: world size must be at least 1, got {worldSize}");
-        if (worker < 0 || worker >= worldSize) throw new ArgumentOutOfRangeException(nameof(worker), $"HolderGroupedSync: worker {worker} is outside [0, {worldSize})");
-        Worker = worker;
-        WorldSize = worldSize;
+        ArgumentNullException.ThrowIfNull(groups);
+        _comm = groups.Communicator;
+        int worker = _comm.Rank;
         BucketBytes = bucketBytes;
         Target = target;
-        var plan = SyncBuckets.Plan(parameters, worldSize, bucketBytes, target, holders => Array.BinarySearch(holders, worker) >= 0, "HolderGroupedSync");
+        var plan = SyncBuckets.Plan(parameters, _comm.WorldSize, bucketBytes, target, holders => Array.BinarySearch(holders, worker) >= 0, "HolderGroupedSync");
         (_params, _names, Buckets) = (plan.Tensors, plan.Names, plan.Buckets);
-        _piecesByParameter = Buckets.SelectMany(b => b.Pieces.Select(piece => (Piece: piece, Holders: b.Holders.Length)))
-            .GroupBy(x => x.Piece.Parameter).OrderBy(g => g.Key).Select(g => (g.Key, g.ToArray())).ToArray();
+        var reduced = Buckets.Where(b => b.Holders.Length > 1).Select(b => (Bucket: b, Group: groups.Of(b.Holders))).ToArray();
+
+        // The norm share sums a parameter in one go when all its units have the same number of holders and its
+        // pieces cover all of it (every parameter under a uniform plan); any other slice by slice, each slice
+        // copied into the staging buffer first.
+        var byParameter = Buckets.SelectMany(b => b.Pieces.Select(piece => (Piece: piece, Holders: b.Holders.Length)))
+            .GroupBy(x => x.Piece.Parameter).OrderBy(g => g.Key).Select(g => (Parameter: g.Key, Pieces: g.ToArray())).ToArray();
+        bool SumsSlices(int parameter, (SyncPiece Piece, int Holders)[] pieces) => target == SyncTarget.Gradient
+            && (pieces.Any(x => x.Holders != pieces[0].Holders) || pieces.Sum(x => x.Piece.Elements) != _params[parameter].GradShape.Numel);
+        var sliced = byParameter.Where(p => SumsSlices(p.Parameter, p.Pieces)).Select(p => p.Parameter).ToHashSet();
+
+        _staging = new BucketStaging(reduced.Select(r => (Backend(r.Bucket), r.Bucket.DType, r.Bucket.Elements))
+            .Concat(byParameter.Where(p => sliced.Contains(p.Parameter)).SelectMany(p => p.Pieces.Select(x => (_params[p.Parameter].Backend, _params[p.Parameter].DType, x.Piece.Elements)))));
+        _reduced = [.. reduced.Select(r => (_staging.Stage(r.Bucket, Backend(r.Bucket), Layout), r.Group, _staging.Constant(Backend(r.Bucket), r.Bucket.DType, r.Bucket.Holders.Length)))];
+        _normTerms = [.. byParameter.Select(p => (p.Pieces, sliced.Contains(p.Parameter) ? SliceViews(p.Parameter, p.Pieces) : null))];
     }
 
-    /// <summary>Per parameter (ascending), its pieces with their holder counts.</summary>
-    private readonly (int Parameter, (SyncPiece Piece, int Holders)[] Pieces)[] _piecesByParameter;
+    public int Worker => _comm.Rank;
 
-    public int Worker { get; }
-
-    public int WorldSize { get; }
+    public int WorldSize => _comm.WorldSize;
 
     public long BucketBytes { get; }
 
@@ -86,52 +112,41 @@ public sealed class HolderGroupedSync
     public IReadOnlyList<SyncBucket> Buckets { get; }
 
     /// <summary>Buckets that need a collective (holder sets of two or more workers).</summary>
-    public int CollectivesPerStep => Buckets.Count(b => b.Holders.Length > 1);
+    public int CollectivesPerStep => _reduced.Length;
 
     /// <summary>Bytes this worker sends per step under the ring model of <see cref="CommStats"/>.</summary>
     public double BytesPerStep => Buckets.Sum(b => CommStats.RingAllReduceBytes(b.Bytes, b.Holders.Length));
 
+    /// <summary>Workspace bytes this sync keeps from construction to disposal: the staging buffers and holder counts.</summary>
+    public long WorkspaceBytes => _staging.Bytes;
+
     /// <summary>
     /// Averages every held unit's gradient (or value, per <see cref="Target"/>) over its holders, in place.
-    /// Must be called by every worker (each from its own thread with its own communicator) at the same
-    /// point. A parameter whose gradient is null contributes zeros and receives nothing.
+    /// Must be called by every worker (each from its own thread) at the same point. A parameter whose
+    /// gradient is null contributes zeros and receives nothing.
     /// </summary>
-    public SyncResult Synchronize(ICommunicator comm)
+    public SyncResult Synchronize()
     {
-        ArgumentNullException.ThrowIfNull(comm);
-        if (comm.Rank != Worker || comm.WorldSize != WorldSize)
-            throw new ArgumentException($"HolderGroupedSync.Synchronize: planned for worker {Worker} of {WorldSize}, but the communicator is rank {comm.Rank} of {comm.WorldSize}");
-        var before = comm.Stats.Clone();
+        var before = _comm.Stats.Clone();
         long total = 0;
         using var noGrad = GradMode.Disable();
-        foreach (var bucket in Buckets)
+        foreach (var ((bucket, buffer, views), group, holderCount) in _reduced)
         {
-            if (bucket.Holders.Length == 1) continue; // the mean over one holder is its own value
-            var backend = _params[bucket.Pieces[0].Parameter].Backend;
-            using (MemoryAccount.Use(MemoryCategory.Workspace))
-            using (var buf = Tensor.Empty(new Shape(checked((int)bucket.Elements)), bucket.DType, backend))
-            using (var count = Tensor.Scalar(bucket.Holders.Length, bucket.DType, backend))
+            for (int i = 0; i < views.Length; i++)
             {
-                foreach (var piece in bucket.Pieces)
-                {
-                    var source = Source(piece);
-                    if (source is not null) SyncBuckets.Pack(source, buf, piece);
-                    else
-                    {
-                        using var view = SyncBuckets.PieceView(buf, _params[piece.Parameter].GradShape, piece);
-                        backend.Fill(view, 0);
-                    }
-                }
-                comm.AllReduceSum(buf, bucket.Holders);
-                backend.Binary(BinaryOp.Div, buf, count, buf);
-                foreach (var piece in bucket.Pieces)
-                {
-                    if (Source(piece) is { } target) SyncBuckets.Unpack(buf, target, piece);
-                }
+                var piece = bucket.Pieces[i];
+                if (Source(piece) is { } source) SyncBuckets.Pack(source, views[i], piece);
+                else buffer.Backend.Fill(views[i], 0);
+            }
+            group.AllReduceSum(buffer);
+            buffer.Backend.Binary(BinaryOp.Div, buffer, holderCount, buffer);
+            for (int i = 0; i < views.Length; i++)
+            {
+                if (Source(bucket.Pieces[i]) is { } target) SyncBuckets.Unpack(views[i], target, bucket.Pieces[i]);
             }
             total += bucket.Elements;
         }
-        var after = comm.Stats;
+        var after = _comm.Stats;
         return new SyncResult(after.Collectives - before.Collectives, after.BytesSent - before.BytesSent, total);
     }
 
@@ -145,30 +160,38 @@ public sealed class HolderGroupedSync
     {
         if (Target != SyncTarget.Gradient) throw new InvalidOperationException("HolderGroupedSync.AddSquaredNormShare: only gradient syncs have a gradient norm");
         using var noGrad = GradMode.Disable();
-        // Parameter by parameter, in order: a parameter whose units all have the same number of holders
-        // (every parameter under a uniform plan) is one SumOfSquares over its whole gradient, so the sum
-        // does not depend on how the units were cut into buckets (C = 1 matches DP bit for bit, A4).
-        foreach (var (p, pieces) in _piecesByParameter)
+        // Parameter by parameter, in order; a whole parameter's sum does not depend on how its units were
+        // cut into buckets (C = 1 matches DP bit for bit, A4).
+        foreach (var (pieces, slices) in _normTerms)
         {
             var grad = Source(pieces[0].Piece);
             if (grad is null) continue;
-            int holders = pieces[0].Holders;
-            if (pieces.All(x => x.Holders == holders) && pieces.Sum(x => x.Piece.Elements) == grad.Numel)
+            if (slices is null)
             {
-                grad.Backend.AddSumOfSquares(grad, holders, total);
+                grad.Backend.AddSumOfSquares(grad, pieces[0].Holders, total);
                 continue;
             }
-            foreach (var (piece, n) in pieces)
+            for (int i = 0; i < pieces.Length; i++)
             {
-                using (MemoryAccount.Use(MemoryCategory.Workspace))
-                using (var slice = Tensor.Empty(grad.Shape.With(piece.Axis, piece.Length), grad.DType, grad.Backend))
-                {
-                    grad.Backend.ReadSlice(grad, piece.Axis, piece.Start, slice, accumulate: false);
-                    grad.Backend.AddSumOfSquares(slice, n, total);
-                }
+                grad.Backend.ReadSlice(grad, pieces[i].Piece.Axis, pieces[i].Piece.Start, slices[i], accumulate: false);
+                grad.Backend.AddSumOfSquares(slices[i], pieces[i].Holders, total);
             }
         }
     }
+
+    public void Dispose() => _staging.Dispose();
+
+    /// <summary>Staging views, from the start of the buffer, shaped like the parameter's slice of each piece.</summary>
+    private Tensor[] SliceViews(int parameter, (SyncPiece Piece, int Holders)[] pieces)
+    {
+        var p = _params[parameter];
+        return [.. pieces.Select(x => _staging.View(p.Backend, p.DType, SyncBuckets.PieceShape(Layout(parameter), x.Piece), 0))];
+    }
+
+    private IBackend Backend(SyncBucket bucket) => _params[bucket.Pieces[0].Parameter].Backend;
+
+    /// <summary>How a parameter is laid out in the buckets: its gradient's shape, or its own.</summary>
+    private Shape Layout(int parameter) => Target == SyncTarget.Gradient ? _params[parameter].GradShape : _params[parameter].Shape;
 
     /// <summary>The tensor a piece is read from and written to: the gradient (null when absent) or the tensor itself.</summary>
     private Tensor? Source(SyncPiece piece)

@@ -4,25 +4,30 @@ namespace Sdp.Engine.Distributed;
 
 /// <summary>
 /// Communicators for W simulated workers living in one process, one per thread. Every collective is a
-/// rendezvous: the ranks of a group meet in a shared slot keyed by (sorted group, per-group call number);
-/// the last rank to arrive checks that all buffers agree, computes the result (sum in ascending rank
-/// order, in the buffers' dtype) and releases the others. A rank that waits longer than the timeout
-/// throws, naming the collective and the ranks that never came, instead of hanging.
+/// rendezvous: the members of a group meet in a shared slot keyed by (group, per-group call number); the
+/// last rank to arrive checks that all buffers agree, computes the result (sum in ascending rank order, in
+/// the buffers' dtype) and releases the others. A rank that waits longer than the timeout throws, naming
+/// the collective and the ranks that never came, instead of hanging. <see cref="CreateGroup"/> only
+/// registers the call with the hub, which checks that all ranks create the same groups in the same order.
 /// </summary>
 public sealed class InProcessCommunicator : ICommunicator
 {
     private readonly Hub _hub;
-    private readonly Dictionary<string, long> _calls = new();
+    private int _groupCalls;
 
     private InProcessCommunicator(Hub hub, int rank)
     {
         _hub = hub;
         Rank = rank;
+        World = new Group(this, Hub.WorldId, [.. Enumerable.Range(0, hub.WorldSize)]);
+        Stats.AddGroup();
     }
 
     public int Rank { get; }
 
     public int WorldSize => _hub.WorldSize;
+
+    public ICommGroup World { get; }
 
     public CommStats Stats { get; } = new();
 
@@ -38,60 +43,74 @@ public sealed class InProcessCommunicator : ICommunicator
         return comms;
     }
 
-    public void AllReduceSum(Tensor buffer, IReadOnlyList<int> group)
+    public ICommGroup? CreateGroup(IReadOnlyList<int> ranks)
     {
-        ArgumentNullException.ThrowIfNull(buffer);
-        var ranks = Normalize("AllReduceSum", group);
-        Run("AllReduceSum", ranks, buffer, root: -1);
-        Stats.AddAllReduce(buffer.ByteLength, ranks.Length);
-    }
-
-    public void Broadcast(Tensor buffer, int root, IReadOnlyList<int>? group = null)
-    {
-        ArgumentNullException.ThrowIfNull(buffer);
-        var ranks = Normalize("Broadcast", group);
-        if (Array.IndexOf(ranks, root) < 0)
-            throw new ArgumentException($"Broadcast: root {root} is not in group {Format(ranks)}");
-        Run("Broadcast", ranks, buffer, root);
-        Stats.AddBroadcast(buffer.ByteLength, root == Rank);
+        ArgumentNullException.ThrowIfNull(ranks);
+        var sorted = ranks.ToArray();
+        Array.Sort(sorted);
+        if (sorted.Length == 0) throw new ArgumentException("CreateGroup: the group is empty");
+        for (int i = 0; i < sorted.Length; i++)
+        {
+            if (sorted[i] < 0 || sorted[i] >= WorldSize)
+                throw new ArgumentOutOfRangeException(nameof(ranks), $"CreateGroup: group {Format(ranks)} names rank {sorted[i]}, outside [0, {WorldSize})");
+            if (i > 0 && sorted[i] == sorted[i - 1])
+                throw new ArgumentException($"CreateGroup: group {Format(ranks)} names rank {sorted[i]} twice");
+        }
+        int id = _hub.RegisterGroup(Rank, ++_groupCalls, sorted);
+        if (Array.BinarySearch(sorted, Rank) < 0) return null;
+        Stats.AddGroup();
+        return new Group(this, id, sorted);
     }
 
     public void Abort(string reason) => _hub.Abort($"rank {Rank} aborted the group: {reason}");
 
     public void Barrier()
     {
-        Run("Barrier", Normalize("Barrier", null), buffer: null, root: -1);
+        ((Group)World).Run("Barrier", buffer: null, root: -1);
         Stats.AddBarrier();
     }
 
-    private int[] Normalize(string op, IReadOnlyList<int>? group)
-    {
-        int w = WorldSize;
-        if (group is null) return Enumerable.Range(0, w).ToArray();
-        if (group.Count == 0) throw new ArgumentException($"{op}: the group is empty");
-        var ranks = group.ToArray();
-        Array.Sort(ranks);
-        for (int i = 0; i < ranks.Length; i++)
-        {
-            if (ranks[i] < 0 || ranks[i] >= w)
-                throw new ArgumentOutOfRangeException(nameof(group), $"{op}: group {Format(group)} names rank {ranks[i]}, outside [0, {w})");
-            if (i > 0 && ranks[i] == ranks[i - 1])
-                throw new ArgumentException($"{op}: group {Format(group)} names rank {ranks[i]} twice");
-        }
-        if (Array.BinarySearch(ranks, Rank) < 0)
-            throw new ArgumentException($"{op}: rank {Rank} called it with group {Format(group)}, which does not contain rank {Rank}");
-        return ranks;
-    }
-
-    private void Run(string op, int[] ranks, Tensor? buffer, int root)
-    {
-        string groupKey = string.Join(",", ranks);
-        long call = _calls.TryGetValue(groupKey, out var c) ? c : 0;
-        _calls[groupKey] = call + 1;
-        _hub.Rendezvous(op, ranks, groupKey, call, Rank, buffer, root);
-    }
-
     internal static string Format(IEnumerable<int> ranks) => "[" + string.Join(", ", ranks) + "]";
+
+    /// <summary>One rank's handle on a group: its ranks, and its own count of collectives on it.</summary>
+    private sealed class Group(InProcessCommunicator comm, int id, int[] ranks) : ICommGroup
+    {
+        private long _calls;
+        private bool _disposed;
+
+        public IReadOnlyList<int> Ranks => ranks;
+
+        public int Position { get; } = Array.BinarySearch(ranks, comm.Rank);
+
+        public void AllReduceSum(Tensor buffer)
+        {
+            ArgumentNullException.ThrowIfNull(buffer);
+            Run("AllReduceSum", buffer, root: -1);
+            comm.Stats.AddAllReduce(buffer.ByteLength, ranks.Length);
+        }
+
+        public void Broadcast(Tensor buffer, int root)
+        {
+            ArgumentNullException.ThrowIfNull(buffer);
+            if (Array.BinarySearch(ranks, root) < 0)
+                throw new ArgumentException($"Broadcast: root {root} is not in group {Format(ranks)}");
+            Run("Broadcast", buffer, root);
+            comm.Stats.AddBroadcast(buffer.ByteLength, root == comm.Rank);
+        }
+
+        public void Run(string op, Tensor? buffer, int root)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            comm._hub.Rendezvous(op, id, ranks, _calls++, comm.Rank, comm._groupCalls, buffer, root);
+        }
+
+        public void Dispose()
+        {
+            if (id != Hub.WorldId) _disposed = true; // the world lives as long as the communicator
+        }
+
+        public override string ToString() => $"group {Format(ranks)} on rank {comm.Rank}";
+    }
 
     private sealed class Slot(string op, int[] ranks, int root)
     {
@@ -100,6 +119,7 @@ public sealed class InProcessCommunicator : ICommunicator
         public readonly int Root = root;
         public readonly Tensor?[] Buffers = new Tensor?[ranks.Length];
         public readonly bool[] Present = new bool[ranks.Length];
+        public readonly int[] GroupCalls = new int[ranks.Length];
         public int Arrived;
         public int Left;
         public bool Done;
@@ -109,8 +129,12 @@ public sealed class InProcessCommunicator : ICommunicator
 
     private sealed class Hub(int worldSize, TimeSpan timeout)
     {
+        /// <summary>The world's group id; <see cref="RegisterGroup"/> numbers the others from 1.</summary>
+        public const int WorldId = 0;
+
         private readonly object _gate = new();
-        private readonly Dictionary<string, Slot> _slots = new();
+        private readonly Dictionary<(int Group, long Call), Slot> _slots = new();
+        private readonly List<(int[] Ranks, int By)> _groups = new();
 
         public int WorldSize { get; } = worldSize;
 
@@ -125,9 +149,28 @@ public sealed class InProcessCommunicator : ICommunicator
             }
         }
 
-        public void Rendezvous(string op, int[] ranks, string groupKey, long call, int rank, Tensor? buffer, int root)
+        /// <summary>Records <paramref name="rank"/>'s <paramref name="call"/>-th CreateGroup (from 1) and returns the group's id.</summary>
+        public int RegisterGroup(int rank, int call, int[] ranks)
         {
-            string key = groupKey + "#" + call;
+            lock (_gate)
+            {
+                if (call > _groups.Count)
+                {
+                    _groups.Add((ranks, rank));
+                    return call;
+                }
+                var (first, by) = _groups[call - 1];
+                if (first.AsSpan().SequenceEqual(ranks)) return call;
+                string error = $"CreateGroup call {call}: rank {rank} asked for group {Format(ranks)} but rank {by} asked for {Format(first)}; every rank must create the same groups in the same order";
+                _aborted ??= error;
+                Monitor.PulseAll(_gate);
+                throw new InvalidOperationException(error);
+            }
+        }
+
+        public void Rendezvous(string op, int group, int[] ranks, long call, int rank, int groupCalls, Tensor? buffer, int root)
+        {
+            var key = (group, call);
             string what = $"{op} over ranks {Format(ranks)} (call {call + 1} on this group)";
             Slot slot;
             bool last;
@@ -144,13 +187,14 @@ public sealed class InProcessCommunicator : ICommunicator
                     slot.Error ??= $"{what}: rank {rank} called {op}{(root >= 0 ? $" with root {root}" : "")} but another rank of the group called {slot.Op}{(slot.Root >= 0 ? $" with root {slot.Root}" : "")} at the same point";
                 slot.Buffers[index] = buffer;
                 slot.Present[index] = true;
+                slot.GroupCalls[index] = groupCalls;
                 slot.Arrived++;
                 last = slot.Arrived == ranks.Length;
             }
 
             if (last)
             {
-                string? error = slot.Error;
+                string? error = slot.Error ?? UnequalGroupCalls(slot, what);
                 if (error is null)
                 {
                     try { error = Execute(slot, what); }
@@ -189,6 +233,18 @@ public sealed class InProcessCommunicator : ICommunicator
                 if (slot.Error is not null)
                     throw new InvalidOperationException(slot.Error);
             }
+        }
+
+        /// <summary>
+        /// A collective over every rank is a point all ranks reach at the same place in their program, so
+        /// they must have made the same number of CreateGroup calls by then; a rank that skipped one (as a
+        /// non-member, say) would have hung in ncclCommSplit.
+        /// </summary>
+        private string? UnequalGroupCalls(Slot slot, string what)
+        {
+            if (slot.Ranks.Length < WorldSize || slot.GroupCalls.All(c => c == slot.GroupCalls[0])) return null;
+            var counts = string.Join(", ", slot.Ranks.Select((r, i) => $"rank {r}: {slot.GroupCalls[i]}"));
+            return $"{what}: the ranks made different numbers of CreateGroup calls before it ({counts}); every rank must call CreateGroup for every group, member or not";
         }
 
         /// <summary>Runs on the last rank to arrive, outside the lock; the others are waiting. Returns an error or null.</summary>

@@ -1,3 +1,6 @@
+using Sdp.Engine.Backends;
+using Sdp.Engine.Memory;
+
 namespace Sdp.Engine.Distributed;
 
 /// <summary>
@@ -125,38 +128,97 @@ internal static class SyncBuckets
         return new Result(tensors, names, buckets);
     }
 
-    /// <summary>The piece's region of the flat bucket, shaped like the layout with Length slices on the axis.</summary>
-    public static Tensor PieceView(Tensor buf, Shape layout, SyncPiece piece)
-    {
-        var shape = layout.Rank == 0 ? Shape.Scalar : layout.With(piece.Axis, piece.Length);
-        return buf.Alias(shape, buf.Offset + piece.Offset, registerInScope: false);
-    }
+    /// <summary>The shape of a piece's region: the layout with Length slices on the axis.</summary>
+    public static Shape PieceShape(Shape layout, SyncPiece piece) => layout.Rank == 0 ? Shape.Scalar : layout.With(piece.Axis, piece.Length);
 
-    /// <summary>Copies the piece of <paramref name="source"/> into its region of the bucket.</summary>
-    public static void Pack(Tensor source, Tensor buf, SyncPiece piece)
+    /// <summary>Copies the piece of <paramref name="source"/> into its region of the bucket, <paramref name="view"/>.</summary>
+    public static void Pack(Tensor source, Tensor view, SyncPiece piece)
     {
-        using var view = PieceView(buf, source.Shape, piece);
         if (source.Rank == 0) source.Backend.Copy(source, view);
         else source.Backend.ReadSlice(source, piece.Axis, piece.Start, view, accumulate: false);
     }
 
-    /// <summary>Copies the bucket region of the piece back into <paramref name="target"/>.</summary>
-    public static void Unpack(Tensor buf, Tensor target, SyncPiece piece)
+    /// <summary>Copies the piece's region of the bucket, <paramref name="view"/>, back into <paramref name="target"/>.</summary>
+    public static void Unpack(Tensor view, Tensor target, SyncPiece piece)
     {
-        using var view = PieceView(buf, target.Shape, piece);
         if (target.Rank == 0) target.Backend.Copy(view, target);
         else target.Backend.WriteSlice(view, piece.Axis, piece.Start, target, accumulate: false);
     }
+}
 
-    private sealed class HolderOrder : IComparer<int[]>
+/// <summary>Holder sets in canonical order: lexicographic, a prefix before its extensions.</summary>
+internal sealed class HolderOrder : IComparer<IReadOnlyList<int>>
+{
+    public static readonly HolderOrder Instance = new();
+
+    public int Compare(IReadOnlyList<int>? x, IReadOnlyList<int>? y)
     {
-        public static readonly HolderOrder Instance = new();
+        for (int i = 0; i < Math.Min(x!.Count, y!.Count); i++)
+            if (x[i] != y[i]) return x[i].CompareTo(y[i]);
+        return x.Count.CompareTo(y.Count);
+    }
+}
 
-        public int Compare(int[]? x, int[]? y)
+/// <summary>A bucket's region of a <see cref="BucketStaging"/> buffer, and its pieces' regions, shaped like their tensors' slices.</summary>
+internal sealed record StagedBucket(SyncBucket Bucket, Tensor Buffer, Tensor[] Pieces);
+
+/// <summary>
+/// The staging memory of a sync, allocated once at construction and charged as Workspace: one buffer per
+/// (device, dtype), as long as the largest region of that kind, with fixed views into it, and the scalar
+/// constants the sync divides by. Buckets are processed one after another and so share the buffer: the
+/// peak is the largest bucket, as when every bucket had its own buffer for the length of its collective,
+/// and a step allocates nothing.
+/// </summary>
+internal sealed class BucketStaging : IDisposable
+{
+    private readonly Dictionary<(IBackend Backend, DType DType), Tensor> _buffers = new();
+    private readonly Dictionary<(IBackend Backend, DType DType, double Value), Tensor> _constants = new();
+    private readonly List<Tensor> _views = new();
+
+    /// <param name="regions">Every region that views will cover, by device and dtype, in elements from the start of the buffer.</param>
+    public BucketStaging(IEnumerable<(IBackend Backend, DType DType, long Elements)> regions)
+    {
+        foreach (var kind in regions.GroupBy(r => (r.Backend, r.DType)))
         {
-            for (int i = 0; i < Math.Min(x!.Length, y!.Length); i++)
-                if (x[i] != y[i]) return x[i].CompareTo(y[i]);
-            return x.Length.CompareTo(y.Length);
+            long elements = kind.Max(r => r.Elements);
+            _buffers[kind.Key] = Tensor.Allocate(new Shape(checked((int)elements)), kind.Key.DType, kind.Key.Backend, MemoryCategory.Workspace, registerInScope: false);
         }
+    }
+
+    /// <summary>Bytes of the buffers and constants.</summary>
+    public long Bytes => _buffers.Values.Concat(_constants.Values).Sum(t => t.ByteLength);
+
+    /// <summary>A view of <paramref name="shape"/> at element <paramref name="offset"/> of the (device, dtype) buffer.</summary>
+    public Tensor View(IBackend backend, DType dtype, Shape shape, long offset)
+    {
+        var buffer = _buffers[(backend, dtype)];
+        var view = buffer.Alias(shape, buffer.Offset + offset, registerInScope: false);
+        _views.Add(view);
+        return view;
+    }
+
+    /// <summary>Views of <paramref name="bucket"/> on <paramref name="backend"/>; <paramref name="layout"/> gives each parameter's layout.</summary>
+    public StagedBucket Stage(SyncBucket bucket, IBackend backend, Func<int, Shape> layout)
+        => new(bucket, View(backend, bucket.DType, new Shape(checked((int)bucket.Elements)), 0),
+            [.. bucket.Pieces.Select(p => View(backend, bucket.DType, SyncBuckets.PieceShape(layout(p.Parameter), p), p.Offset))]);
+
+    /// <summary>A scalar holding <paramref name="value"/> (allocated on first request, kept until disposal).</summary>
+    public Tensor Constant(IBackend backend, DType dtype, double value)
+    {
+        if (!_constants.TryGetValue((backend, dtype, value), out var scalar))
+        {
+            scalar = Tensor.Allocate(Shape.Scalar, dtype, backend, MemoryCategory.Workspace, registerInScope: false);
+            backend.Fill(scalar, value);
+            _constants[(backend, dtype, value)] = scalar;
+        }
+        return scalar;
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _views.Concat(_buffers.Values).Concat(_constants.Values)) t.Dispose();
+        _views.Clear();
+        _buffers.Clear();
+        _constants.Clear();
     }
 }

@@ -102,6 +102,9 @@ public sealed class SdpTrainer : IDisposable
     /// <summary>Collectives and bytes per step of the gradient sync alone (A20), per worker.</summary>
     public (int Collectives, double Bytes) GradientSyncCost(int worker) => (_workers[worker].GradSync.CollectivesPerStep, _workers[worker].GradSync.BytesPerStep);
 
+    /// <summary>Worker w's communication counters (collectives, bytes, groups created).</summary>
+    public CommStats WorkerCommStats(int worker) => _workers[worker].Comm.Stats;
+
     /// <summary>Backward masking: parameter and buffer elements worker w receives per step from the holders of the units it lacks (0 otherwise).</summary>
     public long RefreshElementsReceived(int worker) => _workers[worker].Refresh?.ElementsReceived ?? 0;
 
@@ -142,11 +145,13 @@ public sealed class SdpTrainer : IDisposable
             if (layout is not null && !forward)
             {
                 var all = model.Module.NamedParameters().Concat(buffers).Select(t => layout.SyncEntry(t.Name, t.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
-                refresh = new UnitRefresh(all, rank, Options.Workers, Options.BucketBytes);
+                refresh = new UnitRefresh(all, comm, Options.BucketBytes);
             }
-            var gradSync = new HolderGroupedSync(gradEntries, rank, Options.Workers, Options.BucketBytes);
-            var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, rank, Options.Workers, Options.BucketBytes, SyncTarget.Value);
-            return new Worker(rank, layout, model, makeOptimizer(trained), account, comm, data, gradSync, bufferSync, refresh);
+            // Every worker creates the groups of every holder set of the plan, in the same order (collective).
+            var groups = new HolderGroups(comm, Plan is null ? [] : Enumerable.Range(0, Plan.Groups.Count).SelectMany(g => Enumerable.Range(0, Plan.Groups[g].UnitCount).Select(u => Plan.HoldersOf(g, u))));
+            var gradSync = new HolderGroupedSync(gradEntries, groups, Options.BucketBytes);
+            var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, groups, Options.BucketBytes, SyncTarget.Value);
+            return new Worker(rank, layout, model, makeOptimizer(trained), account, comm, data, groups, gradSync, bufferSync, refresh);
         }
         catch
         {
@@ -351,7 +356,7 @@ public sealed class SdpTrainer : IDisposable
     }
 
     private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data,
-        HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh) : IDisposable
+        HolderGroups groups, HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh) : IDisposable
     {
         public int Rank { get; } = rank;
 
@@ -386,7 +391,7 @@ public sealed class SdpTrainer : IDisposable
                 loss = lossTensor.Item();
                 lossTensor.Backward();
             }
-            GradSync.Synchronize(Comm);
+            GradSync.Synchronize();
             double norm = Math.Sqrt(SquaredGradNorm());
             var parameters = Optimizer.Parameters;
             if (double.IsFinite(norm))
@@ -395,8 +400,8 @@ public sealed class SdpTrainer : IDisposable
                 Optimizer.Step();
             }
             Optimizer.ZeroGrad();
-            bufferSync?.Synchronize(Comm);
-            Refresh?.Refresh(Comm);
+            bufferSync?.Synchronize();
+            Refresh?.Refresh();
             var after = Comm.Stats;
             return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
         }
@@ -409,7 +414,7 @@ public sealed class SdpTrainer : IDisposable
             using (var total = Tensor.Zeros(Shape.Scalar, DType.Float64, Optimizer.Parameters[0].Backend))
             {
                 GradSync.AddSquaredNormShare(total);
-                if (Comm.WorldSize > 1) Comm.AllReduceSum(total, [.. Enumerable.Range(0, Comm.WorldSize)]);
+                if (Comm.WorldSize > 1) Comm.World.AllReduceSum(total);
                 return total.Item();
             }
         }
@@ -419,6 +424,10 @@ public sealed class SdpTrainer : IDisposable
             using var active = Account.Activate();
             Optimizer.Dispose();
             Model.Dispose();
+            GradSync.Dispose();
+            bufferSync?.Dispose();
+            Refresh?.Dispose();
+            groups.Dispose();
         }
     }
 

@@ -45,7 +45,7 @@ public class SdpTrainerFailureTests
     {
         var comms = InProcessCommunicator.Create(2, TimeSpan.FromMinutes(10));
         using var buffer = Tensor.Zeros(new Shape(3));
-        var waiting = Task.Run(() => comms[0].AllReduceSum(buffer, [0, 1]));
+        var waiting = Task.Run(() => comms[0].World.AllReduceSum(buffer));
         Thread.Sleep(50);
         comms[1].Abort("worker 1 failed: out of data");
         var pending = Assert.Throws<OperationCanceledException>(() => waiting.GetAwaiter().GetResult());
