@@ -52,7 +52,7 @@ public enum SyncTarget
 /// <para>
 /// Everything a step needs is made at construction: each holder set's group (from <see cref="HolderGroups"/>),
 /// one staging buffer per dtype as long as the largest bucket, with the views of every bucket and piece into
-/// it, and the holder counts to divide by, all charged as Workspace to the account current then. A step
+/// it, and the holder counts to divide by, all charged as EngineBuffers to the account current then. A step
 /// allocates nothing.
 /// </para>
 /// </summary>
@@ -117,8 +117,8 @@ public sealed class HolderGroupedSync : IDisposable
     /// <summary>Bytes this worker sends per step under the ring model of <see cref="CommStats"/>.</summary>
     public double BytesPerStep => Buckets.Sum(b => CommStats.RingAllReduceBytes(b.Bytes, b.Holders.Length));
 
-    /// <summary>Workspace bytes this sync keeps from construction to disposal: the staging buffers and holder counts.</summary>
-    public long WorkspaceBytes => _staging.Bytes;
+    /// <summary>Bytes this sync keeps from construction to disposal (<see cref="MemoryCategory.EngineBuffers"/>): the staging buffers and holder counts.</summary>
+    public long StagingBytes => _staging.Bytes;
 
     /// <summary>
     /// Averages every held unit's gradient (or value, per <see cref="Target"/>) over its holders, in place.

@@ -163,7 +163,7 @@ internal sealed class HolderOrder : IComparer<IReadOnlyList<int>>
 internal sealed record StagedBucket(SyncBucket Bucket, Tensor Buffer, Tensor[] Pieces);
 
 /// <summary>
-/// The staging memory of a sync, allocated once at construction and charged as Workspace: one buffer per
+/// The staging memory of a sync, allocated once at construction and charged as EngineBuffers: one buffer per
 /// (device, dtype), as long as the largest region of that kind, with fixed views into it, and the scalar
 /// constants the sync divides by. Buckets are processed one after another and so share the buffer: the
 /// peak is the largest bucket, as when every bucket had its own buffer for the length of its collective,
@@ -181,7 +181,7 @@ internal sealed class BucketStaging : IDisposable
         foreach (var kind in regions.GroupBy(r => (r.Backend, r.DType)))
         {
             long elements = kind.Max(r => r.Elements);
-            _buffers[kind.Key] = Tensor.Allocate(new Shape(checked((int)elements)), kind.Key.DType, kind.Key.Backend, MemoryCategory.Workspace, registerInScope: false);
+            _buffers[kind.Key] = Tensor.Allocate(new Shape(checked((int)elements)), kind.Key.DType, kind.Key.Backend, MemoryCategory.EngineBuffers, registerInScope: false);
         }
     }
 
@@ -207,7 +207,7 @@ internal sealed class BucketStaging : IDisposable
     {
         if (!_constants.TryGetValue((backend, dtype, value), out var scalar))
         {
-            scalar = Tensor.Allocate(Shape.Scalar, dtype, backend, MemoryCategory.Workspace, registerInScope: false);
+            scalar = Tensor.Allocate(Shape.Scalar, dtype, backend, MemoryCategory.EngineBuffers, registerInScope: false);
             backend.Fill(scalar, value);
             _constants[(backend, dtype, value)] = scalar;
         }

@@ -11,7 +11,7 @@ namespace Sdp.Engine.Distributed;
 /// <see cref="HolderGroupedSync"/> (canonical order, bucket cap), one broadcast per bucket; every worker
 /// passes its full-size tensors, with every unit's holders, so all workers agree on the layout. The staging
 /// buffer (one per dtype, as long as the largest bucket) and its views are made at construction and
-/// charged as Workspace, so a refresh allocates nothing.
+/// charged as EngineBuffers, so a refresh allocates nothing.
 /// </summary>
 public sealed class UnitRefresh : IDisposable
 {
@@ -42,8 +42,8 @@ public sealed class UnitRefresh : IDisposable
     /// <summary>Elements this worker receives per refresh (the units it does not hold).</summary>
     public long ElementsReceived => Buckets.Where(b => Array.BinarySearch(b.Holders, Worker) < 0).Sum(b => b.Elements);
 
-    /// <summary>Workspace bytes this refresh keeps from construction to disposal: its staging buffers.</summary>
-    public long WorkspaceBytes => _staging.Bytes;
+    /// <summary>Bytes this refresh keeps from construction to disposal (<see cref="MemoryCategory.EngineBuffers"/>): its staging buffers.</summary>
+    public long StagingBytes => _staging.Bytes;
 
     /// <summary>Overwrites every unit this worker does not hold with its lowest holder's values. Collective.</summary>
     public SyncResult Refresh()

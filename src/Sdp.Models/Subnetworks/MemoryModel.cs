@@ -154,8 +154,8 @@ public sealed record ResNetBlockShape(bool Present = true, int? Width = null, bo
 /// <item>Rope saves the cos/sin tables; causal attention saves q, k, v and the per-row logsumexp; Embedding and cross-entropy save the int32 ids/targets, cross-entropy also the logits and per-row logsumexp.</item>
 /// </list>
 /// A storage saved by several nodes (the normed input of q/k/v, a block input read by conv1 and the projection) counts once.
-/// Workspace (transients, activation gradients, kernel scratch, and the synchronisation staging buffers an SDP
-/// worker keeps from one step to the next) is not modelled.
+/// Workspace (transients, activation gradients, kernel scratch) and engine buffers (the synchronisation staging
+/// an SDP worker keeps from one step to the next, held-slice indices) are not modelled.
 /// </summary>
 public static class MemoryModel
 {

@@ -226,12 +226,12 @@ public class HolderGroupedSyncTests
     }
 
     [Test]
-    public void Staging_is_workspace_made_at_construction_and_a_step_allocates_nothing()
+    public void Staging_is_made_at_construction_and_a_step_allocates_nothing()
     {
         // W = 2: shared float32 (4, 4) = 64 bytes in buckets of at most 40 bytes (32 + 32), and shared
         // float64 (3) = 24 bytes (a bucket of its own dtype). The sync keeps one staging buffer per dtype,
         // as long as its largest bucket (32 and 24 bytes), and the holder count 2 per dtype (4 + 8 bytes):
-        // 68 bytes of workspace from construction to disposal, none added by a step.
+        // 68 bytes of engine buffers from construction to disposal, none added by a step.
         var comms = InProcessCommunicator.Create(2);
         var accounts = new[] { new MemoryAccount("w0"), new MemoryAccount("w1") };
         var results = new double[2][];
@@ -246,11 +246,11 @@ public class HolderGroupedSyncTests
                 using (var sync = new HolderGroupedSync([new SyncParameter(a), new SyncParameter(b)], new HolderGroups(c, []), 40))
                 {
                     Assert.That(sync.Buckets.Select(k => (k.DType, k.Bytes)), Is.EqualTo(new[] { (DType.Float32, 32L), (DType.Float32, 32L), (DType.Float64, 24L) }).AsCollection);
-                    Assert.That(sync.WorkspaceBytes, Is.EqualTo(32 + 24 + 4 + 8));
-                    Assert.That(accounts[r].CurrentBytes(MemoryCategory.Workspace), Is.EqualTo(sync.WorkspaceBytes), $"worker {r}: staging is charged at construction");
+                    Assert.That(sync.StagingBytes, Is.EqualTo(32 + 24 + 4 + 8));
+                    Assert.That(accounts[r].CurrentBytes(MemoryCategory.EngineBuffers), Is.EqualTo(sync.StagingBytes), $"worker {r}: staging is charged at construction");
                     accounts[r].ResetPeaks();
                     for (int step = 0; step < 2; step++) sync.Synchronize();
-                    Assert.That(accounts[r].PeakTotal, Is.EqualTo(sync.WorkspaceBytes), $"worker {r}: steps allocate nothing");
+                    Assert.That(accounts[r].PeakTotal, Is.EqualTo(sync.StagingBytes), $"worker {r}: steps allocate nothing");
                 }
                 Assert.That(accounts[r].CurrentTotal, Is.Zero, $"worker {r}: disposal frees the staging");
             }

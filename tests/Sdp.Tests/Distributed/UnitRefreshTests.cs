@@ -29,8 +29,8 @@ public class UnitRefreshTests
                 using (var refresh = new UnitRefresh([new SyncParameter(units, 0, holders), new SyncParameter(everyone)], c))
                 {
                     Assert.That(refresh.Buckets.Select(b => b.Holders), Is.EqualTo(new[] { new[] { 0, 1 }, [0, 2], [1, 2] }).AsCollection, "canonical order");
-                    Assert.That(refresh.WorkspaceBytes, Is.EqualTo(16));
-                    Assert.That(accounts[r].CurrentBytes(MemoryCategory.Workspace), Is.EqualTo(16), $"worker {r}: staging is charged at construction");
+                    Assert.That(refresh.StagingBytes, Is.EqualTo(16));
+                    Assert.That(accounts[r].CurrentBytes(MemoryCategory.EngineBuffers), Is.EqualTo(16), $"worker {r}: staging is charged at construction");
                     accounts[r].ResetPeaks();
                     received[r] = refresh.Refresh().ElementsSynchronized;
                     Assert.That(accounts[r].PeakTotal, Is.EqualTo(16), $"worker {r}: a refresh allocates nothing");

@@ -418,8 +418,8 @@ public class SdpAcceptanceTests
     public void A19_worker_memory_is_the_held_parameters_times_bytes_per_parameter([Values(Masking.Forward, Masking.Backward)] Masking masking)
     {
         using var sdp = LlamaTrainer(SdpRun(4, SubnetLevel.Block, masking, 0.5));
-        // The syncs' staging buffers are workspace that lives from construction to disposal.
-        var staging = Enumerable.Range(0, 4).Select(w => sdp.WorkerAccount(w).CurrentBytes(MemoryCategory.Workspace)).ToArray();
+        // The syncs' staging buffers live from construction to disposal, as engine buffers.
+        var staging = Enumerable.Range(0, 4).Select(w => sdp.WorkerAccount(w).CurrentBytes(MemoryCategory.EngineBuffers)).ToArray();
         Train(sdp, 1);
         var plan = sdp.Plan!;
         for (int w = 0; w < 4; w++)
@@ -432,7 +432,8 @@ public class SdpAcceptanceTests
             Assert.That(account.PeakBytes(MemoryCategory.Gradients), Is.EqualTo(4 * held), $"worker {w} gradients");
             Assert.That(account.CurrentBytes(MemoryCategory.Gradients), Is.Zero, "gradients are dropped after the step");
             Assert.That(staging[w], Is.Positive, $"worker {w} staging buffers");
-            Assert.That(account.CurrentBytes(MemoryCategory.Activations) + account.CurrentBytes(MemoryCategory.Workspace), Is.EqualTo(staging[w]), "nothing transient survives a step");
+            Assert.That(account.CurrentBytes(MemoryCategory.EngineBuffers), Is.EqualTo(staging[w]), "a step adds no engine buffer");
+            Assert.That(account.CurrentBytes(MemoryCategory.Activations) + account.CurrentBytes(MemoryCategory.Workspace), Is.Zero, "nothing transient survives a step");
         }
     }
 
