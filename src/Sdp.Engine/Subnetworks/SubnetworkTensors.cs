@@ -26,12 +26,15 @@ public static class SubnetworkTensors
     /// </summary>
     public static void CopyFromDense(Module dense, Module worker, WorkerLayout? layout)
     {
+        // The dense model and the worker may live on different devices: each source is moved to the
+        // target's device first (a no-op handle when they share one).
         int rank = layout?.Worker ?? 0;
         var source = Named(dense);
         using var noGrad = GradMode.Disable();
         foreach (var (name, target) in Named(worker))
         {
-            if (!source.TryGetValue(name, out var full)) throw new ArgumentException($"SubnetworkTensors: worker {rank} has tensor {name} {target.Shape}, which the dense model does not have");
+            if (!source.TryGetValue(name, out var denseTensor)) throw new ArgumentException($"SubnetworkTensors: worker {rank} has tensor {name} {target.Shape}, which the dense model does not have");
+            using var full = OnDeviceOf(target, denseTensor);
             if (full.Shape == target.Shape)
             {
                 full.Backend.Copy(full, target);
@@ -66,7 +69,7 @@ public static class SubnetworkTensors
             if (binding is null || binding.Unit is not null)
             {
                 int from = binding?.Unit is { } unit ? plan.HoldersOf(binding.Group, unit)[0] : 0;
-                var source = Find(copies[from], name, from);
+                using var source = OnDeviceOf(target, Find(copies[from], name, from));
                 if (source.Shape != target.Shape) throw new ArgumentException($"SubnetworkTensors.AssembleDense: worker {from}'s {name} is {source.Shape}, the dense tensor {target.Shape}");
                 target.Backend.Copy(source, target);
                 continue;
@@ -77,8 +80,8 @@ public static class SubnetworkTensors
             {
                 // The slices this worker contributes: units whose lowest holder it is, at their position in
                 // its own tensor (compact: rank among its held units; full: the dense index).
-                var source = layouts[w].HeldUnits[binding.Group].Length == 0 ? null : Find(copies[w], name, w);
-                if (source is null) continue;
+                if (layouts[w].HeldUnits[binding.Group].Length == 0) continue;
+                using var source = OnDeviceOf(target, Find(copies[w], name, w));
                 bool compact = source.Shape[binding.Axis] != units * per;
                 var held = layouts[w].HeldUnits[binding.Group];
                 var from = new List<int>();
@@ -104,6 +107,15 @@ public static class SubnetworkTensors
             }
         }
         dense.TensorsReplaced();
+    }
+
+    /// <summary><paramref name="source"/> on <paramref name="target"/>'s device (a transient copy, or a new handle when it is there already).</summary>
+    private static Tensor OnDeviceOf(Tensor target, Tensor source)
+    {
+        using (MemoryAccount.Use(MemoryCategory.Workspace))
+        {
+            return source.To(target.Backend);
+        }
     }
 
     /// <summary>
