@@ -17,7 +17,7 @@ var units = new MaskableUnits(
 // held == null: the dense model; otherwise a narrower copy holding held[b].Length units of block b.
 var model = new SubnetworkModel(units, held => new Classifier(new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden])));
 
-using var trainer = new SdpTrainer(model,
+using var trainer = new Trainer(model,
     new SdpOptions { Workers = 4, Mode = ParallelMode.Sdp, Level = SubnetLevel.Neuron, Masking = Masking.Forward, Coverage = 0.5 },
     parameters => new AdamW(parameters, 3e-3),
     worker => new TeacherData(seed: 100 + (ulong)worker),

@@ -94,7 +94,7 @@ public static partial class TrainCommand
         if (o.Schedule == "cosine" && warmup >= steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
     }
 
-    /// <summary>Trains with <see cref="SdpTrainer"/>: W workers, DP or SDP, reporting per-worker memory and communication.</summary>
+    /// <summary>Trains with the <see cref="Trainer"/>: W workers, DP or SDP, reporting per-worker memory and communication.</summary>
     public static int RunDistributed(Options o, TextWriter output, bool plain)
     {
         var d = o.Distributed!;
@@ -121,10 +121,10 @@ public static partial class TrainCommand
             return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
         }
         var options = new TrainerOptions { Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, SavePath = o.Save, SaveEvery = o.SaveEvery };
-        SdpTrainer trainer;
+        Trainer trainer;
         try
         {
-            trainer = new SdpTrainer(subnetworkModel, sdp, MakeOptimizer, TrainData, options, eval);
+            trainer = new Trainer(subnetworkModel, sdp, MakeOptimizer, TrainData, options, eval);
         }
         catch (ArgumentException e)
         {
@@ -167,7 +167,7 @@ public static partial class TrainCommand
             var recent = new Queue<double>();
             double items = 0;
             EvalMetrics? lastEval = null;
-            SdpStepMetrics? last = null;
+            StepMetrics? last = null;
             trainer.StepCompleted += m =>
             {
                 last = m;
@@ -175,8 +175,7 @@ public static partial class TrainCommand
                 if (recent.Count > 20) recent.Dequeue();
                 items += m.ItemsPerSecond * m.StepMs / 1000;
                 metricsFile?.Write(DistributedStepRecord(m));
-                var busiest = m.Workers.MaxBy(w => w.Memory.PeakTotal)!;
-                progress.Report(new StepMetrics(m.Step, m.Loss, m.LearningRate, m.GradNorm, m.StepMs, m.ItemsPerSecond, m.ItemUnit, busiest.Memory));
+                progress.Report(m);
             };
             trainer.Evaluated += e =>
             {
@@ -215,7 +214,7 @@ public static partial class TrainCommand
         return 0;
     }
 
-    private static JsonObject DistributedStepRecord(SdpStepMetrics m)
+    private static JsonObject DistributedStepRecord(StepMetrics m)
     {
         var workers = new JsonArray();
         foreach (var w in m.Workers)

@@ -114,7 +114,7 @@ public static partial class TrainCommand
         using var activation = account.Activate();
         var rng = new Rng(o.Seed);
 
-        TrainingCheckpointInfo? resumeInfo = o.Resume is null ? null : TrainingCheckpoint.ReadInfo(o.Resume);
+        SdpCheckpoint.Info? resumeInfo = o.Resume is null ? null : SdpCheckpoint.ReadInfo(o.Resume);
         string? config = resumeInfo?.ModelConfig ?? o.Config;
         var (train, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
@@ -128,7 +128,7 @@ public static partial class TrainCommand
             : o.Optimizer == "sgd" ? new Sgd(model.Module.Parameters(), o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
             : new AdamW(model.Module.Parameters(), o.Lr, weightDecay: o.WeightDecay);
         ILrSchedule schedule = o.Schedule == "cosine" ? new WarmupCosineSchedule(o.Lr, o.Warmup, o.Steps, o.Lr * 0.1) : new ConstantSchedule(o.Lr);
-        var trainer = new Trainer(model, optimizer, train, new TrainerOptions
+        using var trainer = new Trainer(model, optimizer, train, new TrainerOptions
         {
             Steps = o.Steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches,
             SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = RunOptionsJson(o),
@@ -200,7 +200,7 @@ public static partial class TrainCommand
     private static JsonObject StepRecord(StepMetrics m) => new()
     {
         ["step"] = m.Step, ["loss"] = m.Loss, ["lr"] = m.LearningRate, ["grad_norm"] = m.GradNorm, ["step_ms"] = m.StepMs,
-        [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["memory"] = MemoryJson(m.Memory),
+        [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["memory"] = MemoryJson(m.Workers[0].Memory),
     };
 
     private static JsonObject EvalRecord(EvalMetrics e)

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 using Sdp.Engine;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Distributed;
@@ -6,16 +7,18 @@ using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
+using Sdp.Models.Data;
 using Sdp.Models.Subnetworks;
 
 namespace Sdp.Models.Training;
 
 /// <summary>
-/// Data-parallel and subnetwork-data-parallel training of W simulated workers in one process (method
-/// reference §2.5), one thread per worker, talking through an <see cref="InProcessCommunicator"/>.
-/// Each worker has its own model copy (its subnetwork under forward masking; the dense model with held-slice
-/// gradients under backward masking), optimizer over what it holds, data stream and
-/// <see cref="MemoryAccount"/>. A step on every worker:
+/// The training loop: W workers (one by default), data parallel (DP) or subnetwork data parallel (SDP, method
+/// reference §2.5), with a scheduled learning rate, gradient clipping, periodic evaluation and atomic
+/// checkpoints, reporting through events. Each worker has its own model copy (its subnetwork under forward
+/// masking; the dense model with held-slice gradients under backward masking), optimizer over what it holds,
+/// data stream and <see cref="MemoryAccount"/>; workers talk through an <see cref="InProcessCommunicator"/>,
+/// one thread each (a single worker runs on the caller's thread). A step on every worker:
 /// <code>
 /// loss = L(subnetwork; own batch); backward              // dW only for held units
 /// ĝ_u = mean of g_u over u's holders                      // one all-reduce per holder-set bucket
@@ -24,47 +27,57 @@ namespace Sdp.Models.Training;
 /// BatchNorm buffers: mean over holders
 /// backward masking: unheld units ← their lowest holder   // broadcast (§2.6 B1)
 /// </code>
-/// The dense model is kept on the host (its own account) and assembled from the holders for evaluation
-/// and saving (A18). DP is the same loop with every tensor shared.
+/// DP is the same loop with every tensor shared, and one DP worker is plain single-process training: there
+/// is nothing to average, and the norm and clipping are <see cref="GradClip.ClipGlobalNorm"/>'s, bit for bit
+/// (A5). Every step runs in its own <see cref="TensorScope"/>, so nothing but parameters, gradients and
+/// optimizer state survives it. In DP every worker holds the same weights, so worker 0's model is the dense
+/// model that is evaluated and saved; SDP keeps a dense copy on the host (its own account), assembled from
+/// the holders for evaluation and saving (A18).
+/// <para>
+/// Two ways in: a <see cref="SubnetworkModel"/> with <see cref="SdpOptions"/>, from which the trainer builds
+/// and owns every worker's model and optimizer; or one already-built model with its optimizer (W = 1 DP),
+/// which stay the caller's.
+/// </para>
 /// </summary>
-public sealed class SdpTrainer : IDisposable
+public sealed class Trainer : IDisposable
 {
-    private readonly SubnetworkModel _model;
+    private readonly SubnetworkModel? _model;
     private readonly TrainerOptions _options;
     private readonly IBatchSource? _eval;
-    private readonly Data.DataLoaderState? _evalStart;
+    private readonly DataLoaderState? _evalStart;
     private readonly Worker[] _workers;
-    private readonly ITrainable _dense;
 
+    /// <summary>SDP: the dense model, assembled from the holders. DP has none: worker 0's model is the dense model.</summary>
+    private readonly ITrainable? _host;
+
+    /// <summary>Trains W workers built from <paramref name="model"/>.</summary>
     /// <param name="model">The model and its maskable units.</param>
     /// <param name="sdp">Workers, mode, level, masking, coverage.</param>
     /// <param name="optimizer">Makes a worker's optimizer over the parameters it trains.</param>
-    /// <param name="trainData">Worker w's training batches (worker 0's must be single-worker training's for A5).</param>
-    /// <param name="options">Steps, schedule, clipping, evaluation and saving, as for <see cref="Trainer"/>.</param>
-    /// <param name="eval">Held-out batches, evaluated on the assembled dense model.</param>
-    public SdpTrainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null)
+    /// <param name="trainData">Worker w's training batches (worker 0 of 1: single-process training's).</param>
+    /// <param name="options">Steps, schedule, clipping, evaluation and saving.</param>
+    /// <param name="eval">Held-out batches, evaluated on the dense model.</param>
+    public Trainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(sdp);
         ArgumentNullException.ThrowIfNull(optimizer);
         ArgumentNullException.ThrowIfNull(trainData);
         ArgumentNullException.ThrowIfNull(options);
-        if (sdp.Workers < 1) throw new ArgumentException($"SdpTrainer: workers must be at least 1, got {sdp.Workers}");
-        if (options.Steps < 0) throw new ArgumentException($"SdpTrainer: steps must be >= 0, got {options.Steps}");
-        (_model, Options, _options, _eval) = (model, sdp, options, eval);
+        if (sdp.Workers < 1) throw new ArgumentException($"Trainer: workers must be at least 1, got {sdp.Workers}");
+        (_model, Options, _options, _eval) = (model, sdp, CheckSteps(options), eval);
         _evalStart = eval?.State;
 
         if (sdp.Mode == ParallelMode.Sdp)
         {
-            if (model.Units.TensorBindings.Count == 0) throw new ArgumentException("SdpTrainer: SDP needs the model's unit bindings (MaskableUnits.Bindings is empty)");
+            if (model.Units.TensorBindings.Count == 0) throw new ArgumentException("Trainer: SDP needs the model's unit bindings (MaskableUnits.Bindings is empty)");
             Plan = SubnetworkPlan.Create(model.Units, sdp.Workers, sdp.Coverage, sdp.PlanSeed);
-        }
-
-        HostAccount = new MemoryAccount("host");
-        using (HostAccount.Activate())
-        using (MemoryAccount.Use(MemoryCategory.Parameters))
-        {
-            _dense = model.Build(null);
+            HostAccount = new MemoryAccount("host");
+            using (HostAccount.Activate())
+            using (MemoryAccount.Use(MemoryCategory.Parameters))
+            {
+                _host = model.Build(null);
+            }
         }
         var comms = InProcessCommunicator.Create(sdp.Workers, sdp.CollectiveTimeout);
         _workers = new Worker[sdp.Workers];
@@ -79,18 +92,47 @@ public sealed class SdpTrainer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Trains one already-built model (W = 1 DP: single-process training). The model and the optimizer stay the
+    /// caller's: the trainer neither copies nor disposes them, and <see cref="Resume"/> loads into them.
+    /// </summary>
+    /// <param name="model">The model; its parameters should be the optimizer's (or a superset, for frozen ones).</param>
+    /// <param name="optimizer">The optimizer over the parameters to train.</param>
+    /// <param name="train">Training batches.</param>
+    /// <param name="options">Steps, schedule, clipping, evaluation and saving.</param>
+    /// <param name="account">
+    /// Charged with everything a step allocates (gradients, activations, optimizer state, workspace) and with
+    /// evaluation; build the model under it (<see cref="MemoryAccount.Activate"/>) to have its parameters counted too.
+    /// </param>
+    /// <param name="eval">Held-out batches for the periodic evaluation.</param>
+    public Trainer(ITrainable model, Optimizer optimizer, IBatchSource train, TrainerOptions options, MemoryAccount account, IBatchSource? eval = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(optimizer);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(account);
+        (Options, _options, _eval) = (new SdpOptions(), CheckSteps(options), eval);
+        _evalStart = eval?.State;
+        using var active = account.Activate();
+        _workers = [Equip(0, null, model, optimizer, account, InProcessCommunicator.Create(1)[0], train, owned: false)];
+    }
+
+    private static TrainerOptions CheckSteps(TrainerOptions options)
+        => options.Steps >= 0 ? options : throw new ArgumentException($"Trainer: steps must be >= 0, got {options.Steps}");
+
     public SdpOptions Options { get; }
 
     /// <summary>The subnetwork plan (null in DP mode).</summary>
     public SubnetworkPlan? Plan { get; }
 
-    /// <summary>Charged with the host's dense model (initialisation, evaluation, saving), not with any worker.</summary>
-    public MemoryAccount HostAccount { get; }
+    /// <summary>SDP: charged with the host's dense model (initialisation, assembly, evaluation, saving), not with any worker. Null in DP, which keeps no host copy.</summary>
+    public MemoryAccount? HostAccount { get; }
 
     /// <summary>Worker w's memory account.</summary>
     public MemoryAccount WorkerAccount(int worker) => _workers[worker].Account;
 
-    /// <summary>Worker w's model copy (its subnetwork under forward masking).</summary>
+    /// <summary>Worker w's model (its subnetwork under forward masking).</summary>
     public ITrainable WorkerModel(int worker) => _workers[worker].Model;
 
     /// <summary>Worker w's optimizer.</summary>
@@ -108,51 +150,69 @@ public sealed class SdpTrainer : IDisposable
     /// <summary>Completed steps.</summary>
     public long Step { get; private set; }
 
-    public event Action<SdpStepMetrics>? StepCompleted;
+    public event Action<StepMetrics>? StepCompleted;
 
     public event Action<EvalMetrics>? Evaluated;
 
     public event Action<string>? Saved;
 
+    /// <summary>
+    /// Builds worker <paramref name="rank"/>'s model in its own account: its subnetwork (forward masking) or
+    /// the dense model, with its weights copied from the host's dense model (SDP) or from worker 0 (DP), so
+    /// every worker starts from the same weights whatever the factory does.
+    /// </summary>
     private Worker CreateWorker(int rank, ICommunicator comm, Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer, IBatchSource data)
     {
         var account = new MemoryAccount($"worker {rank}");
         using var active = account.Activate();
-        var layout = Plan is null ? null : new WorkerLayout(_model.Units, Plan, rank);
+        var layout = Plan is null ? null : new WorkerLayout(_model!.Units, Plan, rank);
         bool forward = layout is not null && Options.Masking == Masking.Forward;
         ITrainable model;
         using (MemoryAccount.Use(MemoryCategory.Parameters))
         {
-            model = _model.Build(forward ? layout!.HeldUnits : null);
+            model = _model!.Build(forward ? layout!.HeldUnits : null);
         }
+        Optimizer? optimizer = null;
         try
         {
             if (forward) RequireSharedTensors(model, layout!);
-            SubnetworkTensors.CopyFromDense(_dense.Module, model.Module, layout);
+            var source = _host ?? (rank > 0 ? _workers[0].Model : null);
+            if (source is not null) SubnetworkTensors.CopyFromDense(source.Module, model.Module, layout);
             var trained = layout is not null && !forward
                 ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
                 : [.. model.Module.NamedParameters().Select(p => p.Tensor).Where(t => t.RequiresGrad)];
-            if (trained.Count == 0) throw new ArgumentException($"SdpTrainer: worker {rank} trains no parameter");
-            var names = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
-            foreach (var (name, p) in model.Module.NamedParameters()) names[p] = name;
-            var gradEntries = trained.Select(p => Entry(layout, names[p], p, SyncTarget.Gradient)).OfType<SyncParameter>().ToList();
-            var buffers = model.Module.NamedBuffers().Where(b => b.Tensor.DType.IsFloatingPoint()).ToList();
-            var bufferEntries = buffers.Select(b => Entry(layout, b.Name, b.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
-            UnitRefresh? refresh = null;
-            if (layout is not null && !forward)
-            {
-                var all = model.Module.NamedParameters().Concat(buffers).Select(t => layout.SyncEntry(t.Name, t.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
-                refresh = new UnitRefresh(all, rank, Options.Workers, Options.BucketBytes);
-            }
-            var gradSync = new HolderGroupedSync(gradEntries, rank, Options.Workers, Options.BucketBytes);
-            var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, rank, Options.Workers, Options.BucketBytes, SyncTarget.Value);
-            return new Worker(rank, layout, model, makeOptimizer(trained), account, comm, data, gradSync, bufferSync, refresh);
+            if (trained.Count == 0) throw new ArgumentException($"Trainer: worker {rank} trains no parameter");
+            optimizer = makeOptimizer(trained);
+            return Equip(rank, layout, model, optimizer, account, comm, data, owned: true);
         }
         catch
         {
+            optimizer?.Dispose();
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>A worker around its model and optimizer: the gradient sync over the optimizer's parameters, the buffer sync and (backward masking) the refresh.</summary>
+    private Worker Equip(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data, bool owned)
+    {
+        var trained = optimizer.Parameters;
+        if (trained.Count == 0) throw new ArgumentException($"Trainer: worker {rank} trains no parameter");
+        var names = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
+        foreach (var (name, p) in model.Module.NamedParameters()) names[p] = name;
+        var gradEntries = trained.Select(p => names.TryGetValue(p, out var name) ? Entry(layout, name, p, SyncTarget.Gradient)
+            : throw new ArgumentException($"Trainer: optimizer parameter {p.Name ?? "(unnamed)"} {p.Shape} is not a parameter of the model")).OfType<SyncParameter>().ToList();
+        var buffers = model.Module.NamedBuffers().Where(b => b.Tensor.DType.IsFloatingPoint()).ToList();
+        var bufferEntries = buffers.Select(b => Entry(layout, b.Name, b.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
+        UnitRefresh? refresh = null;
+        if (layout is not null && Options.Masking == Masking.Backward)
+        {
+            var all = model.Module.NamedParameters().Concat(buffers).Select(t => layout.SyncEntry(t.Name, t.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
+            refresh = new UnitRefresh(all, rank, Options.Workers, Options.BucketBytes);
+        }
+        var gradSync = new HolderGroupedSync(gradEntries, rank, Options.Workers, Options.BucketBytes);
+        var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, rank, Options.Workers, Options.BucketBytes, SyncTarget.Value);
+        return new Worker(rank, layout, model, optimizer, account, comm, data, gradSync, bufferSync, refresh, owned);
     }
 
     /// <summary>
@@ -163,13 +223,14 @@ public sealed class SdpTrainer : IDisposable
     private void RequireSharedTensors(ITrainable model, WorkerLayout layout)
     {
         var present = SubnetworkTensors.Named(model.Module);
-        foreach (var name in SubnetworkTensors.Named(_dense.Module).Keys)
+        foreach (var name in SubnetworkTensors.Named(_host!.Module).Keys)
         {
             if (layout.BindingOf(name) is not null || present.ContainsKey(name)) continue;
-            var empty = Enumerable.Range(0, _model.Units.Groups.Count).Where(g => layout.HeldUnits[g].Length == 0).Select(g => _model.Units.Groups[g].Name).ToList();
+            var units = _model!.Units;
+            var empty = Enumerable.Range(0, units.Groups.Count).Where(g => layout.HeldUnits[g].Length == 0).Select(g => units.Groups[g].Name).ToList();
             throw new ArgumentException(
-                $"SdpTrainer: worker {layout.Worker} holds no unit of {string.Join(", ", empty.DefaultIfEmpty("some group"))}, so its subnetwork lacks the shared tensor {name}; " +
-                $"choose workers and coverage so that every worker holds at least one unit of every group (each group has {string.Join("/", _model.Units.Groups.Select(g => g.UnitCount).Distinct())} units, W = {Options.Workers}, C = {Options.Coverage})");
+                $"Trainer: worker {layout.Worker} holds no unit of {string.Join(", ", empty.DefaultIfEmpty("some group"))}, so its subnetwork lacks the shared tensor {name}; " +
+                $"choose workers and coverage so that every worker holds at least one unit of every group (each group has {string.Join("/", units.Groups.Select(g => g.UnitCount).Distinct())} units, W = {Options.Workers}, C = {Options.Coverage})");
         }
     }
 
@@ -183,7 +244,7 @@ public sealed class SdpTrainer : IDisposable
     }
 
     /// <summary>One synchronous step of every worker.</summary>
-    public SdpStepMetrics TrainStep()
+    public StepMetrics TrainStep()
     {
         var clock = Stopwatch.StartNew();
         double lr = _options.Schedule.LearningRate(Step);
@@ -200,27 +261,67 @@ public sealed class SdpTrainer : IDisposable
         }
         loss /= _workers.Length;
         var perWorker = _workers.Select(w => new WorkerStepMetrics(w.Rank, results[w.Rank].Loss, w.Account.Snapshot(), results[w.Rank].Bytes, results[w.Rank].Collectives)).ToArray();
-        var metrics = new SdpStepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _dense.ItemUnit, perWorker);
+        var metrics = new StepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _workers[0].Model.ItemUnit, perWorker);
         StepCompleted?.Invoke(metrics);
         return metrics;
     }
 
-    /// <summary>The dense model assembled from the holders (A18), owned by the trainer.</summary>
+    /// <summary>
+    /// The dense model: in SDP the host's copy, assembled from the holders (A18); in DP worker 0's model itself
+    /// (every worker holds the same weights). Owned by the trainer, or by the caller who built it.
+    /// </summary>
     public ITrainable AssembleDense()
     {
-        using var active = HostAccount.Activate();
-        if (Plan is null) SubnetworkTensors.CopyFromDense(_workers[0].Model.Module, _dense.Module, null);
-        else SubnetworkTensors.AssembleDense(_dense.Module, [.. _workers.Select(w => w.Model.Module)], [.. _workers.Select(w => w.Layout!)]);
-        return _dense;
+        if (_host is null) return _workers[0].Model;
+        using var active = HostAccount!.Activate();
+        SubnetworkTensors.AssembleDense(_host.Module, [.. _workers.Select(w => w.Model.Module)], [.. _workers.Select(w => w.Layout!)]);
+        return _host;
     }
 
-    /// <summary>Mean loss (and accuracy) of the assembled dense model over <paramref name="batches"/> batches.</summary>
+    /// <summary>The account the dense model is charged to: the host's in SDP, worker 0's in DP.</summary>
+    private MemoryAccount DenseAccount => HostAccount ?? _workers[0].Account;
+
+    /// <summary>Mean loss (and accuracy for classifiers) of the dense model over <paramref name="batches"/> batches, in eval mode.</summary>
     public EvalMetrics Evaluate(IBatchSource data, int batches)
     {
         var dense = AssembleDense();
-        using var active = HostAccount.Activate();
-        if (Options.BnRecalibrationBatches > 0) RecalibrateBatchNorm(dense, _workers[0].Data, Options.BnRecalibrationBatches);
-        return Trainer.Evaluate(dense, data, batches, Step);
+        using var active = DenseAccount.Activate();
+        using var recalibrated = Options.BnRecalibrationBatches > 0 ? RecalibrateBatchNorm(dense, _workers[0].Data, Options.BnRecalibrationBatches) : null;
+        return Evaluate(dense, data, batches, Step);
+    }
+
+    /// <summary>Evaluates <paramref name="model"/> with grad mode off and the module in eval mode (restored afterwards).</summary>
+    public static EvalMetrics Evaluate(ITrainable model, IBatchSource data, int batches, long step = 0)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(data);
+        using var noGrad = GradMode.Disable();
+        bool wasTraining = model.Module.IsTraining;
+        model.Module.Eval();
+        try
+        {
+            double lossSum = 0;
+            long count = 0, correct = 0;
+            bool classifier = false;
+            for (int b = 0; b < batches; b++)
+            {
+                using var scope = TensorScope.Begin();
+                var (inputs, targets) = data.NextBatch();
+                var e = model.Evaluate(inputs, targets);
+                lossSum += e.LossSum;
+                count += e.Count;
+                if (e.Correct is { } c)
+                {
+                    classifier = true;
+                    correct += c;
+                }
+            }
+            return new EvalMetrics(step, lossSum / Math.Max(1, count), count, classifier ? correct / (double)Math.Max(1, count) : null);
+        }
+        finally
+        {
+            model.Module.Train(wasTraining);
+        }
     }
 
     private EvalMetrics EvaluateHeldOut(IBatchSource eval)
@@ -232,23 +333,26 @@ public sealed class SdpTrainer : IDisposable
     /// <summary>
     /// Re-estimates BatchNorm running statistics of the dense model: reset to mean 0, variance 1, then
     /// forward passes in training mode without gradients. The batches are drawn from a copy of worker 0's
-    /// position, so training data order is unchanged.
+    /// position, so training data order is unchanged. Disposing the result puts the model's own buffers back,
+    /// so evaluation changes nothing (in DP the dense model is worker 0's, whose statistics training continues
+    /// from); null when the model has no BatchNorm.
     /// </summary>
-    private static void RecalibrateBatchNorm(ITrainable dense, IBatchSource source, int batches)
+    private static IDisposable? RecalibrateBatchNorm(ITrainable dense, IBatchSource source, int batches)
     {
         var buffers = dense.Module.NamedBuffers().ToList();
-        if (!buffers.Any(b => b.Name.EndsWith("running_mean", StringComparison.Ordinal))) return;
-        var saved = source.State;
+        if (!buffers.Any(b => b.Name.EndsWith("running_mean", StringComparison.Ordinal))) return null;
+        var saved = new BufferSnapshot(buffers.Select(b => b.Tensor));
+        var position = source.State;
         using var noGrad = GradMode.Disable();
-        foreach (var (name, t) in buffers)
-        {
-            if (name.EndsWith("running_mean", StringComparison.Ordinal)) t.Backend.Fill(t, 0);
-            else if (name.EndsWith("running_var", StringComparison.Ordinal)) t.Backend.Fill(t, 1);
-        }
         bool wasTraining = dense.Module.IsTraining;
-        dense.Module.Train();
         try
         {
+            foreach (var (name, t) in buffers)
+            {
+                if (name.EndsWith("running_mean", StringComparison.Ordinal)) t.Backend.Fill(t, 0);
+                else if (name.EndsWith("running_var", StringComparison.Ordinal)) t.Backend.Fill(t, 1);
+            }
+            dense.Module.Train();
             for (int b = 0; b < batches; b++)
             {
                 using var scope = TensorScope.Begin();
@@ -256,22 +360,56 @@ public sealed class SdpTrainer : IDisposable
                 using var loss = dense.Loss(inputs, targets);
             }
         }
+        catch
+        {
+            saved.Dispose();
+            throw;
+        }
         finally
         {
             dense.Module.Train(wasTraining);
-            source.State = saved;
+            source.State = position;
+        }
+        return saved;
+    }
+
+    /// <summary>Copies of some tensors (workspace), written back into them on disposal.</summary>
+    private sealed class BufferSnapshot : IDisposable
+    {
+        private readonly List<(Tensor Target, Tensor Copy)> _copies = [];
+
+        public BufferSnapshot(IEnumerable<Tensor> tensors)
+        {
+            using var workspace = MemoryAccount.Use(MemoryCategory.Workspace);
+            foreach (var t in tensors)
+            {
+                var copy = Tensor.Empty(t.Shape, t.DType, t.Backend);
+                t.Backend.Copy(t, copy);
+                _copies.Add((t, copy));
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var (target, copy) in _copies)
+            {
+                target.Backend.Copy(copy, target);
+                copy.Dispose();
+            }
+            _copies.Clear();
         }
     }
 
     /// <summary>
-    /// Saves atomically: a *.safetensors path gets the assembled dense model (config in the metadata); a
-    /// directory gets the full training state (<see cref="SdpCheckpoint"/>: the assembled model, every
-    /// worker's model copy, optimizer state and data position), from which <see cref="Resume"/> continues.
+    /// Saves atomically: a *.safetensors path gets the dense model (config in the metadata); a directory gets
+    /// the full training state (<see cref="SdpCheckpoint"/>: the dense model, every worker's model, optimizer
+    /// state and data position), from which <see cref="Resume"/> continues.
     /// </summary>
     public void Save(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         var dense = AssembleDense();
+        using var active = DenseAccount.Activate();
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
             ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
@@ -280,7 +418,7 @@ public sealed class SdpTrainer : IDisposable
         {
             var workers = _workers.Select(w => new SdpCheckpoint.WorkerState(w.Model.Module, w.Optimizer, new TrainingState
             {
-                Step = Step, LrSchedulePosition = Step, DataLoader = Trainer.DataStateJson(w.Data.State),
+                Step = Step, LrSchedulePosition = Step, DataLoader = DataStateJson(w.Data.State), Options = _options.RunOptions?.DeepClone().AsObject(),
             })).ToList();
             SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers);
         }
@@ -291,39 +429,58 @@ public sealed class SdpTrainer : IDisposable
     /// Continues the run saved in <paramref name="directory"/> by <see cref="Save"/>: every worker's weights,
     /// optimizer state and data position, and the step. The saved run must have this trainer's workers,
     /// mode, level, masking, coverage and plan seed (the plan, and so every compact tensor, follows from them).
+    /// A one-worker DP run also continues the single-worker training state of an earlier Sdp version.
     /// </summary>
     public void Resume(string directory)
     {
-        var (run, step) = SdpCheckpoint.Read(directory);
+        var saved = SdpCheckpoint.ReadInfo(directory);
         var expected = Describe();
-        if (run != expected)
-            throw new ArgumentException($"training checkpoint '{directory}' was saved by a run with {run}, but this run has {expected}; resume with the same options");
+        if (saved.Run != expected)
+        {
+            throw new ArgumentException(SdpCheckpoint.IsSingleWorkerState(saved.Directory)
+                ? $"training checkpoint '{saved.Directory}' is a single-worker training state from an earlier Sdp version; it resumes only into a run of one worker in DP mode, but this run has {expected}"
+                : $"training checkpoint '{saved.Directory}' was saved by a run with {saved.Run}, but this run has {expected}; resume with the same options");
+        }
         for (int w = 0; w < _workers.Length; w++)
         {
             var worker = _workers[w];
             using var active = worker.Account.Activate();
-            string dir = Path.Combine(directory, SdpCheckpoint.WorkerDirectory(w));
+            string dir = SdpCheckpoint.WorkerCheckpoint(saved.Directory, w);
             var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
-            if (info.State.Step != step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {step}");
-            if (info.State.DataLoader is { } data) worker.Data.State = Trainer.DataStateFromJson(data, dir);
+            if (info.State.Step != saved.Step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {saved.Step}");
+            if (info.State.DataLoader is { } data) worker.Data.State = DataStateFromJson(data, dir);
         }
-        Step = step;
+        Step = saved.Step;
+    }
+
+    private static JsonObject DataStateJson(DataLoaderState s) => new() { ["epoch"] = s.Epoch, ["shard"] = s.Shard, ["batch"] = s.Batch };
+
+    private static DataLoaderState DataStateFromJson(JsonObject o, string where)
+    {
+        try
+        {
+            return new DataLoaderState(o["epoch"]!.GetValue<long>(), o["shard"]!.GetValue<int>(), o["batch"]!.GetValue<long>());
+        }
+        catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)
+        {
+            throw new InvalidDataException($"training checkpoint '{where}': state.json data_loader must hold integer epoch, shard and batch");
+        }
     }
 
     private SdpCheckpoint.RunDescription Describe() => Plan is null
-        ? new(Options.Workers, "dp", "none", "none", 1.0, 0)
+        ? SdpCheckpoint.RunDescription.SingleWorker with { Workers = Options.Workers }
         : new(Options.Workers, "sdp", SubnetworkPlan.LevelName(Options.Level), Options.Masking == Masking.Forward ? "forward" : "backward", Options.Coverage, Options.PlanSeed);
 
     /// <summary>
     /// Runs <paramref name="work"/> on every worker at once, each on its own long-lived thread (collectives
     /// need all of them running; the tape and the GEMM packing buffers are per thread, so a worker keeps
-    /// its thread). A worker that fails aborts the group, so the others stop waiting at their collectives;
+    /// its thread). A single worker waits for nobody and runs on the caller's thread, as single-process
+    /// training does. A worker that fails aborts the group, so the others stop waiting at their collectives;
     /// the failure is rethrown (a worker's timeout or abort is reported only when nothing else failed).
     /// </summary>
     private void OnEveryWorker(Action<Worker> work)
     {
-        _threads ??= new WorkerThreads(_workers.Length);
-        var errors = _threads.Run(rank =>
+        void RunOn(int rank)
         {
             var w = _workers[rank];
             using var active = w.Account.Activate();
@@ -336,7 +493,14 @@ public sealed class SdpTrainer : IDisposable
                 w.Comm.Abort($"worker {rank} failed: {e.Message}");
                 throw;
             }
-        });
+        }
+        if (_workers.Length == 1)
+        {
+            RunOn(0);
+            return;
+        }
+        _threads ??= new WorkerThreads(_workers.Length);
+        var errors = _threads.Run(RunOn);
         var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
         if (cause is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
     }
@@ -347,11 +511,12 @@ public sealed class SdpTrainer : IDisposable
     {
         _threads?.Dispose();
         foreach (var w in _workers) w?.Dispose();
-        _dense?.Dispose();
+        _host?.Dispose();
     }
 
+    /// <summary>One worker's model, optimizer, data, account and communication; <paramref name="owned"/>: the trainer built the model and optimizer and disposes them.</summary>
     private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data,
-        HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh) : IDisposable
+        HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh, bool owned) : IDisposable
     {
         public int Rank { get; } = rank;
 
@@ -416,6 +581,7 @@ public sealed class SdpTrainer : IDisposable
 
         public void Dispose()
         {
+            if (!owned) return;
             using var active = Account.Activate();
             Optimizer.Dispose();
             Model.Dispose();

@@ -108,16 +108,18 @@ public sealed class CliSmokeTests : CliTestBase
         const string common = "--schedule constant --warmup 0";
         var first = Train($"{common} --steps 3 --save ck");
         Assert.That(first.ExitCode, Is.EqualTo(0), first.ToString());
-        Assert.That(Directory.GetFiles("ck").Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "optimizer.safetensors", "state.json" }));
+        // One training-state format for every run: a single-worker run is worker 0 of one.
+        Assert.That(Directory.GetFileSystemEntries("ck").Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "sdp.json", "worker-0" }));
+        Assert.That(Directory.GetFiles("ck/worker-0").Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "optimizer.safetensors", "state.json" }));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "ck" }), "no temporary directories left");
-        Assert.That(JsonNode.Parse(File.ReadAllText("ck/state.json"))!["step"]!.GetValue<long>(), Is.EqualTo(3));
+        Assert.That(JsonNode.Parse(File.ReadAllText("ck/sdp.json"))!["step"]!.GetValue<long>(), Is.EqualTo(3));
 
         var resumed = Train($"{common} --resume ck --steps 6 --save ck --metrics resumed.jsonl");
         Assert.That(resumed.ExitCode, Is.EqualTo(0), resumed.ToString());
         Assert.That(resumed.Out, Does.Contain("resumed from ck at step 3"));
         var resumedSteps = StepRecords(ReadJsonLines("resumed.jsonl"));
         Assert.That(Steps(resumedSteps), Is.EqualTo(new long[] { 4, 5, 6 }));
-        Assert.That(JsonNode.Parse(File.ReadAllText("ck/state.json"))!["step"]!.GetValue<long>(), Is.EqualTo(6));
+        Assert.That(JsonNode.Parse(File.ReadAllText("ck/sdp.json"))!["step"]!.GetValue<long>(), Is.EqualTo(6));
 
         // One uninterrupted 6-step run: steps 4..6 must match the resumed run (model, optimizer and data position restored).
         var straight = Train($"{common} --steps 6 --metrics straight.jsonl");
@@ -137,7 +139,7 @@ public sealed class CliSmokeTests : CliTestBase
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("saved ck at step 2"));
         Assert.That(r.Out, Does.Contain("saved ck at step 4"));
-        Assert.That(JsonNode.Parse(File.ReadAllText("ck/state.json"))!["step"]!.GetValue<long>(), Is.EqualTo(4));
+        Assert.That(JsonNode.Parse(File.ReadAllText("ck/sdp.json"))!["step"]!.GetValue<long>(), Is.EqualTo(4));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "ck" }));
     }
 
