@@ -11,7 +11,7 @@ namespace Sdp.Tests.SdpTraining;
 
 /// <summary>What happens when one simulated worker fails: the group is aborted and the cause is reported.</summary>
 [TestFixture]
-public class SdpTrainerFailureTests
+public class WorkerFailureTests
 {
     [TearDown]
     public void ClearTape() => Tape.Current.Clear();
