@@ -29,8 +29,8 @@ public static class SdpCheckpoint
     /// <summary>What identifies a run: a checkpoint only resumes into a run with the same description.</summary>
     public sealed record RunDescription(int Workers, string Mode, string Level, string Masking, double Coverage, ulong PlanSeed)
     {
-        /// <summary>One worker, data parallel: single-process training.</summary>
-        public static RunDescription SingleWorker { get; } = new(1, "dp", "none", "none", 1.0, 0);
+        /// <summary>Data parallelism on <paramref name="workers"/> workers; one worker is single-process training.</summary>
+        public static RunDescription Dp(int workers) => new(workers, "dp", "none", "none", 1.0, 0);
     }
 
     /// <summary>
@@ -99,7 +99,7 @@ public static class SdpCheckpoint
         if (IsSingleWorkerState(dir))
         {
             var single = TrainingCheckpoint.ReadInfo(dir);
-            return new Info(dir, RunDescription.SingleWorker, single.State.Step, single.ModelConfig, single.Optimizer);
+            return new Info(dir, RunDescription.Dp(1), single.State.Step, single.ModelConfig, single.Optimizer);
         }
         string path = Path.Combine(dir, StateFileName);
         if (!File.Exists(path))

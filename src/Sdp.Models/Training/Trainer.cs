@@ -468,7 +468,7 @@ public sealed class Trainer : IDisposable
     }
 
     private SdpCheckpoint.RunDescription Describe() => Plan is null
-        ? SdpCheckpoint.RunDescription.SingleWorker with { Workers = Options.Workers }
+        ? SdpCheckpoint.RunDescription.Dp(Options.Workers)
         : new(Options.Workers, "sdp", SubnetworkPlan.LevelName(Options.Level), Options.Masking == Masking.Forward ? "forward" : "backward", Options.Coverage, Options.PlanSeed);
 
     /// <summary>

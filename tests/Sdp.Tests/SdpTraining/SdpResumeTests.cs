@@ -94,6 +94,6 @@ public class SdpResumeTests
         using var single = NewTrainer(Dp(1), SubnetLevel.Block);
         single.Resume(dir);
         Assert.That(single.Step, Is.EqualTo(1));
-        Assert.That(SdpCheckpoint.ReadInfo(dir).Run, Is.EqualTo(SdpCheckpoint.RunDescription.SingleWorker));
+        Assert.That(SdpCheckpoint.ReadInfo(dir).Run, Is.EqualTo(SdpCheckpoint.RunDescription.Dp(1)));
     }
 }

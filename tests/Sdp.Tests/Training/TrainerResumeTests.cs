@@ -163,7 +163,7 @@ public class TrainerResumeTests
         // Resumed: a model rebuilt from the stored config with other initial weights, the optimizer rebuilt from the stored settings.
         var info = SdpCheckpoint.ReadInfo(ckpt);
         Assert.That(info.Step, Is.EqualTo(SplitStep));
-        Assert.That(info.Run, Is.EqualTo(SdpCheckpoint.RunDescription.SingleWorker));
+        Assert.That(info.Run, Is.EqualTo(SdpCheckpoint.RunDescription.Dp(1)));
         Assert.That(info.ModelConfig, Is.EqualTo(reference.ConfigJson));
         var resumed = Own(recipe.ModelFromConfig(info.ModelConfig!, 2));
         var resumedOpt = Own(info.Optimizer.Create(resumed.Module.Parameters()));
