@@ -1,7 +1,9 @@
 // Trains a user-defined residual MLP with SDP: 4 simulated workers, each holding half of every block's
-// hidden units (neuron level, forward masking), then reads the per-worker memory report.
+// hidden units (neuron level, forward masking), then reads the per-worker memory report; then trains
+// the same network on one worker, as plain single-process training.
 using Sdp.Engine;
 using Sdp.Engine.Backends.Cpu;
+using Sdp.Engine.Memory;
 using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
@@ -20,7 +22,7 @@ var units = new MaskableUnits(
 // held == null: the dense model; otherwise a narrower copy holding held[b].Length units of block b.
 var model = new SubnetworkModel(units, held => new Classifier(new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden])));
 
-using var trainer = new SdpTrainer(model,
+using var trainer = new Trainer(model,
     new SdpOptions { Workers = 4, Mode = ParallelMode.Sdp, Level = SubnetLevel.Neuron, Masking = Masking.Forward, Coverage = 0.5 },
     parameters => new AdamW(parameters, 3e-3),
     worker => new TeacherData(seed: 100 + (ulong)worker),
@@ -29,6 +31,18 @@ trainer.StepCompleted += m => { if (m.Step % 50 == 0) Console.WriteLine($"step {
 trainer.Run();
 Console.WriteLine($"assembled dense model, held-out loss: {trainer.Evaluate(new TeacherData(seed: 1), 20).MeanLoss:F3}");
 for (int w = 0; w < 4; w++) Console.WriteLine(trainer.WorkerAccount(w).Snapshot());
+
+// Plain single-process training: one already-built model and its optimizer (both stay ours) on one worker.
+var account = new MemoryAccount("one worker");
+using (account.Activate())
+using (var dense = model.Build(null))
+using (var optimizer = new AdamW(dense.Module.Parameters(), 3e-3))
+using (var single = new Trainer(dense, optimizer, new TeacherData(seed: 100), new TrainerOptions { Steps = 150, Schedule = new ConstantSchedule(3e-3), Clip = 1.0 }, account))
+{
+    single.Run();
+    Console.WriteLine($"one worker, held-out loss: {single.Evaluate(new TeacherData(seed: 1), 20).MeanLoss:F3}");
+    Console.WriteLine(account.Snapshot());
+}
 
 /// <summary>x (B, Dim) -> logits (B, Classes): an input layer, residual blocks x + down(relu(up(x))), a head.</summary>
 sealed class ResidualMlp : Module

@@ -129,16 +129,17 @@ public static class RunSetup
             : source;
 
     /// <summary>
-    /// The model of --model/--config as a <see cref="SubnetworkModel"/> for SDP at <paramref name="level"/>:
-    /// the dense model is built from <paramref name="seed"/> exactly as <see cref="BuildModel"/> does (then
-    /// loaded from <paramref name="initFrom"/> when given); subnetworks are cut from it by the trainer.
+    /// The model of --model/--config as a <see cref="SubnetworkModel"/> for the trainer (DP, or SDP at
+    /// <paramref name="level"/>): the dense model is built from <paramref name="seed"/> exactly as
+    /// <see cref="BuildModel"/> does (then loaded from <paramref name="initFrom"/> when given); subnetworks are
+    /// cut from it by the trainer. <paramref name="configSource"/> names where the config came from in errors.
     /// </summary>
-    public static SubnetworkModel BuildSubnetworkModel(string model, string? config, ulong seed, int imageChannels, int imageClasses, SubnetLevel level, SubnetOptions options, string? initFrom)
+    public static SubnetworkModel BuildSubnetworkModel(string model, string? config, ulong seed, int imageChannels, int imageClasses, SubnetLevel level, SubnetOptions options, string? initFrom, string configSource)
     {
         var inner = model switch
         {
-            "llama" => SubnetworkModels.Llama(LlamaConfigFrom(config ?? "tiny", "--config"), level, options, seed),
-            "resnet18" => SubnetworkModels.ResNet18(ResNetConfigFrom(config, imageChannels, imageClasses, "--config"), level, options, seed),
+            "llama" => SubnetworkModels.Llama(LlamaConfigFrom(config ?? "tiny", configSource), level, options, seed),
+            "resnet18" => SubnetworkModels.ResNet18(ResNetConfigFrom(config, imageChannels, imageClasses, configSource), level, options, seed),
             _ => throw new UsageException($"--model must be one of {string.Join(", ", Models)}, got '{model}'"),
         };
         if (initFrom is null) return inner;

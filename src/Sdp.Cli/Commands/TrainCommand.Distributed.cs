@@ -1,18 +1,11 @@
 using System.CommandLine;
-using System.Diagnostics;
-using System.Globalization;
-using System.Text.Json.Nodes;
-using Sdp.Engine;
-using Sdp.Engine.Memory;
-using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
-using Sdp.Models.Checkpoints;
 using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli.Commands;
 
-/// <summary>`sdp train --workers W --mode dp|sdp ...`: W simulated workers in this process (method reference §2.5).</summary>
+/// <summary>The options of `sdp train --workers W --mode dp|sdp ...`: W simulated workers in this process (method reference §2.5).</summary>
 public static partial class TrainCommand
 {
     /// <summary>The distributed options of `sdp train`.</summary>
@@ -20,7 +13,7 @@ public static partial class TrainCommand
         int Workers, ParallelMode Mode, SubnetLevel Level, Masking Masking, double Coverage, ScheduleMatch ScheduleMatch,
         SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate)
     {
-        /// <summary>Plain single-worker training, which takes the ordinary trainer (with resume and full-state saves).</summary>
+        /// <summary>One worker in DP mode: plain single-process training (which also resumes the single-worker training state of earlier Sdp versions).</summary>
         public bool IsSingleWorkerDp => Workers == 1 && Mode == ParallelMode.Dp;
 
         /// <summary>Total and warm-up steps after --schedule-match (DP runs at coverage 1, so they are unchanged).</summary>
@@ -84,152 +77,5 @@ public static partial class TrainCommand
                 p.GetValue(_scheduleMatch) == "flop-matched" ? ScheduleMatch.FlopMatched : ScheduleMatch.SameSteps,
                 subnet, planSeed, Check.Positive(p.GetValue(_bucketMb), "--bucket-mb"), Check.AtLeast(p.GetValue(_bnRecalibrate), 0, "--bn-recalibrate"));
         }
-    }
-
-    private static void ValidateDistributed(Options o, DistributedOptions d)
-    {
-        if (o.Resume is not null && !File.Exists(Path.Combine(o.Resume, SdpCheckpoint.StateFileName)))
-            throw new UsageException($"--resume: '{o.Resume}' has no {SdpCheckpoint.StateFileName}; it was not saved by a multi-worker run (--save DIR with --workers or --mode sdp)");
-        var (steps, warmup) = d.Matched(o.Steps, o.Warmup);
-        if (o.Schedule == "cosine" && warmup >= steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
-    }
-
-    /// <summary>Trains with <see cref="SdpTrainer"/>: W workers, DP or SDP, reporting per-worker memory and communication.</summary>
-    public static int RunDistributed(Options o, TextWriter output, bool plain)
-    {
-        var d = o.Distributed!;
-        var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers);
-        var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
-        var (channels, classes) = ImageShape(probe);
-        string? config = o.Resume is null ? o.Config : RunSetup.ConfigFromCheckpoint(o.Resume);
-        var subnetworkModel = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom);
-        int? vocab = RunSetup.VocabSize(o.Model, config);
-        eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
-        var (steps, warmup) = d.Matched(o.Steps, o.Warmup);
-        ILrSchedule schedule = o.Schedule == "cosine" ? new WarmupCosineSchedule(o.Lr, warmup, steps, o.Lr * 0.1) : new ConstantSchedule(o.Lr);
-        var sdp = new SdpOptions
-        {
-            Workers = d.Workers, Mode = d.Mode, Level = d.Level, Masking = d.Masking, Coverage = d.Coverage, PlanSeed = d.PlanSeed,
-            BucketBytes = (long)d.BucketMb << 20, BnRecalibrationBatches = d.BnRecalibrate,
-        };
-        Optimizer MakeOptimizer(IReadOnlyList<Tensor> parameters) => o.Optimizer == "sgd"
-            ? new Sgd(parameters, o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
-            : new AdamW(parameters, o.Lr, weightDecay: o.WeightDecay);
-        IBatchSource TrainData(int worker)
-        {
-            var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers).Source;
-            return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
-        }
-        var options = new TrainerOptions { Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, SavePath = o.Save, SaveEvery = o.SaveEvery };
-        SdpTrainer trainer;
-        try
-        {
-            trainer = new SdpTrainer(subnetworkModel, sdp, MakeOptimizer, TrainData, options, eval);
-        }
-        catch (ArgumentException e)
-        {
-            // Options are checked one by one before this; what remains is a combination the model cannot
-            // be cut into (e.g. a worker left without any unit of a group), which is still the user's input.
-            throw new UsageException(CliRunner.MessageOf(e));
-        }
-        using (trainer)
-        {
-            if (o.Resume is not null)
-            {
-                try
-                {
-                    trainer.Resume(o.Resume);
-                }
-                catch (ArgumentException e)
-                {
-                    throw new UsageException($"--resume: {CliRunner.MessageOf(e)}");
-                }
-                output.WriteLine($"resumed from {o.Resume} at step {trainer.Step}");
-            }
-            var inv = CultureInfo.InvariantCulture;
-            string variant = d.Mode == ParallelMode.Dp ? "dp" : $"sdp, {SubnetworkPlan.LevelName(d.Level)} level, {(d.Masking == Masking.Forward ? "forward" : "backward")} masking, C = {d.Coverage.ToString("0.###", inv)}";
-            output.WriteLine($"sdp train: {o.Model} on {dataDescription}");
-            output.WriteLine($"  {d.Workers} workers ({variant}), batch {o.Batch} per worker{(o.Model == "llama" ? $" x {o.Seq} tokens" : "")}, {steps} steps{(steps != o.Steps ? $" (flop-matched: {o.Steps} ÷ C)" : "")}, seed {o.Seed}");
-            output.WriteLine($"  {o.Optimizer}, lr {o.Lr} {o.Schedule} (warm-up {warmup}), clip {o.Clip}");
-            if (trainer.Plan is { } plan)
-            {
-                output.WriteLine(string.Create(inv, $"  plan: {plan.DistinctHolderGroups} holder sets, {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.####} (normalised {plan.NormalizedAlgebraicConnectivity:0.####})"));
-                for (int w = 0; w < d.Workers; w++)
-                    output.WriteLine(string.Create(inv, $"    worker {w}: {plan.HeldParams(w):N0} of {plan.TotalParams:N0} parameters ({100.0 * plan.HeldParams(w) / plan.TotalParams:0.0}%)"));
-            }
-            var (collectives, bytes) = trainer.GradientSyncCost(0);
-            output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step"));
-            if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
-
-            using var metricsFile = o.Metrics is null ? null : new MetricsWriter(new FileInfo(o.Metrics));
-            var progress = new TrainProgress(output, plain, steps, trainer.Step);
-            long firstStep = trainer.Step;
-            var recent = new Queue<double>();
-            double items = 0;
-            EvalMetrics? lastEval = null;
-            SdpStepMetrics? last = null;
-            trainer.StepCompleted += m =>
-            {
-                last = m;
-                recent.Enqueue(m.Loss);
-                if (recent.Count > 20) recent.Dequeue();
-                items += m.ItemsPerSecond * m.StepMs / 1000;
-                metricsFile?.Write(DistributedStepRecord(m));
-                var busiest = m.Workers.MaxBy(w => w.Memory.PeakTotal)!;
-                progress.Report(new StepMetrics(m.Step, m.Loss, m.LearningRate, m.GradNorm, m.StepMs, m.ItemsPerSecond, m.ItemUnit, busiest.Memory));
-            };
-            trainer.Evaluated += e =>
-            {
-                lastEval = e;
-                metricsFile?.Write(EvalRecord(e));
-                progress.Note(e.Accuracy is { } a
-                    ? $"eval step {e.Step} (assembled dense model): loss {e.MeanLoss:F4}, accuracy {a:P2} on {e.Count} images"
-                    : $"eval step {e.Step} (assembled dense model): loss {e.MeanLoss:F4}, perplexity {e.Perplexity:F3} on {e.Count:N0} tokens");
-            };
-            trainer.Saved += path => progress.Note($"saved the assembled dense model to {path} at step {trainer.Step}");
-
-            var clock = Stopwatch.StartNew();
-            progress.Run(trainer.Run);
-            clock.Stop();
-            metricsFile?.Commit();
-
-            double trainLoss = recent.Count == 0 ? double.NaN : recent.Average();
-            output.WriteLine();
-            output.WriteLine("summary");
-            output.WriteLine($"  train loss       {trainLoss:F4} (mean over workers, last {recent.Count} steps)");
-            if (lastEval is { } le) output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + " (assembled dense model)");
-            if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
-            output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over all workers, {trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
-            if (last is not null)
-                output.WriteLine(string.Create(inv, $"  communication    {last.MaxCollectives} collectives per step (max worker), {MemorySnapshot.FormatBytes((long)last.Workers.Max(w => w.BytesSent))} sent per step (max worker)"));
-            output.WriteLine("  peak memory per worker");
-            var categories = Enum.GetValues<MemoryCategory>();
-            output.WriteLine("    worker " + string.Concat(categories.Select(c => $"{c,16}")) + $"{"total",16}");
-            for (int w = 0; w < d.Workers; w++)
-            {
-                var snap = trainer.WorkerAccount(w).Snapshot();
-                output.WriteLine($"    {w,-6} " + string.Concat(categories.Select(c => $"{MemorySnapshot.FormatBytes(snap.PeakBytes(c)),16}")) + $"{MemorySnapshot.FormatBytes(snap.PeakTotal),16}");
-            }
-            output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(0).Module)}");
-        }
-        return 0;
-    }
-
-    private static JsonObject DistributedStepRecord(SdpStepMetrics m)
-    {
-        var workers = new JsonArray();
-        foreach (var w in m.Workers)
-        {
-            workers.Add(new JsonObject
-            {
-                ["worker"] = w.Worker, ["loss"] = w.Loss, ["memory"] = MemoryJson(w.Memory),
-                ["comm"] = new JsonObject { ["bytes_sent"] = w.BytesSent, ["collectives"] = w.Collectives },
-            });
-        }
-        return new JsonObject
-        {
-            ["step"] = m.Step, ["loss"] = m.Loss, ["lr"] = m.LearningRate, ["grad_norm"] = m.GradNorm, ["step_ms"] = m.StepMs,
-            [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["workers"] = workers,
-        };
     }
 }

@@ -1,25 +1,27 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli.Commands;
 
 /// <summary>
-/// `sdp train`: trains LLaMA or ResNet-18 on one worker. With no options it trains the tiny LLaMA on
-/// the synthetic Markov source for about a minute on 2 cores and reports the loss against the
-/// source's entropy rate, the exact floor.
+/// `sdp train`: trains LLaMA or ResNet-18 on W simulated workers (one by default), DP or SDP. With no
+/// options it trains the tiny LLaMA on the synthetic Markov source for about a minute on 2 cores and
+/// reports the loss against the source's entropy rate, the exact floor.
 /// </summary>
 public static partial class TrainCommand
 {
     public sealed record Options(
         string Model, string? Config, string Data, bool Shuffle, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int Warmup, string Schedule, double Clip,
-        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, string? Metrics, DistributedOptions? Distributed = null);
+        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, string? Metrics, DistributedOptions Distributed);
 
     public static Command Create()
     {
@@ -69,7 +71,7 @@ public static partial class TrainCommand
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(metrics), distributed.Parse(p));
             Validate(o);
-            return o.Distributed is { IsSingleWorkerDp: false } ? RunDistributed(o, Console.Out, Console.IsOutputRedirected) : Run(o, Console.Out, Console.IsOutputRedirected);
+            return Run(o, Console.Out, Console.IsOutputRedirected);
         });
         return cmd;
     }
@@ -79,13 +81,14 @@ public static partial class TrainCommand
         if (o.Resume is not null && o.InitFrom is not null) throw new UsageException("--resume and --init-from are contradictory: a resumed run takes its weights from the training state");
         if (o.Resume is not null && o.Config is not null) throw new UsageException("--resume takes the model configuration from the checkpoint; drop --config");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
-        if (o.Schedule == "cosine" && o.Warmup >= o.Steps) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
+        var (steps, warmup) = o.Distributed.Matched(o.Steps, o.Warmup);
+        if (o.Schedule == "cosine" && (o.Warmup >= o.Steps || warmup >= steps)) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
         if (o.Resume is not null && !Directory.Exists(o.Resume)) throw new UsageException($"--resume: '{o.Resume}' is not a directory");
+        if (o.Resume is not null) CheckResumable(o.Resume, o.Distributed);
         if (o.Metrics is not null && Directory.Exists(o.Metrics)) throw new UsageException($"--metrics: '{o.Metrics}' is a directory, expected a .jsonl file path");
         if (o.Metrics is not null) RequireParentDirectory(o.Metrics, "--metrics");
         RunSetup.CheckConfig(o.Model, o.Config);
-        if (o.Distributed is { IsSingleWorkerDp: false } d) ValidateDistributed(o, d);
         if (o.InitFrom is not null) RunSetup.ModelFile(o.InitFrom, "--init-from");
         // Checked before training, so a bad --save path does not cost the whole run.
         if (o.Save is not null)
@@ -102,55 +105,133 @@ public static partial class TrainCommand
         }
     }
 
+    /// <summary>A training state of this version, or, for one DP worker, the single-worker training state of an earlier one.</summary>
+    private static void CheckResumable(string resume, DistributedOptions d)
+    {
+        if (SdpCheckpoint.IsSingleWorkerState(resume))
+        {
+            if (!d.IsSingleWorkerDp) throw new UsageException($"--resume: '{resume}' is a single-worker training state from an earlier Sdp version; it resumes only with --workers 1 --mode dp");
+        }
+        else if (!File.Exists(Path.Combine(resume, SdpCheckpoint.StateFileName)))
+        {
+            throw new UsageException($"--resume: '{resume}' has no {SdpCheckpoint.StateFileName} (nor the {TrainingCheckpoint.StateFileName} of an earlier single-worker Sdp version); it is not a training state saved by `sdp train --save DIR`");
+        }
+    }
+
     private static void RequireParentDirectory(string path, string option)
     {
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         if (!Directory.Exists(dir)) throw new UsageException($"{option}: directory '{dir}' of '{path}' does not exist");
     }
 
+    /// <summary>
+    /// Trains with the <see cref="Trainer"/> (W workers, DP or SDP; one worker is plain single-process training),
+    /// printing the run, progress and a summary with per-worker memory and, for several workers, communication,
+    /// and writing the metrics.
+    /// </summary>
     public static int Run(Options o, TextWriter output, bool plain)
     {
-        var account = new MemoryAccount("worker0");
-        using var activation = account.Activate();
-        var rng = new Rng(o.Seed);
-
-        TrainingCheckpointInfo? resumeInfo = o.Resume is null ? null : TrainingCheckpoint.ReadInfo(o.Resume);
-        string? config = resumeInfo?.ModelConfig ?? o.Config;
-        var (train, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true);
+        var d = o.Distributed;
+        // A resumed run takes the model configuration and the optimizer's kind and settings from the training state.
+        var resumed = o.Resume is null ? null : SdpCheckpoint.ReadInfo(o.Resume);
+        string? config = resumed?.ModelConfig ?? o.Config;
+        var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
-        var (channels, classes) = ImageShape(train);
-        using var model = RunSetup.BuildModel(o.Model, config, rng, channels, classes, resumeInfo is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
-        if (o.InitFrom is not null) ModuleCheckpoint.LoadInto(model.Module, RunSetup.ModelFile(o.InitFrom, "--init-from"));
-        train = RunSetup.CheckTokenIds(train, model, "--data", o.Data);
-        eval = RunSetup.CheckTokenIds(eval, model, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
-
-        using Optimizer optimizer = resumeInfo is not null ? resumeInfo.Optimizer.Create(model.Module.Parameters())
-            : o.Optimizer == "sgd" ? new Sgd(model.Module.Parameters(), o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
-            : new AdamW(model.Module.Parameters(), o.Lr, weightDecay: o.WeightDecay);
-        ILrSchedule schedule = o.Schedule == "cosine" ? new WarmupCosineSchedule(o.Lr, o.Warmup, o.Steps, o.Lr * 0.1) : new ConstantSchedule(o.Lr);
-        var trainer = new Trainer(model, optimizer, train, new TrainerOptions
+        var (channels, classes) = ImageShape(probe);
+        var model = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom, resumed is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
+        int? vocab = RunSetup.VocabSize(o.Model, config);
+        eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
+        var (steps, warmup) = d.Matched(o.Steps, o.Warmup);
+        ILrSchedule schedule = o.Schedule == "cosine" ? new WarmupCosineSchedule(o.Lr, warmup, steps, o.Lr * 0.1) : new ConstantSchedule(o.Lr);
+        var sdp = new SdpOptions
         {
-            Steps = o.Steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches,
-            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = RunOptionsJson(o),
-        }, account, eval);
-        if (o.Resume is not null)
+            Workers = d.Workers, Mode = d.Mode, Level = d.Level, Masking = d.Masking, Coverage = d.Coverage, PlanSeed = d.PlanSeed,
+            BucketBytes = (long)d.BucketMb << 20, BnRecalibrationBatches = d.BnRecalibrate,
+        };
+        Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer = resumed is not null ? resumed.Optimizer.Create
+            : o.Optimizer == "sgd" ? parameters => new Sgd(parameters, o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
+            : parameters => new AdamW(parameters, o.Lr, weightDecay: o.WeightDecay);
+        IBatchSource TrainData(int worker)
         {
-            trainer.Resume(o.Resume);
-            output.WriteLine($"resumed from {o.Resume} at step {trainer.Step}");
+            var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers).Source;
+            return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
         }
+        var options = new TrainerOptions
+        {
+            Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches,
+            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = RunOptionsJson(o),
+        };
+        Trainer trainer;
+        try
+        {
+            trainer = new Trainer(model, sdp, makeOptimizer, TrainData, options, eval);
+        }
+        catch (ArgumentException e)
+        {
+            // Options are checked one by one before this; what remains is a combination the model cannot
+            // be cut into (e.g. a worker left without any unit of a group), which is still the user's input.
+            throw new UsageException(CliRunner.MessageOf(e));
+        }
+        using (trainer)
+        {
+            if (o.Resume is not null)
+            {
+                try
+                {
+                    trainer.Resume(o.Resume);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException($"--resume: {CliRunner.MessageOf(e)}");
+                }
+                output.WriteLine($"resumed from {o.Resume} at step {trainer.Step}");
+            }
+            PrintRun(o, trainer, steps, warmup, dataDescription, floor, output);
+            return Train(o, trainer, steps, floor, output, plain);
+        }
+    }
 
-        output.WriteLine($"sdp train: {o.Model} ({model.Module.ParameterCount:N0} parameters) on {dataDescription}");
-        output.WriteLine($"  {optimizer.GetType().Name.ToLowerInvariant()}, lr {o.Lr} {o.Schedule} (warm-up {o.Warmup}), clip {o.Clip}, batch {o.Batch}{(o.Model == "llama" ? $" x {o.Seq} tokens" : "")}, {o.Steps} steps, seed {o.Seed}");
+    private static void PrintRun(Options o, Trainer trainer, long steps, int warmup, string dataDescription, double? floor, TextWriter output)
+    {
+        var d = o.Distributed;
+        var inv = CultureInfo.InvariantCulture;
+        var plan = trainer.Plan;
+        string variant = plan is null ? "dp" : $"sdp, {SubnetworkPlan.LevelName(d.Level)} level, {(d.Masking == Masking.Forward ? "forward" : "backward")} masking, C = {d.Coverage.ToString("0.###", inv)}";
+        long parameters = plan?.TotalParams ?? trainer.WorkerModel(0).Module.ParameterCount;
+        output.WriteLine($"sdp train: {o.Model} ({parameters:N0} parameters) on {dataDescription}");
+        output.WriteLine($"  {d.Workers} {(d.Workers == 1 ? "worker" : "workers")} ({variant}), batch {o.Batch}{(d.Workers > 1 ? " per worker" : "")}{(o.Model == "llama" ? $" x {o.Seq} tokens" : "")}, " +
+            $"{steps} steps{(steps != o.Steps ? $" (flop-matched: {o.Steps} ÷ C)" : "")}, seed {o.Seed}");
+        output.WriteLine($"  {trainer.WorkerOptimizer(0).GetType().Name.ToLowerInvariant()}, lr {o.Lr} {o.Schedule} (warm-up {warmup}), clip {o.Clip}");
+        if (plan is not null)
+        {
+            output.WriteLine(string.Create(inv, $"  plan: {plan.DistinctHolderGroups} holder sets, {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.####} (normalised {plan.NormalizedAlgebraicConnectivity:0.####})"));
+            for (int w = 0; w < d.Workers; w++)
+                output.WriteLine(string.Create(inv, $"    worker {w}: {plan.HeldParams(w):N0} of {plan.TotalParams:N0} parameters ({100.0 * plan.HeldParams(w) / plan.TotalParams:0.0}%)"));
+        }
+        if (d.Workers > 1)
+        {
+            var (collectives, bytes) = trainer.GradientSyncCost(0);
+            output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step"));
+        }
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
+    }
 
+    /// <summary>Runs the trainer with progress, metrics and periodic notes, then prints the summary.</summary>
+    private static int Train(Options o, Trainer trainer, long steps, double? floor, TextWriter output, bool plain)
+    {
+        int workers = o.Distributed.Workers;
+        // In DP the evaluated model is worker 0's; in SDP it is assembled from the holders.
+        string evaluated = trainer.Plan is null ? "" : " (assembled dense model)";
         using var metricsFile = o.Metrics is null ? null : new MetricsWriter(new FileInfo(o.Metrics));
-        var progress = new TrainProgress(output, plain, o.Steps, trainer.Step);
+        var progress = new TrainProgress(output, plain, steps, trainer.Step);
+        long firstStep = trainer.Step;
         var recent = new Queue<double>();
         double items = 0;
-        long firstStep = trainer.Step;
         EvalMetrics? lastEval = null;
+        StepMetrics? last = null;
         trainer.StepCompleted += m =>
         {
+            last = m;
             recent.Enqueue(m.Loss);
             if (recent.Count > 20) recent.Dequeue();
             items += m.ItemsPerSecond * m.StepMs / 1000;
@@ -162,8 +243,8 @@ public static partial class TrainCommand
             lastEval = e;
             metricsFile?.Write(EvalRecord(e));
             progress.Note(e.Accuracy is { } a
-                ? $"eval step {e.Step}: loss {e.MeanLoss:F4}, accuracy {a:P2} on {e.Count} images"
-                : $"eval step {e.Step}: loss {e.MeanLoss:F4}, perplexity {e.Perplexity:F3} on {e.Count:N0} tokens");
+                ? $"eval step {e.Step}{evaluated}: loss {e.MeanLoss:F4}, accuracy {a:P2} on {e.Count} images"
+                : $"eval step {e.Step}{evaluated}: loss {e.MeanLoss:F4}, perplexity {e.Perplexity:F3} on {e.Count:N0} tokens");
         };
         trainer.Saved += path => progress.Note($"saved {path} at step {trainer.Step}");
 
@@ -172,19 +253,26 @@ public static partial class TrainCommand
         clock.Stop();
         metricsFile?.Commit();
 
-        var snap = account.Snapshot();
+        var inv = CultureInfo.InvariantCulture;
         double trainLoss = recent.Count == 0 ? double.NaN : recent.Average();
         output.WriteLine();
         output.WriteLine("summary");
-        output.WriteLine($"  train loss       {trainLoss:F4} (mean of the last {recent.Count} steps)");
-        if (lastEval is { } le) output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}"));
+        output.WriteLine($"  train loss       {trainLoss:F4} (mean {(workers > 1 ? "over workers " : "")}of the last {recent.Count} steps)");
+        if (lastEval is { } le) output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + evaluated);
         if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
-        output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {model.ItemUnit}/s over {trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
-        output.WriteLine($"  peak memory      {MemorySnapshot.FormatBytes(snap.PeakTotal)} in all");
-        foreach (var c in Enum.GetValues<MemoryCategory>())
-            output.WriteLine($"    {c,-16} {MemorySnapshot.FormatBytes(snap.PeakBytes(c)),12}");
-        // The GEMM's per-thread packing panels belong to the process, not to one worker's account.
-        output.WriteLine($"  {BackendReport.ProcessWorkspace(model.Module)}");
+        output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over {(workers > 1 ? $"all {workers} workers, " : "")}{trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
+        if (workers > 1 && last is not null)
+            output.WriteLine(string.Create(inv, $"  communication    {last.MaxCollectives} collectives per step (max worker), {MemorySnapshot.FormatBytes((long)last.Workers.Max(w => w.BytesSent))} sent per step (max worker)"));
+        output.WriteLine(workers > 1 ? "  peak memory per worker" : "  peak memory");
+        var categories = Enum.GetValues<MemoryCategory>();
+        output.WriteLine("    worker " + string.Concat(categories.Select(c => $"{c,16}")) + $"{"total",16}");
+        for (int w = 0; w < workers; w++)
+        {
+            var snap = trainer.WorkerAccount(w).Snapshot();
+            output.WriteLine($"    {w,-6} " + string.Concat(categories.Select(c => $"{MemorySnapshot.FormatBytes(snap.PeakBytes(c)),16}")) + $"{MemorySnapshot.FormatBytes(snap.PeakTotal),16}");
+        }
+        // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
+        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(0).Module)}");
         return 0;
     }
 
@@ -197,11 +285,27 @@ public static partial class TrainCommand
         ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
     };
 
-    private static JsonObject StepRecord(StepMetrics m) => new()
+    /// <summary>
+    /// One step: the run's loss, rate, norm and throughput; "memory" of the worker with the highest peak (the
+    /// only one when W = 1); and per worker its loss, memory and communication.
+    /// </summary>
+    private static JsonObject StepRecord(StepMetrics m)
     {
-        ["step"] = m.Step, ["loss"] = m.Loss, ["lr"] = m.LearningRate, ["grad_norm"] = m.GradNorm, ["step_ms"] = m.StepMs,
-        [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["memory"] = MemoryJson(m.Memory),
-    };
+        var workers = new JsonArray();
+        foreach (var w in m.Workers)
+        {
+            workers.Add(new JsonObject
+            {
+                ["worker"] = w.Worker, ["loss"] = w.Loss, ["memory"] = MemoryJson(w.Memory),
+                ["comm"] = new JsonObject { ["bytes_sent"] = w.BytesSent, ["collectives"] = w.Collectives },
+            });
+        }
+        return new JsonObject
+        {
+            ["step"] = m.Step, ["loss"] = m.Loss, ["lr"] = m.LearningRate, ["grad_norm"] = m.GradNorm, ["step_ms"] = m.StepMs,
+            [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["memory"] = MemoryJson(m.Workers.MaxBy(w => w.Memory.PeakTotal)!.Memory), ["workers"] = workers,
+        };
+    }
 
     private static JsonObject EvalRecord(EvalMetrics e)
     {

@@ -6,14 +6,17 @@ using Sdp.Engine.Nn;
 namespace Sdp.Models.Checkpoints;
 
 /// <summary>
-/// The training state of a multi-worker (DP or SDP) run, in one directory:
+/// The training state of a run of W workers (DP or SDP; single-process training is W = 1 DP), in one directory:
 /// <code>
-/// model.safetensors      the dense model assembled from the holders (config in the metadata)
+/// model.safetensors      the dense model (assembled from the holders in SDP; config in the metadata)
 /// sdp.json               format, version, step, and the run's workers/mode/level/masking/coverage/plan seed
 /// worker-{w}/            each worker's training checkpoint (its own, possibly compact, model; its optimizer
 ///                        state over what it holds; its data position), as <see cref="TrainingCheckpoint"/> writes it
 /// </code>
-/// Written into a temporary directory and moved into place, like every checkpoint.
+/// Written into a temporary directory and moved into place, like every checkpoint. Earlier Sdp versions
+/// saved single-worker runs as one <see cref="TrainingCheckpoint"/> at the top of the directory (no sdp.json):
+/// <see cref="IsSingleWorkerState"/> recognises that format, which <see cref="ReadInfo"/> and
+/// <see cref="WorkerCheckpoint"/> read as worker 0 of a one-worker DP run.
 /// </summary>
 public static class SdpCheckpoint
 {
@@ -24,7 +27,18 @@ public static class SdpCheckpoint
     public static string WorkerDirectory(int worker) => "worker-" + worker.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>What identifies a run: a checkpoint only resumes into a run with the same description.</summary>
-    public sealed record RunDescription(int Workers, string Mode, string Level, string Masking, double Coverage, ulong PlanSeed);
+    public sealed record RunDescription(int Workers, string Mode, string Level, string Masking, double Coverage, ulong PlanSeed)
+    {
+        /// <summary>Data parallelism on <paramref name="workers"/> workers; one worker is single-process training.</summary>
+        public static RunDescription Dp(int workers) => new(workers, "dp", "none", "none", 1.0, 0);
+    }
+
+    /// <summary>
+    /// What a training state holds besides the tensors: the run, the step, the dense model's configuration and
+    /// worker 0's optimizer kind and settings (every worker's optimizer is made the same way), enough to
+    /// rebuild the model and the optimizers before resuming.
+    /// </summary>
+    public sealed record Info(string Directory, RunDescription Run, long Step, string? ModelConfig, OptimizerSnapshot Optimizer);
 
     /// <summary>One worker's part: its model copy, optimizer and state.</summary>
     public sealed record WorkerState(Module Model, Engine.Optim.Optimizer Optimizer, TrainingState State);
@@ -63,12 +77,33 @@ public static class SdpCheckpoint
         TrainingCheckpoint.Swap(temp, target);
     }
 
-    /// <summary>The run description and step of a saved run; throws <see cref="InvalidDataException"/> naming the file and field when it is not one.</summary>
-    public static (RunDescription Run, long Step) Read(string directory)
+    /// <summary>
+    /// True when <paramref name="directory"/> holds the single-worker training state of an earlier Sdp version:
+    /// a <see cref="TrainingCheckpoint"/> (state.json, model.safetensors, optimizer.safetensors) at the top and no sdp.json.
+    /// </summary>
+    public static bool IsSingleWorkerState(string directory)
+        => !File.Exists(Path.Combine(directory, StateFileName)) && File.Exists(Path.Combine(directory, TrainingCheckpoint.StateFileName));
+
+    /// <summary>Worker <paramref name="worker"/>'s training checkpoint: worker-{w}/, or the directory itself for the single-worker state of an earlier version.</summary>
+    public static string WorkerCheckpoint(string directory, int worker)
+    {
+        if (!IsSingleWorkerState(directory)) return Path.Combine(directory, WorkerDirectory(worker));
+        if (worker != 0) throw new ArgumentOutOfRangeException(nameof(worker), $"training checkpoint '{directory}' is a single-worker training state from an earlier Sdp version; it has no worker {worker}");
+        return directory;
+    }
+
+    /// <summary>The run, step, model config and optimizer settings of a saved run; throws <see cref="InvalidDataException"/> naming the file and field when it is not one.</summary>
+    public static Info ReadInfo(string directory)
     {
         string dir = TrainingCheckpoint.RequireDirectory(directory);
+        if (IsSingleWorkerState(dir))
+        {
+            var single = TrainingCheckpoint.ReadInfo(dir);
+            return new Info(dir, RunDescription.Dp(1), single.State.Step, single.ModelConfig, single.Optimizer);
+        }
         string path = Path.Combine(dir, StateFileName);
-        if (!File.Exists(path)) throw new InvalidDataException($"training checkpoint '{dir}' has no {StateFileName}; it is not a multi-worker training state (single-worker states resume with --workers 1 --mode dp)");
+        if (!File.Exists(path))
+            throw new InvalidDataException($"training checkpoint '{dir}' has no {StateFileName} (nor the {TrainingCheckpoint.StateFileName} of an earlier single-worker Sdp version); it is not a training state");
         JsonObject o;
         try
         {
@@ -92,6 +127,8 @@ public static class SdpCheckpoint
         if (Field<string>("format") != StateFormat || Field<int>("version") != StateVersion)
             throw new InvalidDataException($"'{path}': expected format \"{StateFormat}\" version {StateVersion}");
         var run = new RunDescription(Field<int>("workers"), Field<string>("mode"), Field<string>("level"), Field<string>("masking"), Field<double>("coverage"), Field<ulong>("plan_seed"));
-        return (run, Field<long>("step"));
+        var worker = TrainingCheckpoint.ReadInfo(Path.Combine(dir, WorkerDirectory(0)));
+        using var model = SafeTensorsFile.Read(Path.Combine(dir, TrainingCheckpoint.ModelFileName));
+        return new Info(dir, run, Field<long>("step"), model.Metadata.GetValueOrDefault(TrainingCheckpoint.ConfigMetadataKey), worker.Optimizer);
     }
 }

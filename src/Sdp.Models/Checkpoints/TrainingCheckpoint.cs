@@ -8,7 +8,8 @@ using Sdp.Engine.Optim;
 namespace Sdp.Models.Checkpoints;
 
 /// <summary>
-/// Everything needed to resume training bit-exactly, in one directory:
+/// Everything needed to resume one worker's training bit-exactly, in one directory (worker-{w}/ of a training
+/// state, <see cref="SdpCheckpoint"/>; earlier Sdp versions saved single-worker runs as this alone):
 /// <list type="bullet">
 /// <item><c>model.safetensors</c>: parameters and buffers by dotted name; metadata "config" holds the model configuration JSON.</item>
 /// <item><c>optimizer.safetensors</c>: per optimizer parameter, its state tensors as "&lt;param name&gt;.&lt;state name&gt;"

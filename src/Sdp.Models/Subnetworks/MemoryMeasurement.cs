@@ -70,7 +70,7 @@ public static class MemoryMeasurement
 
     /// <summary>
     /// One real SDP worker: worker <paramref name="worker"/> of the plan for <paramref name="variant"/> builds
-    /// exactly what <see cref="Training.SdpTrainer"/> gives it (its subnetwork under forward masking; the dense
+    /// exactly what the <see cref="Trainer"/> gives it (its subnetwork under forward masking; the dense
     /// model with held-slice gradients under backward masking) and runs one step on its own. Communication
     /// is skipped: its buffers are transient workspace, which the model does not cover, and the other
     /// workers need not exist, so a large model is measured one worker at a time.
@@ -125,8 +125,8 @@ public static class MemoryMeasurement
                 OptimizerMemory.SgdMomentum => new Sgd(trained, lr, momentum: 0.9),
                 _ => new Sgd(trained, lr),
             };
-            var trainer = new Trainer(model, opt, data, new TrainerOptions { Steps = 1, Schedule = new ConstantSchedule(lr) }, account);
-            return MeasuredMemory.From(trainer.TrainStep().Memory);
+            using var trainer = new Trainer(model, opt, data, new TrainerOptions { Steps = 1, Schedule = new ConstantSchedule(lr) }, account);
+            return MeasuredMemory.From(trainer.TrainStep().Workers[0].Memory);
         }
     }
 }

@@ -1,4 +1,3 @@
-using Sdp.Engine.Memory;
 using Sdp.Engine.Subnetworks;
 
 namespace Sdp.Models.Training;
@@ -58,18 +57,4 @@ public sealed record SdpOptions
     /// </summary>
     public static long MatchedSteps(long steps, double coverage, ScheduleMatch match)
         => match == ScheduleMatch.SameSteps || steps == 0 ? steps : Math.Max(1, (long)Math.Round(steps / coverage));
-}
-
-/// <summary>One worker's part of a step.</summary>
-public sealed record WorkerStepMetrics(int Worker, double Loss, MemorySnapshot Memory, double BytesSent, int Collectives);
-
-/// <summary>
-/// One synchronous step of all workers: the mean loss over workers, the global gradient norm (each parameter
-/// counted once, A14), throughput over all workers, and per worker its memory and communication.
-/// </summary>
-public sealed record SdpStepMetrics(long Step, double Loss, double LearningRate, double GradNorm, double StepMs, double ItemsPerSecond, string ItemUnit, IReadOnlyList<WorkerStepMetrics> Workers)
-{
-    public double BytesSent => Workers.Sum(w => w.BytesSent);
-
-    public int MaxCollectives => Workers.Max(w => w.Collectives);
 }

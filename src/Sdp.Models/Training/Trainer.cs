@@ -2,91 +2,154 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Distributed;
 using Sdp.Engine.Memory;
+using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
+using Sdp.Models.Subnetworks;
 
 namespace Sdp.Models.Training;
 
-/// <summary>How long to train and what to do along the way.</summary>
-public sealed record TrainerOptions
-{
-    public required long Steps { get; init; }
-
-    public required ILrSchedule Schedule { get; init; }
-
-    /// <summary>Global gradient-norm clip; 0 or less disables clipping (the norm is still measured).</summary>
-    public double Clip { get; init; }
-
-    /// <summary>
-    /// Evaluate every K steps (0 = only at the end, when an evaluation source is given). Every evaluation
-    /// reads the same <see cref="EvalBatches"/> batches: the evaluation source is rewound to where it stood
-    /// when the trainer was built, so losses at different steps (and in resumed runs) are comparable.
-    /// </summary>
-    public int EvalEvery { get; init; }
-
-    public int EvalBatches { get; init; } = 8;
-
-    /// <summary>Where to save: a directory gets the full training state, a *.safetensors path the model only.</summary>
-    public string? SavePath { get; init; }
-
-    /// <summary>Save every K steps as well as at the end (0 = only at the end).</summary>
-    public int SaveEvery { get; init; }
-
-    /// <summary>Opaque options stored in training checkpoints.</summary>
-    public JsonObject? RunOptions { get; init; }
-
-    /// <summary>
-    /// The loop both trainers share: step until <see cref="Steps"/>, evaluating and saving every K steps as
-    /// configured, then evaluating and saving once more at the end.
-    /// </summary>
-    internal void RunLoop(Func<long> step, Action trainStep, Action? evaluate, Action<string> save)
-    {
-        while (step() < Steps)
-        {
-            trainStep();
-            long done = step();
-            if (evaluate is not null && EvalEvery > 0 && done % EvalEvery == 0 && done < Steps) evaluate();
-            if (SavePath is not null && SaveEvery > 0 && done % SaveEvery == 0 && done < Steps) save(SavePath);
-        }
-        evaluate?.Invoke();
-        if (SavePath is not null) save(SavePath);
-    }
-}
-
-/// <summary>What one optimizer step did.</summary>
-public sealed record StepMetrics(long Step, double Loss, double LearningRate, double GradNorm, double StepMs, double ItemsPerSecond, string ItemUnit, MemorySnapshot Memory);
-
-/// <summary>An evaluation over some batches.</summary>
-public sealed record EvalMetrics(long Step, double MeanLoss, long Count, double? Accuracy)
-{
-    public double Perplexity => Math.Exp(MeanLoss);
-}
-
 /// <summary>
-/// The single-worker training loop: data → loss → backward → clip → step, with scheduled learning
-/// rate, periodic evaluation and atomic checkpoints, reporting through events. Every step runs in
-/// its own <see cref="TensorScope"/>, so nothing but parameters, gradients and optimizer state
-/// survives it, and all allocations are charged to <see cref="Account"/>.
+/// The training loop: W workers (one by default), data parallel (DP) or subnetwork data parallel (SDP, method
+/// reference §2.5), with a scheduled learning rate, gradient clipping, periodic evaluation and atomic
+/// checkpoints, reporting through events. Each worker has its own model copy (its subnetwork under forward
+/// masking; the dense model with held-slice gradients under backward masking), optimizer over what it holds,
+/// data stream and <see cref="MemoryAccount"/>; workers talk through an <see cref="InProcessCommunicator"/>,
+/// one thread each (a single worker runs on the caller's thread). A step on every worker:
+/// <code>
+/// loss = L(subnetwork; own batch); backward              // dW only for held units
+/// ĝ_u = mean of g_u over u's holders                      // one all-reduce per holder-set bucket
+/// ‖ĝ‖² = all-reduce Σ_held ‖ĝ_u‖² / |H_u|; clip          // each parameter counted once (A14)
+/// optimizer step on held parameters                       // weight decay once per parameter (A15)
+/// BatchNorm buffers: mean over holders
+/// backward masking: unheld units ← their lowest holder   // broadcast (§2.6 B1)
+/// </code>
+/// DP is the same loop with every tensor shared, and one DP worker is plain single-process training: there
+/// is nothing to average, and the norm and clipping are <see cref="GradClip.ClipGlobalNorm"/>'s, bit for bit
+/// (A5). Every step runs in its own <see cref="TensorScope"/>, so nothing but parameters, gradients and
+/// optimizer state survives it. In DP every worker holds the same weights, so worker 0's model is the dense
+/// model that is evaluated and saved; SDP keeps a dense copy on the host (its own account), assembled from
+/// the holders for evaluation and saving (A18).
+/// <para>
+/// Two ways in: a <see cref="SubnetworkModel"/> with <see cref="SdpOptions"/>, from which the trainer builds
+/// and owns every worker's model and optimizer; or one already-built model with its optimizer (W = 1 DP),
+/// which stay the caller's.
+/// </para>
 /// </summary>
-public sealed class Trainer
+public sealed class Trainer : IDisposable
 {
-    private readonly ITrainable _model;
-    private readonly Optimizer _optimizer;
-    private readonly IBatchSource _train;
+    private readonly SubnetworkModel? _model;
+    private readonly TrainerOptions _options;
     private readonly IBatchSource? _eval;
     private readonly DataLoaderState? _evalStart;
-    private readonly TrainerOptions _options;
+    private readonly Worker[] _workers;
 
-    public Trainer(ITrainable model, Optimizer optimizer, IBatchSource train, TrainerOptions options, MemoryAccount account, IBatchSource? eval = null)
+    /// <summary>SDP: the dense model, assembled from the holders. DP has none: worker 0's model is the dense model.</summary>
+    private readonly ITrainable? _host;
+
+    /// <summary>Trains W workers built from <paramref name="model"/>.</summary>
+    /// <param name="model">The model and its maskable units.</param>
+    /// <param name="sdp">Workers, mode, level, masking, coverage.</param>
+    /// <param name="optimizer">Makes a worker's optimizer over the parameters it trains.</param>
+    /// <param name="trainData">Worker w's training batches (worker 0 of 1: single-process training's).</param>
+    /// <param name="options">Steps, schedule, clipping, evaluation and saving.</param>
+    /// <param name="eval">Held-out batches, evaluated on the dense model.</param>
+    public Trainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null)
     {
-        if (options.Steps < 0) throw new ArgumentException($"trainer: steps must be >= 0, got {options.Steps}");
-        (_model, _optimizer, _train, _options, Account, _eval) = (model, optimizer, train, options, account, eval);
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(sdp);
+        ArgumentNullException.ThrowIfNull(optimizer);
+        ArgumentNullException.ThrowIfNull(trainData);
+        ArgumentNullException.ThrowIfNull(options);
+        if (sdp.Workers < 1) throw new ArgumentException($"Trainer: workers must be at least 1, got {sdp.Workers}");
+        (_model, Options, _options, _eval) = (model, sdp, CheckSteps(options), eval);
         _evalStart = eval?.State;
+
+        if (sdp.Mode == ParallelMode.Sdp)
+        {
+            if (model.Units.TensorBindings.Count == 0) throw new ArgumentException("Trainer: SDP needs the model's unit bindings (MaskableUnits.Bindings is empty)");
+            Plan = SubnetworkPlan.Create(model.Units, sdp.Workers, sdp.Coverage, sdp.PlanSeed);
+            HostAccount = new MemoryAccount("host");
+            using (HostAccount.Activate())
+            using (MemoryAccount.Use(MemoryCategory.Parameters))
+            {
+                _host = model.Build(null);
+            }
+        }
+        var comms = InProcessCommunicator.Create(sdp.Workers, sdp.CollectiveTimeout);
+        _workers = new Worker[sdp.Workers];
+        try
+        {
+            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, comms[w], optimizer, trainData(w));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
     }
 
-    public MemoryAccount Account { get; }
+    /// <summary>
+    /// Trains one already-built model (W = 1 DP: single-process training). The model and the optimizer stay the
+    /// caller's: the trainer neither copies nor disposes them, and <see cref="Resume"/> loads into them.
+    /// </summary>
+    /// <param name="model">The model; its parameters should be the optimizer's (or a superset, for frozen ones).</param>
+    /// <param name="optimizer">The optimizer over the parameters to train.</param>
+    /// <param name="train">Training batches.</param>
+    /// <param name="options">Steps, schedule, clipping, evaluation and saving.</param>
+    /// <param name="account">
+    /// Charged with everything a step allocates (gradients, activations, optimizer state, workspace) and with
+    /// evaluation; build the model under it (<see cref="MemoryAccount.Activate"/>) to have its parameters counted too.
+    /// </param>
+    /// <param name="eval">Held-out batches for the periodic evaluation.</param>
+    public Trainer(ITrainable model, Optimizer optimizer, IBatchSource train, TrainerOptions options, MemoryAccount account, IBatchSource? eval = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(optimizer);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(account);
+        (Options, _options, _eval) = (new SdpOptions(), CheckSteps(options), eval);
+        _evalStart = eval?.State;
+        using var active = account.Activate();
+        _workers = [Equip(0, null, model, optimizer, account, InProcessCommunicator.Create(1)[0], train, owned: false)];
+    }
+
+    private static TrainerOptions CheckSteps(TrainerOptions options)
+        => options.Steps >= 0 ? options : throw new ArgumentException($"Trainer: steps must be >= 0, got {options.Steps}");
+
+    public SdpOptions Options { get; }
+
+    /// <summary>The subnetwork plan (null in DP mode).</summary>
+    public SubnetworkPlan? Plan { get; }
+
+    /// <summary>SDP: charged with the host's dense model (initialisation, assembly, evaluation, saving), not with any worker. Null in DP, which keeps no host copy.</summary>
+    public MemoryAccount? HostAccount { get; }
+
+    /// <summary>Worker w's memory account.</summary>
+    public MemoryAccount WorkerAccount(int worker) => _workers[worker].Account;
+
+    /// <summary>Worker w's model (its subnetwork under forward masking).</summary>
+    public ITrainable WorkerModel(int worker) => _workers[worker].Model;
+
+    /// <summary>Worker w's optimizer.</summary>
+    public Optimizer WorkerOptimizer(int worker) => _workers[worker].Optimizer;
+
+    /// <summary>Worker w's layout (null in DP mode).</summary>
+    public WorkerLayout? WorkerLayout(int worker) => _workers[worker].Layout;
+
+    /// <summary>Collectives and bytes per step of the gradient sync alone (A20), per worker.</summary>
+    public (int Collectives, double Bytes) GradientSyncCost(int worker) => (_workers[worker].GradSync.CollectivesPerStep, _workers[worker].GradSync.BytesPerStep);
+
+    /// <summary>Worker w's communication counters (collectives, bytes, groups created).</summary>
+    public CommStats WorkerCommStats(int worker) => _workers[worker].Comm.Stats;
+
+    /// <summary>Backward masking: parameter and buffer elements worker w receives per step from the holders of the units it lacks (0 otherwise).</summary>
+    public long RefreshElementsReceived(int worker) => _workers[worker].Refresh?.ElementsReceived ?? 0;
 
     /// <summary>Completed steps.</summary>
     public long Step { get; private set; }
@@ -97,58 +160,147 @@ public sealed class Trainer
 
     public event Action<string>? Saved;
 
-    /// <summary>Trains from <see cref="Step"/> up to the configured number of steps.</summary>
+    /// <summary>
+    /// Builds worker <paramref name="rank"/>'s model in its own account: its subnetwork (forward masking) or
+    /// the dense model, with its weights copied from the host's dense model (SDP) or from worker 0 (DP), so
+    /// every worker starts from the same weights whatever the factory does.
+    /// </summary>
+    private Worker CreateWorker(int rank, ICommunicator comm, Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer, IBatchSource data)
+    {
+        var account = new MemoryAccount($"worker {rank}");
+        using var active = account.Activate();
+        var layout = Plan is null ? null : new WorkerLayout(_model!.Units, Plan, rank);
+        bool forward = layout is not null && Options.Masking == Masking.Forward;
+        ITrainable model;
+        using (MemoryAccount.Use(MemoryCategory.Parameters))
+        {
+            model = _model!.Build(forward ? layout!.HeldUnits : null);
+        }
+        Optimizer? optimizer = null;
+        try
+        {
+            if (forward) RequireSharedTensors(model, layout!);
+            var source = _host ?? (rank > 0 ? _workers[0].Model : null);
+            if (source is not null) SubnetworkTensors.CopyFromDense(source.Module, model.Module, layout);
+            var trained = layout is not null && !forward
+                ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
+                : [.. model.Module.NamedParameters().Select(p => p.Tensor).Where(t => t.RequiresGrad)];
+            if (trained.Count == 0) throw new ArgumentException($"Trainer: worker {rank} trains no parameter");
+            optimizer = makeOptimizer(trained);
+            return Equip(rank, layout, model, optimizer, account, comm, data, owned: true);
+        }
+        catch
+        {
+            optimizer?.Dispose();
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A worker around its model and optimizer: the gradient sync over the optimizer's parameters, the buffer sync and (backward masking) the refresh.</summary>
+    private Worker Equip(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data, bool owned)
+    {
+        var trained = optimizer.Parameters;
+        if (trained.Count == 0) throw new ArgumentException($"Trainer: worker {rank} trains no parameter");
+        var names = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
+        foreach (var (name, p) in model.Module.NamedParameters()) names[p] = name;
+        var gradEntries = trained.Select(p => names.TryGetValue(p, out var name) ? Entry(layout, name, p, SyncTarget.Gradient)
+            : throw new ArgumentException($"Trainer: optimizer parameter {p.Name ?? "(unnamed)"} {p.Shape} is not a parameter of the model")).OfType<SyncParameter>().ToList();
+        var buffers = model.Module.NamedBuffers().Where(b => b.Tensor.DType.IsFloatingPoint()).ToList();
+        var bufferEntries = buffers.Select(b => Entry(layout, b.Name, b.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
+        UnitRefresh? refresh = null;
+        if (layout is not null && Options.Masking == Masking.Backward)
+        {
+            var all = model.Module.NamedParameters().Concat(buffers).Select(t => layout.SyncEntry(t.Name, t.Tensor, SyncTarget.Value)).OfType<SyncParameter>().ToList();
+            refresh = new UnitRefresh(all, comm, Options.BucketBytes);
+        }
+        // Every worker creates the groups of every holder set of the plan, in the same order (collective).
+        var groups = new HolderGroups(comm, Plan is null ? [] : Enumerable.Range(0, Plan.Groups.Count).SelectMany(g => Enumerable.Range(0, Plan.Groups[g].UnitCount).Select(u => Plan.HoldersOf(g, u))));
+        var gradSync = new HolderGroupedSync(gradEntries, groups, Options.BucketBytes);
+        var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, groups, Options.BucketBytes, SyncTarget.Value);
+        return new Worker(rank, layout, model, optimizer, account, comm, data, groups, gradSync, bufferSync, refresh, owned);
+    }
+
+    /// <summary>
+    /// Every worker must have every shared tensor, or the shared gradient buckets would differ between
+    /// workers. A subnetwork drops a shared pre-norm when it holds no unit of the sub-block behind it
+    /// (e.g. no attention head of a layer with --mask-heads); such plans are refused, naming the cause.
+    /// </summary>
+    private void RequireSharedTensors(ITrainable model, WorkerLayout layout)
+    {
+        var present = SubnetworkTensors.Named(model.Module);
+        foreach (var name in SubnetworkTensors.Named(_host!.Module).Keys)
+        {
+            if (layout.BindingOf(name) is not null || present.ContainsKey(name)) continue;
+            var units = _model!.Units;
+            var empty = Enumerable.Range(0, units.Groups.Count).Where(g => layout.HeldUnits[g].Length == 0).Select(g => units.Groups[g].Name).ToList();
+            throw new ArgumentException(
+                $"Trainer: worker {layout.Worker} holds no unit of {string.Join(", ", empty.DefaultIfEmpty("some group"))}, so its subnetwork lacks the shared tensor {name}; " +
+                $"choose workers and coverage so that every worker holds at least one unit of every group (each group has {string.Join("/", units.Groups.Select(g => g.UnitCount).Distinct())} units, W = {Options.Workers}, C = {Options.Coverage})");
+        }
+    }
+
+    private static SyncParameter? Entry(WorkerLayout? layout, string name, Tensor t, SyncTarget target)
+        => layout is null ? new SyncParameter(t) : layout.SyncEntry(name, t, target);
+
+    /// <summary>Trains from <see cref="Step"/> up to the configured number of steps, evaluating and saving as configured.</summary>
     public void Run()
     {
-        using var _ = Account.Activate();
         _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : () => Evaluated?.Invoke(EvaluateHeldOut(_eval)), Save);
     }
 
-    /// <summary>The periodic evaluation: always the same batches, from where the evaluation source started.</summary>
-    private EvalMetrics EvaluateHeldOut(IBatchSource eval)
-    {
-        eval.State = _evalStart!;
-        return Evaluate(eval, _options.EvalBatches);
-    }
-
+    /// <summary>One synchronous step of every worker.</summary>
     public StepMetrics TrainStep()
     {
-        using var _ = Account.Activate();
         var clock = Stopwatch.StartNew();
-        _optimizer.LearningRate = _options.Schedule.LearningRate(Step);
-        double loss, gradNorm;
-        long items;
-        using (TensorScope.Begin())
-        {
-            var (inputs, targets) = _train.NextBatch();
-            items = _model.ItemsIn(inputs);
-            var lossTensor = _model.Loss(inputs, targets);
-            loss = lossTensor.Item();
-            lossTensor.Backward();
-        }
-        var parameters = _model.Module.Parameters();
-        gradNorm = GradClip.ClipGlobalNorm(parameters, _options.Clip > 0 ? _options.Clip : double.PositiveInfinity);
-        // A non-finite gradient would poison the weights and the optimizer moments for good: skip the
-        // update (the step still counts, and its NaN/inf grad_norm is reported in the metrics).
-        if (double.IsFinite(gradNorm)) _optimizer.Step();
-        _optimizer.ZeroGrad();
+        double lr = _options.Schedule.LearningRate(Step);
+        var results = new (double Loss, long Items, double Norm, double Bytes, int Collectives)[_workers.Length];
+        OnEveryWorker(w => results[w.Rank] = w.Step(lr, _options.Clip));
         Step++;
         double ms = clock.Elapsed.TotalMilliseconds;
-        var metrics = new StepMetrics(Step, loss, _optimizer.LearningRate, gradNorm, ms, items / (ms / 1000), _model.ItemUnit, Account.Snapshot());
+        double loss = 0;
+        long items = 0;
+        foreach (var r in results)
+        {
+            loss += r.Loss;
+            items += r.Items;
+        }
+        loss /= _workers.Length;
+        var perWorker = _workers.Select(w => new WorkerStepMetrics(w.Rank, results[w.Rank].Loss, w.Account.Snapshot(), results[w.Rank].Bytes, results[w.Rank].Collectives)).ToArray();
+        var metrics = new StepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _workers[0].Model.ItemUnit, perWorker);
         StepCompleted?.Invoke(metrics);
         return metrics;
     }
 
-    /// <summary>Mean loss (and accuracy for classifiers) over <paramref name="batches"/> batches, in eval mode.</summary>
+    /// <summary>
+    /// The dense model: in SDP the host's copy, assembled from the holders (A18); in DP worker 0's model itself
+    /// (every worker holds the same weights). Owned by the trainer, or by the caller who built it.
+    /// </summary>
+    public ITrainable AssembleDense()
+    {
+        if (_host is null) return _workers[0].Model;
+        using var active = HostAccount!.Activate();
+        SubnetworkTensors.AssembleDense(_host.Module, [.. _workers.Select(w => w.Model.Module)], [.. _workers.Select(w => w.Layout!)]);
+        return _host;
+    }
+
+    /// <summary>The account the dense model is charged to: the host's in SDP, worker 0's in DP.</summary>
+    private MemoryAccount DenseAccount => HostAccount ?? _workers[0].Account;
+
+    /// <summary>Mean loss (and accuracy for classifiers) of the dense model over <paramref name="batches"/> batches, in eval mode.</summary>
     public EvalMetrics Evaluate(IBatchSource data, int batches)
     {
-        using var _ = Account.Activate();
-        return Evaluate(_model, data, batches, Step);
+        var dense = AssembleDense();
+        using var active = DenseAccount.Activate();
+        using var recalibrated = Options.BnRecalibrationBatches > 0 ? RecalibrateBatchNorm(dense, _workers[0].Data, Options.BnRecalibrationBatches) : null;
+        return Evaluate(dense, data, batches, Step);
     }
 
     /// <summary>Evaluates <paramref name="model"/> with grad mode off and the module in eval mode (restored afterwards).</summary>
     public static EvalMetrics Evaluate(ITrainable model, IBatchSource data, int batches, long step = 0)
     {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(data);
         using var noGrad = GradMode.Disable();
         bool wasTraining = model.Module.IsTraining;
         model.Module.Eval();
@@ -178,40 +330,141 @@ public sealed class Trainer
         }
     }
 
-    /// <summary>Writes the model (a *.safetensors path) or the full training state (a directory), atomically.</summary>
+    private EvalMetrics EvaluateHeldOut(IBatchSource eval)
+    {
+        eval.State = _evalStart!;
+        return Evaluate(eval, _options.EvalBatches);
+    }
+
+    /// <summary>
+    /// Re-estimates BatchNorm running statistics of the dense model: reset to mean 0, variance 1, then
+    /// forward passes in training mode without gradients. The batches are drawn from a copy of worker 0's
+    /// position, so training data order is unchanged. Disposing the result puts the model's own buffers back,
+    /// so evaluation changes nothing (in DP the dense model is worker 0's, whose statistics training continues
+    /// from); null when the model has no BatchNorm.
+    /// </summary>
+    private static IDisposable? RecalibrateBatchNorm(ITrainable dense, IBatchSource source, int batches)
+    {
+        var buffers = dense.Module.NamedBuffers().ToList();
+        if (!buffers.Any(b => b.Name.EndsWith("running_mean", StringComparison.Ordinal))) return null;
+        var saved = new BufferSnapshot(dense.Module);
+        var position = source.State;
+        using var noGrad = GradMode.Disable();
+        bool wasTraining = dense.Module.IsTraining;
+        try
+        {
+            foreach (var (name, t) in buffers)
+            {
+                if (name.EndsWith("running_mean", StringComparison.Ordinal)) t.Backend.Fill(t, 0);
+                else if (name.EndsWith("running_var", StringComparison.Ordinal)) t.Backend.Fill(t, 1);
+            }
+            dense.Module.Train();
+            for (int b = 0; b < batches; b++)
+            {
+                using var scope = TensorScope.Begin();
+                var (inputs, targets) = source.NextBatch();
+                using var loss = dense.Loss(inputs, targets);
+            }
+        }
+        catch
+        {
+            saved.Dispose();
+            throw;
+        }
+        finally
+        {
+            dense.Module.Train(wasTraining);
+            source.State = position;
+        }
+        return saved;
+    }
+
+    /// <summary>Copies of a module's buffers (workspace), written back into them on disposal.</summary>
+    private sealed class BufferSnapshot : IDisposable
+    {
+        private readonly Module _module;
+        private readonly List<(Tensor Target, Tensor Copy)> _copies = [];
+
+        public BufferSnapshot(Module module)
+        {
+            _module = module;
+            using var workspace = MemoryAccount.Use(MemoryCategory.Workspace);
+            foreach (var (_, t) in module.NamedBuffers())
+            {
+                var copy = Tensor.Empty(t.Shape, t.DType, t.Backend);
+                t.Backend.Copy(t, copy);
+                _copies.Add((t, copy));
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var (target, copy) in _copies)
+            {
+                target.Backend.Copy(copy, target);
+                copy.Dispose();
+            }
+            if (_copies.Count > 0) _module.TensorsReplaced(); // host-side state (BatchNorm's counter) follows the restored tensors
+            _copies.Clear();
+        }
+    }
+
+    /// <summary>
+    /// Saves atomically: a *.safetensors path gets the dense model (config in the metadata); a directory gets
+    /// the full training state (<see cref="SdpCheckpoint"/>: the dense model, every worker's model, optimizer
+    /// state and data position), from which <see cref="Resume"/> continues.
+    /// </summary>
     public void Save(string path)
     {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        var dense = AssembleDense();
+        using var active = DenseAccount.Activate();
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
-            ModuleCheckpoint.Save(_model.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = _model.ConfigJson });
+            ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
         }
         else
         {
-            var state = new TrainingState
+            var workers = _workers.Select(w => new SdpCheckpoint.WorkerState(w.Model.Module, w.Optimizer, new TrainingState
             {
-                Step = Step,
-                LrSchedulePosition = Step,
-                DataLoader = DataStateJson(_train.State),
-                Options = _options.RunOptions?.DeepClone().AsObject(),
-            };
-            TrainingCheckpoint.Save(path, _model.Module, _optimizer, state, _model.ConfigJson);
+                Step = Step, LrSchedulePosition = Step, DataLoader = DataStateJson(w.Data.State), Options = _options.RunOptions?.DeepClone().AsObject(),
+            })).ToList();
+            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers);
         }
         Saved?.Invoke(path);
     }
 
-    /// <summary>Restores the model, optimizer, step and data position saved by <see cref="Save"/> in a directory.</summary>
-    public TrainingCheckpointInfo Resume(string directory)
+    /// <summary>
+    /// Continues the run saved in <paramref name="directory"/> by <see cref="Save"/>: every worker's weights,
+    /// optimizer state and data position, and the step. The saved run must have this trainer's workers,
+    /// mode, level, masking, coverage and plan seed (the plan, and so every compact tensor, follows from them).
+    /// A one-worker DP run also continues the single-worker training state of an earlier Sdp version.
+    /// </summary>
+    public void Resume(string directory)
     {
-        using var _ = Account.Activate();
-        var info = TrainingCheckpoint.Load(directory, _model.Module, _optimizer);
-        Step = info.State.Step;
-        if (info.State.DataLoader is { } data) _train.State = DataStateFromJson(data, directory);
-        return info;
+        var saved = SdpCheckpoint.ReadInfo(directory);
+        var expected = Describe();
+        if (saved.Run != expected)
+        {
+            throw new ArgumentException(SdpCheckpoint.IsSingleWorkerState(saved.Directory)
+                ? $"training checkpoint '{saved.Directory}' is a single-worker training state from an earlier Sdp version; it resumes only into a run of one worker in DP mode, but this run has {expected}"
+                : $"training checkpoint '{saved.Directory}' was saved by a run with {saved.Run}, but this run has {expected}; resume with the same options");
+        }
+        for (int w = 0; w < _workers.Length; w++)
+        {
+            var worker = _workers[w];
+            using var active = worker.Account.Activate();
+            string dir = SdpCheckpoint.WorkerCheckpoint(saved.Directory, w);
+            var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
+            if (info.State.Step != saved.Step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {saved.Step}");
+            if (info.State.DataLoader is { } data) worker.Data.State = DataStateFromJson(data, dir);
+        }
+        Step = saved.Step;
     }
 
-    internal static JsonObject DataStateJson(DataLoaderState s) => new() { ["epoch"] = s.Epoch, ["shard"] = s.Shard, ["batch"] = s.Batch };
+    private static JsonObject DataStateJson(DataLoaderState s) => new() { ["epoch"] = s.Epoch, ["shard"] = s.Shard, ["batch"] = s.Batch };
 
-    internal static DataLoaderState DataStateFromJson(JsonObject o, string where)
+    private static DataLoaderState DataStateFromJson(JsonObject o, string where)
     {
         try
         {
@@ -220,6 +473,191 @@ public sealed class Trainer
         catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)
         {
             throw new InvalidDataException($"training checkpoint '{where}': state.json data_loader must hold integer epoch, shard and batch");
+        }
+    }
+
+    private SdpCheckpoint.RunDescription Describe() => Plan is null
+        ? SdpCheckpoint.RunDescription.Dp(Options.Workers)
+        : new(Options.Workers, "sdp", SubnetworkPlan.LevelName(Options.Level), Options.Masking == Masking.Forward ? "forward" : "backward", Options.Coverage, Options.PlanSeed);
+
+    /// <summary>
+    /// Runs <paramref name="work"/> on every worker at once, each on its own long-lived thread (collectives
+    /// need all of them running; the tape and the GEMM packing buffers are per thread, so a worker keeps
+    /// its thread). A single worker waits for nobody and runs on the caller's thread, as single-process
+    /// training does. A worker that fails aborts the group, so the others stop waiting at their collectives;
+    /// the failure is rethrown (a worker's timeout or abort is reported only when nothing else failed).
+    /// </summary>
+    private void OnEveryWorker(Action<Worker> work)
+    {
+        void RunOn(int rank)
+        {
+            var w = _workers[rank];
+            using var active = w.Account.Activate();
+            try
+            {
+                work(w);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                w.Comm.Abort($"worker {rank} failed: {e.Message}");
+                throw;
+            }
+        }
+        if (_workers.Length == 1)
+        {
+            RunOn(0);
+            return;
+        }
+        _threads ??= new WorkerThreads(_workers.Length);
+        var errors = _threads.Run(RunOn);
+        var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
+        if (cause is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
+    }
+
+    private WorkerThreads? _threads;
+
+    public void Dispose()
+    {
+        _threads?.Dispose();
+        foreach (var w in _workers) w?.Dispose();
+        _host?.Dispose();
+    }
+
+    /// <summary>One worker's model, optimizer, data, account and communication; <paramref name="owned"/>: the trainer built the model and optimizer and disposes them.</summary>
+    private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data,
+        HolderGroups groups, HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh, bool owned) : IDisposable
+    {
+        public int Rank { get; } = rank;
+
+        public WorkerLayout? Layout { get; } = layout;
+
+        public ITrainable Model { get; } = model;
+
+        public Optimizer Optimizer { get; } = optimizer;
+
+        public MemoryAccount Account { get; } = account;
+
+        public IBatchSource Data { get; } = data;
+
+        public HolderGroupedSync GradSync { get; } = gradSync;
+
+        public UnitRefresh? Refresh { get; } = refresh;
+
+        public ICommunicator Comm { get; } = comm;
+
+        /// <summary>Forward, backward, gradient sync, clipping, update, buffer sync and (backward masking) refresh.</summary>
+        public (double Loss, long Items, double Norm, double Bytes, int Collectives) Step(double lr, double clip)
+        {
+            var before = Comm.Stats.Clone();
+            Optimizer.LearningRate = lr;
+            double loss;
+            long items;
+            using (TensorScope.Begin())
+            {
+                var (inputs, targets) = Data.NextBatch();
+                items = Model.ItemsIn(inputs);
+                var lossTensor = Model.Loss(inputs, targets);
+                loss = lossTensor.Item();
+                lossTensor.Backward();
+            }
+            GradSync.Synchronize();
+            double norm = Math.Sqrt(SquaredGradNorm());
+            var parameters = Optimizer.Parameters;
+            if (double.IsFinite(norm))
+            {
+                if (clip > 0) GradClip.ScaleToNorm(parameters, norm, clip);
+                Optimizer.Step();
+            }
+            Optimizer.ZeroGrad();
+            bufferSync?.Synchronize();
+            Refresh?.Refresh();
+            var after = Comm.Stats;
+            return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
+        }
+
+        /// <summary>‖ĝ‖²: every worker's share (A14) summed over the workers in rank order on the device, then read once.</summary>
+        private double SquaredGradNorm()
+        {
+            using var noGrad = GradMode.Disable();
+            using (MemoryAccount.Use(MemoryCategory.Workspace))
+            using (var total = Tensor.Zeros(Shape.Scalar, DType.Float64, Optimizer.Parameters[0].Backend))
+            {
+                GradSync.AddSquaredNormShare(total);
+                if (Comm.WorldSize > 1) Comm.World.AllReduceSum(total);
+                return total.Item();
+            }
+        }
+
+        public void Dispose()
+        {
+            using var active = Account.Activate();
+            GradSync.Dispose();
+            bufferSync?.Dispose();
+            Refresh?.Dispose();
+            groups.Dispose();
+            if (!owned) return;
+            Optimizer.Dispose();
+            Model.Dispose();
+        }
+    }
+
+    /// <summary>One thread per worker for the trainer's lifetime; <see cref="Run"/> hands each the same job and waits for all.</summary>
+    private sealed class WorkerThreads : IDisposable
+    {
+        private readonly Thread[] _threads;
+        private readonly SemaphoreSlim[] _start;
+        private readonly CountdownEvent _done;
+        private readonly Exception?[] _errors;
+        private Action<int>? _job;
+        private volatile bool _stopping;
+
+        public WorkerThreads(int count)
+        {
+            _start = [.. Enumerable.Range(0, count).Select(_ => new SemaphoreSlim(0))];
+            _done = new CountdownEvent(count);
+            _errors = new Exception?[count];
+            _threads = [.. Enumerable.Range(0, count).Select(rank => new Thread(() => Loop(rank)) { Name = $"sdp worker {rank}", IsBackground = true })];
+            foreach (var t in _threads) t.Start();
+        }
+
+        public Exception?[] Run(Action<int> job)
+        {
+            _job = job;
+            Array.Clear(_errors);
+            _done.Reset();
+            foreach (var s in _start) s.Release();
+            _done.Wait();
+            return [.. _errors];
+        }
+
+        private void Loop(int rank)
+        {
+            while (true)
+            {
+                _start[rank].Wait();
+                if (_stopping) return;
+                try
+                {
+                    _job!(rank);
+                }
+                catch (Exception e)
+                {
+                    _errors[rank] = e;
+                }
+                finally
+                {
+                    _done.Signal();
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            _stopping = true;
+            foreach (var s in _start) s.Release();
+            foreach (var t in _threads) t.Join();
+            foreach (var s in _start) s.Dispose();
+            _done.Dispose();
         }
     }
 }

@@ -109,16 +109,18 @@ public sealed class CliSmokeTests : CliTestBase
         const string common = "--schedule constant --warmup 0";
         var first = Train($"{common} --steps 3 --save ck");
         Assert.That(first.ExitCode, Is.EqualTo(0), first.ToString());
-        Assert.That(Directory.GetFiles("ck").Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "optimizer.safetensors", "state.json" }));
+        // One training-state format for every run: a single-worker run is worker 0 of one.
+        Assert.That(Directory.GetFileSystemEntries("ck").Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "sdp.json", "worker-0" }));
+        Assert.That(Directory.GetFiles("ck/worker-0").Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "optimizer.safetensors", "state.json" }));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "ck" }), "no temporary directories left");
-        Assert.That(JsonNode.Parse(File.ReadAllText("ck/state.json"))!["step"]!.GetValue<long>(), Is.EqualTo(3));
+        Assert.That(JsonNode.Parse(File.ReadAllText("ck/sdp.json"))!["step"]!.GetValue<long>(), Is.EqualTo(3));
 
         var resumed = Train($"{common} --resume ck --steps 6 --save ck --metrics resumed.jsonl");
         Assert.That(resumed.ExitCode, Is.EqualTo(0), resumed.ToString());
         Assert.That(resumed.Out, Does.Contain("resumed from ck at step 3"));
         var resumedSteps = StepRecords(ReadJsonLines("resumed.jsonl"));
         Assert.That(Steps(resumedSteps), Is.EqualTo(new long[] { 4, 5, 6 }));
-        Assert.That(JsonNode.Parse(File.ReadAllText("ck/state.json"))!["step"]!.GetValue<long>(), Is.EqualTo(6));
+        Assert.That(JsonNode.Parse(File.ReadAllText("ck/sdp.json"))!["step"]!.GetValue<long>(), Is.EqualTo(6));
 
         // One uninterrupted 6-step run: steps 4..6 must match the resumed run (model, optimizer and data position restored).
         var straight = Train($"{common} --steps 6 --metrics straight.jsonl");
@@ -132,13 +134,48 @@ public sealed class CliSmokeTests : CliTestBase
     }
 
     [Test]
+    public void Train_ResumesTheSingleWorkerStateOfAnEarlierVersion_OnlyWithOneDpWorker()
+    {
+        const string common = "--schedule constant --warmup 0";
+        var first = Train($"{common} --steps 3 --save ck");
+        Assert.That(first.ExitCode, Is.EqualTo(0), first.ToString());
+        ToEarlierSingleWorkerFormat("ck");
+
+        AssertUsageError(Train($"{common} --resume ck --steps 6 --workers 2"), Listing(), "--resume", "ck", "single-worker training state from an earlier Sdp version", "--workers 1 --mode dp");
+        var resumed = Train($"{common} --resume ck --steps 6 --metrics resumed.jsonl");
+        Assert.That(resumed.ExitCode, Is.EqualTo(0), resumed.ToString());
+        Assert.That(resumed.Out, Does.Contain("resumed from ck at step 3"));
+        var straight = Train($"{common} --steps 6 --metrics straight.jsonl");
+        Assert.That(straight.ExitCode, Is.EqualTo(0), straight.ToString());
+        var resumedSteps = StepRecords(ReadJsonLines("resumed.jsonl"));
+        Assert.That(Steps(resumedSteps), Is.EqualTo(new long[] { 4, 5, 6 }));
+        Assert.That(resumedSteps.Select(s => s["loss"]!.GetValue<double>()),
+            Is.EqualTo(StepRecords(ReadJsonLines("straight.jsonl")).Skip(3).Select(s => s["loss"]!.GetValue<double>())));
+    }
+
+    /// <summary>
+    /// Rewrites a one-worker training state as earlier Sdp versions saved single-worker runs: worker 0's
+    /// training checkpoint at the top (its model is the model.safetensors already there), no sdp.json.
+    /// </summary>
+    private static void ToEarlierSingleWorkerFormat(string dir)
+    {
+        string worker = Path.Combine(dir, SdpCheckpoint.WorkerDirectory(0));
+        Assert.That(MaxAbsDiff(ReadTensors(Path.Combine(worker, TrainingCheckpoint.ModelFileName)), ReadTensors(Path.Combine(dir, TrainingCheckpoint.ModelFileName))), Is.Zero,
+            "one DP worker's model is the dense model");
+        foreach (var file in new[] { TrainingCheckpoint.OptimizerFileName, TrainingCheckpoint.StateFileName }) File.Move(Path.Combine(worker, file), Path.Combine(dir, file));
+        Directory.Delete(worker, recursive: true);
+        File.Delete(Path.Combine(dir, SdpCheckpoint.StateFileName));
+        Assert.That(Directory.GetFileSystemEntries(dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.safetensors", "optimizer.safetensors", "state.json" }));
+    }
+
+    [Test]
     public void Train_SaveEvery_SavesAlongTheWayAndAtTheEnd()
     {
         var r = Train("--steps 4 --save-every 2 --save ck");
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("saved ck at step 2"));
         Assert.That(r.Out, Does.Contain("saved ck at step 4"));
-        Assert.That(JsonNode.Parse(File.ReadAllText("ck/state.json"))!["step"]!.GetValue<long>(), Is.EqualTo(4));
+        Assert.That(JsonNode.Parse(File.ReadAllText("ck/sdp.json"))!["step"]!.GetValue<long>(), Is.EqualTo(4));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "ck" }));
     }
 

@@ -29,8 +29,8 @@ public class TrainingGroupsTests
     {
         var level = sdp.Mode == ParallelMode.Sdp ? sdp.Level : SubnetLevel.Block;
         using var trainer = model == "llama"
-            ? new SdpTrainer(LlamaModel(level), sdp, AdamW, w => Tokens(w, sdp.Workers), Options(3))
-            : new SdpTrainer(ResNetModel(level), sdp, AdamW, w => Images(w, sdp.Workers), Options(3));
+            ? new Trainer(LlamaModel(level), sdp, AdamW, w => Tokens(w, sdp.Workers), Options(3))
+            : new Trainer(ResNetModel(level), sdp, AdamW, w => Images(w, sdp.Workers), Options(3));
         int workers = sdp.Workers;
         trainer.TrainStep();
         var afterOne = Enumerable.Range(0, workers).Select(w => trainer.WorkerCommStats(w).GroupsCreated).ToArray();

@@ -22,14 +22,14 @@ public class SdpAcceptanceTests
     [TearDown]
     public void ClearTape() => Tape.Current.Clear();
 
-    private static List<SdpStepMetrics> Train(SdpTrainer trainer, int steps)
+    private static List<StepMetrics> Train(Trainer trainer, int steps)
     {
-        var metrics = new List<SdpStepMetrics>();
+        var metrics = new List<StepMetrics>();
         for (int s = 0; s < steps; s++) metrics.Add(trainer.TrainStep());
         return metrics;
     }
 
-    private static SdpTrainer LlamaTrainer(SdpOptions sdp, SubnetLevel level = SubnetLevel.Block, Func<int, IBatchSource>? data = null, Func<IReadOnlyList<Tensor>, Optimizer>? optimizer = null, TrainerOptions? options = null, SubnetOptions? subnet = null)
+    private static Trainer LlamaTrainer(SdpOptions sdp, SubnetLevel level = SubnetLevel.Block, Func<int, IBatchSource>? data = null, Func<IReadOnlyList<Tensor>, Optimizer>? optimizer = null, TrainerOptions? options = null, SubnetOptions? subnet = null)
         => new(LlamaModel(level, subnet), sdp, optimizer ?? AdamW, data ?? (w => Tokens(w, sdp.Workers)), options ?? Options(4));
 
     [Test]
@@ -51,20 +51,39 @@ public class SdpAcceptanceTests
     [Test]
     public void A5_one_worker_equals_single_worker_training()
     {
-        using var sdp = LlamaTrainer(Dp(1));
-        var account = new MemoryAccount("single");
-        using var active = account.Activate();
+        // The single-worker loop written out by hand on its own model: lr = schedule(step), forward, backward,
+        // clip the global norm, step, zero the gradients.
+        var options = Options(4, clip: 0.05);
+        using var trainer = LlamaTrainer(Dp(1), options: options);
         using var model = LlamaModel(SubnetLevel.Block).Build(null);
         using var optimizer = AdamW(model.Module.Parameters());
-        var single = new Trainer(model, optimizer, Tokens(0, 1), Options(4), account);
+        var data = Tokens(0, 1);
+        var parameters = model.Module.Parameters();
+        bool clipped = false;
         for (int s = 0; s < 4; s++)
         {
-            var expected = single.TrainStep();
-            var actual = sdp.TrainStep();
-            Assert.That(BitConverter.DoubleToInt64Bits(actual.Loss), Is.EqualTo(BitConverter.DoubleToInt64Bits(expected.Loss)), $"loss at step {s + 1}");
-            Assert.That(BitConverter.DoubleToInt64Bits(actual.GradNorm), Is.EqualTo(BitConverter.DoubleToInt64Bits(expected.GradNorm)), $"grad norm at step {s + 1}");
+            optimizer.LearningRate = options.Schedule.LearningRate(s);
+            double loss;
+            using (TensorScope.Begin())
+            {
+                var (x, y) = data.NextBatch();
+                var l = model.Loss(x, y);
+                loss = l.Item();
+                l.Backward();
+            }
+            double norm = GradClip.ClipGlobalNorm(parameters, options.Clip);
+            clipped |= norm > options.Clip;
+            optimizer.Step();
+            optimizer.ZeroGrad();
+
+            var actual = trainer.TrainStep();
+            Assert.That(BitConverter.DoubleToInt64Bits(actual.Loss), Is.EqualTo(BitConverter.DoubleToInt64Bits(loss)), $"loss at step {s + 1}");
+            Assert.That(BitConverter.DoubleToInt64Bits(actual.GradNorm), Is.EqualTo(BitConverter.DoubleToInt64Bits(norm)), $"grad norm at step {s + 1}");
+            Assert.That(actual.Workers.Single().Collectives, Is.Zero, "one worker communicates nothing");
         }
-        Assert.That(StateBits(sdp.AssembleDense().Module), Is.EqualTo(StateBits(model.Module)));
+        Assert.That(clipped, Is.True, "clipping was active");
+        Assert.That(StateBits(trainer.AssembleDense().Module), Is.EqualTo(StateBits(model.Module)));
+        Training.TrainingTestSupport.AssertSameOptimizerState(optimizer, trainer.WorkerOptimizer(0));
     }
 
     [Test]
@@ -158,7 +177,7 @@ public class SdpAcceptanceTests
         // weight decay, which must decay every parameter exactly once (A15).
         const double lr = 0.5, decay = 0.1;
         var model = LlamaModel(level);
-        using var sdp = new SdpTrainer(model, SdpRun(4, level, Masking.Forward, 0.5), p => new Sgd(p, lr, weightDecay: decay), w => Tokens(w, 4), Options(1, clip: 0, lr: lr));
+        using var sdp = new Trainer(model, SdpRun(4, level, Masking.Forward, 0.5), p => new Sgd(p, lr, weightDecay: decay), w => Tokens(w, 4), Options(1, clip: 0, lr: lr));
         using var dense = model.Build(null);
         var plan = sdp.Plan!;
         var sum = SubnetworkTensors.Named(dense.Module).Where(p => p.Value.RequiresGrad).ToDictionary(p => p.Key, p => new double[p.Value.Numel]);
@@ -325,9 +344,9 @@ public class SdpAcceptanceTests
         AssertHoldersAgreeOnState(sdp, plan);
     }
 
-    private static Shape DenseShape(SdpTrainer sdp, string name) => SubnetworkTensors.Named(sdp.AssembleDense().Module)[name].Shape;
+    private static Shape DenseShape(Trainer sdp, string name) => SubnetworkTensors.Named(sdp.AssembleDense().Module)[name].Shape;
 
-    private static void AssertHoldersAgreeOnState(SdpTrainer sdp, SubnetworkPlan plan)
+    private static void AssertHoldersAgreeOnState(Trainer sdp, SubnetworkPlan plan)
     {
         // Checksums per (tensor, dense slice) of the exp_avg state, gathered from every holder.
         var seen = new Dictionary<(string, int), long>();
@@ -394,7 +413,7 @@ public class SdpAcceptanceTests
         [Values(SubnetLevel.Neuron, SubnetLevel.Block)] SubnetLevel level, [Values(Masking.Forward, Masking.Backward)] Masking masking)
     {
         var model = ResNetModel(level);
-        using var sdp = new SdpTrainer(model, SdpRun(4, level, masking, 0.5), AdamW, w => Images(w, 4), Options(2));
+        using var sdp = new Trainer(model, SdpRun(4, level, masking, 0.5), AdamW, w => Images(w, 4), Options(2));
         Train(sdp, 2);
         var dense = SubnetworkTensors.Named(sdp.AssembleDense().Module);
         for (int w = 0; w < 4; w++)
@@ -412,6 +431,27 @@ public class SdpAcceptanceTests
         var eval = sdp.Evaluate(Images(0, 1), 2);
         Assert.That(eval.Count, Is.EqualTo(8));
         Assert.That(double.IsFinite(eval.MeanLoss), Is.True);
+    }
+
+    [Test]
+    public void A18_dp_evaluates_worker_0s_model_in_place_and_batchnorm_recalibration_leaves_training_alone()
+    {
+        // DP keeps no second dense model: worker 0's is it. Evaluating it with BatchNorm recalibration must not
+        // change what the workers train on, so the run continues exactly as one that never evaluated.
+        using var evaluated = new Trainer(ResNetModel(SubnetLevel.Block), Dp(2) with { BnRecalibrationBatches = 2 }, AdamW, w => Images(w, 2), Options(3));
+        using var plain = new Trainer(ResNetModel(SubnetLevel.Block), Dp(2), AdamW, w => Images(w, 2), Options(3));
+        Train(evaluated, 2);
+        Train(plain, 2);
+        Assert.That(evaluated.AssembleDense(), Is.SameAs(evaluated.WorkerModel(0)));
+        Assert.That(evaluated.HostAccount, Is.Null);
+        var before = StateBits(evaluated.WorkerModel(0).Module);
+        var recalibrated = evaluated.Evaluate(Images(0, 1), 2);
+        Assert.That(StateBits(evaluated.WorkerModel(0).Module), Is.EqualTo(before), "weights and BatchNorm statistics put back");
+        Assert.That(evaluated.WorkerModel(0).Module.IsTraining, Is.True, "training mode put back");
+        Assert.That(recalibrated.MeanLoss, Is.Not.EqualTo(plain.Evaluate(Images(0, 1), 2).MeanLoss), "recalibration changed the statistics evaluated with");
+        Train(evaluated, 1);
+        Train(plain, 1);
+        for (int w = 0; w < 2; w++) Assert.That(StateBits(evaluated.WorkerModel(w).Module), Is.EqualTo(StateBits(plain.WorkerModel(w).Module)), $"worker {w}");
     }
 
     [Test]

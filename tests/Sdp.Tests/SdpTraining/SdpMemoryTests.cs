@@ -49,7 +49,7 @@ public class SdpMemoryTests
     {
         var workload = new LlamaWorkload(Llama, Batch, Seq);
         var variant = new SdpVariant(SubnetLevel.Neuron, masking, 0.5, Seed: 5);
-        using var trainer = new SdpTrainer(LlamaModel(SubnetLevel.Neuron), SdpRun(4, SubnetLevel.Neuron, masking, 0.5), AdamW, w => Tokens(w, 4), Options(1));
+        using var trainer = new Trainer(LlamaModel(SubnetLevel.Neuron), SdpRun(4, SubnetLevel.Neuron, masking, 0.5), AdamW, w => Tokens(w, 4), Options(1));
         trainer.TrainStep();
         for (int w = 0; w < 4; w++)
         {

@@ -22,7 +22,7 @@ public class SdpResumeTests
         Training.TrainingTestSupport.DeleteScratchDirectory(_dir);
     }
 
-    private static SdpTrainer NewTrainer(SdpOptions sdp, SubnetLevel level)
+    private static Trainer NewTrainer(SdpOptions sdp, SubnetLevel level)
         => new(LlamaModel(level), sdp, AdamW, w => Tokens(w, sdp.Workers), Options(4));
 
     private static IEnumerable<TestCaseData> Runs()
@@ -71,5 +71,29 @@ public class SdpResumeTests
         Assert.That(e!.Message, Does.Contain("Coverage = 0.5").And.Contain("Coverage = 0.75"));
         File.Delete(Path.Combine(dir, SdpCheckpoint.StateFileName));
         Assert.That(() => other.Resume(dir), Throws.InstanceOf<InvalidDataException>().With.Message.Contains(SdpCheckpoint.StateFileName));
+    }
+
+    [Test]
+    public void A_single_worker_state_of_an_earlier_version_resumes_only_into_one_dp_worker()
+    {
+        // The single-worker format of earlier versions: one training checkpoint at the top, no sdp.json.
+        string dir = Path.Combine(_dir, "single");
+        using (var first = NewTrainer(Dp(1), SubnetLevel.Block))
+        {
+            first.TrainStep();
+            var model = first.WorkerModel(0);
+            TrainingCheckpoint.Save(dir, model.Module, first.WorkerOptimizer(0), new TrainingState { Step = 1, LrSchedulePosition = 1 }, model.ConfigJson);
+        }
+        foreach (var run in new[] { Dp(2), SdpRun(4, SubnetLevel.Block, Masking.Forward, 0.5) })
+        {
+            using var other = NewTrainer(run, SubnetLevel.Block);
+            var e = Assert.Throws<ArgumentException>(() => other.Resume(dir));
+            Assert.That(e!.Message, Does.Contain("is a single-worker training state from an earlier Sdp version").And.Contain($"Workers = {run.Workers}"));
+            Assert.That(other.Step, Is.Zero);
+        }
+        using var single = NewTrainer(Dp(1), SubnetLevel.Block);
+        single.Resume(dir);
+        Assert.That(single.Step, Is.EqualTo(1));
+        Assert.That(SdpCheckpoint.ReadInfo(dir).Run, Is.EqualTo(SdpCheckpoint.RunDescription.Dp(1)));
     }
 }

@@ -38,7 +38,7 @@ public class TinyLlamaConvergenceTests
         using var model = NewLlama(LlamaConfig.Preset("tiny"), 0);
         Assert.That(model.Model.Config.VocabSize, Is.EqualTo(4096));
         using var opt = new AdamW(model.Module.Parameters(), lr, beta1: 0.9, beta2: 0.99, weightDecay: 0);
-        var trainer = new Trainer(model, opt, train, new TrainerOptions
+        using var trainer = new Trainer(model, opt, train, new TrainerOptions
         {
             Steps = steps,
             Schedule = new WarmupCosineSchedule(lr, 10, steps, lr * 0.1),

@@ -43,7 +43,7 @@ public class TrainerBehaviourTests
         string ckpt = Path.Combine(_dir, "ckpt");
         using var model = NewLlama(SmallLlama, 1);
         using var opt = new AdamW(model.Module.Parameters(), lr: 1e-3);
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions
         {
             Steps = steps, Schedule = new ConstantSchedule(1e-3), EvalEvery = 4, EvalBatches = 2, SavePath = ckpt, SaveEvery = 5,
         }, new MemoryAccount("events"), EvalData());
@@ -59,7 +59,7 @@ public class TrainerBehaviourTests
         trainer.Saved += path =>
         {
             Assert.That(path, Is.EqualTo(ckpt));
-            Assert.That(TrainingCheckpoint.ReadInfo(ckpt).State.Step, Is.EqualTo(trainer.Step), "the checkpoint is complete when Saved fires");
+            Assert.That(SdpCheckpoint.ReadInfo(ckpt).Step, Is.EqualTo(trainer.Step), "the checkpoint is complete when Saved fires");
             log.Add($"save {trainer.Step}");
         };
         trainer.Run();
@@ -84,7 +84,7 @@ public class TrainerBehaviourTests
     {
         using var model = NewLlama(SmallLlama, 1);
         using var opt = new AdamW(model.Module.Parameters(), lr: 1e-3);
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions
         {
             Steps = 4, Schedule = new ConstantSchedule(1e-3), EvalEvery = 1, SaveEvery = 1,
         }, new MemoryAccount("quiet"));
@@ -101,7 +101,7 @@ public class TrainerBehaviourTests
         string file = Path.Combine(_dir, "model.safetensors");
         using var model = NewLlama(SmallLlama, 1);
         using var opt = new AdamW(model.Module.Parameters(), lr: 1e-3);
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 2, Schedule = new ConstantSchedule(1e-3), SavePath = file },
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 2, Schedule = new ConstantSchedule(1e-3), SavePath = file },
             new MemoryAccount("weights"));
         trainer.Run();
 
@@ -122,7 +122,7 @@ public class TrainerBehaviourTests
         // so it must report the same loss: the held-out source is rewound before each evaluation.
         using var model = NewLlama(SmallLlama, 1);
         using var opt = new AdamW(model.Module.Parameters(), lr: 0, weightDecay: 0);
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions
         {
             Steps = 3, Schedule = new ConstantSchedule(0), EvalEvery = 1, EvalBatches = 2,
         }, new MemoryAccount("eval"), EvalData());
@@ -141,7 +141,7 @@ public class TrainerBehaviourTests
 
         using var reference = NewLlama(SmallLlama, 1);
         using var referenceOpt = new AdamW(reference.Module.Parameters(), lr: 5e-3);
-        var referenceTrainer = new Trainer(reference, referenceOpt, TrainData(), Options(8), account, EvalData());
+        using var referenceTrainer = new Trainer(reference, referenceOpt, TrainData(), Options(8), account, EvalData());
         var expected = new List<(long, double)>();
         referenceTrainer.Evaluated += e => expected.Add((e.Step, e.MeanLoss));
         referenceTrainer.Run();
@@ -150,13 +150,13 @@ public class TrainerBehaviourTests
         using (var first = NewLlama(SmallLlama, 1))
         using (var firstOpt = new AdamW(first.Module.Parameters(), lr: 5e-3))
         {
-            var firstTrainer = new Trainer(first, firstOpt, TrainData(), Options(5), account, EvalData());
+            using var firstTrainer = new Trainer(first, firstOpt, TrainData(), Options(5), account, EvalData());
             firstTrainer.Run();
             firstTrainer.Save(ckpt);
         }
         using var resumed = NewLlama(SmallLlama, 2);
-        using var resumedOpt = TrainingCheckpoint.ReadInfo(ckpt).Optimizer.Create(resumed.Module.Parameters());
-        var resumedTrainer = new Trainer(resumed, resumedOpt, TrainData(), Options(8), account, EvalData());
+        using var resumedOpt = SdpCheckpoint.ReadInfo(ckpt).Optimizer.Create(resumed.Module.Parameters());
+        using var resumedTrainer = new Trainer(resumed, resumedOpt, TrainData(), Options(8), account, EvalData());
         resumedTrainer.Resume(ckpt);
         var actual = new List<(long, double)>();
         resumedTrainer.Evaluated += e => actual.Add((e.Step, e.MeanLoss));
@@ -172,7 +172,7 @@ public class TrainerBehaviourTests
         var dataset = ShapesDataset.Create(20, seed: 1, size: 16);
         using var model = new ResNetTrainable(new ResNet18(new ResNetConfig(Width: 2), new Rng(1)));
         using var opt = new Sgd(model.Module.Parameters(), lr: 0.05, momentum: 0.9);
-        var trainer = new Trainer(model, opt, new ImageBatches(new ImageLoader(dataset, batch: 4, seed: 2)),
+        using var trainer = new Trainer(model, opt, new ImageBatches(new ImageLoader(dataset, batch: 4, seed: 2)),
             new TrainerOptions { Steps = 2, Schedule = new ConstantSchedule(0.05) }, new MemoryAccount("resnet-eval"));
         trainer.Run();
         using var before = NewResNetCopy(model);
@@ -212,7 +212,7 @@ public class TrainerBehaviourTests
         var schedule = new WarmupCosineSchedule(1e-2, 3, steps, 1e-3);
         using var model = NewLlama(SmallLlama, 4);
         using var opt = new AdamW(model.Module.Parameters(), lr: 123, weightDecay: 0.1);
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = steps, Schedule = schedule, Clip = clip }, new MemoryAccount("metrics"));
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = steps, Schedule = schedule, Clip = clip }, new MemoryAccount("metrics"));
         var metrics = new List<StepMetrics>();
         trainer.StepCompleted += m =>
         {
@@ -263,7 +263,7 @@ public class TrainerBehaviourTests
     {
         using var model = NewLlama(SmallLlama, 4);
         using var opt = new Sgd(model.Module.Parameters(), lr: 0.1);
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 1, Schedule = new ConstantSchedule(0.1), Clip = 0 }, new MemoryAccount("noclip"));
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 1, Schedule = new ConstantSchedule(0.1), Clip = 0 }, new MemoryAccount("noclip"));
         var m = trainer.TrainStep();
 
         using var twin = NewLlama(SmallLlama, 4);
@@ -320,12 +320,12 @@ public class TrainerBehaviourTests
             long bufferBytes = model.Module.NamedBuffers().Sum(b => b.Tensor.ByteLength);
             Assert.That(account.CurrentBytes(MemoryCategory.Parameters), Is.EqualTo(parameterBytes + bufferBytes), "the model, built under the account");
             using var opt = new AdamW(model.Module.Parameters(), lr: 1e-3);
-            var trainer = new Trainer(model, opt, train, new TrainerOptions
+            using var trainer = new Trainer(model, opt, train, new TrainerOptions
             {
                 Steps = 4, Schedule = new ConstantSchedule(1e-3), Clip = 1.0, EvalEvery = 2, EvalBatches = 2, SavePath = Path.Combine(_dir, "ckpt"), SaveEvery = 2,
             }, account, eval);
             var perStep = new List<MemorySnapshot>();
-            trainer.StepCompleted += m => perStep.Add(m.Memory);
+            trainer.StepCompleted += m => perStep.Add(m.Workers.Single().Memory);
             trainer.Run();
 
             Assert.Multiple(() =>
@@ -378,7 +378,7 @@ public class TrainerBehaviourTests
         using var model = new ScaledLoss(NewLlama(SmallLlama, 1), double.NaN);
         using var opt = new AdamW(model.Module.Parameters(), lr: 1e-2);
         var before = model.Module.Parameters().Select(Bits).ToList();
-        var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 2, Schedule = new ConstantSchedule(1e-2), Clip = 1 }, new MemoryAccount("nan"));
+        using var trainer = new Trainer(model, opt, TrainData(), new TrainerOptions { Steps = 2, Schedule = new ConstantSchedule(1e-2), Clip = 1 }, new MemoryAccount("nan"));
         var norms = new List<double>();
         trainer.StepCompleted += m => norms.Add(m.GradNorm);
         trainer.Run();

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Sdp.Engine;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Memory;
@@ -12,7 +13,7 @@ using static Sdp.Tests.Training.TrainingTestSupport;
 namespace Sdp.Tests.Training;
 
 /// <summary>
-/// Trainer.Save(directory) + Trainer.Resume: 10 steps, save, rebuild everything from the checkpoint
+/// Trainer.Save(directory) + Trainer.Resume for one worker: 10 steps, save, rebuild everything from the checkpoint
 /// (model from its stored config with other initial weights, optimizer from its stored settings, a new
 /// data source), 10 more steps; the result equals 20 uninterrupted steps bit for bit: losses, every
 /// parameter and buffer, every optimizer state tensor and the data position.
@@ -54,6 +55,18 @@ public class TrainerResumeTests
     {
         var chain = new MarkovChain(vocab: 64, successors: 4, seed: 5);
         AssertResumesBitExactly(LlamaRecipe(() => new TokenBatches(new MarkovTokenSource(chain, batch: 4, seq: 16, streamSeed: 17))));
+    }
+
+    /// <summary>
+    /// Earlier Sdp versions saved a single-worker run as one training checkpoint at the top of the directory
+    /// (state.json with the data position as epoch/shard/batch, model.safetensors with the config,
+    /// optimizer.safetensors; no sdp.json). A one-worker run continues it bit for bit.
+    /// </summary>
+    [Test]
+    public void A_single_worker_state_of_an_earlier_version_resumes_bit_exactly()
+    {
+        var chain = new MarkovChain(vocab: 64, successors: 4, seed: 5);
+        AssertResumesBitExactly(LlamaRecipe(() => new TokenBatches(new MarkovTokenSource(chain, batch: 4, seq: 16, streamSeed: 17))), earlierFormat: true);
     }
 
     [Test]
@@ -112,8 +125,11 @@ public class TrainerResumeTests
         new WarmupCosineSchedule(1e-2, 4, TotalSteps, 1e-3),
         Clip: 0.5);
 
-    /// <summary>Runs the three phases and compares; returns the reference run's data source and model for extra checks.</summary>
-    private (IBatchSource ReferenceData, ITrainable ReferenceModel) AssertResumesBitExactly(Recipe recipe)
+    /// <summary>
+    /// Runs the three phases and compares; returns the reference run's data source and model for extra checks.
+    /// <paramref name="earlierFormat"/>: the interrupted run is saved as earlier Sdp versions saved single-worker runs.
+    /// </summary>
+    private (IBatchSource ReferenceData, ITrainable ReferenceModel) AssertResumesBitExactly(Recipe recipe, bool earlierFormat = false)
     {
         var account = new MemoryAccount("resume");
         TrainerOptions Options(long steps) => new() { Steps = steps, Schedule = recipe.Schedule, Clip = recipe.Clip };
@@ -122,7 +138,7 @@ public class TrainerResumeTests
         var reference = Own(recipe.NewModel(1));
         var referenceOpt = Own(recipe.NewOptimizer(reference));
         var referenceData = recipe.NewData();
-        var referenceTrainer = new Trainer(reference, referenceOpt, referenceData, Options(TotalSteps), account);
+        using var referenceTrainer = new Trainer(reference, referenceOpt, referenceData, Options(TotalSteps), account);
         var expectedLosses = Record(referenceTrainer);
         referenceTrainer.Run();
         Assert.That(expectedLosses, Has.Count.EqualTo(TotalSteps));
@@ -134,21 +150,25 @@ public class TrainerResumeTests
         using (var first = recipe.NewModel(1))
         using (var firstOpt = recipe.NewOptimizer(first))
         {
-            var firstTrainer = new Trainer(first, firstOpt, recipe.NewData(), Options(SplitStep), account);
+            var firstData = recipe.NewData();
+            using var firstTrainer = new Trainer(first, firstOpt, firstData, Options(SplitStep), account);
             firstLosses = Record(firstTrainer);
             firstTrainer.Run();
-            firstTrainer.Save(ckpt);
+            if (earlierFormat) SaveAsEarlierVersion(ckpt, first, firstOpt, firstData.State);
+            else firstTrainer.Save(ckpt);
         }
+        Assert.That(SdpCheckpoint.IsSingleWorkerState(ckpt), Is.EqualTo(earlierFormat));
         Assert.That(Bits(firstLosses), Is.EqualTo(Bits(expectedLosses.Take(SplitStep))), "two runs from the same seed agree");
 
         // Resumed: a model rebuilt from the stored config with other initial weights, the optimizer rebuilt from the stored settings.
-        var info = TrainingCheckpoint.ReadInfo(ckpt);
-        Assert.That(info.State.Step, Is.EqualTo(SplitStep));
+        var info = SdpCheckpoint.ReadInfo(ckpt);
+        Assert.That(info.Step, Is.EqualTo(SplitStep));
+        Assert.That(info.Run, Is.EqualTo(SdpCheckpoint.RunDescription.Dp(1)));
         Assert.That(info.ModelConfig, Is.EqualTo(reference.ConfigJson));
         var resumed = Own(recipe.ModelFromConfig(info.ModelConfig!, 2));
         var resumedOpt = Own(info.Optimizer.Create(resumed.Module.Parameters()));
         var resumedData = recipe.NewData();
-        var resumedTrainer = new Trainer(resumed, resumedOpt, resumedData, Options(TotalSteps), account);
+        using var resumedTrainer = new Trainer(resumed, resumedOpt, resumedData, Options(TotalSteps), account);
         var before = Bits(resumed.Module.Parameters()[0]);
         resumedTrainer.Resume(ckpt);
         Assert.That(Bits(resumed.Module.Parameters()[0]), Is.Not.EqualTo(before), "the fresh model started from other weights");
@@ -163,6 +183,20 @@ public class TrainerResumeTests
         Assert.That(resumedData.State, Is.EqualTo(referenceData.State), "data position");
         TestContext.Out.WriteLine($"losses {string.Join(", ", expectedLosses.Select(l => l.ToString("F4")))}");
         return (referenceData, reference);
+    }
+
+    /// <summary>What the single-worker trainer of earlier Sdp versions wrote for a directory save path.</summary>
+    private static void SaveAsEarlierVersion(string directory, ITrainable model, Optimizer optimizer, DataLoaderState data)
+    {
+        var state = new TrainingState
+        {
+            Step = SplitStep,
+            LrSchedulePosition = SplitStep,
+            DataLoader = new JsonObject { ["epoch"] = data.Epoch, ["shard"] = data.Shard, ["batch"] = data.Batch },
+            Options = new JsonObject { ["steps"] = SplitStep },
+        };
+        TrainingCheckpoint.Save(directory, model.Module, optimizer, state, model.ConfigJson);
+        Assert.That(File.Exists(Path.Combine(directory, SdpCheckpoint.StateFileName)), Is.False);
     }
 
     private static List<double> Record(Trainer trainer)

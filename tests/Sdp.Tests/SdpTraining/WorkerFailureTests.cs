@@ -11,7 +11,7 @@ namespace Sdp.Tests.SdpTraining;
 
 /// <summary>What happens when one simulated worker fails: the group is aborted and the cause is reported.</summary>
 [TestFixture]
-public class SdpTrainerFailureTests
+public class WorkerFailureTests
 {
     [TearDown]
     public void ClearTape() => Tape.Current.Clear();
@@ -31,7 +31,7 @@ public class SdpTrainerFailureTests
     public void A_failing_worker_aborts_the_group_and_its_error_is_rethrown()
     {
         var sdp = SdpRun(4, SubnetLevel.Block, Masking.Forward, 0.5) with { CollectiveTimeout = TimeSpan.FromMinutes(10) };
-        using var trainer = new SdpTrainer(LlamaModel(SubnetLevel.Block), sdp, AdamW, w => w == 2 ? new FailingSource(Tokens(w, 4), 2) : Tokens(w, 4), Options(3));
+        using var trainer = new Trainer(LlamaModel(SubnetLevel.Block), sdp, AdamW, w => w == 2 ? new FailingSource(Tokens(w, 4), 2) : Tokens(w, 4), Options(3));
         trainer.TrainStep();
         var clock = Stopwatch.StartNew();
         var e = Assert.Throws<InvalidDataException>(() => trainer.TrainStep());

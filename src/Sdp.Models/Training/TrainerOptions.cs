@@ -1,0 +1,72 @@
+using System.Text.Json.Nodes;
+using Sdp.Engine.Memory;
+using Sdp.Engine.Optim;
+
+namespace Sdp.Models.Training;
+
+/// <summary>How long to train and what to do along the way.</summary>
+public sealed record TrainerOptions
+{
+    public required long Steps { get; init; }
+
+    public required ILrSchedule Schedule { get; init; }
+
+    /// <summary>Global gradient-norm clip; 0 or less disables clipping (the norm is still measured).</summary>
+    public double Clip { get; init; }
+
+    /// <summary>
+    /// Evaluate every K steps (0 = only at the end, when an evaluation source is given). Every evaluation
+    /// reads the same <see cref="EvalBatches"/> batches: the evaluation source is rewound to where it stood
+    /// when the trainer was built, so losses at different steps (and in resumed runs) are comparable.
+    /// </summary>
+    public int EvalEvery { get; init; }
+
+    public int EvalBatches { get; init; } = 8;
+
+    /// <summary>Where to save: a directory gets the full training state, a *.safetensors path the model only.</summary>
+    public string? SavePath { get; init; }
+
+    /// <summary>Save every K steps as well as at the end (0 = only at the end).</summary>
+    public int SaveEvery { get; init; }
+
+    /// <summary>Opaque options stored with every worker's state in a training-state directory.</summary>
+    public JsonObject? RunOptions { get; init; }
+
+    /// <summary>
+    /// The run loop: step until <see cref="Steps"/>, evaluating and saving every K steps as
+    /// configured, then evaluating and saving once more at the end.
+    /// </summary>
+    internal void RunLoop(Func<long> step, Action trainStep, Action? evaluate, Action<string> save)
+    {
+        while (step() < Steps)
+        {
+            trainStep();
+            long done = step();
+            if (evaluate is not null && EvalEvery > 0 && done % EvalEvery == 0 && done < Steps) evaluate();
+            if (SavePath is not null && SaveEvery > 0 && done % SaveEvery == 0 && done < Steps) save(SavePath);
+        }
+        evaluate?.Invoke();
+        if (SavePath is not null) save(SavePath);
+    }
+}
+
+/// <summary>One worker's part of a step.</summary>
+public sealed record WorkerStepMetrics(int Worker, double Loss, MemorySnapshot Memory, double BytesSent, int Collectives);
+
+/// <summary>
+/// One synchronous step of all workers: the mean loss over workers, the global gradient norm before clipping
+/// (each parameter counted once, A14), throughput over all workers, and per worker its loss, memory and
+/// communication (with one worker: that worker's loss and memory, and no communication).
+/// </summary>
+public sealed record StepMetrics(long Step, double Loss, double LearningRate, double GradNorm, double StepMs, double ItemsPerSecond, string ItemUnit, IReadOnlyList<WorkerStepMetrics> Workers)
+{
+    public double BytesSent => Workers.Sum(w => w.BytesSent);
+
+    public int MaxCollectives => Workers.Max(w => w.Collectives);
+}
+
+/// <summary>An evaluation over some batches.</summary>
+public sealed record EvalMetrics(long Step, double MeanLoss, long Count, double? Accuracy)
+{
+    public double Perplexity => Math.Exp(MeanLoss);
+}
