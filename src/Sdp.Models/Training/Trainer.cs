@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Distributed;
 using Sdp.Engine.Memory;
@@ -51,6 +52,9 @@ public sealed class Trainer : IDisposable
     /// <summary>SDP: the dense model, assembled from the holders. DP has none: worker 0's model is the dense model.</summary>
     private readonly ITrainable? _host;
 
+    /// <summary>Where the host's dense model lives: the device current when the trainer was built.</summary>
+    private readonly IBackend _hostDevice;
+
     /// <summary>Trains W workers built from <paramref name="model"/>.</summary>
     /// <param name="model">The model and its maskable units.</param>
     /// <param name="sdp">Workers, mode, level, masking, coverage.</param>
@@ -58,7 +62,13 @@ public sealed class Trainer : IDisposable
     /// <param name="trainData">Worker w's training batches (worker 0 of 1: single-process training's).</param>
     /// <param name="options">Steps, schedule, clipping, evaluation and saving.</param>
     /// <param name="eval">Held-out batches, evaluated on the dense model.</param>
-    public Trainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null)
+    /// <param name="devices">
+    /// Worker w's device: its model, optimizer state, batches and every step's tensors live there (later,
+    /// worker w is GPU w). Null puts every worker on the device current where the trainer is built
+    /// (<see cref="DeviceScope.Current"/>), which is also where the host's dense model always lives.
+    /// </param>
+    public Trainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null,
+        Func<int, IBackend>? devices = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(sdp);
@@ -68,6 +78,7 @@ public sealed class Trainer : IDisposable
         if (sdp.Workers < 1) throw new ArgumentException($"Trainer: workers must be at least 1, got {sdp.Workers}");
         (_model, Options, _options, _eval) = (model, sdp, CheckSteps(options), eval);
         _evalStart = eval?.State;
+        _hostDevice = DeviceScope.Current;
 
         if (sdp.Mode == ParallelMode.Sdp)
         {
@@ -84,7 +95,7 @@ public sealed class Trainer : IDisposable
         _workers = new Worker[sdp.Workers];
         try
         {
-            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, comms[w], optimizer, trainData(w));
+            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, devices?.Invoke(w) ?? _hostDevice, comms[w], optimizer, trainData);
         }
         catch
         {
@@ -115,8 +126,11 @@ public sealed class Trainer : IDisposable
         ArgumentNullException.ThrowIfNull(account);
         (Options, _options, _eval) = (new SdpOptions(), CheckSteps(options), eval);
         _evalStart = eval?.State;
+        // The model was built where it will train: its parameters name the device.
+        _hostDevice = model.Module.Parameters().FirstOrDefault()?.Backend ?? DeviceScope.Current;
         using var active = account.Activate();
-        _workers = [Equip(0, null, model, optimizer, account, InProcessCommunicator.Create(1)[0], train, owned: false)];
+        using var device = DeviceScope.Use(_hostDevice);
+        _workers = [Equip(0, null, model, optimizer, account, _hostDevice, InProcessCommunicator.Create(1)[0], train, owned: false)];
     }
 
     private static TrainerOptions CheckSteps(TrainerOptions options)
@@ -165,10 +179,12 @@ public sealed class Trainer : IDisposable
     /// the dense model, with its weights copied from the host's dense model (SDP) or from worker 0 (DP), so
     /// every worker starts from the same weights whatever the factory does.
     /// </summary>
-    private Worker CreateWorker(int rank, ICommunicator comm, Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer, IBatchSource data)
+    private Worker CreateWorker(int rank, IBackend device, ICommunicator comm, Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer, Func<int, IBatchSource> trainData)
     {
         var account = new MemoryAccount($"worker {rank}");
         using var active = account.Activate();
+        using var onDevice = DeviceScope.Use(device);
+        var data = trainData(rank);
         var layout = Plan is null ? null : new WorkerLayout(_model!.Units, Plan, rank);
         bool forward = layout is not null && Options.Masking == Masking.Forward;
         ITrainable model;
@@ -187,7 +203,7 @@ public sealed class Trainer : IDisposable
                 : [.. model.Module.NamedParameters().Select(p => p.Tensor).Where(t => t.RequiresGrad)];
             if (trained.Count == 0) throw new ArgumentException($"Trainer: worker {rank} trains no parameter");
             optimizer = makeOptimizer(trained);
-            return Equip(rank, layout, model, optimizer, account, comm, data, owned: true);
+            return Equip(rank, layout, model, optimizer, account, device, comm, data, owned: true);
         }
         catch
         {
@@ -198,7 +214,7 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>A worker around its model and optimizer: the gradient sync over the optimizer's parameters, the buffer sync and (backward masking) the refresh.</summary>
-    private Worker Equip(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data, bool owned)
+    private Worker Equip(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, IBackend device, ICommunicator comm, IBatchSource data, bool owned)
     {
         var trained = optimizer.Parameters;
         if (trained.Count == 0) throw new ArgumentException($"Trainer: worker {rank} trains no parameter");
@@ -218,7 +234,7 @@ public sealed class Trainer : IDisposable
         var groups = new HolderGroups(comm, Plan is null ? [] : Enumerable.Range(0, Plan.Groups.Count).SelectMany(g => Enumerable.Range(0, Plan.Groups[g].UnitCount).Select(u => Plan.HoldersOf(g, u))));
         var gradSync = new HolderGroupedSync(gradEntries, groups, Options.BucketBytes);
         var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, groups, Options.BucketBytes, SyncTarget.Value);
-        return new Worker(rank, layout, model, optimizer, account, comm, data, groups, gradSync, bufferSync, refresh, owned);
+        return new Worker(rank, layout, model, optimizer, account, device, comm, data, groups, gradSync, bufferSync, refresh, owned);
     }
 
     /// <summary>
@@ -280,6 +296,7 @@ public sealed class Trainer : IDisposable
     {
         if (_host is null) return _workers[0].Model;
         using var active = HostAccount!.Activate();
+        using var device = DeviceScope.Use(_hostDevice);
         SubnetworkTensors.AssembleDense(_host.Module, [.. _workers.Select(w => w.Model.Module)], [.. _workers.Select(w => w.Layout!)]);
         return _host;
     }
@@ -287,11 +304,15 @@ public sealed class Trainer : IDisposable
     /// <summary>The account the dense model is charged to: the host's in SDP, worker 0's in DP.</summary>
     private MemoryAccount DenseAccount => HostAccount ?? _workers[0].Account;
 
+    /// <summary>The device the dense model lives on: the host's in SDP, worker 0's in DP.</summary>
+    private IBackend DenseDevice => _host is null ? _workers[0].Device : _hostDevice;
+
     /// <summary>Mean loss (and accuracy for classifiers) of the dense model over <paramref name="batches"/> batches, in eval mode.</summary>
     public EvalMetrics Evaluate(IBatchSource data, int batches)
     {
         var dense = AssembleDense();
         using var active = DenseAccount.Activate();
+        using var device = DeviceScope.Use(DenseDevice);
         using var recalibrated = Options.BnRecalibrationBatches > 0 ? RecalibrateBatchNorm(dense, _workers[0].Data, Options.BnRecalibrationBatches) : null;
         return Evaluate(dense, data, batches, Step);
     }
@@ -419,6 +440,7 @@ public sealed class Trainer : IDisposable
         ArgumentException.ThrowIfNullOrEmpty(path);
         var dense = AssembleDense();
         using var active = DenseAccount.Activate();
+        using var device = DeviceScope.Use(DenseDevice);
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
             ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
@@ -454,6 +476,7 @@ public sealed class Trainer : IDisposable
         {
             var worker = _workers[w];
             using var active = worker.Account.Activate();
+            using var device = DeviceScope.Use(worker.Device);
             string dir = SdpCheckpoint.WorkerCheckpoint(saved.Directory, w);
             var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
             if (info.State.Step != saved.Step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {saved.Step}");
@@ -493,6 +516,7 @@ public sealed class Trainer : IDisposable
         {
             var w = _workers[rank];
             using var active = w.Account.Activate();
+            using var device = DeviceScope.Use(w.Device);
             try
             {
                 work(w);
@@ -524,10 +548,13 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>One worker's model, optimizer, data, account and communication; <paramref name="owned"/>: the trainer built the model and optimizer and disposes them.</summary>
-    private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, ICommunicator comm, IBatchSource data,
+    private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, IBackend device, ICommunicator comm, IBatchSource data,
         HolderGroups groups, HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh, bool owned) : IDisposable
     {
         public int Rank { get; } = rank;
+
+        /// <summary>The worker's device, current on its thread whenever it works.</summary>
+        public IBackend Device { get; } = device;
 
         public WorkerLayout? Layout { get; } = layout;
 
