@@ -273,21 +273,16 @@ public sealed class Tensor : IDisposable
 
     /// <summary>
     /// This tensor on <paramref name="backend"/> (PyTorch's <c>.to(device)</c>), outside autograd: a new handle
-    /// on the same storage when it already lives there, else a copy staged through host memory, charged to the
-    /// current account and category. The caller disposes the result either way.
+    /// on the same storage when it already lives there, else a device-to-device copy
+    /// (<see cref="IBackend.CopyPeer"/>), charged to the current account and category. The caller disposes
+    /// the result either way.
     /// </summary>
     public Tensor To(IBackend backend)
     {
         ArgumentNullException.ThrowIfNull(backend);
         if (ReferenceEquals(backend, Backend)) return Alias(Shape, Offset, registerInScope: true);
         var copy = Empty(Shape, DType, backend);
-        switch (DType)
-        {
-            case DType.Float32: backend.Upload<float>(ToArray<float>(), copy); break;
-            case DType.Float64: backend.Upload<double>(ToArray<double>(), copy); break;
-            case DType.Int32: backend.Upload<int>(ToArray<int>(), copy); break;
-            default: backend.Upload<long>(ToArray<long>(), copy); break;
-        }
+        backend.CopyPeer(this, copy);
         return copy;
     }
 

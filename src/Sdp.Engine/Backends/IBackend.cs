@@ -33,6 +33,13 @@ public partial interface IBackend
     /// <summary>dst = src, element for element (same numel and dtype; shapes may differ).</summary>
     void Copy(Tensor src, Tensor dst);
 
+    /// <summary>
+    /// dst (on this device) = src (on another device; same numel and dtype): device to device where the two
+    /// can reach each other (host memory from any host backend; CUDA peer access), else staged through host
+    /// memory. Not a host read of this device: it is how tensors move between workers' devices.
+    /// </summary>
+    void CopyPeer(Tensor src, Tensor dst);
+
     /// <summary>dst[...] = value, converted to dst's dtype.</summary>
     void Fill(Tensor dst, double value);
 

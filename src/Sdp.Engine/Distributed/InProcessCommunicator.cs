@@ -247,6 +247,22 @@ public sealed class InProcessCommunicator : ICommunicator
             return $"{what}: the ranks made different numbers of CreateGroup calls before it ({counts}); every rank must call CreateGroup for every group, member or not";
         }
 
+        /// <summary>dst = src, whichever devices they live on.</summary>
+        private static void CopyBetweenDevices(Tensor src, Tensor dst)
+        {
+            if (ReferenceEquals(src.Backend, dst.Backend)) dst.Backend.Copy(src, dst);
+            else dst.Backend.CopyPeer(src, dst);
+        }
+
+        /// <summary><paramref name="source"/> on <paramref name="target"/>'s device: itself when it is there already, else a transient copy.</summary>
+        private static Tensor OnDeviceOf(Tensor target, Tensor source)
+        {
+            using (Memory.MemoryAccount.Use(Memory.MemoryCategory.Workspace))
+            {
+                return source.To(target.Backend);
+            }
+        }
+
         /// <summary>Runs on the last rank to arrive, outside the lock; the others are waiting. Returns an error or null.</summary>
         private static string? Execute(Slot slot, string what)
         {
@@ -263,16 +279,21 @@ public sealed class InProcessCommunicator : ICommunicator
             {
                 var src = buffers[Array.IndexOf(slot.Ranks, slot.Root)]!;
                 foreach (var b in buffers)
-                    if (!ReferenceEquals(b, src)) b!.Backend.Copy(src, b);
+                    if (!ReferenceEquals(b, src)) CopyBetweenDevices(src, b!);
                 return null;
             }
             if (!buffers[0]!.DType.IsFloatingPoint())
                 return $"{what}: buffers are {buffers[0]!.DType.Name()}; AllReduceSum needs floating-point buffers";
             // Fixed order: acc = ((b_r0 + b_r1) + b_r2) + ..., ranks ascending, accumulated in place into
-            // the lowest rank's buffer, then copied to every other rank.
+            // the lowest rank's buffer on its device, then copied to every other rank. Ranks may live on
+            // different devices: each operand is brought to the lowest rank's device first (a transient).
             var acc = buffers[0]!;
-            for (int i = 1; i < buffers.Length; i++) acc.Backend.Binary(BinaryOp.Add, acc, buffers[i]!, acc);
-            for (int i = 1; i < buffers.Length; i++) buffers[i]!.Backend.Copy(acc, buffers[i]!);
+            for (int i = 1; i < buffers.Length; i++)
+            {
+                using var operand = OnDeviceOf(acc, buffers[i]!);
+                acc.Backend.Binary(BinaryOp.Add, acc, operand, acc);
+            }
+            for (int i = 1; i < buffers.Length; i++) CopyBetweenDevices(acc, buffers[i]!);
             return null;
         }
     }

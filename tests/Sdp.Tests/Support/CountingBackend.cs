@@ -320,6 +320,13 @@ public sealed class CountingBackend : IBackend
         Inner.Copy(src, dst);
     }
 
+    /// <summary>A transfer between devices, not a host read: only the destination must be this device's.</summary>
+    public void CopyPeer(Tensor src, Tensor dst)
+    {
+        Enter(dst);
+        Inner.CopyPeer(src, dst);
+    }
+
     public void Fill(Tensor dst, double value)
     {
         Enter(dst);

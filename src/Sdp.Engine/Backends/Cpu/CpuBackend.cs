@@ -64,6 +64,22 @@ public sealed unsafe partial class CpuBackend : IBackend
         Buffer.MemoryCopy(Ptr<byte>(src), Ptr<byte>(dst), bytes, bytes);
     }
 
+    public void CopyPeer(Tensor src, Tensor dst)
+    {
+        if (src.Storage is CpuStorage)
+        {
+            Copy(src, dst); // host memory: directly addressable whichever backend owns it
+            return;
+        }
+        switch (src.DType)
+        {
+            case DType.Float32: src.Backend.Download(src, Span<float>(dst)); break;
+            case DType.Float64: src.Backend.Download(src, Span<double>(dst)); break;
+            case DType.Int32: src.Backend.Download(src, Span<int>(dst)); break;
+            default: src.Backend.Download(src, Span<long>(dst)); break;
+        }
+    }
+
     public void Fill(Tensor dst, double value)
     {
         switch (dst.DType)
