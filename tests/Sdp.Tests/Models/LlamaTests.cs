@@ -1,9 +1,9 @@
-using Sdp.Engine;
-using Sdp.Engine.Backends;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
+using Sdp.Engine;
 using Sdp.Models.Llama;
 using Sdp.Tests.Support;
 

@@ -1,11 +1,13 @@
-using Sdp.Engine;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Distributed;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
+using Sdp.Engine;
 using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
+using Sdp.Tests.Support;
 using static Sdp.Tests.SdpTraining.SdpTestSupport;
 
 namespace Sdp.Tests.SdpTraining;
@@ -16,8 +18,8 @@ namespace Sdp.Tests.SdpTraining;
 /// schedules and evaluation (A17, A18) and accounting (A19, A20). Plan checks (A1–A3, A16) are in
 /// Subnetworks/PlanTests; sliced and shortened forward passes (A9, A10) in Subnetworks/SubnetworkShapeTests.
 /// </summary>
-[TestFixture]
-public class SdpAcceptanceTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class SdpAcceptanceTests(IBackend backend) : DeviceFixture(backend)
 {
     [TearDown]
     public void ClearTape() => Tape.Current.Clear();

@@ -1,14 +1,16 @@
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Training;
+using Sdp.Tests.Support;
 using static Sdp.Tests.SdpTraining.SdpTestSupport;
 
 namespace Sdp.Tests.SdpTraining;
 
 /// <summary>Multi-worker training-state checkpoints: a resumed run continues bit for bit.</summary>
-[TestFixture]
-public class SdpResumeTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class SdpResumeTests(IBackend backend) : DeviceFixture(backend)
 {
     private string _dir = "";
 

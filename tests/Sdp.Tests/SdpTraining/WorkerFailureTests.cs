@@ -1,17 +1,19 @@
-using System.Diagnostics;
-using Sdp.Engine;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Distributed;
 using Sdp.Engine.Subnetworks;
+using Sdp.Engine;
 using Sdp.Models.Data;
 using Sdp.Models.Training;
+using Sdp.Tests.Support;
+using System.Diagnostics;
 using static Sdp.Tests.SdpTraining.SdpTestSupport;
 
 namespace Sdp.Tests.SdpTraining;
 
 /// <summary>What happens when one simulated worker fails: the group is aborted and the cause is reported.</summary>
-[TestFixture]
-public class WorkerFailureTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class WorkerFailureTests(IBackend backend) : DeviceFixture(backend)
 {
     [TearDown]
     public void ClearTape() => Tape.Current.Clear();

@@ -1,17 +1,20 @@
-using Sdp.Engine;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
+using Sdp.Engine;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
 using Sdp.Models.ResNet;
 using Sdp.Models.Training;
+using Sdp.Tests.Support;
 using static Sdp.Tests.Training.TrainingTestSupport;
 
 namespace Sdp.Tests.Training;
 
 /// <summary>Trainer: when it evaluates and saves, what it reports per step, and what memory it leaves behind.</summary>
-public class TrainerBehaviourTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class TrainerBehaviourTests(IBackend backend) : DeviceFixture(backend)
 {
     private static readonly MarkovChain Chain = new(vocab: 64, successors: 4, seed: 3);
 

@@ -1,13 +1,15 @@
-using System.Text.Json.Nodes;
-using Sdp.Engine;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
+using Sdp.Engine;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
 using Sdp.Models.Training;
+using Sdp.Tests.Support;
+using System.Text.Json.Nodes;
 using static Sdp.Tests.Training.TrainingTestSupport;
 
 namespace Sdp.Tests.Training;
@@ -18,7 +20,8 @@ namespace Sdp.Tests.Training;
 /// data source), 10 more steps; the result equals 20 uninterrupted steps bit for bit: losses, every
 /// parameter and buffer, every optimizer state tensor and the data position.
 /// </summary>
-public class TrainerResumeTests
+[TestFixtureSource(typeof(Backends), nameof(Backends.All))]
+public class TrainerResumeTests(IBackend backend) : DeviceFixture(backend)
 {
     private const int TotalSteps = 20;
     private const int SplitStep = 10;
