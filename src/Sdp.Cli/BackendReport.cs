@@ -1,5 +1,5 @@
+using Sdp.Engine;
 using Sdp.Engine.Backends;
-using Sdp.Engine.Backends.Cpu;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Nn;
 
@@ -8,8 +8,8 @@ namespace Sdp.Cli;
 /// <summary>How the CLI prints what a backend reports about itself (<see cref="IBackend.Diagnostics"/>).</summary>
 internal static class BackendReport
 {
-    /// <summary>The backend a module's parameters live on (the CPU reference backend for a module without any).</summary>
-    public static IBackend Of(Module module) => module.Parameters().FirstOrDefault()?.Backend ?? CpuBackend.Instance;
+    /// <summary>The backend a module's parameters live on (the current device for a module without any).</summary>
+    public static IBackend Of(Module module) => module.Parameters().FirstOrDefault()?.Backend ?? DeviceScope.Current;
 
     /// <summary>"backend  description", then one "name  value" line per fact, labels padded as `sdp doctor` prints them.</summary>
     public static IEnumerable<string> Lines(IBackend backend)

@@ -602,22 +602,28 @@ public sealed class Trainer : IDisposable
             return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
         }
 
+        /// <summary>The float64 scalar the gradient norm accumulates in, kept between steps (engine buffer).</summary>
+        private readonly Tensor _squaredNorm = EngineScalar(device);
+
+        private static Tensor EngineScalar(IBackend device)
+        {
+            using (MemoryAccount.Use(MemoryCategory.EngineBuffers)) return Tensor.Zeros(Shape.Scalar, DType.Float64, device);
+        }
+
         /// <summary>‖ĝ‖²: every worker's share (A14) summed over the workers in rank order on the device, then read once.</summary>
         private double SquaredGradNorm()
         {
             using var noGrad = GradMode.Disable();
-            using (MemoryAccount.Use(MemoryCategory.Workspace))
-            using (var total = Tensor.Zeros(Shape.Scalar, DType.Float64, Optimizer.Parameters[0].Backend))
-            {
-                GradSync.AddSquaredNormShare(total);
-                if (Comm.WorldSize > 1) Comm.World.AllReduceSum(total);
-                return total.Item();
-            }
+            _squaredNorm.Backend.Fill(_squaredNorm, 0);
+            GradSync.AddSquaredNormShare(_squaredNorm);
+            if (Comm.WorldSize > 1) Comm.World.AllReduceSum(_squaredNorm);
+            return _squaredNorm.Item();
         }
 
         public void Dispose()
         {
             using var active = Account.Activate();
+            _squaredNorm.Dispose();
             GradSync.Dispose();
             bufferSync?.Dispose();
             Refresh?.Dispose();
