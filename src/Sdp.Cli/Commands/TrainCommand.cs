@@ -7,6 +7,7 @@ using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
+using Sdp.Models.Data;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli.Commands;
@@ -19,7 +20,7 @@ namespace Sdp.Cli.Commands;
 public static partial class TrainCommand
 {
     public sealed record Options(
-        string Model, string? Config, string Data, bool Shuffle, int Steps, int Batch, int Seq,
+        string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int Warmup, string Schedule, double Clip,
         ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, string? Metrics, DistributedOptions Distributed);
 
@@ -30,6 +31,8 @@ public static partial class TrainCommand
         var config = new Option<string?>("--config") { Description = "LLaMA preset (tiny, 130m, 1b) or config.json; for resnet18 'cifar' or a config JSON file" };
         var data = new Option<string>("--data") { Description = "'synthetic' or a path: token shard file/glob (llama), CIFAR-10 or MNIST directory (resnet18)", DefaultValueFactory = _ => "synthetic" };
         var noShuffle = new Option<bool>("--no-shuffle") { Description = "Read data in order" };
+        var augment = new Option<string>("--augment") { Description = "resnet18 training images: auto (the dataset's recipe: crop-flip for CIFAR-10, none for MNIST and synthetic), none or crop-flip", DefaultValueFactory = _ => "auto" };
+        augment.AcceptOnlyFromAmong(["auto", .. Enum.GetValues<ImageAugmentation>().Select(ImageAugment.NameOf)]);
         var steps = new Option<int>("--steps") { Description = "Total optimizer steps", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences or images per step", DefaultValueFactory = _ => 16 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence (llama)", DefaultValueFactory = _ => 64 };
@@ -56,14 +59,15 @@ public static partial class TrainCommand
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
-            model, config, data, noShuffle, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
+            model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
             initFrom, save, saveEvery, resume, evalEvery, evalData, evalBatches, metrics,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
         {
             if (p.GetValue(device) != "cpu") throw new UsageException($"--device: only 'cpu' is available in this build, got '{p.GetValue(device)}'");
-            var o = new Options(p.GetValue(model)!, p.GetValue(config), p.GetValue(data)!, !p.GetValue(noShuffle),
+            string augmentation = p.GetValue(augment)!;
+            var o = new Options(p.GetValue(model)!, p.GetValue(config), p.GetValue(data)!, !p.GetValue(noShuffle), augmentation == "auto" ? null : ImageAugment.Parse(augmentation),
                 Check.Positive(p.GetValue(steps), "--steps"), Check.Positive(p.GetValue(batch), "--batch"), Check.Positive(p.GetValue(seq), "--seq"),
                 p.GetValue(optimizer)!, Check.PositiveReal(p.GetValue(lr), "--lr"), Check.NonNegativeReal(p.GetValue(momentum), "--momentum"),
                 Check.NonNegativeReal(p.GetValue(weightDecay), "--weight-decay"), Check.AtLeast(p.GetValue(warmup), 0, "--warmup"), p.GetValue(schedule)!,
@@ -81,6 +85,7 @@ public static partial class TrainCommand
         if (o.Resume is not null && o.InitFrom is not null) throw new UsageException("--resume and --init-from are contradictory: a resumed run takes its weights from the training state");
         if (o.Resume is not null && o.Config is not null) throw new UsageException("--resume takes the model configuration from the checkpoint; drop --config");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
+        if (o.Augment is not null && o.Model != "resnet18") throw new UsageException("--augment applies to image data (--model resnet18)");
         var (steps, warmup) = o.Distributed.Matched(o.Steps, o.Warmup);
         if (o.Schedule == "cosine" && (o.Warmup >= o.Steps || warmup >= steps)) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
@@ -135,7 +140,7 @@ public static partial class TrainCommand
         // A resumed run takes the model configuration and the optimizer's kind and settings from the training state.
         var resumed = o.Resume is null ? null : SdpCheckpoint.ReadInfo(o.Resume);
         string? config = resumed?.ModelConfig ?? o.Config;
-        var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers);
+        var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers, o.Augment);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
         var (channels, classes) = ImageShape(probe);
         var model = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom, resumed is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
@@ -153,13 +158,14 @@ public static partial class TrainCommand
             : parameters => new AdamW(parameters, o.Lr, weightDecay: o.WeightDecay);
         IBatchSource TrainData(int worker)
         {
-            var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers).Source;
+            var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers, o.Augment).Source;
             return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
         }
+        var runOptions = RunOptionsJson(o, probe);
         var options = new TrainerOptions
         {
             Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches,
-            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = RunOptionsJson(o),
+            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = runOptions,
         };
         Trainer trainer;
         try
@@ -187,7 +193,7 @@ public static partial class TrainCommand
                 output.WriteLine($"resumed from {o.Resume} at step {trainer.Step}");
             }
             PrintRun(o, trainer, steps, warmup, dataDescription, floor, output);
-            return Train(o, trainer, steps, floor, output, plain);
+            return Train(o, trainer, steps, floor, runOptions, output, plain);
         }
     }
 
@@ -216,13 +222,14 @@ public static partial class TrainCommand
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
     }
 
-    /// <summary>Runs the trainer with progress, metrics and periodic notes, then prints the summary.</summary>
-    private static int Train(Options o, Trainer trainer, long steps, double? floor, TextWriter output, bool plain)
+    /// <summary>Runs the trainer with progress, metrics (after a header record holding <paramref name="runOptions"/>) and periodic notes, then prints the summary.</summary>
+    private static int Train(Options o, Trainer trainer, long steps, double? floor, JsonObject runOptions, TextWriter output, bool plain)
     {
         int workers = o.Distributed.Workers;
         // In DP the evaluated model is worker 0's; in SDP it is assembled from the holders.
         string evaluated = trainer.Plan is null ? "" : " (assembled dense model)";
         using var metricsFile = o.Metrics is null ? null : new MetricsWriter(new FileInfo(o.Metrics));
+        metricsFile?.Write(new JsonObject { ["run"] = runOptions.DeepClone() });
         var progress = new TrainProgress(output, plain, steps, trainer.Step);
         long firstStep = trainer.Step;
         var recent = new Queue<double>();
@@ -279,11 +286,17 @@ public static partial class TrainCommand
     private static (int Channels, int Classes) ImageShape(IBatchSource source)
         => source is ImageBatches images ? (images.Loader.Dataset.Channels, images.Loader.Dataset.Classes) : (3, 10);
 
-    private static JsonObject RunOptionsJson(Options o) => new()
+    /// <summary>The run's options as stored with every worker's checkpoint state and in the metrics header; "augment" is the augmentation <paramref name="train"/> applies (after --augment auto).</summary>
+    private static JsonObject RunOptionsJson(Options o, IBatchSource train)
     {
-        ["model"] = o.Model, ["data"] = o.Data, ["steps"] = o.Steps, ["batch"] = o.Batch, ["seq"] = o.Seq, ["optimizer"] = o.Optimizer,
-        ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
-    };
+        var json = new JsonObject
+        {
+            ["model"] = o.Model, ["data"] = o.Data, ["steps"] = o.Steps, ["batch"] = o.Batch, ["seq"] = o.Seq, ["optimizer"] = o.Optimizer,
+            ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
+        };
+        if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);
+        return json;
+    }
 
     /// <summary>
     /// One step: the run's loss, rate, norm and throughput; "memory" of the worker with the highest peak (the

@@ -9,13 +9,13 @@ namespace Sdp.Models.Data;
 /// dataset order); combined batch k is positions [k*W*B, (k+1)*W*B) of that order and worker w takes
 /// positions w, w+W, ... of it, so W workers together see what one loader with batch W*B sees. The tail
 /// that does not fill a combined batch is dropped (it comes back in other epochs when shuffling).
-/// Augmentation (pad-4 random crop and random horizontal flip) is drawn per (seed, epoch, position), so it
-/// does not depend on the worker count and resumes exactly from <see cref="State"/>.
+/// Augmentation (<see cref="ImageAugmentation.CropFlip"/>: pad-4 random crop and random horizontal flip) is
+/// drawn per (seed, epoch, position), so it does not depend on the worker count and resumes exactly from
+/// <see cref="State"/>.
 /// </summary>
 public sealed class ImageLoader
 {
     private readonly bool _shuffle;
-    private readonly bool _augment;
     private readonly ulong _seed;
     private readonly int _perBatch;
     private readonly byte[] _scratch;
@@ -24,7 +24,7 @@ public sealed class ImageLoader
     private long _orderEpoch = -1;
     private int[] _order = [];
 
-    public ImageLoader(ImageDataset dataset, int batch, bool shuffle = true, bool augment = false, ulong seed = 0, int worker = 0, int workers = 1, int pad = ImageAugment.DefaultPad)
+    public ImageLoader(ImageDataset dataset, int batch, bool shuffle = true, ImageAugmentation augmentation = ImageAugmentation.None, ulong seed = 0, int worker = 0, int workers = 1, int pad = ImageAugment.DefaultPad)
     {
         ArgumentNullException.ThrowIfNull(dataset);
         if (batch < 1) throw new ArgumentException($"image loader: batch size must be at least 1, got {batch}");
@@ -36,7 +36,7 @@ public sealed class ImageLoader
             string need = workers == 1 ? $"{batch}" : $"W*B = {workers}*{batch} = {_perBatch}";
             throw new ArgumentException($"image loader: dataset '{dataset.Name}' has {dataset.Count} images, fewer than one batch ({need})");
         }
-        (Dataset, Batch, Worker, Workers, Pad, _shuffle, _augment, _seed) = (dataset, batch, worker, workers, pad, shuffle, augment, seed);
+        (Dataset, Batch, Worker, Workers, Pad, _shuffle, Augmentation, _seed) = (dataset, batch, worker, workers, pad, shuffle, augmentation, seed);
         _scratch = new byte[dataset.ImageSize];
     }
 
@@ -49,6 +49,8 @@ public sealed class ImageLoader
     public int Workers { get; }
 
     public int Pad { get; }
+
+    public ImageAugmentation Augmentation { get; }
 
     /// <summary>Combined batches per epoch (the same for every worker).</summary>
     public long BatchesPerEpoch => Dataset.Count / _perBatch;
@@ -90,7 +92,7 @@ public sealed class ImageLoader
             long position = _batch * _perBatch + Worker + (long)j * Workers;
             int index = order[position];
             ReadOnlySpan<byte> image = Dataset.Image(index);
-            if (_augment)
+            if (Augmentation == ImageAugmentation.CropFlip)
             {
                 var rng = new Rng(SeedMix.Mix(_seed, (ulong)_epoch, 3, (ulong)position));
                 int dx = rng.NextInt(2 * Pad + 1) - Pad;

@@ -3,6 +3,7 @@ using Sdp.Engine;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
 using Sdp.Models.Llama;
+using Sdp.Tests.Data;
 
 namespace Sdp.Tests.Cli;
 
@@ -16,7 +17,7 @@ public sealed class CliSmokeTests : CliTestBase
     private static List<JsonObject> ReadJsonLines(string path)
         => File.ReadAllLines(path).Select(l => JsonNode.Parse(l) as JsonObject ?? throw new AssertionException($"not a JSON object: {l}")).ToList();
 
-    private static List<JsonObject> StepRecords(List<JsonObject> records) => records.Where(r => r["eval"] is null).ToList();
+    private static List<JsonObject> StepRecords(List<JsonObject> records) => records.Where(r => r["run"] is null && r["eval"] is null).ToList();
 
     private static List<JsonObject> EvalRecords(List<JsonObject> records) => records.Where(r => r["eval"] is not null).ToList();
 
@@ -220,6 +221,27 @@ public sealed class CliSmokeTests : CliTestBase
             Assert.That(o["count"]!.GetValue<long>(), Is.EqualTo(8));
             Assert.That(o.ContainsKey("perplexity"), Is.False);
         });
+    }
+
+    [Test]
+    public void Train_ResNet18_OnMnist_DoesNotAugment_AndRecordsTheAugmentation()
+    {
+        // An MNIST directory gets the dataset's recipe, no augmentation; --augment overrides it. The choice is in
+        // the metrics header and in every worker's checkpoint state.
+        Directory.CreateDirectory("mnist");
+        RawFiles.Mnist("mnist", 12, 8);
+        static string? Recorded(JsonNode? options) => options?["augment"]?.GetValue<string>();
+        var r = Train("--model resnet18 --config {\"width\":4,\"in_channels\":1} --data mnist --batch 4 --steps 2 --warmup 0 --metrics m.jsonl --save state");
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+        Assert.That(r.Out, Does.Contain("12 images 1x8x8, 10 classes, augmentation none"));
+        Assert.That(Recorded(JsonNode.Parse(File.ReadLines("m.jsonl").First())!["run"]), Is.EqualTo("none"));
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(SdpCheckpoint.WorkerCheckpoint("state", 0), TrainingCheckpoint.StateFileName)));
+        Assert.That(Recorded(state!["options"]), Is.EqualTo("none"));
+
+        var forced = Train("--model resnet18 --config {\"width\":4,\"in_channels\":1} --data mnist --batch 4 --steps 2 --warmup 0 --augment crop-flip --metrics forced.jsonl");
+        Assert.That(forced.ExitCode, Is.EqualTo(0), forced.ToString());
+        Assert.That(forced.Out, Does.Contain("augmentation crop-flip"));
+        Assert.That(Recorded(JsonNode.Parse(File.ReadLines("forced.jsonl").First())!["run"]), Is.EqualTo("crop-flip"));
     }
 
     [Test]

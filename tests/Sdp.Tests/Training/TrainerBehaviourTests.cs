@@ -311,7 +311,7 @@ public class TrainerBehaviourTests
             {
                 var dataset = ShapesDataset.Create(16, seed: 1, size: 16);
                 model = new ResNetTrainable(new ResNet18(new ResNetConfig(Width: 2), new Rng(1)));
-                (train, eval) = (new ImageBatches(new ImageLoader(dataset, batch: 4, augment: true, seed: 1)), new ImageBatches(new ImageLoader(dataset, batch: 4, shuffle: false)));
+                (train, eval) = (new ImageBatches(new ImageLoader(dataset, batch: 4, augmentation: ImageAugmentation.CropFlip, seed: 1)), new ImageBatches(new ImageLoader(dataset, batch: 4, shuffle: false)));
             }
         }
         using (model)
