@@ -151,7 +151,7 @@ public static partial class TrainCommand
         var sdp = new SdpOptions
         {
             Workers = d.Workers, Mode = d.Mode, Level = d.Level, Masking = d.Masking, Coverage = d.Coverage, PlanSeed = d.PlanSeed,
-            BucketBytes = (long)d.BucketMb << 20, BnRecalibrationBatches = d.BnRecalibrate,
+            BucketBytes = (long)d.BucketMb << 20,
         };
         Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer = resumed is not null ? resumed.Optimizer.Create
             : o.Optimizer == "sgd" ? parameters => new Sgd(parameters, o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
@@ -162,9 +162,12 @@ public static partial class TrainCommand
             return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
         }
         var runOptions = RunOptionsJson(o, probe);
+        // Recalibration reads the training data at its own batch size, as update_bn reads its loader.
+        var recalibration = d.BnRecalibrate == 0 ? null
+            : new BatchNormRecalibration(RunSetup.BuildData(o.Model, o.Data, d.BnRecalibrateBatch, o.Seq, o.Shuffle, o.Seed, train: true, augmentation: o.Augment).Source, d.BnRecalibrate);
         var options = new TrainerOptions
         {
-            Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches,
+            Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, BnRecalibration = recalibration,
             SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = runOptions,
         };
         Trainer trainer;
@@ -219,6 +222,7 @@ public static partial class TrainCommand
             var (collectives, bytes) = trainer.GradientSyncCost(0);
             output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step"));
         }
+        if (d.BnRecalibrate > 0) output.WriteLine($"  before each evaluation: BatchNorm statistics re-estimated on {d.BnRecalibrate} training batches of {d.BnRecalibrateBatch} (cumulative average)");
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
     }
 
@@ -286,7 +290,10 @@ public static partial class TrainCommand
     private static (int Channels, int Classes) ImageShape(IBatchSource source)
         => source is ImageBatches images ? (images.Loader.Dataset.Channels, images.Loader.Dataset.Classes) : (3, 10);
 
-    /// <summary>The run's options as stored with every worker's checkpoint state and in the metrics header; "augment" is the augmentation <paramref name="train"/> applies (after --augment auto).</summary>
+    /// <summary>
+    /// The run's options as stored with every worker's checkpoint state and in the metrics header: "augment" is the
+    /// augmentation <paramref name="train"/> applies (after --augment auto), "bn_recalibrate" how evaluation re-estimates BatchNorm.
+    /// </summary>
     private static JsonObject RunOptionsJson(Options o, IBatchSource train)
     {
         var json = new JsonObject
@@ -295,6 +302,7 @@ public static partial class TrainCommand
             ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
         };
         if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);
+        if (o.Distributed.BnRecalibrate > 0) json["bn_recalibrate"] = new JsonObject { ["batches"] = o.Distributed.BnRecalibrate, ["batch"] = o.Distributed.BnRecalibrateBatch };
         return json;
     }
 

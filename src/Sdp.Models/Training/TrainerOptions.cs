@@ -23,6 +23,12 @@ public sealed record TrainerOptions
 
     public int EvalBatches { get; init; } = 8;
 
+    /// <summary>
+    /// Before each evaluation, re-estimate the dense model's BatchNorm statistics (null: evaluate with them as
+    /// they are: in SDP the holder-averaged ones) [I, §2.4 bnRecalib].
+    /// </summary>
+    public BatchNormRecalibration? BnRecalibration { get; init; }
+
     /// <summary>Where to save: a directory gets the full training state, a *.safetensors path the model only.</summary>
     public string? SavePath { get; init; }
 
@@ -48,6 +54,27 @@ public sealed record TrainerOptions
         evaluate?.Invoke();
         if (SavePath is not null) save(SavePath);
     }
+}
+
+/// <summary>
+/// BatchNorm recalibration as torch.optim.swa_utils.update_bn does it: reset the running statistics, then run
+/// <see cref="Batches"/> batches of <see cref="Data"/> in training mode with a cumulative average, so each batch
+/// weighs 1/N and nothing of the reset is left. <see cref="Data"/> is training data with its own batch size
+/// (update_bn's loader, not a worker's stream); every recalibration reads the same batches from where it
+/// stood, and leaves it there.
+/// </summary>
+public sealed record BatchNormRecalibration
+{
+    public BatchNormRecalibration(IBatchSource data, int batches)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (batches < 1) throw new ArgumentException($"BatchNorm recalibration: batches must be at least 1, got {batches}");
+        (Data, Batches) = (data, batches);
+    }
+
+    public IBatchSource Data { get; }
+
+    public int Batches { get; }
 }
 
 /// <summary>One worker's part of a step.</summary>

@@ -73,6 +73,9 @@ public sealed class TrainDistributedTests : CliTestBase
         var r = Sdp(Args("train --model resnet18 --config {\"width\":4} --steps 2 --warmup 0 --batch 2 --eval-batches 1 --workers 4 --mode sdp --subnet neuron --masking backward --coverage 0.5 --bn-recalibrate 2 --metrics m.jsonl"));
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("accuracy").And.Contain("(assembled dense model)"));
+        Assert.That(r.Out, Does.Contain("BatchNorm statistics re-estimated on 2 training batches of 64 (cumulative average)"));
+        var recalibration = JsonNode.Parse(File.ReadLines("m.jsonl").First())!["run"]!["bn_recalibrate"]!;
+        Assert.That((recalibration["batches"]!.GetValue<int>(), recalibration["batch"]!.GetValue<int>()), Is.EqualTo((2, 64)));
         var step = MetricsRecords("m.jsonl")[0];
         foreach (var w in step["workers"]!.AsArray().Select(x => x!.AsObject()))
         {
@@ -111,5 +114,6 @@ public sealed class TrainDistributedTests : CliTestBase
         Directory.Delete("single");
         AssertUsageError(Sdp(WithConfig("--workers 2 --resume somewhere")), before, "--resume");
         AssertUsageError(Sdp(WithConfig("--workers 2 --mode sdp --masking sideways")), before, "--masking");
+        AssertUsageError(Sdp(WithConfig("--bn-recalibrate 2 --bn-recalibrate-batch 0")), before, "--bn-recalibrate-batch");
     }
 }

@@ -1,6 +1,7 @@
 using Sdp.Engine;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Memory;
+using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
@@ -188,6 +189,79 @@ public class TrainerBehaviourTests
         model.Module.Eval();
         trainer.Evaluate(new ImageBatches(new ImageLoader(dataset, batch: 5, shuffle: false)), 1);
         Assert.That(model.Module.IsTraining, Is.False, "evaluation mode is kept too");
+    }
+
+    [Test]
+    public void Batchnorm_recalibration_is_the_mean_of_the_batch_means_and_unbiased_variances()
+    {
+        // Training moves the running statistics away from the reset (mean 0, variance 1) with momentum 0.1; the
+        // recalibration must leave nothing of them nor of the reset: the statistics evaluated with are exactly
+        // the float64 average, over its 5 batches of 6 images, of each batch's per-channel mean and unbiased
+        // variance. Afterwards the model, its momentum and the recalibration data are as they were.
+        var dataset = ShapesDataset.Create(60, seed: 3, size: 8);
+        IBatchSource Recalibration() => new ImageBatches(new ImageLoader(dataset, batch: 6, shuffle: true, ImageAugmentation.CropFlip, seed: 4));
+        const int batches = 5;
+        using var probe = new BatchNormProbe(3);
+        using var opt = new Sgd(probe.Module.Parameters(), lr: 0.05);
+        var recalibration = Recalibration();
+        recalibration.NextBatch(); // recalibration reads on from where its data stands
+        using var trainer = new Trainer(probe, opt, new ImageBatches(new ImageLoader(dataset, batch: 4, seed: 2)),
+            new TrainerOptions { Steps = 3, Schedule = new ConstantSchedule(0.05), BnRecalibration = new BatchNormRecalibration(recalibration, batches) }, new MemoryAccount("bn-probe"));
+        trainer.Run();
+        var before = ModuleCheckpoint.StateDict(probe.Module).ToDictionary(e => e.Name, e => Bits(e.Tensor));
+        var position = recalibration.State;
+
+        trainer.Evaluate(new ImageBatches(new ImageLoader(dataset, batch: 10, shuffle: false)), 1);
+
+        var reference = Recalibration();
+        reference.NextBatch();
+        var mean = new double[3];
+        var variance = new double[3];
+        for (int b = 0; b < batches; b++)
+        {
+            var (x, _) = reference.NextBatch();
+            var values = x.ToArray<float>();
+            int n = x.Shape[0], plane = x.Shape[2] * x.Shape[3], count = n * plane;
+            for (int c = 0; c < 3; c++)
+            {
+                var channel = Enumerable.Range(0, n).SelectMany(i => values.Skip((i * 3 + c) * plane).Take(plane)).Select(v => (double)v).ToArray();
+                double mu = channel.Average();
+                mean[c] += mu / batches;
+                variance[c] += channel.Sum(v => (v - mu) * (v - mu)) / (count - 1) / batches;
+            }
+        }
+        var (evaluatedMean, evaluatedVariance) = probe.Evaluated.Single();
+        Assert.That(evaluatedMean, Is.EqualTo(mean).Within(1e-6), "running mean");
+        Assert.That(evaluatedVariance, Is.EqualTo(variance).Within(1e-6), "running variance");
+        Assert.That(ModuleCheckpoint.StateDict(probe.Module).ToDictionary(e => e.Name, e => Bits(e.Tensor)), Is.EqualTo(before), "statistics and counter put back");
+        Assert.That(probe.Norm.Momentum, Is.EqualTo(0.1), "momentum put back");
+        Assert.That(recalibration.State, Is.EqualTo(position), "recalibration data put back");
+    }
+
+    /// <summary>One BatchNorm2d on the raw images, whose evaluation records the running statistics it normalises with.</summary>
+    private sealed class BatchNormProbe(int channels) : ITrainable
+    {
+        public BatchNorm2d Norm { get; } = new(channels);
+
+        public List<(double[] Mean, double[] Variance)> Evaluated { get; } = [];
+
+        public Module Module => Norm;
+
+        public string ConfigJson => "{}";
+
+        public string ItemUnit => "images";
+
+        public long ItemsIn(Tensor inputs) => inputs.Shape[0];
+
+        public Tensor Loss(Tensor inputs, Tensor targets) => Ops.Mean(Norm.Forward(inputs));
+
+        public BatchEvaluation Evaluate(Tensor inputs, Tensor targets)
+        {
+            Evaluated.Add((Array.ConvertAll(Norm.RunningMean.ToArray<float>(), v => (double)v), Array.ConvertAll(Norm.RunningVar.ToArray<float>(), v => (double)v)));
+            return new BatchEvaluation(0, inputs.Shape[0], null);
+        }
+
+        public void Dispose() => Norm.Dispose();
     }
 
     private static ResNetTrainable NewResNetCopy(ResNetTrainable model)
