@@ -115,7 +115,8 @@ public static class RunSetup
             ? ShapesDataset.Create(train ? 10_000 : 2_000, train ? seed : seed + 1)
             : LoadImages(data, train);
         var augment = train ? augmentation ?? dataset.Augmentation : ImageAugmentation.None;
-        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment, seed: seed, worker: worker, workers: workers);
+        // A test split is evaluated whole: its last batch holds the images that do not fill one.
+        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment, seed: seed, worker: worker, workers: workers, dropLast: train);
         string augmented = train ? $", augmentation {ImageAugment.NameOf(augment)}" : "";
         return (new ImageBatches(images), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes{augmented}");
     }

@@ -246,7 +246,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Trains from <see cref="Step"/> up to the configured number of steps, evaluating and saving as configured.</summary>
     public void Run()
     {
-        _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : () => Evaluated?.Invoke(EvaluateHeldOut(_eval)), Save);
+        _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : batches => Evaluated?.Invoke(EvaluateHeldOut(_eval, batches)), Save);
     }
 
     /// <summary>One synchronous step of every worker.</summary>
@@ -330,10 +330,10 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    private EvalMetrics EvaluateHeldOut(IBatchSource eval)
+    private EvalMetrics EvaluateHeldOut(IBatchSource eval, int batches)
     {
         eval.State = _evalStart!;
-        return Evaluate(eval, _options.EvalBatches);
+        return Evaluate(eval, batches);
     }
 
     /// <summary>

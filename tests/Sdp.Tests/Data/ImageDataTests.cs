@@ -227,6 +227,29 @@ public class ImageDataTests
         Assert.That(Next(loader).X[0], Is.EqualTo(0f), "image 6 dropped, epoch 1 starts again");
     }
 
+    [Test]
+    public void Loader_keeping_the_last_batch_reads_every_image_exactly_once_per_epoch([Values(false, true)] bool shuffle)
+    {
+        // 7 images in batches of 3: 3, 3, then the 1 left, so one epoch is each image once; then epoch 1.
+        var loader = new ImageLoader(Constant(7), batch: 3, shuffle, dropLast: false, seed: 6);
+        Assert.That(loader.BatchesPerEpoch, Is.EqualTo(3));
+        var seen = new List<float>();
+        foreach (int size in new[] { 3, 3, 1 })
+        {
+            Assert.That(loader.NextBatchSize, Is.EqualTo(size));
+            var (x, y) = loader.NextBatch();
+            Assert.That((x.Shape[0], y.Shape[0]), Is.EqualTo((size, size)));
+            seen.AddRange(x.ToArray<float>().Where((_, i) => i % 32 == 0));
+        }
+        Assert.That(seen.Order(), Is.EqualTo(Enumerable.Range(0, 7).Select(i => (float)i)), "every image once");
+        Assert.That(loader.State, Is.EqualTo(new DataLoaderState(1, 0, 0)));
+        Assert.That(loader.NextBatchSize, Is.EqualTo(3));
+
+        var small = new ImageLoader(Constant(2), batch: 5, shuffle, dropLast: false);
+        Assert.That((small.BatchesPerEpoch, small.NextBatchSize), Is.EqualTo((1L, 2)), "a set smaller than a batch is one batch");
+        Assert.That(() => new ImageLoader(Constant(7), 3, shuffle, workers: 2, dropLast: false), Throws.ArgumentException.With.Message.Contains("one worker"));
+    }
+
     [TestCase(false, ImageAugmentation.None)]
     [TestCase(true, ImageAugmentation.CropFlip)]
     public void Loader_workers_match_the_combined_batch(bool shuffle, ImageAugmentation augmentation)

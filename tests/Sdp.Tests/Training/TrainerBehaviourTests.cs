@@ -230,7 +230,7 @@ public class TrainerBehaviourTests
                 variance[c] += channel.Sum(v => (v - mu) * (v - mu)) / (count - 1) / batches;
             }
         }
-        var (evaluatedMean, evaluatedVariance) = probe.Evaluated.Single();
+        var (evaluatedMean, evaluatedVariance, _) = probe.Evaluated.Single();
         Assert.That(evaluatedMean, Is.EqualTo(mean).Within(1e-6), "running mean");
         Assert.That(evaluatedVariance, Is.EqualTo(variance).Within(1e-6), "running variance");
         Assert.That(ModuleCheckpoint.StateDict(probe.Module).ToDictionary(e => e.Name, e => Bits(e.Tensor)), Is.EqualTo(before), "statistics and counter put back");
@@ -238,12 +238,40 @@ public class TrainerBehaviourTests
         Assert.That(recalibration.State, Is.EqualTo(position), "recalibration data put back");
     }
 
-    /// <summary>One BatchNorm2d on the raw images, whose evaluation records the running statistics it normalises with.</summary>
+    [Test]
+    public void Final_evaluation_reads_every_test_image_once_and_periodic_ones_the_same_sample()
+    {
+        // 23 one-pixel-per-id images (image i is all i) in evaluation batches of 5 kept to the end: 5 batches, the
+        // last of 3. Periodic evaluations (steps 2 and 4) read the first EvalBatches = 2 batches; the final one
+        // (step 5) reads FinalEvalBatches = one pass, every image exactly once.
+        var ids = new ImageDataset("ids", [.. Enumerable.Range(0, 23).SelectMany(i => Enumerable.Repeat((byte)i, 4))], [.. Enumerable.Range(0, 23).Select(i => (byte)(i % 10))],
+            1, 2, 2, 10, [0], [1 / 255.0]);
+        var test = new ImageLoader(ids, batch: 5, shuffle: false, dropLast: false);
+        using var probe = new BatchNormProbe(1);
+        using var opt = new Sgd(probe.Module.Parameters(), lr: 0.05);
+        using var trainer = new Trainer(probe, opt, new ImageBatches(new ImageLoader(ids, batch: 4, seed: 2)),
+            new TrainerOptions { Steps = 5, Schedule = new ConstantSchedule(0.05), EvalEvery = 2, EvalBatches = 2, FinalEvalBatches = (int)test.BatchesPerEpoch },
+            new MemoryAccount("eval-probe"), new ImageBatches(test));
+        var evaluations = new List<EvalMetrics>();
+        trainer.Evaluated += evaluations.Add;
+        trainer.Run();
+
+        Assert.That(evaluations.Select(e => (e.Step, e.Count)), Is.EqualTo(new[] { (2L, 10L), (4L, 10L), (5L, 23L) }));
+        var images = probe.Evaluated.Select(e => e.Images).ToList();
+        Assert.That(images, Has.Count.EqualTo(2 + 2 + 5), "batches evaluated");
+        Assert.That(images.Take(2).SelectMany(i => i), Is.EqualTo(images.Skip(2).Take(2).SelectMany(i => i)).And.EqualTo(Enumerable.Range(0, 10)), "the same sample each time");
+        Assert.That(images.Skip(4).SelectMany(i => i).Order(), Is.EqualTo(Enumerable.Range(0, 23)), "the whole split, each image once");
+    }
+
+    /// <summary>
+    /// One BatchNorm2d on the raw images. Evaluating a batch records the running statistics it normalises with
+    /// and the images' first values (an image id for sets whose image i is all i).
+    /// </summary>
     private sealed class BatchNormProbe(int channels) : ITrainable
     {
         public BatchNorm2d Norm { get; } = new(channels);
 
-        public List<(double[] Mean, double[] Variance)> Evaluated { get; } = [];
+        public List<(double[] Mean, double[] Variance, int[] Images)> Evaluated { get; } = [];
 
         public Module Module => Norm;
 
@@ -257,7 +285,10 @@ public class TrainerBehaviourTests
 
         public BatchEvaluation Evaluate(Tensor inputs, Tensor targets)
         {
-            Evaluated.Add((Array.ConvertAll(Norm.RunningMean.ToArray<float>(), v => (double)v), Array.ConvertAll(Norm.RunningVar.ToArray<float>(), v => (double)v)));
+            var values = inputs.ToArray<float>();
+            int imageSize = values.Length / inputs.Shape[0];
+            Evaluated.Add((Array.ConvertAll(Norm.RunningMean.ToArray<float>(), v => (double)v), Array.ConvertAll(Norm.RunningVar.ToArray<float>(), v => (double)v),
+                [.. Enumerable.Range(0, inputs.Shape[0]).Select(i => (int)values[i * imageSize])]));
             return new BatchEvaluation(0, inputs.Shape[0], null);
         }
 
