@@ -281,7 +281,11 @@ public static partial class TrainCommand
         output.WriteLine();
         output.WriteLine("summary");
         output.WriteLine($"  train loss       {trainLoss:F4} (mean {(workers > 1 ? "over workers " : "")}of the last {recent.Count} steps)");
-        if (lastEval is { } le) output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + evaluated + $" ({Extent(le)})");
+        if (lastEval is { } le)
+        {
+            string scope = trainer.Plan is null ? Extent(le) : $"assembled dense model, {Extent(le)}";
+            output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + $" ({scope})");
+        }
         if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
         output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over {(workers > 1 ? $"all {workers} workers, " : "")}{trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
         if (workers > 1 && last is not null)
