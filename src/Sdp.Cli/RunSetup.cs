@@ -92,8 +92,12 @@ public static class RunSetup
         }
     }
 
-    /// <summary>A training or evaluation stream for <paramref name="model"/>, and the loss floor when it is known.</summary>
-    public static (IBatchSource Source, double? Floor, string Description) BuildData(string model, string data, int batch, int seq, bool shuffle, ulong seed, bool train, int worker = 0, int workers = 1)
+    /// <summary>
+    /// A training or evaluation stream for <paramref name="model"/>, and the loss floor when it is known. Image
+    /// training streams augment as <paramref name="augmentation"/> says (null: the dataset's own recipe);
+    /// evaluation streams never augment.
+    /// </summary>
+    public static (IBatchSource Source, double? Floor, string Description) BuildData(string model, string data, int batch, int seq, bool shuffle, ulong seed, bool train, int worker = 0, int workers = 1, ImageAugmentation? augmentation = null)
     {
         if (model == "llama")
         {
@@ -110,8 +114,11 @@ public static class RunSetup
         ImageDataset dataset = data == "synthetic"
             ? ShapesDataset.Create(train ? 10_000 : 2_000, train ? seed : seed + 1)
             : LoadImages(data, train);
-        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment: train && data != "synthetic", seed: seed, worker: worker, workers: workers);
-        return (new ImageBatches(images), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes");
+        var augment = train ? augmentation ?? dataset.Augmentation : ImageAugmentation.None;
+        // A test split is evaluated whole: its last batch holds the images that do not fill one.
+        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment, seed: seed, worker: worker, workers: workers, dropLast: train);
+        string augmented = train ? $", augmentation {ImageAugment.NameOf(augment)}" : "";
+        return (new ImageBatches(images), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes{augmented}");
     }
 
     /// <summary>

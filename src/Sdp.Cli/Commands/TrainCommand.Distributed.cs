@@ -11,7 +11,7 @@ public static partial class TrainCommand
     /// <summary>The distributed options of `sdp train`.</summary>
     public sealed record DistributedOptions(
         int Workers, ParallelMode Mode, SubnetLevel Level, Masking Masking, double Coverage, ScheduleMatch ScheduleMatch,
-        SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate)
+        SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate, int BnRecalibrateBatch)
     {
         /// <summary>One worker in DP mode: plain single-process training (which also resumes the single-worker training state of earlier Sdp versions).</summary>
         public bool IsSingleWorkerDp => Workers == 1 && Mode == ParallelMode.Dp;
@@ -36,7 +36,8 @@ public static partial class TrainCommand
         private readonly Option<bool> _keepDownsample = new("--keep-downsample-blocks") { Description = "sdp block level, resnet18: never drop downsampling blocks" };
         private readonly Option<ulong?> _planSeed = new("--plan-seed") { Description = "Seed of the subnetwork plan (default: --seed)" };
         private readonly Option<int> _bucketMb = new("--bucket-mb") { Description = "Cap on one gradient-sync buffer, MiB", DefaultValueFactory = _ => 25 };
-        private readonly Option<int> _bnRecalibrate = new("--bn-recalibrate") { Description = "Before evaluation, re-estimate BatchNorm statistics of the dense model on this many training batches (0 = off)", DefaultValueFactory = _ => 0 };
+        private readonly Option<int> _bnRecalibrate = new("--bn-recalibrate") { Description = "Before evaluation, re-estimate BatchNorm statistics of the dense model on this many training batches, a cumulative average as torch's update_bn (0 = off)", DefaultValueFactory = _ => 0 };
+        private readonly Option<int> _bnRecalibrateBatch = new("--bn-recalibrate-batch") { Description = "Images per BatchNorm recalibration batch (independent of --batch)", DefaultValueFactory = _ => 64 };
 
         public static DistributedArguments Create()
         {
@@ -51,7 +52,7 @@ public static partial class TrainCommand
 
         public void AddTo(Command cmd)
         {
-            foreach (var o in new Option[] { _workers, _mode, _subnet, _masking, _coverage, _scheduleMatch, _neuronScale, _maskHeads, _splitSublayers, _keepDownsample, _planSeed, _bucketMb, _bnRecalibrate })
+            foreach (var o in new Option[] { _workers, _mode, _subnet, _masking, _coverage, _scheduleMatch, _neuronScale, _maskHeads, _splitSublayers, _keepDownsample, _planSeed, _bucketMb, _bnRecalibrate, _bnRecalibrateBatch })
                 cmd.Options.Add(o);
         }
 
@@ -75,7 +76,8 @@ public static partial class TrainCommand
             return new DistributedOptions(workers, mode, SubnetworkPlan.ParseLevel(p.GetValue(_subnet)!),
                 p.GetValue(_masking) == "backward" ? Masking.Backward : Masking.Forward, mode == ParallelMode.Dp ? 1.0 : coverage,
                 p.GetValue(_scheduleMatch) == "flop-matched" ? ScheduleMatch.FlopMatched : ScheduleMatch.SameSteps,
-                subnet, planSeed, Check.Positive(p.GetValue(_bucketMb), "--bucket-mb"), Check.AtLeast(p.GetValue(_bnRecalibrate), 0, "--bn-recalibrate"));
+                subnet, planSeed, Check.Positive(p.GetValue(_bucketMb), "--bucket-mb"), Check.AtLeast(p.GetValue(_bnRecalibrate), 0, "--bn-recalibrate"),
+                Check.Positive(p.GetValue(_bnRecalibrateBatch), "--bn-recalibrate-batch"));
         }
     }
 }

@@ -7,6 +7,7 @@ using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
+using Sdp.Models.Data;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli.Commands;
@@ -19,9 +20,9 @@ namespace Sdp.Cli.Commands;
 public static partial class TrainCommand
 {
     public sealed record Options(
-        string Model, string? Config, string Data, bool Shuffle, int Steps, int Batch, int Seq,
+        string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int Warmup, string Schedule, double Clip,
-        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, string? Metrics, DistributedOptions Distributed);
+        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed);
 
     public static Command Create()
     {
@@ -30,6 +31,8 @@ public static partial class TrainCommand
         var config = new Option<string?>("--config") { Description = "LLaMA preset (tiny, 130m, 1b) or config.json; for resnet18 'cifar' or a config JSON file" };
         var data = new Option<string>("--data") { Description = "'synthetic' or a path: token shard file/glob (llama), CIFAR-10 or MNIST directory (resnet18)", DefaultValueFactory = _ => "synthetic" };
         var noShuffle = new Option<bool>("--no-shuffle") { Description = "Read data in order" };
+        var augment = new Option<string>("--augment") { Description = "resnet18 training images: auto (the dataset's recipe: crop-flip for CIFAR-10, none for MNIST and synthetic), none or crop-flip", DefaultValueFactory = _ => "auto" };
+        augment.AcceptOnlyFromAmong(["auto", .. Enum.GetValues<ImageAugmentation>().Select(ImageAugment.NameOf)]);
         var steps = new Option<int>("--steps") { Description = "Total optimizer steps", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences or images per step", DefaultValueFactory = _ => 16 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence (llama)", DefaultValueFactory = _ => 64 };
@@ -50,26 +53,29 @@ public static partial class TrainCommand
         var resume = new Option<string?>("--resume") { Description = "Continue the training state saved in this directory" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every K steps (and at the end)", DefaultValueFactory = _ => 0 };
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation data (default: a held-out synthetic stream, or the test split of --data)" };
-        var evalBatches = new Option<int>("--eval-batches") { Description = "Batches per evaluation", DefaultValueFactory = _ => 8 };
+        var evalBatches = new Option<int>("--eval-batches") { Description = "Batches per periodic evaluation (the same sample each time), and per final one without a test split", DefaultValueFactory = _ => 8 };
+        var finalEval = new Option<string>("--final-eval") { Description = "split (the whole test split of image data) or sample (--eval-batches batches)", DefaultValueFactory = _ => "split" };
+        finalEval.AcceptOnlyFromAmong("split", "sample");
         var metrics = new Option<string?>("--metrics") { Description = "Write one JSON object per step (and per evaluation) to this .jsonl file" };
         var distributed = DistributedArguments.Create();
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
-            model, config, data, noShuffle, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
-            initFrom, save, saveEvery, resume, evalEvery, evalData, evalBatches, metrics,
+            model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
+            initFrom, save, saveEvery, resume, evalEvery, evalData, evalBatches, finalEval, metrics,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
         {
             if (p.GetValue(device) != "cpu") throw new UsageException($"--device: only 'cpu' is available in this build, got '{p.GetValue(device)}'");
-            var o = new Options(p.GetValue(model)!, p.GetValue(config), p.GetValue(data)!, !p.GetValue(noShuffle),
+            string augmentation = p.GetValue(augment)!;
+            var o = new Options(p.GetValue(model)!, p.GetValue(config), p.GetValue(data)!, !p.GetValue(noShuffle), augmentation == "auto" ? null : ImageAugment.Parse(augmentation),
                 Check.Positive(p.GetValue(steps), "--steps"), Check.Positive(p.GetValue(batch), "--batch"), Check.Positive(p.GetValue(seq), "--seq"),
                 p.GetValue(optimizer)!, Check.PositiveReal(p.GetValue(lr), "--lr"), Check.NonNegativeReal(p.GetValue(momentum), "--momentum"),
                 Check.NonNegativeReal(p.GetValue(weightDecay), "--weight-decay"), Check.AtLeast(p.GetValue(warmup), 0, "--warmup"), p.GetValue(schedule)!,
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
-                p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(metrics), distributed.Parse(p));
+                p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p));
             Validate(o);
             return Run(o, Console.Out, Console.IsOutputRedirected);
         });
@@ -81,6 +87,7 @@ public static partial class TrainCommand
         if (o.Resume is not null && o.InitFrom is not null) throw new UsageException("--resume and --init-from are contradictory: a resumed run takes its weights from the training state");
         if (o.Resume is not null && o.Config is not null) throw new UsageException("--resume takes the model configuration from the checkpoint; drop --config");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
+        if (o.Augment is not null && o.Model != "resnet18") throw new UsageException("--augment applies to image data (--model resnet18)");
         var (steps, warmup) = o.Distributed.Matched(o.Steps, o.Warmup);
         if (o.Schedule == "cosine" && (o.Warmup >= o.Steps || warmup >= steps)) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
@@ -135,7 +142,7 @@ public static partial class TrainCommand
         // A resumed run takes the model configuration and the optimizer's kind and settings from the training state.
         var resumed = o.Resume is null ? null : SdpCheckpoint.ReadInfo(o.Resume);
         string? config = resumed?.ModelConfig ?? o.Config;
-        var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers);
+        var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers, o.Augment);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
         var (channels, classes) = ImageShape(probe);
         var model = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom, resumed is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
@@ -146,20 +153,27 @@ public static partial class TrainCommand
         var sdp = new SdpOptions
         {
             Workers = d.Workers, Mode = d.Mode, Level = d.Level, Masking = d.Masking, Coverage = d.Coverage, PlanSeed = d.PlanSeed,
-            BucketBytes = (long)d.BucketMb << 20, BnRecalibrationBatches = d.BnRecalibrate,
+            BucketBytes = (long)d.BucketMb << 20,
         };
         Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer = resumed is not null ? resumed.Optimizer.Create
             : o.Optimizer == "sgd" ? parameters => new Sgd(parameters, o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
             : parameters => new AdamW(parameters, o.Lr, weightDecay: o.WeightDecay);
         IBatchSource TrainData(int worker)
         {
-            var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers).Source;
+            var source = worker == 0 ? probe : RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, worker, d.Workers, o.Augment).Source;
             return RunSetup.CheckTokenIds(source, vocab, "--data", o.Data);
         }
+        // Recalibration reads the training data at its own batch size, as update_bn reads its loader.
+        var recalibration = d.BnRecalibrate == 0 ? null
+            : new BatchNormRecalibration(RunSetup.BuildData(o.Model, o.Data, d.BnRecalibrateBatch, o.Seq, o.Shuffle, o.Seed, train: true, augmentation: o.Augment).Source, d.BnRecalibrate);
+        // Image data has a test split: the final evaluation reads all of it, periodic ones a sample.
+        var testSplit = !o.FinalEvalOnSample && eval is ImageBatches split ? split.Loader : null;
+        var runOptions = RunOptionsJson(o, probe, testSplit is not null);
         var options = new TrainerOptions
         {
-            Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches,
-            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = RunOptionsJson(o),
+            Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, FinalEvalBatches = (int?)testSplit?.BatchesPerEpoch,
+            BnRecalibration = recalibration,
+            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = runOptions,
         };
         Trainer trainer;
         try
@@ -187,7 +201,7 @@ public static partial class TrainCommand
                 output.WriteLine($"resumed from {o.Resume} at step {trainer.Step}");
             }
             PrintRun(o, trainer, steps, warmup, dataDescription, floor, output);
-            return Train(o, trainer, steps, floor, output, plain);
+            return Train(o, trainer, steps, floor, testSplit is not null, runOptions, output, plain);
         }
     }
 
@@ -213,16 +227,25 @@ public static partial class TrainCommand
             var (collectives, bytes) = trainer.GradientSyncCost(0);
             output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step"));
         }
+        if (d.BnRecalibrate > 0) output.WriteLine($"  before each evaluation: BatchNorm statistics re-estimated on {d.BnRecalibrate} training batches of {d.BnRecalibrateBatch} (cumulative average)");
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
     }
 
-    /// <summary>Runs the trainer with progress, metrics and periodic notes, then prints the summary.</summary>
-    private static int Train(Options o, Trainer trainer, long steps, double? floor, TextWriter output, bool plain)
+    /// <summary>
+    /// Runs the trainer with progress, metrics (after a header record holding <paramref name="runOptions"/>) and
+    /// periodic notes, then prints the summary. <paramref name="finalOnWholeSplit"/>: the final evaluation reads the whole test split.
+    /// </summary>
+    private static int Train(Options o, Trainer trainer, long steps, double? floor, bool finalOnWholeSplit, JsonObject runOptions, TextWriter output, bool plain)
     {
         int workers = o.Distributed.Workers;
         // In DP the evaluated model is worker 0's; in SDP it is assembled from the holders.
         string evaluated = trainer.Plan is null ? "" : " (assembled dense model)";
+        // Only the final evaluation is at the last step; periodic ones stop before it.
+        bool WholeSplit(EvalMetrics e) => finalOnWholeSplit && e.Step == steps;
+        string unit = trainer.WorkerModel(0).ItemUnit;
+        string Extent(EvalMetrics e) => WholeSplit(e) ? $"{e.Count:N0} test {unit}, whole split" : $"sample of {e.Count:N0} {unit}";
         using var metricsFile = o.Metrics is null ? null : new MetricsWriter(new FileInfo(o.Metrics));
+        metricsFile?.Write(new JsonObject { ["run"] = runOptions.DeepClone() });
         var progress = new TrainProgress(output, plain, steps, trainer.Step);
         long firstStep = trainer.Step;
         var recent = new Queue<double>();
@@ -241,10 +264,10 @@ public static partial class TrainCommand
         trainer.Evaluated += e =>
         {
             lastEval = e;
-            metricsFile?.Write(EvalRecord(e));
+            metricsFile?.Write(EvalRecord(e, WholeSplit(e)));
             progress.Note(e.Accuracy is { } a
-                ? $"eval step {e.Step}{evaluated}: loss {e.MeanLoss:F4}, accuracy {a:P2} on {e.Count} images"
-                : $"eval step {e.Step}{evaluated}: loss {e.MeanLoss:F4}, perplexity {e.Perplexity:F3} on {e.Count:N0} tokens");
+                ? $"eval step {e.Step}{evaluated}: loss {e.MeanLoss:F4}, accuracy {a:P2} ({Extent(e)})"
+                : $"eval step {e.Step}{evaluated}: loss {e.MeanLoss:F4}, perplexity {e.Perplexity:F3} ({Extent(e)})");
         };
         trainer.Saved += path => progress.Note($"saved {path} at step {trainer.Step}");
 
@@ -258,7 +281,11 @@ public static partial class TrainCommand
         output.WriteLine();
         output.WriteLine("summary");
         output.WriteLine($"  train loss       {trainLoss:F4} (mean {(workers > 1 ? "over workers " : "")}of the last {recent.Count} steps)");
-        if (lastEval is { } le) output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + evaluated);
+        if (lastEval is { } le)
+        {
+            string scope = trainer.Plan is null ? Extent(le) : $"assembled dense model, {Extent(le)}";
+            output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + $" ({scope})");
+        }
         if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
         output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over {(workers > 1 ? $"all {workers} workers, " : "")}{trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
         if (workers > 1 && last is not null)
@@ -279,11 +306,22 @@ public static partial class TrainCommand
     private static (int Channels, int Classes) ImageShape(IBatchSource source)
         => source is ImageBatches images ? (images.Loader.Dataset.Channels, images.Loader.Dataset.Classes) : (3, 10);
 
-    private static JsonObject RunOptionsJson(Options o) => new()
+    /// <summary>
+    /// The run's options as stored with every worker's checkpoint state and in the metrics header: "augment" is the
+    /// augmentation <paramref name="train"/> applies (after --augment auto), "final_eval" and "bn_recalibrate" how evaluation is done.
+    /// </summary>
+    private static JsonObject RunOptionsJson(Options o, IBatchSource train, bool finalOnWholeSplit)
     {
-        ["model"] = o.Model, ["data"] = o.Data, ["steps"] = o.Steps, ["batch"] = o.Batch, ["seq"] = o.Seq, ["optimizer"] = o.Optimizer,
-        ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
-    };
+        var json = new JsonObject
+        {
+            ["model"] = o.Model, ["data"] = o.Data, ["steps"] = o.Steps, ["batch"] = o.Batch, ["seq"] = o.Seq, ["optimizer"] = o.Optimizer,
+            ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
+            ["eval_batches"] = o.EvalBatches, ["final_eval"] = finalOnWholeSplit ? "split" : "sample",
+        };
+        if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);
+        if (o.Distributed.BnRecalibrate > 0) json["bn_recalibrate"] = new JsonObject { ["batches"] = o.Distributed.BnRecalibrate, ["batch"] = o.Distributed.BnRecalibrateBatch };
+        return json;
+    }
 
     /// <summary>
     /// One step: the run's loss, rate, norm and throughput; "memory" of the worker with the highest peak (the
@@ -307,9 +345,9 @@ public static partial class TrainCommand
         };
     }
 
-    private static JsonObject EvalRecord(EvalMetrics e)
+    private static JsonObject EvalRecord(EvalMetrics e, bool wholeSplit)
     {
-        var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = e.MeanLoss, ["count"] = e.Count };
+        var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = e.MeanLoss, ["count"] = e.Count, ["whole_split"] = wholeSplit };
         if (e.Accuracy is { } a) o["accuracy"] = a;
         else o["perplexity"] = e.Perplexity;
         return o;

@@ -6,7 +6,7 @@ namespace Sdp.Engine.Nn;
 /// </summary>
 public sealed class BatchNorm2d : Module
 {
-    public BatchNorm2d(int channels, double momentum = 0.1, double eps = 1e-5, DType dtype = DType.Float32)
+    public BatchNorm2d(int channels, double? momentum = 0.1, double eps = 1e-5, DType dtype = DType.Float32)
     {
         (Momentum, Eps) = (momentum, eps);
         var shape = new Shape(channels);
@@ -17,7 +17,18 @@ public sealed class BatchNorm2d : Module
         NumBatchesTracked = RegisterBuffer("num_batches_tracked", Init.Constant(NewParameterTensor(Shape.Scalar, DType.Int64), 0));
     }
 
-    public double Momentum { get; }
+    /// <summary>
+    /// Weight of a training batch's statistics in the running ones (torch's momentum): running = (1 - m)·running
+    /// + m·batch. Null is torch's momentum=None, a cumulative average: the b-th batch since
+    /// <see cref="ResetRunningStats"/> weighs 1/b, so the running statistics are the plain mean of the batches'.
+    /// </summary>
+    public double? Momentum
+    {
+        get => _momentum;
+        set => _momentum = value is null or (>= 0 and <= 1) ? value : throw new ArgumentOutOfRangeException(nameof(value), $"BatchNorm2d: momentum must be in [0, 1] or null (cumulative average), got {value}");
+    }
+
+    private double? _momentum;
 
     public double Eps { get; }
 
@@ -41,14 +52,25 @@ public sealed class BatchNorm2d : Module
 
     protected override void OnTensorsReplaced() => _batchesTracked = null;
 
+    /// <summary>Running mean 0, variance 1 and no batches tracked, as at construction (torch's reset_running_stats).</summary>
+    public void ResetRunningStats()
+    {
+        RunningMean.Backend.Fill(RunningMean, 0);
+        RunningVar.Backend.Fill(RunningVar, 1);
+        NumBatchesTracked.Backend.Fill(NumBatchesTracked, 0);
+        _batchesTracked = 0;
+    }
+
     /// <summary>x (N, C, H, W) -> y (N, C, H, W).</summary>
     public Tensor Forward(Tensor x)
     {
+        double momentum = 0; // unused in eval mode
         if (IsTraining)
         {
             _batchesTracked = BatchesTracked + 1;
             NumBatchesTracked.Backend.Fill(NumBatchesTracked, _batchesTracked.Value);
+            momentum = Momentum ?? 1.0 / _batchesTracked.Value;
         }
-        return Ops.BatchNorm2d(x, Weight, Bias, RunningMean, RunningVar, IsTraining, Momentum, Eps);
+        return Ops.BatchNorm2d(x, Weight, Bias, RunningMean, RunningVar, IsTraining, momentum, Eps);
     }
 }

@@ -3,7 +3,7 @@ namespace Sdp.Models.Data;
 /// <summary>
 /// The CIFAR-10 binary version: files of records, each 1 label byte (0..9) then 3072 pixel bytes
 /// (3 x 32 x 32, CHW, RGB). The standard files hold exactly 10000 records each: data_batch_1.bin to
-/// data_batch_5.bin for training and test_batch.bin for testing.
+/// data_batch_5.bin for training and test_batch.bin for testing. Trained with the standard crop and flip.
 /// </summary>
 public static class Cifar10
 {
@@ -76,6 +76,6 @@ public static class Cifar10
                 record.AsSpan(1).CopyTo(pixels.AsSpan((int)(index * ImageBytes), ImageBytes));
             }
         }
-        return new ImageDataset(name ?? string.Join(", ", files), pixels, labels, Channels, Size, Size, Classes, [.. Mean], [.. Std]);
+        return new ImageDataset(name ?? string.Join(", ", files), pixels, labels, Channels, Size, Size, Classes, [.. Mean], [.. Std], ImageAugmentation.CropFlip);
     }
 }

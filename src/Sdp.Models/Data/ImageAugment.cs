@@ -1,5 +1,15 @@
 namespace Sdp.Models.Data;
 
+/// <summary>What a training stream does to each image before normalisation; evaluation streams never augment.</summary>
+public enum ImageAugmentation
+{
+    /// <summary>The image as stored (MNIST: a mirrored digit is another digit, or none).</summary>
+    None,
+
+    /// <summary>Pad-4 random crop, then a random horizontal flip: the CIFAR recipe (<see cref="ImageAugment.CropFlip"/>).</summary>
+    CropFlip,
+}
+
 /// <summary>
 /// The standard CIFAR augmentation on raw (C, H, W) bytes: pad each side with <c>pad</c> zero pixels, take
 /// an H x W crop, then optionally mirror left-right (the order of torchvision's RandomCrop(padding=4)
@@ -8,6 +18,24 @@ namespace Sdp.Models.Data;
 public static class ImageAugment
 {
     public const int DefaultPad = 4;
+
+    /// <summary>The command-line and metadata names: "none", "crop-flip".</summary>
+    public static string NameOf(ImageAugmentation augmentation) => augmentation switch
+    {
+        ImageAugmentation.None => "none",
+        ImageAugmentation.CropFlip => "crop-flip",
+        _ => throw new ArgumentOutOfRangeException(nameof(augmentation), augmentation, "image augmentation: unknown kind"),
+    };
+
+    /// <summary>The augmentation <see cref="NameOf"/> calls <paramref name="name"/>.</summary>
+    public static ImageAugmentation Parse(string name)
+    {
+        foreach (var a in Enum.GetValues<ImageAugmentation>())
+        {
+            if (NameOf(a) == name) return a;
+        }
+        throw new ArgumentException($"image augmentation: '{name}' is not one of {string.Join(", ", Enum.GetValues<ImageAugmentation>().Select(NameOf))}");
+    }
 
     /// <summary>
     /// dst(c, y, x) = src(c, y + dy, x' + dx) with x' = W-1-x when flipping (else x), and 0 where that falls

@@ -2,7 +2,8 @@ namespace Sdp.Models.Data;
 
 /// <summary>
 /// An in-memory image classification set: N images of C x H x W bytes (CHW, row-major), one label each,
-/// plus the per-channel mean and standard deviation (of pixel/255) used to normalise them.
+/// plus the per-channel mean and standard deviation (of pixel/255) used to normalise them, and the
+/// augmentation its training recipe uses (<see cref="Augmentation"/>).
 /// </summary>
 public sealed class ImageDataset
 {
@@ -11,7 +12,7 @@ public sealed class ImageDataset
     private readonly double[] _mean;
     private readonly double[] _std;
 
-    public ImageDataset(string name, byte[] pixels, byte[] labels, int channels, int height, int width, int classes, double[] mean, double[] std)
+    public ImageDataset(string name, byte[] pixels, byte[] labels, int channels, int height, int width, int classes, double[] mean, double[] std, ImageAugmentation augmentation = ImageAugmentation.None)
     {
         ArgumentNullException.ThrowIfNull(pixels);
         ArgumentNullException.ThrowIfNull(labels);
@@ -32,7 +33,7 @@ public sealed class ImageDataset
         {
             if (labels[i] >= classes) throw new ArgumentException($"image dataset '{name}': label {labels[i]} of image {i} is not below the class count {classes}");
         }
-        (Name, _pixels, _labels, Channels, Height, Width, Classes, _mean, _std) = (name, pixels, labels, channels, height, width, classes, (double[])mean.Clone(), (double[])std.Clone());
+        (Name, _pixels, _labels, Channels, Height, Width, Classes, _mean, _std, Augmentation) = (name, pixels, labels, channels, height, width, classes, (double[])mean.Clone(), (double[])std.Clone(), augmentation);
     }
 
     /// <summary>Where the data came from (a path or a generator description), for messages.</summary>
@@ -49,6 +50,9 @@ public sealed class ImageDataset
     public int Classes { get; }
 
     public int ImageSize => Channels * Height * Width;
+
+    /// <summary>What the set's training recipe does to an image (CIFAR-10: crop and flip; MNIST: nothing).</summary>
+    public ImageAugmentation Augmentation { get; }
 
     /// <summary>All pixels, (N, C, H, W) bytes.</summary>
     public ReadOnlySpan<byte> Pixels => _pixels;
@@ -75,7 +79,10 @@ public sealed class ImageDataset
     }
 
     /// <summary>The same images with other normalisation constants.</summary>
-    public ImageDataset WithNormalization(double[] mean, double[] std) => new(Name, _pixels, _labels, Channels, Height, Width, Classes, mean, std);
+    public ImageDataset WithNormalization(double[] mean, double[] std) => new(Name, _pixels, _labels, Channels, Height, Width, Classes, mean, std, Augmentation);
+
+    /// <summary>The same images with another training augmentation.</summary>
+    public ImageDataset WithAugmentation(ImageAugmentation augmentation) => new(Name, _pixels, _labels, Channels, Height, Width, Classes, _mean, _std, augmentation);
 
     /// <summary>Per-channel mean and std of pixel/255 over the whole set (population std).</summary>
     public static (double[] Mean, double[] Std) ComputeStatistics(ReadOnlySpan<byte> pixels, int channels, int height, int width)

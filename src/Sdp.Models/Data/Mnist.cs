@@ -6,7 +6,8 @@ namespace Sdp.Models.Data;
 /// <summary>
 /// MNIST in the IDX format: an images file (big-endian int32 magic 2051 = unsigned bytes, 3 dims, then
 /// the dims count, rows, cols, then the pixels) and a labels file (magic 2049, 1 dim, count, then one byte
-/// per label). Either may be gzipped (detected by the 1f 8b magic, not the file name).
+/// per label). Either may be gzipped (detected by the 1f 8b magic, not the file name). Trained without
+/// augmentation: a mirrored digit is another digit or none, and no MNIST recipe flips them.
 /// </summary>
 public static class Mnist
 {
@@ -62,7 +63,7 @@ public static class Mnist
                 throw new InvalidDataException($"MNIST labels '{labelsPath}': label {labels[i]} at byte offset {8 + i} is not a digit 0..9");
         }
         var pixels = imageBytes.AsSpan((int)imageHeader).ToArray();
-        return new ImageDataset($"{imagesPath} + {labelsPath}", pixels, labels, 1, rows, cols, Classes, [.. Mean], [.. Std]);
+        return new ImageDataset($"{imagesPath} + {labelsPath}", pixels, labels, 1, rows, cols, Classes, [.. Mean], [.. Std], ImageAugmentation.None);
     }
 
     private static string Find(string directory, params string[] names)

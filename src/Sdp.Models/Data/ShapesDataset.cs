@@ -10,7 +10,8 @@ namespace Sdp.Models.Data;
 /// orientation) and loosely the colour (a class hue jittered by ±0.12 of the colour wheel, so neighbouring
 /// classes overlap and colour alone cannot separate them). Position, size, rotation (±0.3 rad), colour
 /// and noise are drawn per image from (seed, index), so the set is deterministic and can be generated
-/// in parallel. Image i has label i mod 10 (balanced); loaders shuffle.
+/// in parallel. Image i has label i mod 10 (balanced); loaders shuffle. Trained without augmentation: position,
+/// size, rotation, colour and noise already vary from image to image.
 /// </summary>
 public static class ShapesDataset
 {
@@ -34,7 +35,7 @@ public static class ShapesDataset
             Draw(pixels.AsSpan(i * imageSize, imageSize), i % Classes, size, noise, new Rng(SeedMix.Mix(seed, (ulong)i, 5)));
         });
         var (mean, std) = ImageDataset.ComputeStatistics(pixels, 3, size, size);
-        return new ImageDataset($"shapes(count {count}, seed {seed}, size {size}, noise {noise})", pixels, labels, 3, size, size, Classes, mean, std);
+        return new ImageDataset($"shapes(count {count}, seed {seed}, size {size}, noise {noise})", pixels, labels, 3, size, size, Classes, mean, std, ImageAugmentation.None);
     }
 
     private static void Draw(Span<byte> image, int label, int size, double noise, Rng rng)

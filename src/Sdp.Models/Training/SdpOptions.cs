@@ -42,12 +42,6 @@ public sealed record SdpOptions
     /// <summary>Cap on one gradient-sync or refresh buffer.</summary>
     public long BucketBytes { get; init; } = 25L << 20;
 
-    /// <summary>
-    /// Before each evaluation, re-estimate BatchNorm running statistics of the assembled dense model on
-    /// this many training batches (0 = use the holder-averaged statistics as they are) [I, §2.4 bnRecalib].
-    /// </summary>
-    public int BnRecalibrationBatches { get; init; }
-
     /// <summary>How long a worker waits for the others at a collective before failing.</summary>
     public TimeSpan CollectiveTimeout { get; init; } = TimeSpan.FromMinutes(5);
 

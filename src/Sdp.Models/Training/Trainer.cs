@@ -262,7 +262,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Trains from <see cref="Step"/> up to the configured number of steps, evaluating and saving as configured.</summary>
     public void Run()
     {
-        _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : () => Evaluated?.Invoke(EvaluateHeldOut(_eval)), Save);
+        _options.RunLoop(() => Step, () => TrainStep(), _eval is null ? null : batches => Evaluated?.Invoke(EvaluateHeldOut(_eval, batches)), Save);
     }
 
     /// <summary>One synchronous step of every worker.</summary>
@@ -313,7 +313,7 @@ public sealed class Trainer : IDisposable
         var dense = AssembleDense();
         using var active = DenseAccount.Activate();
         using var device = DeviceScope.Use(DenseDevice);
-        using var recalibrated = Options.BnRecalibrationBatches > 0 ? RecalibrateBatchNorm(dense, _workers[0].Data, Options.BnRecalibrationBatches) : null;
+        using var recalibrated = _options.BnRecalibration is { } recalibration ? RecalibrateBatchNorm(dense, recalibration) : null;
         return Evaluate(dense, data, batches, Step);
     }
 
@@ -351,39 +351,42 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    private EvalMetrics EvaluateHeldOut(IBatchSource eval)
+    private EvalMetrics EvaluateHeldOut(IBatchSource eval, int batches)
     {
         eval.State = _evalStart!;
-        return Evaluate(eval, _options.EvalBatches);
+        return Evaluate(eval, batches);
     }
 
     /// <summary>
-    /// Re-estimates BatchNorm running statistics of the dense model: reset to mean 0, variance 1, then
-    /// forward passes in training mode without gradients. The batches are drawn from a copy of worker 0's
-    /// position, so training data order is unchanged. Disposing the result puts the model's own buffers back,
-    /// so evaluation changes nothing (in DP the dense model is worker 0's, whose statistics training continues
-    /// from); null when the model has no BatchNorm.
+    /// Re-estimates the dense model's BatchNorm running statistics as update_bn does (see
+    /// <see cref="BatchNormRecalibration"/>): reset, then forward passes in training mode without gradients
+    /// with a cumulative average (momentum null), so the running mean and variance end as the mean of the
+    /// batches' means and unbiased variances. The data source is put back where it stood. Disposing the
+    /// result puts the model's own buffers back, so evaluation changes nothing (in DP the dense model is
+    /// worker 0's, whose statistics training continues from); null when the model has no BatchNorm.
     /// </summary>
-    private static IDisposable? RecalibrateBatchNorm(ITrainable dense, IBatchSource source, int batches)
+    private static IDisposable? RecalibrateBatchNorm(ITrainable dense, BatchNormRecalibration recalibration)
     {
-        var buffers = dense.Module.NamedBuffers().ToList();
-        if (!buffers.Any(b => b.Name.EndsWith("running_mean", StringComparison.Ordinal))) return null;
+        var norms = dense.Module.NamedModules().Select(m => m.Module).OfType<BatchNorm2d>().ToList();
+        if (norms.Count == 0) return null;
         var saved = new BufferSnapshot(dense.Module);
-        var position = source.State;
+        var data = recalibration.Data;
+        var position = data.State;
+        var momenta = norms.Select(n => n.Momentum).ToList();
         using var noGrad = GradMode.Disable();
         bool wasTraining = dense.Module.IsTraining;
         try
         {
-            foreach (var (name, t) in buffers)
+            foreach (var norm in norms)
             {
-                if (name.EndsWith("running_mean", StringComparison.Ordinal)) t.Backend.Fill(t, 0);
-                else if (name.EndsWith("running_var", StringComparison.Ordinal)) t.Backend.Fill(t, 1);
+                norm.ResetRunningStats();
+                norm.Momentum = null;
             }
             dense.Module.Train();
-            for (int b = 0; b < batches; b++)
+            for (int b = 0; b < recalibration.Batches; b++)
             {
                 using var scope = TensorScope.Begin();
-                var (inputs, targets) = source.NextBatch();
+                var (inputs, targets) = data.NextBatch();
                 using var loss = dense.Loss(inputs, targets);
             }
         }
@@ -394,8 +397,9 @@ public sealed class Trainer : IDisposable
         }
         finally
         {
+            for (int i = 0; i < norms.Count; i++) norms[i].Momentum = momenta[i];
             dense.Module.Train(wasTraining);
-            source.State = position;
+            data.State = position;
         }
         return saved;
     }

@@ -15,13 +15,23 @@ public sealed record TrainerOptions
     public double Clip { get; init; }
 
     /// <summary>
-    /// Evaluate every K steps (0 = only at the end, when an evaluation source is given). Every evaluation
-    /// reads the same <see cref="EvalBatches"/> batches: the evaluation source is rewound to where it stood
-    /// when the trainer was built, so losses at different steps (and in resumed runs) are comparable.
+    /// Evaluate every K steps (0 = only at the end, when an evaluation source is given). Every periodic
+    /// evaluation reads the same <see cref="EvalBatches"/> batches: the evaluation source is rewound to where
+    /// it stood when the trainer was built, so losses at different steps (and in resumed runs) are comparable.
     /// </summary>
     public int EvalEvery { get; init; }
 
+    /// <summary>Batches of each periodic evaluation (a fixed sample), and of the final one unless <see cref="FinalEvalBatches"/> says otherwise.</summary>
     public int EvalBatches { get; init; } = 8;
+
+    /// <summary>Batches of the evaluation at the end of the run, from the same start (null: <see cref="EvalBatches"/>); one pass over a test split evaluates all of it.</summary>
+    public int? FinalEvalBatches { get; init; }
+
+    /// <summary>
+    /// Before each evaluation, re-estimate the dense model's BatchNorm statistics (null: evaluate with them as
+    /// they are: in SDP the holder-averaged ones) [I, §2.4 bnRecalib].
+    /// </summary>
+    public BatchNormRecalibration? BnRecalibration { get; init; }
 
     /// <summary>Where to save: a directory gets the full training state, a *.safetensors path the model only.</summary>
     public string? SavePath { get; init; }
@@ -33,21 +43,42 @@ public sealed record TrainerOptions
     public JsonObject? RunOptions { get; init; }
 
     /// <summary>
-    /// The run loop: step until <see cref="Steps"/>, evaluating and saving every K steps as
-    /// configured, then evaluating and saving once more at the end.
+    /// The run loop: step until <see cref="Steps"/>, evaluating <see cref="EvalBatches"/> batches and saving
+    /// every K steps as configured, then evaluating the final batches and saving once more at the end.
     /// </summary>
-    internal void RunLoop(Func<long> step, Action trainStep, Action? evaluate, Action<string> save)
+    internal void RunLoop(Func<long> step, Action trainStep, Action<int>? evaluate, Action<string> save)
     {
         while (step() < Steps)
         {
             trainStep();
             long done = step();
-            if (evaluate is not null && EvalEvery > 0 && done % EvalEvery == 0 && done < Steps) evaluate();
+            if (evaluate is not null && EvalEvery > 0 && done % EvalEvery == 0 && done < Steps) evaluate(EvalBatches);
             if (SavePath is not null && SaveEvery > 0 && done % SaveEvery == 0 && done < Steps) save(SavePath);
         }
-        evaluate?.Invoke();
+        evaluate?.Invoke(FinalEvalBatches ?? EvalBatches);
         if (SavePath is not null) save(SavePath);
     }
+}
+
+/// <summary>
+/// BatchNorm recalibration as torch.optim.swa_utils.update_bn does it: reset the running statistics, then run
+/// <see cref="Batches"/> batches of <see cref="Data"/> in training mode with a cumulative average, so each batch
+/// weighs 1/N and nothing of the reset is left. <see cref="Data"/> is training data with its own batch size
+/// (update_bn's loader, not a worker's stream); every recalibration reads the same batches from where it
+/// stood, and leaves it there.
+/// </summary>
+public sealed record BatchNormRecalibration
+{
+    public BatchNormRecalibration(IBatchSource data, int batches)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (batches < 1) throw new ArgumentException($"BatchNorm recalibration: batches must be at least 1, got {batches}");
+        (Data, Batches) = (data, batches);
+    }
+
+    public IBatchSource Data { get; }
+
+    public int Batches { get; }
 }
 
 /// <summary>One worker's part of a step.</summary>

@@ -223,6 +223,9 @@ public sealed class CliErrorTests : CliTestBase
         yield return Case("--batch 0", "--batch");
         yield return Case("--seq 0", "--seq");
         yield return Case("--eval-batches 0", "--eval-batches");
+        yield return Case("--final-eval all", "--final-eval", "all");
+        yield return Case("--augment none", "--augment", "resnet18");
+        yield return Case("--model resnet18 --augment mirror", "--augment", "mirror");
         yield return Case("--clip -1", "--clip");
         yield return Case("--steps 3 --warmup 3", "--warmup", "--steps", "cosine");
         yield return Case("--model gpt2", "--model", "gpt2", "llama", "resnet18");

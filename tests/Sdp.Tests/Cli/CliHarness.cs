@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Sdp.Cli;
 using Sdp.Engine;
 using Sdp.Models.Checkpoints;
@@ -87,6 +88,14 @@ public abstract class CliTestBase
         }
         args.AddRange(given);
         return Sdp([.. args]);
+    }
+
+    /// <summary>The records of a --metrics file after its "run" header: one per step, and the evaluations (marked "eval").</summary>
+    protected static List<JsonObject> MetricsRecords(string path)
+    {
+        var records = File.ReadAllLines(path).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        Assert.That(records[0]["run"], Is.Not.Null, $"{path} starts with the run header");
+        return records[1..];
     }
 
     /// <summary>Every file and directory under the test directory, with sizes and write times, to prove a run changed nothing.</summary>

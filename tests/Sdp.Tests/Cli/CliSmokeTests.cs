@@ -3,6 +3,7 @@ using Sdp.Engine;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
 using Sdp.Models.Llama;
+using Sdp.Tests.Data;
 
 namespace Sdp.Tests.Cli;
 
@@ -16,7 +17,7 @@ public sealed class CliSmokeTests : CliTestBase
     private static List<JsonObject> ReadJsonLines(string path)
         => File.ReadAllLines(path).Select(l => JsonNode.Parse(l) as JsonObject ?? throw new AssertionException($"not a JSON object: {l}")).ToList();
 
-    private static List<JsonObject> StepRecords(List<JsonObject> records) => records.Where(r => r["eval"] is null).ToList();
+    private static List<JsonObject> StepRecords(List<JsonObject> records) => records.Where(r => r["run"] is null && r["eval"] is null).ToList();
 
     private static List<JsonObject> EvalRecords(List<JsonObject> records) => records.Where(r => r["eval"] is not null).ToList();
 
@@ -200,7 +201,7 @@ public sealed class CliSmokeTests : CliTestBase
     public void Train_ResNet18_OnSyntheticImages_ReportsAccuracy()
     {
         File.WriteAllText("r.json", ResNetConfigJson);
-        var r = Train("--model resnet18 --config r.json --batch 4 --metrics m.jsonl --save r.safetensors");
+        var r = Train("--model resnet18 --config r.json --batch 4 --final-eval sample --metrics m.jsonl --save r.safetensors");
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("accuracy"));
         Assert.That(r.Out, Does.Not.Contain("entropy floor"));
@@ -210,6 +211,8 @@ public sealed class CliSmokeTests : CliTestBase
         var last = EvalRecords(records).Single();
         Assert.That(last["accuracy"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
         Assert.That(last["count"]!.GetValue<long>(), Is.EqualTo(4));
+        Assert.That(last["whole_split"]!.GetValue<bool>(), Is.False);
+        Assert.That(r.Out, Does.Contain("(sample of 4 images)"));
 
         var eval = Sdp(Args("eval --model resnet18 --checkpoint r.safetensors --data synthetic --batches 2 --batch 4 --json"));
         Assert.That(eval.ExitCode, Is.EqualTo(0), eval.ToString());
@@ -220,6 +223,44 @@ public sealed class CliSmokeTests : CliTestBase
             Assert.That(o["count"]!.GetValue<long>(), Is.EqualTo(8));
             Assert.That(o.ContainsKey("perplexity"), Is.False);
         });
+    }
+
+    [Test]
+    public void Train_ResNet18_OnMnist_DoesNotAugment_AndRecordsTheAugmentation()
+    {
+        // An MNIST directory gets the dataset's recipe, no augmentation; --augment overrides it. The choice is in
+        // the metrics header and in every worker's checkpoint state.
+        Directory.CreateDirectory("mnist");
+        RawFiles.Mnist("mnist", 12, 8);
+        static string? Recorded(JsonNode? options) => options?["augment"]?.GetValue<string>();
+        var r = Train("--model resnet18 --config {\"width\":4,\"in_channels\":1} --data mnist --batch 4 --steps 2 --warmup 0 --metrics m.jsonl --save state");
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+        Assert.That(r.Out, Does.Contain("12 images 1x8x8, 10 classes, augmentation none"));
+        Assert.That(Recorded(JsonNode.Parse(File.ReadLines("m.jsonl").First())!["run"]), Is.EqualTo("none"));
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(SdpCheckpoint.WorkerCheckpoint("state", 0), TrainingCheckpoint.StateFileName)));
+        Assert.That(Recorded(state!["options"]), Is.EqualTo("none"));
+
+        var forced = Train("--model resnet18 --config {\"width\":4,\"in_channels\":1} --data mnist --batch 4 --steps 2 --warmup 0 --augment crop-flip --metrics forced.jsonl");
+        Assert.That(forced.ExitCode, Is.EqualTo(0), forced.ToString());
+        Assert.That(forced.Out, Does.Contain("augmentation crop-flip"));
+        Assert.That(Recorded(JsonNode.Parse(File.ReadLines("forced.jsonl").First())!["run"]), Is.EqualTo("crop-flip"));
+    }
+
+    [Test]
+    public void Train_ResNet18_FinalEvaluationCoversTheWholeTestSplit()
+    {
+        // 12 MNIST test images in batches of 5 (5, 5, then 2): the final evaluation counts all 12, the periodic
+        // one after step 1 reads --eval-batches 1 batch; each line and record says which it was.
+        Directory.CreateDirectory("mnist");
+        RawFiles.Mnist("mnist", 12, 8);
+        var r = Train("--model resnet18 --config {\"width\":4,\"in_channels\":1} --data mnist --batch 5 --steps 2 --warmup 0 --eval-every 1 --metrics m.jsonl");
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+        Assert.That(r.Out, Does.Contain("eval step 1: ").And.Contain("(sample of 5 images)"));
+        Assert.That(r.Out, Does.Contain("eval step 2: ").And.Contain("(12 test images, whole split)"));
+        var evals = EvalRecords(ReadJsonLines("m.jsonl"));
+        Assert.That(evals.Select(e => (e["step"]!.GetValue<long>(), e["count"]!.GetValue<long>(), e["whole_split"]!.GetValue<bool>())),
+            Is.EqualTo(new[] { (1L, 5L, false), (2L, 12L, true) }));
+        Assert.That(JsonNode.Parse(File.ReadLines("m.jsonl").First())!["run"]!["final_eval"]!.GetValue<string>(), Is.EqualTo("split"));
     }
 
     [Test]

@@ -25,7 +25,7 @@ public sealed class TrainDistributedTests : CliTestBase
         Assert.That(r.Out, Does.Contain("GEMM packing buffers (per process, all threads): "));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "m.jsonl", "dense.safetensors" }));
 
-        var steps = File.ReadAllLines("m.jsonl").Select(l => JsonNode.Parse(l)!.AsObject()).Where(o => o["eval"] is null).ToList();
+        var steps = MetricsRecords("m.jsonl").Where(o => o["eval"] is null).ToList();
         Assert.That(steps.Select(s => s["step"]!.GetValue<long>()), Is.EqualTo(new long[] { 1, 2, 3 }));
         var config = LlamaConfig.FromJson(SmallConfig, "test");
         foreach (var s in steps)
@@ -54,7 +54,7 @@ public sealed class TrainDistributedTests : CliTestBase
         var sdp = Sdp(WithConfig("--workers 2 --mode sdp --subnet neuron --masking backward --coverage 1 --metrics sdp.jsonl"));
         Assert.That(dp.ExitCode, Is.EqualTo(0), dp.ToString());
         Assert.That(sdp.ExitCode, Is.EqualTo(0), sdp.ToString());
-        static double[] Losses(string path) => [.. File.ReadAllLines(path).Select(l => JsonNode.Parse(l)!["loss"]!.GetValue<double>())];
+        static double[] Losses(string path) => [.. MetricsRecords(path).Select(o => o["loss"]!.GetValue<double>())];
         Assert.That(Losses("sdp.jsonl"), Is.EqualTo(Losses("dp.jsonl")));
     }
 
@@ -70,10 +70,13 @@ public sealed class TrainDistributedTests : CliTestBase
     [Test]
     public void Resnet_neuron_backward_with_batchnorm_recalibration_reports_accuracy_and_holds_fewer_gradients()
     {
-        var r = Sdp(Args("train --model resnet18 --config {\"width\":4} --steps 2 --warmup 0 --batch 2 --eval-batches 1 --workers 4 --mode sdp --subnet neuron --masking backward --coverage 0.5 --bn-recalibrate 2 --metrics m.jsonl"));
+        var r = Sdp(Args("train --model resnet18 --config {\"width\":4} --steps 2 --warmup 0 --batch 2 --eval-batches 1 --workers 4 --mode sdp --subnet neuron --masking backward --coverage 0.5 --bn-recalibrate 2 --final-eval sample --metrics m.jsonl"));
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("accuracy").And.Contain("(assembled dense model)"));
-        var step = JsonNode.Parse(File.ReadAllLines("m.jsonl")[0])!.AsObject();
+        Assert.That(r.Out, Does.Contain("BatchNorm statistics re-estimated on 2 training batches of 64 (cumulative average)"));
+        var recalibration = JsonNode.Parse(File.ReadLines("m.jsonl").First())!["run"]!["bn_recalibrate"]!;
+        Assert.That((recalibration["batches"]!.GetValue<int>(), recalibration["batch"]!.GetValue<int>()), Is.EqualTo((2, 64)));
+        var step = MetricsRecords("m.jsonl")[0];
         foreach (var w in step["workers"]!.AsArray().Select(x => x!.AsObject()))
         {
             long parameters = w["memory"]!["parameters"]!["current"]!.GetValue<long>();
@@ -95,7 +98,7 @@ public sealed class TrainDistributedTests : CliTestBase
         var resumed = Sdp(Args($"train {run} --steps 4 --resume state --metrics resumed.jsonl"));
         Assert.That(resumed.ExitCode, Is.EqualTo(0), resumed.ToString());
         Assert.That(resumed.Out, Does.Contain("resumed from state at step 2"));
-        static double[] Losses(string path, long from) => [.. File.ReadAllLines(path).Select(l => JsonNode.Parse(l)!.AsObject())
+        static double[] Losses(string path, long from) => [.. MetricsRecords(path)
             .Where(o => o["eval"] is null && o["step"]!.GetValue<long>() > from).Select(o => o["loss"]!.GetValue<double>())];
         Assert.That(Losses("resumed.jsonl", 2), Is.EqualTo(Losses("straight.jsonl", 2)).And.Length.EqualTo(2));
     }
@@ -111,5 +114,6 @@ public sealed class TrainDistributedTests : CliTestBase
         Directory.Delete("single");
         AssertUsageError(Sdp(WithConfig("--workers 2 --resume somewhere")), before, "--resume");
         AssertUsageError(Sdp(WithConfig("--workers 2 --mode sdp --masking sideways")), before, "--masking");
+        AssertUsageError(Sdp(WithConfig("--bn-recalibrate 2 --bn-recalibrate-batch 0")), before, "--bn-recalibrate-batch");
     }
 }

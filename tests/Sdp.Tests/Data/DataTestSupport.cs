@@ -35,4 +35,29 @@ internal static class RawFiles
     }
 
     public static int[] Range(int start, int count) => Enumerable.Range(start, count).ToArray();
+
+    /// <summary>
+    /// An MNIST directory (plain IDX train and t10k files) of <paramref name="count"/> images of
+    /// <paramref name="size"/> x <paramref name="size"/> seeded noise each, labels i mod 10: a mirrored or
+    /// shifted image equals no image of the set.
+    /// </summary>
+    public static void Mnist(string directory, int count, int size)
+    {
+        var rng = new Sdp.Engine.Rng(21);
+        foreach (var prefix in new[] { "train", "t10k" })
+        {
+            var images = new byte[16 + count * size * size];
+            BinaryPrimitives.WriteInt32BigEndian(images, 2051);
+            BinaryPrimitives.WriteInt32BigEndian(images.AsSpan(4), count);
+            BinaryPrimitives.WriteInt32BigEndian(images.AsSpan(8), size);
+            BinaryPrimitives.WriteInt32BigEndian(images.AsSpan(12), size);
+            for (int i = 16; i < images.Length; i++) images[i] = (byte)rng.NextInt(256);
+            var labels = new byte[8 + count];
+            BinaryPrimitives.WriteInt32BigEndian(labels, 2049);
+            BinaryPrimitives.WriteInt32BigEndian(labels.AsSpan(4), count);
+            for (int i = 0; i < count; i++) labels[8 + i] = (byte)(i % 10);
+            System.IO.File.WriteAllBytes(System.IO.Path.Combine(directory, $"{prefix}-images-idx3-ubyte"), images);
+            System.IO.File.WriteAllBytes(System.IO.Path.Combine(directory, $"{prefix}-labels-idx1-ubyte"), labels);
+        }
+    }
 }

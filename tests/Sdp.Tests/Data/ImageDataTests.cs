@@ -1,7 +1,9 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
+using Sdp.Cli;
 using Sdp.Engine;
 using Sdp.Models.Data;
+using Sdp.Models.Training;
 
 namespace Sdp.Tests.Data;
 
@@ -225,14 +227,37 @@ public class ImageDataTests
         Assert.That(Next(loader).X[0], Is.EqualTo(0f), "image 6 dropped, epoch 1 starts again");
     }
 
-    [TestCase(false, false)]
-    [TestCase(true, true)]
-    public void Loader_workers_match_the_combined_batch(bool shuffle, bool augment)
+    [Test]
+    public void Loader_keeping_the_last_batch_reads_every_image_exactly_once_per_epoch([Values(false, true)] bool shuffle)
+    {
+        // 7 images in batches of 3: 3, 3, then the 1 left, so one epoch is each image once; then epoch 1.
+        var loader = new ImageLoader(Constant(7), batch: 3, shuffle, dropLast: false, seed: 6);
+        Assert.That(loader.BatchesPerEpoch, Is.EqualTo(3));
+        var seen = new List<float>();
+        foreach (int size in new[] { 3, 3, 1 })
+        {
+            Assert.That(loader.NextBatchSize, Is.EqualTo(size));
+            var (x, y) = loader.NextBatch();
+            Assert.That((x.Shape[0], y.Shape[0]), Is.EqualTo((size, size)));
+            seen.AddRange(x.ToArray<float>().Where((_, i) => i % 32 == 0));
+        }
+        Assert.That(seen.Order(), Is.EqualTo(Enumerable.Range(0, 7).Select(i => (float)i)), "every image once");
+        Assert.That(loader.State, Is.EqualTo(new DataLoaderState(1, 0, 0)));
+        Assert.That(loader.NextBatchSize, Is.EqualTo(3));
+
+        var small = new ImageLoader(Constant(2), batch: 5, shuffle, dropLast: false);
+        Assert.That((small.BatchesPerEpoch, small.NextBatchSize), Is.EqualTo((1L, 2)), "a set smaller than a batch is one batch");
+        Assert.That(() => new ImageLoader(Constant(7), 3, shuffle, workers: 2, dropLast: false), Throws.ArgumentException.With.Message.Contains("one worker"));
+    }
+
+    [TestCase(false, ImageAugmentation.None)]
+    [TestCase(true, ImageAugmentation.CropFlip)]
+    public void Loader_workers_match_the_combined_batch(bool shuffle, ImageAugmentation augmentation)
     {
         var ds = ShapesDataset.Create(40, seed: 2, size: 8);
         const int B = 3, W = 2;
-        var combined = new ImageLoader(ds, B * W, shuffle, augment, seed: 5);
-        var workers = Enumerable.Range(0, W).Select(w => new ImageLoader(ds, B, shuffle, augment, 5, w, W)).ToArray();
+        var combined = new ImageLoader(ds, B * W, shuffle, augmentation, seed: 5);
+        var workers = Enumerable.Range(0, W).Select(w => new ImageLoader(ds, B, shuffle, augmentation, 5, w, W)).ToArray();
         int size = ds.ImageSize;
         for (int step = 0; step < 9; step++) // 6 batches per epoch: crosses into epoch 1
         {
@@ -251,17 +276,17 @@ public class ImageDataTests
     {
         var ds = ShapesDataset.Create(30, seed: 1, size: 16);
         float[][] Run(ImageLoader l, int n) => [.. Enumerable.Range(0, n).Select(_ => Next(l).X)];
-        var a = Run(new ImageLoader(ds, 5, shuffle: true, augment: true, seed: 8), 12);
-        var b = Run(new ImageLoader(ds, 5, shuffle: true, augment: true, seed: 8), 12);
-        var c = Run(new ImageLoader(ds, 5, shuffle: true, augment: true, seed: 9), 12);
+        var a = Run(new ImageLoader(ds, 5, shuffle: true, augmentation: ImageAugmentation.CropFlip, seed: 8), 12);
+        var b = Run(new ImageLoader(ds, 5, shuffle: true, augmentation: ImageAugmentation.CropFlip, seed: 8), 12);
+        var c = Run(new ImageLoader(ds, 5, shuffle: true, augmentation: ImageAugmentation.CropFlip, seed: 9), 12);
         Assert.That(b, Is.EqualTo(a));
         Assert.That(c[0], Is.Not.EqualTo(a[0]));
 
-        var first = new ImageLoader(ds, 5, shuffle: true, augment: true, seed: 8);
+        var first = new ImageLoader(ds, 5, shuffle: true, augmentation: ImageAugmentation.CropFlip, seed: 8);
         Run(first, 4);
         var state = first.State;
         var rest = Run(first, 8);
-        var resumed = new ImageLoader(ds, 5, shuffle: true, augment: true, seed: 8) { State = state };
+        var resumed = new ImageLoader(ds, 5, shuffle: true, augmentation: ImageAugmentation.CropFlip, seed: 8) { State = state };
         Assert.That(Run(resumed, 8), Is.EqualTo(rest));
 
         // Shuffled labels: every image exactly once per epoch (30 = 6 batches of 5).
@@ -277,7 +302,7 @@ public class ImageDataTests
         // With augmentation each output is CropFlip(image, dx, dy, flip) for some |dx|, |dy| <= 4: check that
         // one of the 162 candidates reproduces it exactly, and that not all are the identity.
         var ds = ShapesDataset.Create(10, seed: 4, size: 12);
-        var loader = new ImageLoader(ds, 10, shuffle: false, augment: true, seed: 1);
+        var loader = new ImageLoader(ds, 10, shuffle: false, augmentation: ImageAugmentation.CropFlip, seed: 1);
         var (x, _) = Next(loader);
         var plain = new float[ds.ImageSize];
         var candidate = new byte[ds.ImageSize];
@@ -319,6 +344,64 @@ public class ImageDataTests
         Assert.That(() => loader.State = new DataLoaderState(0, 0, 3), Throws.ArgumentException.With.Message.Contains("0..2"));
         Assert.That(() => new ImageDataset("x", new byte[10], new byte[2], 1, 2, 2, 3, [0], [1]), Throws.ArgumentException.With.Message.Contains("10 pixel bytes"));
         Assert.That(() => new ImageDataset("x", new byte[8], [0, 3], 1, 2, 2, 3, [0], [1]), Throws.ArgumentException.With.Message.Contains("label 3 of image 1"));
+    }
+
+    // ---- per-dataset augmentation --------------------------------------------------------------------------
+
+    /// <summary>How many of <paramref name="batches"/> training batches' images are not, exactly, one image of the set with its label.</summary>
+    private static int AlteredImages(ImageLoader loader, int batches)
+    {
+        var ds = loader.Dataset;
+        var originals = Enumerable.Range(0, ds.Count).Select(i =>
+        {
+            var normalized = new float[ds.ImageSize];
+            ImageAugment.Normalize(ds.Image(i), normalized, ds.Channels, ds.Mean, ds.Std);
+            return (Pixels: normalized, Label: ds.Label(i));
+        }).ToList();
+        int altered = 0;
+        for (int b = 0; b < batches; b++)
+        {
+            var (x, y) = Next(loader);
+            for (int j = 0; j < loader.Batch; j++)
+            {
+                var image = x.AsSpan(j * ds.ImageSize, ds.ImageSize).ToArray();
+                if (!originals.Any(o => o.Label == y[j] && o.Pixels.AsSpan().SequenceEqual(image))) altered++;
+            }
+        }
+        return altered;
+    }
+
+    [Test]
+    public void Augmentation_is_the_datasets_cifar_crops_and_flips_mnist_and_shapes_do_not()
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir.File("b.bin"), CifarBytes(0, 2));
+        RawFiles.Mnist(dir.Path, 3, 6);
+        Assert.That(Cifar10.Load(dir.File("b.bin")).Augmentation, Is.EqualTo(ImageAugmentation.CropFlip));
+        Assert.That(Mnist.Load(dir.Path).Augmentation, Is.EqualTo(ImageAugmentation.None));
+        Assert.That(ShapesDataset.Create(2).Augmentation, Is.EqualTo(ImageAugmentation.None));
+        Assert.That(Mnist.Load(dir.Path).WithAugmentation(ImageAugmentation.CropFlip).WithNormalization([0.5], [0.5]).Augmentation, Is.EqualTo(ImageAugmentation.CropFlip));
+        Assert.That(ImageAugment.Parse(ImageAugment.NameOf(ImageAugmentation.CropFlip)), Is.EqualTo(ImageAugmentation.CropFlip));
+        Assert.That(() => ImageAugment.Parse("flip"), Throws.ArgumentException.With.Message.Contains("none, crop-flip"));
+    }
+
+    [Test]
+    public void Mnist_training_batches_are_never_flipped_or_cropped()
+    {
+        // The training stream the CLI builds for MNIST: 3 shuffled epochs of 20 images, every one exactly a stored
+        // image; the same stream with --augment crop-flip alters most of them, so the check can see an augmentation.
+        using var dir = new TempDir();
+        RawFiles.Mnist(dir.Path, 20, 6);
+        var (source, _, description) = RunSetup.BuildData("resnet18", dir.Path, batch: 5, seq: 1, shuffle: true, seed: 4, train: true);
+        var loader = ((ImageBatches)source).Loader;
+        Assert.That(loader.Augmentation, Is.EqualTo(ImageAugmentation.None));
+        Assert.That(description, Does.EndWith("augmentation none"));
+        Assert.That(AlteredImages(loader, 12), Is.Zero);
+
+        var forced = ((ImageBatches)RunSetup.BuildData("resnet18", dir.Path, 5, 1, true, 4, train: true, augmentation: ImageAugmentation.CropFlip).Source).Loader;
+        Assert.That(AlteredImages(forced, 12), Is.GreaterThan(30));
+        var test = ((ImageBatches)RunSetup.BuildData("resnet18", dir.Path, 5, 1, true, 4, train: false, augmentation: ImageAugmentation.CropFlip).Source).Loader;
+        Assert.That(test.Augmentation, Is.EqualTo(ImageAugmentation.None), "evaluation never augments");
     }
 
     // ---- procedural shapes -------------------------------------------------------------------------------

@@ -440,7 +440,8 @@ public class SdpAcceptanceTests(IBackend backend) : DeviceFixture(backend)
     {
         // DP keeps no second dense model: worker 0's is it. Evaluating it with BatchNorm recalibration must not
         // change what the workers train on, so the run continues exactly as one that never evaluated.
-        using var evaluated = new Trainer(ResNetModel(SubnetLevel.Block), Dp(2) with { BnRecalibrationBatches = 2 }, AdamW, w => Images(w, 2), Options(3));
+        var recalibration = new BatchNormRecalibration(Images(0, 1), 2);
+        using var evaluated = new Trainer(ResNetModel(SubnetLevel.Block), Dp(2), AdamW, w => Images(w, 2), Options(3) with { BnRecalibration = recalibration });
         using var plain = new Trainer(ResNetModel(SubnetLevel.Block), Dp(2), AdamW, w => Images(w, 2), Options(3));
         Train(evaluated, 2);
         Train(plain, 2);

@@ -1,6 +1,7 @@
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Backends;
 using Sdp.Engine.Memory;
+using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
 using Sdp.Engine;
 using Sdp.Models.Checkpoints;
@@ -193,6 +194,110 @@ public class TrainerBehaviourTests(IBackend backend) : DeviceFixture(backend)
         Assert.That(model.Module.IsTraining, Is.False, "evaluation mode is kept too");
     }
 
+    [Test]
+    public void Batchnorm_recalibration_is_the_mean_of_the_batch_means_and_unbiased_variances()
+    {
+        // Training moves the running statistics away from the reset (mean 0, variance 1) with momentum 0.1; the
+        // recalibration must leave nothing of them nor of the reset: the statistics evaluated with are exactly
+        // the float64 average, over its 5 batches of 6 images, of each batch's per-channel mean and unbiased
+        // variance. Afterwards the model, its momentum and the recalibration data are as they were.
+        var dataset = ShapesDataset.Create(60, seed: 3, size: 8);
+        IBatchSource Recalibration() => new ImageBatches(new ImageLoader(dataset, batch: 6, shuffle: true, ImageAugmentation.CropFlip, seed: 4));
+        const int batches = 5;
+        using var probe = new BatchNormProbe(3);
+        using var opt = new Sgd(probe.Module.Parameters(), lr: 0.05);
+        var recalibration = Recalibration();
+        recalibration.NextBatch(); // recalibration reads on from where its data stands
+        using var trainer = new Trainer(probe, opt, new ImageBatches(new ImageLoader(dataset, batch: 4, seed: 2)),
+            new TrainerOptions { Steps = 3, Schedule = new ConstantSchedule(0.05), BnRecalibration = new BatchNormRecalibration(recalibration, batches) }, new MemoryAccount("bn-probe"));
+        trainer.Run();
+        var before = ModuleCheckpoint.StateDict(probe.Module).ToDictionary(e => e.Name, e => Bits(e.Tensor));
+        var position = recalibration.State;
+
+        trainer.Evaluate(new ImageBatches(new ImageLoader(dataset, batch: 10, shuffle: false)), 1);
+
+        var reference = Recalibration();
+        reference.NextBatch();
+        var mean = new double[3];
+        var variance = new double[3];
+        for (int b = 0; b < batches; b++)
+        {
+            var (x, _) = reference.NextBatch();
+            var values = x.ToArray<float>();
+            int n = x.Shape[0], plane = x.Shape[2] * x.Shape[3], count = n * plane;
+            for (int c = 0; c < 3; c++)
+            {
+                var channel = Enumerable.Range(0, n).SelectMany(i => values.Skip((i * 3 + c) * plane).Take(plane)).Select(v => (double)v).ToArray();
+                double mu = channel.Average();
+                mean[c] += mu / batches;
+                variance[c] += channel.Sum(v => (v - mu) * (v - mu)) / (count - 1) / batches;
+            }
+        }
+        var (evaluatedMean, evaluatedVariance, _) = probe.Evaluated.Single();
+        Assert.That(evaluatedMean, Is.EqualTo(mean).Within(1e-6), "running mean");
+        Assert.That(evaluatedVariance, Is.EqualTo(variance).Within(1e-6), "running variance");
+        Assert.That(ModuleCheckpoint.StateDict(probe.Module).ToDictionary(e => e.Name, e => Bits(e.Tensor)), Is.EqualTo(before), "statistics and counter put back");
+        Assert.That(probe.Norm.Momentum, Is.EqualTo(0.1), "momentum put back");
+        Assert.That(recalibration.State, Is.EqualTo(position), "recalibration data put back");
+    }
+
+    [Test]
+    public void Final_evaluation_reads_every_test_image_once_and_periodic_ones_the_same_sample()
+    {
+        // 23 one-pixel-per-id images (image i is all i) in evaluation batches of 5 kept to the end: 5 batches, the
+        // last of 3. Periodic evaluations (steps 2 and 4) read the first EvalBatches = 2 batches; the final one
+        // (step 5) reads FinalEvalBatches = one pass, every image exactly once.
+        var ids = new ImageDataset("ids", [.. Enumerable.Range(0, 23).SelectMany(i => Enumerable.Repeat((byte)i, 4))], [.. Enumerable.Range(0, 23).Select(i => (byte)(i % 10))],
+            1, 2, 2, 10, [0], [1 / 255.0]);
+        var test = new ImageLoader(ids, batch: 5, shuffle: false, dropLast: false);
+        using var probe = new BatchNormProbe(1);
+        using var opt = new Sgd(probe.Module.Parameters(), lr: 0.05);
+        using var trainer = new Trainer(probe, opt, new ImageBatches(new ImageLoader(ids, batch: 4, seed: 2)),
+            new TrainerOptions { Steps = 5, Schedule = new ConstantSchedule(0.05), EvalEvery = 2, EvalBatches = 2, FinalEvalBatches = (int)test.BatchesPerEpoch },
+            new MemoryAccount("eval-probe"), new ImageBatches(test));
+        var evaluations = new List<EvalMetrics>();
+        trainer.Evaluated += evaluations.Add;
+        trainer.Run();
+
+        Assert.That(evaluations.Select(e => (e.Step, e.Count)), Is.EqualTo(new[] { (2L, 10L), (4L, 10L), (5L, 23L) }));
+        var images = probe.Evaluated.Select(e => e.Images).ToList();
+        Assert.That(images, Has.Count.EqualTo(2 + 2 + 5), "batches evaluated");
+        Assert.That(images.Take(2).SelectMany(i => i), Is.EqualTo(images.Skip(2).Take(2).SelectMany(i => i)).And.EqualTo(Enumerable.Range(0, 10)), "the same sample each time");
+        Assert.That(images.Skip(4).SelectMany(i => i).Order(), Is.EqualTo(Enumerable.Range(0, 23)), "the whole split, each image once");
+    }
+
+    /// <summary>
+    /// One BatchNorm2d on the raw images. Evaluating a batch records the running statistics it normalises with
+    /// and the images' first values (an image id for sets whose image i is all i).
+    /// </summary>
+    private sealed class BatchNormProbe(int channels) : ITrainable
+    {
+        public BatchNorm2d Norm { get; } = new(channels);
+
+        public List<(double[] Mean, double[] Variance, int[] Images)> Evaluated { get; } = [];
+
+        public Module Module => Norm;
+
+        public string ConfigJson => "{}";
+
+        public string ItemUnit => "images";
+
+        public long ItemsIn(Tensor inputs) => inputs.Shape[0];
+
+        public Tensor Loss(Tensor inputs, Tensor targets) => Ops.Mean(Norm.Forward(inputs));
+
+        public BatchEvaluation Evaluate(Tensor inputs, Tensor targets)
+        {
+            var values = inputs.ToArray<float>();
+            int imageSize = values.Length / inputs.Shape[0];
+            Evaluated.Add((Array.ConvertAll(Norm.RunningMean.ToArray<float>(), v => (double)v), Array.ConvertAll(Norm.RunningVar.ToArray<float>(), v => (double)v),
+                [.. Enumerable.Range(0, inputs.Shape[0]).Select(i => (int)values[i * imageSize])]));
+            return new BatchEvaluation(0, inputs.Shape[0], null);
+        }
+
+        public void Dispose() => Norm.Dispose();
+    }
+
     private static ResNetTrainable NewResNetCopy(ResNetTrainable model)
     {
         var copy = new ResNetTrainable(new ResNet18(model.Model.Config, new Rng(99)));
@@ -314,7 +419,7 @@ public class TrainerBehaviourTests(IBackend backend) : DeviceFixture(backend)
             {
                 var dataset = ShapesDataset.Create(16, seed: 1, size: 16);
                 model = new ResNetTrainable(new ResNet18(new ResNetConfig(Width: 2), new Rng(1)));
-                (train, eval) = (new ImageBatches(new ImageLoader(dataset, batch: 4, augment: true, seed: 1)), new ImageBatches(new ImageLoader(dataset, batch: 4, shuffle: false)));
+                (train, eval) = (new ImageBatches(new ImageLoader(dataset, batch: 4, augmentation: ImageAugmentation.CropFlip, seed: 1)), new ImageBatches(new ImageLoader(dataset, batch: 4, shuffle: false)));
             }
         }
         using (model)

@@ -111,7 +111,7 @@ public class TrainerResumeTests(IBackend backend) : DeviceFixture(backend)
             seed => new ResNetTrainable(new ResNet18(new ResNetConfig(Width: 3), new Rng(seed))),
             (json, seed) => new ResNetTrainable(new ResNet18(ResNetConfig.FromJson(json), new Rng(seed))),
             m => new Sgd(m.Module.Parameters(), lr: 0.05, momentum: 0.9, weightDecay: 5e-4),
-            () => new ImageBatches(new ImageLoader(dataset, batch: 8, shuffle: true, augment: true, seed: 11)),
+            () => new ImageBatches(new ImageLoader(dataset, batch: 8, shuffle: true, augmentation: ImageAugmentation.CropFlip, seed: 11)),
             new WarmupCosineSchedule(0.05, 3, TotalSteps, 0.005),
             Clip: 2.0);
         var (expected, reference) = AssertResumesBitExactly(recipe);
