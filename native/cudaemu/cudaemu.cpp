@@ -19,6 +19,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <link.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -797,6 +798,14 @@ nvrtcResult compile(Program& p, int num_options, const char* const* options) {
     wbuf.push_back(0);
     if (!mkdtemp(wbuf.data())) { p.log = "cudaemu: cannot create a directory in " + cache + "\n"; return NVRTC_ERROR_INTERNAL_ERROR; }
     std::string work = wbuf.data();
+    // The work directory goes away on every path, unless CUDAEMU_KEEP=1 keeps the generated unit.cpp.
+    struct Cleanup {
+        std::string dir;
+        ~Cleanup() {
+            if (env_long("CUDAEMU_KEEP", 0) != 0) return;
+            nftw(dir.c_str(), [](const char* f, const struct stat*, int, FTW*) { return remove(f); }, 16, FTW_DEPTH | FTW_PHYS);
+        }
+    } cleanup{work};
     std::string src_name = p.name.empty() ? "kernel.cu" : p.name;
     for (char& c : src_name) if (c == '/') c = '_';
     mkdirs(work + "/include");
@@ -827,14 +836,6 @@ nvrtcResult compile(Program& p, int num_options, const char* const* options) {
     if (rename((work + "/module.so").c_str(), so.c_str()) != 0) {
         p.log += "cudaemu: cannot move the module into " + so + "\n";
         return NVRTC_ERROR_INTERNAL_ERROR;
-    }
-    // Keep the work directory only when asked (CUDAEMU_KEEP=1): it holds the generated unit.cpp.
-    if (env_long("CUDAEMU_KEEP", 0) == 0) {
-        for (const char* f : {"unit.ii", "unit.cpp", "pre.log", "cc.log"}) unlink((work + "/" + f).c_str());
-        unlink((work + "/" + src_name).c_str());
-        for (auto& [n, t] : p.headers) unlink((work + "/include/" + n).c_str());
-        rmdir((work + "/include").c_str());
-        rmdir(work.c_str());
     }
     p.log += "cudaemu: compiled " + std::to_string(names.size()) + " kernel(s) into " + so + "\n";
     p.token = kTokenPrefix + so;
