@@ -26,6 +26,15 @@ function Invoke-Checked([string] $what, [scriptblock] $command) {
     if ($LASTEXITCODE -ne 0) { throw "$what failed with exit code $LASTEXITCODE" }
 }
 
+# The emulated CUDA device (native/cudaemu) is compiled by the solution build and compiles kernels with
+# the host compiler at test time; install clang-14 where it is missing (Debian, as root).
+function Install-Clang {
+    if (-not $IsLinux -or (Get-Command clang++-14 -ErrorAction SilentlyContinue)) { return }
+    if (-not (Get-Command apt-get -ErrorAction SilentlyContinue) -or (& id -u) -ne '0') { return }
+    Invoke-Checked 'apt-get update' { apt-get update -qq }
+    Invoke-Checked 'apt-get install clang-14' { apt-get install -y -qq clang-14 }
+}
+
 function Invoke-Build {
     Invoke-Checked 'dotnet build' { dotnet build $solution -c $Configuration --nologo }
 }
@@ -60,6 +69,8 @@ function Invoke-Test {
     Write-Host "$($counts.passed) passed, $($counts.failed) failed, $($counts.skipped) skipped"
     if ($exit -ne 0) { exit $exit }
 }
+
+if ($Target -in 'build', 'test', 'pack') { Install-Clang }
 
 switch ($Target) {
     'build' { Invoke-Build }

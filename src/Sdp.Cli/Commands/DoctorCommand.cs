@@ -34,6 +34,11 @@ public static class DoctorCommand
                 string? found = names.FirstOrDefault(n => NativeLibrary.TryLoad(n, out nint _));
                 Console.WriteLine($"{role,-26} {(found is null ? "not found" : "found: " + found)}");
             }
+            // Which CUDA entry points Sdp's bindings would use (SDP_CUDA=auto|emu|real).
+            var real = Sdp.Kernels.Cuda.Cuda.TryLoad(Sdp.Kernels.Cuda.CudaImplementation.Real, out string whyNotReal);
+            var emulated = Sdp.Kernels.Cuda.Cuda.EmulatorPath();
+            Console.WriteLine($"{"CUDA (real)",-26} {(real is null ? "no: " + whyNotReal : real.ToString())}");
+            Console.WriteLine($"{"CUDA (emulated device)",-26} {(emulated is null ? "not built (libcudaemu.so missing)" : emulated)}");
             return 0;
         });
         return cmd;

@@ -1,0 +1,1431 @@
+// cudaemu.cpp — an emulated CUDA device: the driver and NVRTC entry points Sdp calls, with their
+// real C signatures, running kernels compiled as host C++ (see cudaemu.h) on the CPU.
+//
+//   NVRTC      nvrtcCompileProgram runs the host compiler (clang++-14, clang++ or g++; SDP_CUDAEMU_CXX
+//              overrides) on the source with cudaemu.h force-included, into a shared object cached on
+//              disk by content hash. Its "PTX" is a token naming that file; cuModuleLoadData dlopens it.
+//   launches   every CUDA thread of a block is a fiber on a worker OS thread; a barrier or a warp
+//              operation hands control directly to the next runnable fiber. Blocks are spread over a
+//              pool of worker threads. cuLaunchKernel runs the grid to completion before returning, so
+//              streams and events are trivially ordered.
+//   memory     device memory is host memory between guard pages, poisoned with 0xFF bytes (NaN as float)
+//              when allocated, shared memory likewise before every block.
+//   errors     a fault on a guard page (or anywhere) inside kernel code becomes CUDA_ERROR_ILLEGAL_ADDRESS
+//              naming kernel, block, thread and the allocation; barrier misuse and warp deadlocks become
+//              CUDA_ERROR_LAUNCH_FAILED. The detail is in cudaemuGetLastErrorMessage(), an extension the
+//              C# binding reads when it finds this library. Errors are not sticky (unlike a real context).
+#define CUDAEMU_RUNTIME  // only the ABI part of the header
+#include "cudaemu.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <link.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+extern char** environ;
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef int nvrtcResult;
+
+enum : int {
+    CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_OUT_OF_MEMORY = 2, CUDA_ERROR_NOT_INITIALIZED = 3,
+    CUDA_ERROR_NO_DEVICE = 100, CUDA_ERROR_INVALID_DEVICE = 101, CUDA_ERROR_INVALID_IMAGE = 200,
+    CUDA_ERROR_INVALID_CONTEXT = 201, CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND = 302,
+    CUDA_ERROR_INVALID_HANDLE = 400, CUDA_ERROR_NOT_FOUND = 500, CUDA_ERROR_NOT_READY = 600,
+    CUDA_ERROR_ILLEGAL_ADDRESS = 700, CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701, CUDA_ERROR_LAUNCH_FAILED = 719,
+    CUDA_ERROR_NOT_SUPPORTED = 801, CUDA_ERROR_UNKNOWN = 999,
+};
+enum : int {
+    NVRTC_SUCCESS = 0, NVRTC_ERROR_OUT_OF_MEMORY = 1, NVRTC_ERROR_PROGRAM_CREATION_FAILURE = 2,
+    NVRTC_ERROR_INVALID_INPUT = 3, NVRTC_ERROR_INVALID_PROGRAM = 4, NVRTC_ERROR_INVALID_OPTION = 5,
+    NVRTC_ERROR_COMPILATION = 6, NVRTC_ERROR_INTERNAL_ERROR = 11,
+};
+
+namespace {
+
+// ---- limits of the emulated device (an H100/H200-like sm_90) -------------------------------------
+constexpr int kWarp = 32;
+constexpr int kMaxThreads = 1024;
+constexpr unsigned kDefaultDynSmem = 48 * 1024;   // without cuFuncSetAttribute(..., 8, bytes)
+constexpr unsigned kMaxDynSmem = 232448;          // CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+constexpr size_t kPage = 4096;
+constexpr size_t kAlign = 16;                     // allocation alignment: ends sit flush on the guard page
+constexpr unsigned char kPoison = 0xFF;           // 0xFFFFFFFF is a NaN float (and -1 as int)
+constexpr unsigned char kCanary = 0xCA;
+const char* const kTokenPrefix = "CUDAEMU-MODULE:";
+
+// ---- per-thread error detail ---------------------------------------------------------------------
+thread_local char t_message[4096];
+
+CUresult fail(CUresult code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+CUresult fail(CUresult code, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t_message, sizeof t_message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+long env_long(const char* name, long fallback) {
+    const char* v = getenv(name);
+    return v && *v ? strtol(v, nullptr, 10) : fallback;
+}
+
+// ---- device memory -------------------------------------------------------------------------------
+struct Alloc {
+    uintptr_t user;   // what cuMemAlloc returned
+    size_t size;
+    char* map;        // [guard page][data pages][guard page]
+    size_t map_len;
+    int device;
+};
+std::mutex g_mem_mutex;
+std::map<uintptr_t, Alloc> g_allocs;  // keyed by user address
+size_t g_used = 0;
+
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+size_t device_total() { return (size_t)env_long("CUDAEMU_MEMORY_MB", 16384) << 20; }
+
+// The allocation containing [p, p+n) (n may be 0: then p may equal the end). Caller holds g_mem_mutex.
+const Alloc* find_alloc(uintptr_t p, size_t n) {
+    auto it = g_allocs.upper_bound(p);
+    if (it == g_allocs.begin()) return nullptr;
+    --it;
+    const Alloc& a = it->second;
+    if (p >= a.user && p + n <= a.user + a.size && p <= a.user + a.size) return &a;
+    return nullptr;
+}
+
+bool valid_range(uintptr_t p, size_t n) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    return find_alloc(p, n) != nullptr;
+}
+
+// Writes past the end that stayed inside the <16-byte alignment tail (so missed the guard page).
+std::string check_canaries() {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    for (auto& [user, a] : g_allocs) {
+        unsigned char* tail = (unsigned char*)(a.user + a.size);
+        size_t slack = round_up(a.size, kAlign) - a.size;
+        for (size_t i = 0; i < slack; i++) {
+            if (tail[i] != kCanary) {
+                char buf[256];
+                snprintf(buf, sizeof buf, "a kernel wrote %zu byte(s) past the end of the %zu-byte allocation at 0x%llx",
+                         i + 1, a.size, (unsigned long long)a.user);
+                memset(tail, kCanary, slack);
+                return buf;
+            }
+        }
+    }
+    return {};
+}
+
+// ---- contexts, streams, events, modules ----------------------------------------------------------
+struct Context { int device; int refs; };
+struct Stream { unsigned magic = 0x5752u; };
+struct Event { unsigned magic = 0xE7E7u; bool recorded = false; double ms = 0; };
+
+struct Module;
+struct Function {
+    Module* module;
+    const cudaemu_kernel_entry* entry;
+    unsigned max_dyn_smem = kDefaultDynSmem;
+};
+struct Module {
+    void* handle;
+    std::string path;
+    std::vector<std::unique_ptr<Function>> functions;
+    size_t tls_size = 0;                  // the module's thread_local block: its static __shared__ variables
+    size_t tls_modid = 0;
+    void* (*tls_touch)() = nullptr;
+};
+
+std::atomic<bool> g_initialized{false};
+int g_device_count = 1;
+Context g_contexts[16];
+thread_local Context* t_current = nullptr;
+
+CUresult need_context() {
+    if (!g_initialized) return fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+    if (!t_current) return fail(CUDA_ERROR_INVALID_CONTEXT, "no current context on this thread (call cuCtxSetCurrent first)");
+    return CUDA_SUCCESS;
+}
+
+// ---- fibers --------------------------------------------------------------------------------------
+#if defined(__x86_64__) && !defined(CUDAEMU_USE_UCONTEXT)
+// Saves the callee-saved registers on the old stack, swaps stack pointers, restores. About 20
+// instructions; the FP control words are not saved (kernels do not change them).
+asm(R"(
+.text
+.globl cudaemu_switch
+.hidden cudaemu_switch
+.type cudaemu_switch,@function
+cudaemu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size cudaemu_switch, .-cudaemu_switch
+)");
+extern "C" void cudaemu_switch(void** save_sp, void* new_sp);
+struct FiberCtx { void* sp; };
+void ctx_init(FiberCtx& c, char* stack_top, void (*entry)()) {
+    uintptr_t top = (uintptr_t)stack_top & ~(uintptr_t)15;
+    void** sp = (void**)top;
+    *--sp = nullptr;          // fake return address of entry: at entry rsp % 16 == 8, as after a call
+    *--sp = (void*)entry;     // popped by cudaemu_switch's ret
+    for (int i = 0; i < 6; i++) *--sp = nullptr;  // rbp rbx r12-r15
+    c.sp = sp;
+}
+inline void ctx_switch(FiberCtx& from, FiberCtx& to) { cudaemu_switch(&from.sp, to.sp); }
+#else
+struct FiberCtx { ucontext_t uc; };
+void ctx_init(FiberCtx& c, char* stack_top, void (*entry)(), size_t stack_size) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack_top - stack_size;
+    c.uc.uc_stack.ss_size = stack_size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+inline void ctx_switch(FiberCtx& from, FiberCtx& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+enum FiberState : unsigned char { READY, AT_BARRIER, AT_WARP, DONE };
+
+struct Fiber {
+    FiberCtx ctx;
+    cudaemu_thread_ctx tc;
+    FiberState state;
+    int op;           // warp operation posted while AT_WARP
+    unsigned mask;
+    int arg, width;
+    unsigned long long value, result;
+};
+
+struct Launch {
+    Function* fn;
+    dim3 grid, block;
+    unsigned smem;
+    void** params;
+    unsigned long long total_blocks;
+    std::atomic<unsigned long long> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex err_mutex;
+    CUresult err = CUDA_SUCCESS;
+    std::string message;
+    void set_error(CUresult code, const std::string& msg) {
+        std::lock_guard<std::mutex> lock(err_mutex);
+        if (err == CUDA_SUCCESS) { err = code; message = msg; }
+        failed = true;
+    }
+};
+
+struct Worker {
+    pthread_t thread{};
+    std::vector<Fiber> fibers = std::vector<Fiber>(kMaxThreads);
+    std::vector<char*> stacks;     // stack top per fiber slot, grown on demand
+    size_t stack_size = 0;
+    FiberCtx sched{};
+    int n = 0, cur = 0, at_barrier = 0, done = 0;
+    int warp_arrived[kMaxThreads / kWarp];  // lanes waiting in a warp operation, per warp
+    Launch* launch = nullptr;
+    CUresult block_err = CUDA_SUCCESS;
+    std::string block_msg;
+    char* module_tls = nullptr;
+    // written by the signal handler, read after siglongjmp
+    sigjmp_buf jmp;
+    volatile sig_atomic_t in_kernel = 0;
+    volatile int fault_sig = 0;
+    void* volatile fault_addr = nullptr;
+    volatile int fault_write = -1;
+    std::vector<std::pair<char*, char*>> stack_guards;
+};
+
+// Fixed table the signal handler scans (no locks, no TLS: the faulting thread may be any thread).
+constexpr int kMaxWorkers = 64;
+std::atomic<int> g_worker_count{0};
+pthread_t g_worker_threads[kMaxWorkers];
+Worker* g_worker_ptrs[kMaxWorkers];
+
+thread_local Worker* t_worker = nullptr;
+
+dim3 unlinear(unsigned long long i, dim3 d) {
+    return dim3((unsigned)(i % d.x), (unsigned)((i / d.x) % d.y), (unsigned)(i / ((unsigned long long)d.x * d.y)));
+}
+
+std::string fmt3(dim3 d) {
+    char b[64];
+    snprintf(b, sizeof b, "(%u,%u,%u)", d.x, d.y, d.z);
+    return b;
+}
+std::string fmt3(uint3 d) { return fmt3(dim3(d.x, d.y, d.z)); }
+
+std::string where(Worker* w, int fiber) {
+    const cudaemu_thread_ctx& tc = w->fibers[fiber].tc;
+    return "kernel '" + std::string(w->launch->fn->entry->name) + "' block " + fmt3(tc.blockIdx) + " thread " + fmt3(tc.threadIdx);
+}
+
+// Control passes straight to the next runnable fiber of the block; the scheduler (the worker's own
+// stack) gets it back only when nobody can run: the block is done, or it is stuck.
+void yield(Worker* w) {
+    int i = w->cur, n = w->n;
+    for (int k = 1; k <= n; k++) {
+        int j = i + k < n ? i + k : i + k - n;
+        if (w->fibers[j].state == READY) {
+            w->cur = j;
+            ctx_switch(w->fibers[i].ctx, w->fibers[j].ctx);
+            return;
+        }
+    }
+    ctx_switch(w->fibers[i].ctx, w->sched);
+}
+
+[[noreturn]] void abort_block(Worker* w, CUresult code, const std::string& msg) {
+    w->block_err = code;
+    w->block_msg = msg;
+    ctx_switch(w->fibers[w->cur].ctx, w->sched);
+    __builtin_unreachable();
+}
+
+void fiber_entry() {
+    Worker* w = t_worker;
+    w->launch->fn->entry->thunk(w->launch->params);
+    w->fibers[w->cur].state = DONE;
+    w->done++;
+    yield(w);
+    __builtin_unreachable();
+}
+
+std::string lanes_text(unsigned m) {
+    std::string s;
+    for (int l = 0; l < kWarp;) {
+        if (!(m >> l & 1)) { l++; continue; }
+        int e = l;
+        while (e + 1 < kWarp && (m >> (e + 1) & 1)) e++;
+        if (!s.empty()) s += ",";
+        s += std::to_string(l);
+        if (e > l) s += "-" + std::to_string(e);
+        l = e + 1;
+    }
+    return s.empty() ? "none" : s;
+}
+
+const char* op_name(int op) {
+    switch (op) {
+    case CUDAEMU_SYNCWARP: return "__syncwarp";
+    case CUDAEMU_SHFL: return "__shfl_sync";
+    case CUDAEMU_SHFL_XOR: return "__shfl_xor_sync";
+    case CUDAEMU_SHFL_DOWN: return "__shfl_down_sync";
+    case CUDAEMU_SHFL_UP: return "__shfl_up_sync";
+    case CUDAEMU_BALLOT: return "__ballot_sync";
+    case CUDAEMU_ANY: return "__any_sync";
+    case CUDAEMU_ALL: return "__all_sync";
+    default: return "warp operation";
+    }
+}
+
+// The block cannot go on: say why, in terms of CUDA.
+std::string diagnose_stuck(Worker* w) {
+    for (int i = 0; i < w->n; i++) {
+        if (w->fibers[i].state != AT_WARP) continue;
+        int warp = i / kWarp, base = warp * kWarp;
+        const Fiber& f = w->fibers[i];
+        unsigned waiting = 0, exited = 0, barrier = 0, other = 0;
+        for (int l = 0; l < kWarp && base + l < w->n; l++) {
+            const Fiber& g = w->fibers[base + l];
+            if (!(f.mask >> l & 1)) continue;
+            if (g.state == AT_WARP && g.op == f.op && g.mask == f.mask) waiting |= 1u << l;
+            else if (g.state == DONE) exited |= 1u << l;
+            else if (g.state == AT_BARRIER) barrier |= 1u << l;
+            else other |= 1u << l;
+        }
+        std::string msg = "deadlock in " + where(w, i) + ": warp " + std::to_string(warp) + " lanes " + lanes_text(waiting) +
+                          " wait in " + op_name(f.op) + "(mask 0x";
+        char hex[16];
+        snprintf(hex, sizeof hex, "%08x", f.mask);
+        msg += hex;
+        msg += ")";
+        if (exited) msg += "; lanes " + lanes_text(exited) + " have exited";
+        if (barrier) msg += "; lanes " + lanes_text(barrier) + " wait at __syncthreads";
+        if (other) msg += "; lanes " + lanes_text(other) + " wait in a different warp operation";
+        msg += " (a warp operation whose mask names lanes that never reach it, e.g. a full-mask shuffle inside a divergent branch)";
+        return msg;
+    }
+    int first_done = -1, first_wait = -1;
+    for (int i = 0; i < w->n; i++) {
+        if (w->fibers[i].state == DONE && first_done < 0) first_done = i;
+        if (w->fibers[i].state == AT_BARRIER && first_wait < 0) first_wait = i;
+    }
+    std::string msg = "barrier misuse in " + where(w, first_wait >= 0 ? first_wait : 0) + ": __syncthreads reached by " +
+                      std::to_string(w->at_barrier) + " of " + std::to_string(w->n) + " threads; " + std::to_string(w->done) +
+                      " threads exited without reaching it";
+    if (first_done >= 0) msg += " (e.g. thread " + fmt3(w->fibers[first_done].tc.threadIdx) + ")";
+    msg += ": a return or a branch before __syncthreads that not every thread of the block takes";
+    return msg;
+}
+
+void ensure_stacks(Worker* w, int n) {
+    if ((int)w->stacks.size() >= n) return;
+    if (!w->stack_size) w->stack_size = round_up((size_t)env_long("CUDAEMU_STACK_KB", 64) << 10, kPage);
+    size_t slot = w->stack_size + kPage;  // a guard page below each stack
+    int have = (int)w->stacks.size(), add = n - have;
+    char* region = (char*)mmap(nullptr, slot * add, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (region == MAP_FAILED) { perror("cudaemu: fiber stacks"); abort(); }
+    for (int i = 0; i < add; i++) {
+        char* base = region + slot * i;
+        mprotect(base, kPage, PROT_NONE);
+        w->stack_guards.push_back({base, base + kPage});
+        // Stagger the tops by a cache line per fiber: stacks a fixed power of two apart would
+        // compete for the same cache sets.
+        w->stacks.push_back(base + slot - (size_t)((have + i) % 64) * 64);
+    }
+}
+
+void poison_shared(Worker* w, unsigned smem) {
+    if (smem) memset(dyn_smem, kPoison, smem);
+    if (w->module_tls) memset(w->module_tls, kPoison, w->launch->fn->module->tls_size);
+}
+
+void run_block(Worker* w, unsigned long long b) {
+    Launch* L = w->launch;
+    int n = (int)(L->block.x * L->block.y * L->block.z);
+    dim3 bi = unlinear(b, L->grid);
+    ensure_stacks(w, n);
+    w->n = n;
+    w->at_barrier = w->done = 0;
+    w->block_err = CUDA_SUCCESS;
+    memset(w->warp_arrived, 0, sizeof w->warp_arrived);
+    for (int i = 0; i < n; i++) {
+        Fiber& f = w->fibers[i];
+        dim3 ti = unlinear((unsigned long long)i, L->block);
+        f.tc = cudaemu_thread_ctx{{ti.x, ti.y, ti.z}, {bi.x, bi.y, bi.z}, L->block, L->grid};
+        f.state = READY;
+#if defined(__x86_64__) && !defined(CUDAEMU_USE_UCONTEXT)
+        ctx_init(f.ctx, w->stacks[i], fiber_entry);
+#else
+        ctx_init(f.ctx, w->stacks[i], fiber_entry, w->stack_size - 1024);
+#endif
+    }
+    poison_shared(w, L->smem);
+    w->cur = 0;
+    w->in_kernel = 1;
+    ctx_switch(w->sched, w->fibers[0].ctx);
+    w->in_kernel = 0;
+    if (w->block_err != CUDA_SUCCESS) L->set_error(w->block_err, w->block_msg);
+    else if (w->done != n) L->set_error(CUDA_ERROR_LAUNCH_FAILED, diagnose_stuck(w));
+}
+
+std::string describe_fault(Worker* w) {
+    uintptr_t a = (uintptr_t)w->fault_addr;
+    std::string access = w->fault_write == 1 ? "write" : w->fault_write == 0 ? "read" : "access";
+    char buf[512];
+    if (w->fault_sig == SIGFPE)
+        return where(w, w->cur) + ": arithmetic exception (integer division by zero?); a GPU would not trap here but the result is undefined";
+    for (auto& g : w->stack_guards)
+        if (a >= (uintptr_t)g.first && a < (uintptr_t)g.second)
+            return where(w, w->cur) + ": stack overflow of the emulated thread (CUDAEMU_STACK_KB raises the 64 KiB per thread)";
+    std::string what;
+    {
+        std::lock_guard<std::mutex> lock(g_mem_mutex);
+        for (auto& [user, al] : g_allocs) {
+            uintptr_t lo = (uintptr_t)al.map, hi = lo + al.map_len;
+            if (a < lo || a >= hi) continue;
+            if (a >= al.user + al.size)
+                snprintf(buf, sizeof buf, "%zu bytes past the end of the %zu-byte allocation at 0x%llx (byte offset %zu)",
+                         (size_t)(a - al.user - al.size), al.size, (unsigned long long)al.user, (size_t)(a - al.user));
+            else
+                snprintf(buf, sizeof buf, "%zu bytes before the start of the %zu-byte allocation at 0x%llx",
+                         (size_t)(al.user - a), al.size, (unsigned long long)al.user);
+            what = buf;
+        }
+    }
+    if (what.empty()) {
+        if (a < 65536) snprintf(buf, sizeof buf, "a null pointer (+%zu bytes)", (size_t)a);
+        else snprintf(buf, sizeof buf, "an address that is not device memory (a host pointer, or freed memory)");
+        what = buf;
+    }
+    snprintf(buf, sizeof buf, ": out-of-bounds %s at 0x%llx, ", access.c_str(), (unsigned long long)a);
+    return where(w, w->cur) + buf + what;
+}
+
+// One worker's share of a launch: blocks taken from a shared counter until none are left.
+__attribute__((noinline)) void run_blocks(Worker* w, Launch* L) {
+    for (;;) {
+        if (L->failed) return;
+        unsigned long long b = L->next.fetch_add(1);
+        if (b >= L->total_blocks) return;
+        run_block(w, b);
+    }
+}
+
+void run_launch(Worker* w, Launch* L) {
+    w->launch = L;
+    w->module_tls = nullptr;
+    Module* m = L->fn->module;
+    if (m->tls_touch) {
+        m->tls_touch();  // makes the module's TLS block exist on this thread
+        void* p = nullptr;
+        if (dlinfo(m->handle, RTLD_DI_TLS_DATA, &p) == 0) w->module_tls = (char*)p;
+    }
+    if (sigsetjmp(w->jmp, 1)) {
+        w->in_kernel = 0;
+        L->set_error(CUDA_ERROR_ILLEGAL_ADDRESS, describe_fault(w));
+        return;
+    }
+    run_blocks(w, L);
+}
+
+// ---- the worker pool -----------------------------------------------------------------------------
+struct Pool {
+    std::mutex m;
+    std::condition_variable start, finished;
+    unsigned long long generation = 0;
+    int active = 0;
+    Launch* launch = nullptr;
+    std::vector<Worker*> workers;
+    std::mutex launch_mutex;  // one grid at a time
+};
+Pool* g_pool = nullptr;
+std::once_flag g_pool_once;
+
+void worker_main(Worker* w, int index) {
+    t_worker = w;
+    w->thread = pthread_self();
+    // The signal handler runs on its own stack: a fiber's stack may be the thing that overflowed.
+    stack_t ss{};
+    ss.ss_size = 64 * 1024;
+    ss.ss_sp = malloc(ss.ss_size);
+    sigaltstack(&ss, nullptr);
+    g_worker_threads[index] = w->thread;
+    g_worker_ptrs[index] = w;
+    g_worker_count.fetch_add(1);
+    unsigned long long seen = 0;
+    for (;;) {
+        Launch* L;
+        {
+            std::unique_lock<std::mutex> lock(g_pool->m);
+            g_pool->start.wait(lock, [&] { return g_pool->generation != seen; });
+            seen = g_pool->generation;
+            L = g_pool->launch;
+        }
+        run_launch(w, L);
+        std::lock_guard<std::mutex> lock(g_pool->m);
+        if (--g_pool->active == 0) g_pool->finished.notify_all();
+    }
+}
+
+void start_pool() {
+    g_pool = new Pool();  // leaked on purpose: the workers live as long as the process
+    long n = env_long("CUDAEMU_WORKERS", (long)std::max(1u, std::thread::hardware_concurrency()));
+    n = std::clamp(n, 1L, (long)kMaxWorkers);
+    for (int i = 0; i < n; i++) {
+        Worker* w = new Worker();
+        g_pool->workers.push_back(w);
+        std::thread(worker_main, w, i).detach();
+    }
+    while (g_worker_count.load() < n) std::this_thread::yield();
+}
+
+CUresult run_grid(Launch& L) {
+    std::call_once(g_pool_once, start_pool);
+    std::lock_guard<std::mutex> serial(g_pool->launch_mutex);
+    {
+        std::unique_lock<std::mutex> lock(g_pool->m);
+        g_pool->launch = &L;
+        g_pool->active = (int)g_pool->workers.size();
+        g_pool->generation++;
+        g_pool->start.notify_all();
+        g_pool->finished.wait(lock, [] { return g_pool->active == 0; });
+        g_pool->launch = nullptr;
+    }
+    std::string canary = check_canaries();
+    if (L.err == CUDA_SUCCESS && !canary.empty())
+        L.set_error(CUDA_ERROR_ILLEGAL_ADDRESS, "after kernel '" + std::string(L.fn->entry->name) + "': " + canary);
+    if (L.err != CUDA_SUCCESS) return fail(L.err, "%s", L.message.c_str());
+    return CUDA_SUCCESS;
+}
+
+// ---- signals -------------------------------------------------------------------------------------
+struct sigaction g_previous[65];
+
+void on_signal(int sig, siginfo_t* si, void* uc) {
+    pthread_t self = pthread_self();
+    int n = g_worker_count.load(std::memory_order_acquire);
+    for (int i = 0; i < n; i++) {
+        if (!pthread_equal(g_worker_threads[i], self)) continue;
+        Worker* w = g_worker_ptrs[i];
+        if (!w->in_kernel) break;
+        w->fault_sig = sig;
+        w->fault_addr = si->si_addr;
+#if defined(__x86_64__)
+        w->fault_write = sig == SIGSEGV ? (int)((((ucontext_t*)uc)->uc_mcontext.gregs[REG_ERR] >> 1) & 1) : -1;
+#endif
+        siglongjmp(w->jmp, 1);
+    }
+    // Not ours (the .NET runtime turns its own faults into exceptions): hand it on.
+    struct sigaction& prev = g_previous[sig];
+    if (prev.sa_flags & SA_SIGINFO) {
+        prev.sa_sigaction(sig, si, uc);
+    } else if (prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN) {
+        signal(sig, SIG_DFL);  // returning re-executes the faulting instruction: default action
+    } else {
+        prev.sa_handler(sig);
+    }
+}
+
+void install_handlers() {
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE}) {
+        struct sigaction sa{};
+        sa.sa_sigaction = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigaction(sig, &sa, &g_previous[sig]);
+    }
+}
+
+// ---- NVRTC: the host compiler -------------------------------------------------------------------
+struct Program {
+    std::string source, name;
+    std::vector<std::pair<std::string, std::string>> headers;  // (include name, text)
+    std::string log, token;
+};
+
+std::string self_dir() {
+    Dl_info info{};
+    dladdr((void*)&fail, &info);
+    std::string p = info.dli_fname ? info.dli_fname : "";
+    size_t slash = p.rfind('/');
+    return slash == std::string::npos ? "." : p.substr(0, slash);
+}
+
+bool is_executable(const std::string& p) { return access(p.c_str(), X_OK) == 0; }
+
+std::string find_in_path(const std::string& name) {
+    if (name.find('/') != std::string::npos) return is_executable(name) ? name : "";
+    const char* path = getenv("PATH");
+    std::stringstream ss(path ? path : "/usr/bin:/bin");
+    std::string dir;
+    while (std::getline(ss, dir, ':'))
+        if (!dir.empty() && is_executable(dir + "/" + name)) return dir + "/" + name;
+    return "";
+}
+
+std::string find_compiler() {
+    if (const char* c = getenv("SDP_CUDAEMU_CXX"); c && *c) return find_in_path(c);
+    for (const char* c : {"clang++-14", "clang++", "g++"})
+        if (std::string p = find_in_path(c); !p.empty()) return p;
+    return "";
+}
+
+bool read_file(const std::string& path, std::string& out) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return false;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    out = ss.str();
+    return true;
+}
+
+bool write_file(const std::string& path, const std::string& text) {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+    return (bool)f;
+}
+
+void mkdirs(const std::string& path) {
+    for (size_t i = 1; i <= path.size(); i++)
+        if (i == path.size() || path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
+}
+
+// Runs argv, appending its stdout and stderr to log. Returns the exit status.
+int run_process(const std::vector<std::string>& argv, const std::string& out_file, std::string& log) {
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0].c_str(), &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) { log += "cudaemu: cannot start " + argv[0] + ": " + strerror(rc) + "\n"; return -1; }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    std::string out;
+    read_file(out_file, out);
+    log += out;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+struct Hash {
+    unsigned long long a = 1469598103934665603ull, b = 0x84222325cbf29ce4ull;
+    void add(const std::string& s) {
+        for (unsigned char c : s) { a = (a ^ c) * 1099511628211ull; b = (b ^ c) * 0x100000001b3ull + 7; }
+        a = (a ^ 0xff) * 1099511628211ull;  // separator: ("ab","c") differs from ("a","bc")
+    }
+    std::string hex() const { char buf[40]; snprintf(buf, sizeof buf, "%016llx%016llx", a, b); return buf; }
+};
+
+std::string cache_dir() {
+    if (const char* d = getenv("CUDAEMU_CACHE_DIR"); d && *d) return d;
+    if (const char* d = getenv("SDP_KERNEL_CACHE"); d && *d) return std::string(d) + "/cudaemu";
+    if (const char* d = getenv("XDG_CACHE_HOME"); d && *d) return std::string(d) + "/sdp/cudaemu";
+    if (const char* d = getenv("HOME"); d && *d) return std::string(d) + "/.cache/sdp/cudaemu";
+    return "/tmp/sdp-cudaemu-" + std::to_string(getuid());
+}
+
+// Kernel names: the __global__ marker attribute, then `void`, then the name, in the preprocessed text.
+std::vector<std::string> find_kernels(const std::string& pre) {
+    const std::string marker = "__attribute__((visibility(\"default\"), used))";
+    std::vector<std::string> names;
+    std::set<std::string> seen;
+    for (size_t at = pre.find(marker); at != std::string::npos; at = pre.find(marker, at + 1)) {
+        size_t i = at + marker.size();
+        auto skip = [&] { while (i < pre.size() && isspace((unsigned char)pre[i])) i++; };
+        skip();
+        if (pre.compare(i, 4, "void") != 0) continue;
+        i += 4;
+        skip();
+        size_t s = i;
+        while (i < pre.size() && (isalnum((unsigned char)pre[i]) || pre[i] == '_')) i++;
+        std::string name = pre.substr(s, i - s);
+        skip();
+        if (name.empty() || i >= pre.size() || pre[i] != '(') continue;
+        if (seen.insert(name).second) names.push_back(name);
+    }
+    return names;
+}
+
+std::string thunks(const std::vector<std::string>& names) {
+    std::string s = "\n// ---- generated by cudaemu nvrtcCompileProgram ----\n";
+    s += "extern \"C\" { __attribute__((visibility(\"default\"))) thread_local char cudaemu_tls_anchor; }\n"
+         "extern \"C\" __attribute__((visibility(\"default\"))) void* cudaemu_tls_touch(void) { return &cudaemu_tls_anchor; }\n";
+    for (auto& n : names)
+        s += "extern \"C\" void cudaemu_thunk_" + n + "(void** p) { cudaemu_detail::invoke(&" + n + ", p); }\n";
+    s += "extern \"C\" __attribute__((visibility(\"default\"))) const cudaemu_kernel_entry cudaemu_kernels[] = {\n";
+    for (auto& n : names)
+        s += "  {\"" + n + "\", &cudaemu_thunk_" + n + ", decltype(cudaemu_detail::describe(&" + n + "))::count, decltype(cudaemu_detail::describe(&" + n +
+             "))::sizes, decltype(cudaemu_detail::describe(&" + n + "))::pointers},\n";
+    s += "  {nullptr, nullptr, 0, nullptr, nullptr}};\n";
+    return s;
+}
+
+nvrtcResult compile(Program& p, int num_options, const char* const* options) {
+    p.log.clear();
+    p.token.clear();
+    std::string cxx = find_compiler();
+    if (cxx.empty()) {
+        p.log = "cudaemu: no host compiler found (tried $SDP_CUDAEMU_CXX, clang++-14, clang++, g++); install clang-14\n";
+        return NVRTC_ERROR_COMPILATION;
+    }
+    std::string dir = self_dir(), header_path = dir + "/cudaemu.h", header;
+    if (!read_file(header_path, header)) {
+        p.log = "cudaemu: cannot read " + header_path + " (it must sit next to libcudaemu.so)\n";
+        return NVRTC_ERROR_INTERNAL_ERROR;
+    }
+    // Options: -D/-I/-U pass through; GPU-only ones (arch, -lineinfo, fast math, std) are ignored.
+    std::vector<std::string> user;
+    bool debug = false;
+    for (int i = 0; i < num_options; i++) {
+        std::string o = options[i] ? options[i] : "";
+        if (o.rfind("-D", 0) == 0 || o.rfind("-U", 0) == 0 || o.rfind("-I", 0) == 0) user.push_back(o);
+        else if (o.rfind("--define-macro=", 0) == 0) user.push_back("-D" + o.substr(15));
+        else if (o.rfind("--include-path=", 0) == 0) user.push_back("-I" + o.substr(15));
+        else if (o == "-G" || o == "--device-debug") debug = true;
+    }
+    Hash h;
+    h.add("cudaemu-abi-1");
+    h.add(cxx);
+    h.add(header);
+    for (auto& u : user) h.add(u);
+    h.add(debug ? "debug" : "opt");
+    for (auto& [n, t] : p.headers) { h.add(n); h.add(t); }
+    h.add(p.source);
+    std::string cache = cache_dir();
+    mkdirs(cache);
+    std::string so = cache + "/" + h.hex() + ".so";
+    if (access(so.c_str(), R_OK) == 0) {
+        p.log = "cudaemu: cache hit " + so + "\n";
+        p.token = kTokenPrefix + so;
+        return NVRTC_SUCCESS;
+    }
+    std::string work_tmpl = cache + "/tmp-XXXXXX";
+    std::vector<char> wbuf(work_tmpl.begin(), work_tmpl.end());
+    wbuf.push_back(0);
+    if (!mkdtemp(wbuf.data())) { p.log = "cudaemu: cannot create a directory in " + cache + "\n"; return NVRTC_ERROR_INTERNAL_ERROR; }
+    std::string work = wbuf.data();
+    // The work directory goes away on every path, unless CUDAEMU_KEEP=1 keeps the generated unit.cpp.
+    struct Cleanup {
+        std::string dir;
+        ~Cleanup() {
+            if (env_long("CUDAEMU_KEEP", 0) != 0) return;
+            nftw(dir.c_str(), [](const char* f, const struct stat*, int, FTW*) { return remove(f); }, 16, FTW_DEPTH | FTW_PHYS);
+        }
+    } cleanup{work};
+    std::string src_name = p.name.empty() ? "kernel.cu" : p.name;
+    for (char& c : src_name) if (c == '/') c = '_';
+    mkdirs(work + "/include");
+    for (auto& [n, t] : p.headers) {
+        std::string hp = work + "/include/" + n;
+        mkdirs(hp.substr(0, hp.rfind('/')));
+        write_file(hp, t);
+    }
+    write_file(work + "/" + src_name, p.source);
+    // 1. Preprocess (cudaemu.h forced in) to find every kernel, including macro-stamped ones.
+    std::vector<std::string> pre_cmd = {cxx, "-std=c++20", "-E", "-x", "c++", "-include", header_path,
+                                        "-D__CUDACC_RTC__", "-I", work + "/include"};
+    pre_cmd.insert(pre_cmd.end(), user.begin(), user.end());
+    pre_cmd.insert(pre_cmd.end(), {work + "/" + src_name, "-o", work + "/unit.ii"});
+    int rc = run_process(pre_cmd, work + "/pre.log", p.log);
+    std::string pre;
+    if (rc != 0 || !read_file(work + "/unit.ii", pre)) return NVRTC_ERROR_COMPILATION;
+    std::vector<std::string> names = find_kernels(pre);
+    // 2. Compile the preprocessed text plus the launch thunks into a shared object that needs
+    //    libcudaemu.so by SONAME (.NET loads us RTLD_LOCAL, so nothing else would resolve our symbols).
+    write_file(work + "/unit.cpp", pre + thunks(names));
+    std::vector<std::string> cc_cmd = {cxx, "-std=c++20", debug ? "-O0" : "-O2", "-g0", "-fPIC", "-shared",
+                                       "-ffp-contract=off", "-fno-math-errno", "-x", "c++", work + "/unit.cpp",
+                                       "-o", work + "/module.so", "-x", "none", dir + "/libcudaemu.so", "-Wl,-z,defs", "-lm"};
+    if (cxx.find("g++") != std::string::npos) cc_cmd.push_back("-Wno-attributes");
+    rc = run_process(cc_cmd, work + "/cc.log", p.log);
+    if (rc != 0) return NVRTC_ERROR_COMPILATION;
+    if (rename((work + "/module.so").c_str(), so.c_str()) != 0) {
+        p.log += "cudaemu: cannot move the module into " + so + "\n";
+        return NVRTC_ERROR_INTERNAL_ERROR;
+    }
+    p.log += "cudaemu: compiled " + std::to_string(names.size()) + " kernel(s) into " + so + "\n";
+    p.token = kTokenPrefix + so;
+    return NVRTC_SUCCESS;
+}
+
+const char* error_name(CUresult e) {
+    switch (e) {
+    case CUDA_SUCCESS: return "CUDA_SUCCESS";
+    case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE";
+    case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY";
+    case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED";
+    case CUDA_ERROR_NO_DEVICE: return "CUDA_ERROR_NO_DEVICE";
+    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE";
+    case CUDA_ERROR_INVALID_IMAGE: return "CUDA_ERROR_INVALID_IMAGE";
+    case CUDA_ERROR_INVALID_CONTEXT: return "CUDA_ERROR_INVALID_CONTEXT";
+    case CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND: return "CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND";
+    case CUDA_ERROR_INVALID_HANDLE: return "CUDA_ERROR_INVALID_HANDLE";
+    case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
+    case CUDA_ERROR_NOT_READY: return "CUDA_ERROR_NOT_READY";
+    case CUDA_ERROR_ILLEGAL_ADDRESS: return "CUDA_ERROR_ILLEGAL_ADDRESS";
+    case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES";
+    case CUDA_ERROR_LAUNCH_FAILED: return "CUDA_ERROR_LAUNCH_FAILED";
+    case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";
+    case CUDA_ERROR_UNKNOWN: return "CUDA_ERROR_UNKNOWN";
+    default: return nullptr;
+    }
+}
+
+const char* error_string(CUresult e) {
+    switch (e) {
+    case CUDA_SUCCESS: return "no error";
+    case CUDA_ERROR_INVALID_VALUE: return "invalid argument";
+    case CUDA_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case CUDA_ERROR_NOT_INITIALIZED: return "initialization error";
+    case CUDA_ERROR_NO_DEVICE: return "no CUDA-capable device is detected";
+    case CUDA_ERROR_INVALID_DEVICE: return "invalid device ordinal";
+    case CUDA_ERROR_INVALID_IMAGE: return "device kernel image is invalid";
+    case CUDA_ERROR_INVALID_CONTEXT: return "invalid device context";
+    case CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND: return "shared object symbol not found";
+    case CUDA_ERROR_INVALID_HANDLE: return "invalid resource handle";
+    case CUDA_ERROR_NOT_FOUND: return "named symbol not found";
+    case CUDA_ERROR_NOT_READY: return "device not ready";
+    case CUDA_ERROR_ILLEGAL_ADDRESS: return "an illegal memory access was encountered";
+    case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "too many resources requested for launch";
+    case CUDA_ERROR_LAUNCH_FAILED: return "unspecified launch failure";
+    case CUDA_ERROR_NOT_SUPPORTED: return "operation not supported";
+    case CUDA_ERROR_UNKNOWN: return "unknown error";
+    default: return nullptr;
+    }
+}
+
+double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+CUresult copy(void* dst, const void* src, size_t n, bool dst_dev, bool src_dev, const char* what) {
+    if (CUresult r = need_context()) return r;
+    if (n == 0) return CUDA_SUCCESS;
+    if (dst_dev && !valid_range((uintptr_t)dst, n))
+        return fail(CUDA_ERROR_INVALID_VALUE, "%s: destination 0x%llx + %zu bytes is not inside one device allocation", what, (unsigned long long)(uintptr_t)dst, n);
+    if (src_dev && !valid_range((uintptr_t)src, n))
+        return fail(CUDA_ERROR_INVALID_VALUE, "%s: source 0x%llx + %zu bytes is not inside one device allocation", what, (unsigned long long)(uintptr_t)src, n);
+    if (!dst || !src) return fail(CUDA_ERROR_INVALID_VALUE, "%s: null pointer", what);
+    memmove(dst, src, n);
+    return CUDA_SUCCESS;
+}
+
+} // namespace
+
+// Kernels see this through threadIdx/blockIdx/blockDim/gridDim.
+EXPORT const cudaemu_thread_ctx* cudaemu_ctx(void) { Worker* w = t_worker; return &w->fibers[w->cur].tc; }
+
+// One buffer per worker OS thread, like the static __shared__ variables of the kernel modules.
+// (braces: `extern "C" T x;` alone would only declare it)
+extern "C" {
+__attribute__((visibility("default"))) thread_local __attribute__((aligned(16))) unsigned char dyn_smem[kMaxDynSmem];
+}
+
+EXPORT void cudaemu_syncthreads(void) {
+    Worker* w = t_worker;
+    w->fibers[w->cur].state = AT_BARRIER;
+    if (++w->at_barrier == w->n) {  // the last to arrive releases everyone and runs on
+        for (int i = 0; i < w->n; i++) w->fibers[i].state = READY;
+        w->at_barrier = 0;
+        return;
+    }
+    yield(w);
+}
+
+EXPORT unsigned long long cudaemu_warp_op(int op, unsigned int mask, unsigned long long value, int arg, int width) {
+    Worker* w = t_worker;
+    int me = w->cur, warp = me / kWarp, base = warp * kWarp, lane = me % kWarp;
+    int lanes = std::min(kWarp, w->n - base);
+    unsigned exists = lanes == kWarp ? 0xffffffffu : ((1u << lanes) - 1);
+    unsigned m = mask & exists;  // lanes past the end of a partial last warp do not exist
+    if (!(m >> lane & 1))
+        abort_block(w, CUDA_ERROR_LAUNCH_FAILED, where(w, me) + ": " + op_name(op) + " called with a mask that does not include the calling lane");
+    if (width <= 0 || width > kWarp || (width & (width - 1)))
+        abort_block(w, CUDA_ERROR_LAUNCH_FAILED, where(w, me) + ": " + op_name(op) + " width " + std::to_string(width) + " is not a power of two up to 32");
+    Fiber& f = w->fibers[me];
+    f.state = AT_WARP;
+    f.op = op;
+    f.mask = m;
+    f.value = value;
+    f.arg = arg;
+    f.width = width;
+    // Until as many lanes as the mask names have arrived nobody needs to look; then check them all
+    // (lanes of one warp may wait in disjoint groups with different masks).
+    int need = __builtin_popcount(m);
+    if (++w->warp_arrived[warp] < need) { yield(w); return f.result; }
+    for (int l = 0; l < kWarp; l++) {
+        if (!(m >> l & 1)) continue;
+        const Fiber& g = w->fibers[base + l];
+        if (g.state != AT_WARP || g.op != op || g.mask != m) { yield(w); return f.result; }
+    }
+    w->warp_arrived[warp] -= need;
+    // Everyone named in the mask is here: compute every lane's result, release them, run on.
+    unsigned ballot = 0;
+    for (int l = 0; l < kWarp; l++)
+        if ((m >> l & 1) && w->fibers[base + l].value) ballot |= 1u << l;
+    for (int l = 0; l < kWarp; l++) {
+        if (!(m >> l & 1)) continue;
+        Fiber& g = w->fibers[base + l];
+        int seg = l & ~(g.width - 1), src = l;
+        switch (op) {
+        case CUDAEMU_SHFL: src = seg + (((g.arg % g.width) + g.width) % g.width); break;
+        case CUDAEMU_SHFL_XOR: src = l ^ g.arg; break;
+        case CUDAEMU_SHFL_DOWN: src = l + g.arg; break;
+        case CUDAEMU_SHFL_UP: src = l - g.arg; break;
+        default: break;
+        }
+        if (src < seg || src >= seg + g.width || !(m >> src & 1)) src = l;  // out of the segment: own value
+        switch (op) {
+        case CUDAEMU_SYNCWARP: g.result = 0; break;
+        case CUDAEMU_BALLOT: g.result = ballot; break;
+        case CUDAEMU_ANY: g.result = ballot != 0; break;
+        case CUDAEMU_ALL: g.result = ballot == m; break;
+        default: g.result = w->fibers[base + src].value; break;
+        }
+        g.state = READY;
+    }
+    return f.result;
+}
+
+EXPORT void cudaemu_trap(const char* what) {
+    Worker* w = t_worker;
+    abort_block(w, CUDA_ERROR_LAUNCH_FAILED, where(w, w->cur) + ": " + what);
+}
+
+// Extension: the detail of this thread's last failed call (block, thread, allocation, deadlock).
+EXPORT const char* cudaemuGetLastErrorMessage(void) { return t_message; }
+
+// ---- driver API ----------------------------------------------------------------------------------
+EXPORT CUresult cuInit(unsigned int flags) {
+    if (flags != 0) return fail(CUDA_ERROR_INVALID_VALUE, "cuInit: flags must be 0");
+    static std::once_flag once;
+    std::call_once(once, [] {
+        g_device_count = (int)std::clamp(env_long("CUDAEMU_DEVICES", 1), 1L, 16L);
+        for (int i = 0; i < 16; i++) g_contexts[i] = Context{i, 0};
+        install_handlers();
+        g_initialized = true;
+    });
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDriverGetVersion(int* v) {
+    if (!v) return fail(CUDA_ERROR_INVALID_VALUE, "cuDriverGetVersion: null");
+    *v = 12080;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetCount(int* count) {
+    if (!g_initialized) return fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+    if (!count) return fail(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetCount: null");
+    *count = g_device_count;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGet(CUdevice* dev, int ordinal) {
+    if (!g_initialized) return fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+    if (!dev) return fail(CUDA_ERROR_INVALID_VALUE, "cuDeviceGet: null");
+    if (ordinal < 0 || ordinal >= g_device_count) return fail(CUDA_ERROR_INVALID_DEVICE, "cuDeviceGet: no emulated device %d", ordinal);
+    *dev = ordinal;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetName(char* name, int len, CUdevice dev) {
+    if (!name || len <= 0) return fail(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetName: null or empty buffer");
+    if (dev < 0 || dev >= g_device_count) return fail(CUDA_ERROR_INVALID_DEVICE, "cuDeviceGetName: no emulated device %d", dev);
+    snprintf(name, (size_t)len, "Sdp emulated CUDA device %d (cudaemu, sm_90)", dev);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
+    if (!bytes) return fail(CUDA_ERROR_INVALID_VALUE, "cuDeviceTotalMem: null");
+    if (dev < 0 || dev >= g_device_count) return fail(CUDA_ERROR_INVALID_DEVICE, "no emulated device %d", dev);
+    *bytes = device_total();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetAttribute(int* pi, int attrib, CUdevice dev) {
+    if (!pi) return fail(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetAttribute: null");
+    if (dev < 0 || dev >= g_device_count) return fail(CUDA_ERROR_INVALID_DEVICE, "no emulated device %d", dev);
+    switch (attrib) {
+    case 1: *pi = kMaxThreads; break;                        // MAX_THREADS_PER_BLOCK
+    case 2: case 3: *pi = 1024; break;                       // MAX_BLOCK_DIM_X, _Y
+    case 4: *pi = 64; break;                                 // MAX_BLOCK_DIM_Z
+    case 5: *pi = 2147483647; break;                         // MAX_GRID_DIM_X
+    case 6: case 7: *pi = 65535; break;                      // MAX_GRID_DIM_Y, _Z
+    case 8: *pi = (int)kDefaultDynSmem; break;               // MAX_SHARED_MEMORY_PER_BLOCK
+    case 9: *pi = 65536; break;                              // TOTAL_CONSTANT_MEMORY
+    case 10: *pi = kWarp; break;                             // WARP_SIZE
+    case 12: *pi = 65536; break;                             // MAX_REGISTERS_PER_BLOCK
+    case 16: *pi = (int)std::max(1u, std::thread::hardware_concurrency()); break;  // MULTIPROCESSOR_COUNT
+    case 38: *pi = 50 << 20; break;                          // L2_CACHE_SIZE
+    case 39: *pi = 2048; break;                              // MAX_THREADS_PER_MULTIPROCESSOR
+    case 41: *pi = 1; break;                                 // UNIFIED_ADDRESSING
+    case 75: *pi = 9; break;                                 // COMPUTE_CAPABILITY_MAJOR
+    case 76: *pi = 0; break;                                 // COMPUTE_CAPABILITY_MINOR
+    case 81: *pi = 233472; break;                            // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+    case 97: *pi = (int)kMaxDynSmem; break;                  // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    default: return fail(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetAttribute: attribute %d is not emulated", attrib);
+    }
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRetain(void** pctx, CUdevice dev) {
+    if (!g_initialized) return fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+    if (!pctx) return fail(CUDA_ERROR_INVALID_VALUE, "cuDevicePrimaryCtxRetain: null");
+    if (dev < 0 || dev >= g_device_count) return fail(CUDA_ERROR_INVALID_DEVICE, "no emulated device %d", dev);
+    g_contexts[dev].refs++;
+    *pctx = &g_contexts[dev];
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+    if (dev < 0 || dev >= g_device_count) return fail(CUDA_ERROR_INVALID_DEVICE, "no emulated device %d", dev);
+    if (g_contexts[dev].refs > 0) g_contexts[dev].refs--;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSetCurrent(void* ctx) {
+    if (!g_initialized) return fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+    Context* c = (Context*)ctx;
+    if (c && (c < g_contexts || c >= g_contexts + g_device_count)) return fail(CUDA_ERROR_INVALID_CONTEXT, "cuCtxSetCurrent: not a context");
+    t_current = c;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetCurrent(void** pctx) {
+    if (!pctx) return fail(CUDA_ERROR_INVALID_VALUE, "cuCtxGetCurrent: null");
+    *pctx = t_current;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSynchronize(void) { return need_context(); }
+
+EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    if (CUresult r = need_context()) return r;
+    if (!free_bytes || !total) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemGetInfo: null");
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    *total = device_total();
+    *free_bytes = *total - std::min(*total, g_used);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
+    if (CUresult r = need_context()) return r;
+    if (!dptr || bytes == 0) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: null pointer or 0 bytes");
+    size_t data = round_up(bytes, kPage);
+    {
+        std::lock_guard<std::mutex> lock(g_mem_mutex);
+        if (g_used + data > device_total())
+            return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc: %zu bytes requested, %zu of %zu in use (CUDAEMU_MEMORY_MB sets the size)",
+                        bytes, g_used, device_total());
+    }
+    size_t len = data + 2 * kPage;
+    char* map = (char*)mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc: mmap of %zu bytes failed", len);
+    mprotect(map + kPage, data, PROT_READ | PROT_WRITE);
+    // The end of the buffer (rounded to 16 bytes) touches the upper guard page: one element past
+    // the end faults at once. The < 16 bytes of slack hold canaries, checked after every launch.
+    uintptr_t user = (uintptr_t)(map + kPage + data - round_up(bytes, kAlign));
+    memset((void*)user, kPoison, bytes);
+    memset((void*)(user + bytes), kCanary, round_up(bytes, kAlign) - bytes);
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    g_allocs[user] = Alloc{user, bytes, map, len, t_current->device};
+    g_used += data;
+    *dptr = user;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    if (CUresult r = need_context()) return r;
+    if (dptr == 0) return CUDA_SUCCESS;
+    Alloc a;
+    {
+        std::lock_guard<std::mutex> lock(g_mem_mutex);
+        auto it = g_allocs.find((uintptr_t)dptr);
+        if (it == g_allocs.end()) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemFree: 0x%llx is not the start of a live allocation", dptr);
+        a = it->second;
+        g_allocs.erase(it);
+        g_used -= a.map_len - 2 * kPage;
+    }
+    munmap(a.map, a.map_len);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) { return copy((void*)dst, src, n, true, false, "cuMemcpyHtoD"); }
+EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { return copy(dst, (const void*)src, n, false, true, "cuMemcpyDtoH"); }
+EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) { return copy((void*)dst, (const void*)src, n, true, true, "cuMemcpyDtoD"); }
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void*) { return copy((void*)dst, src, n, true, false, "cuMemcpyHtoDAsync"); }
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void*) { return copy(dst, (const void*)src, n, false, true, "cuMemcpyDtoHAsync"); }
+EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void*) { return copy((void*)dst, (const void*)src, n, true, true, "cuMemcpyDtoDAsync"); }
+
+EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    if (CUresult r = need_context()) return r;
+    if (n && !valid_range(dst, n)) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemsetD8: 0x%llx + %zu bytes is not inside one device allocation", dst, n);
+    memset((void*)dst, v, n);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned int v, size_t n) {
+    if (CUresult r = need_context()) return r;
+    if (dst % 4) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32: 0x%llx is not 4-byte aligned", dst);
+    if (n && !valid_range(dst, n * 4)) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32: 0x%llx + %zu words is not inside one device allocation", dst, n);
+    unsigned int* p = (unsigned int*)dst;
+    for (size_t i = 0; i < n; i++) p[i] = v;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(dst, v, n); }
+EXPORT CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, void*) { return cuMemsetD32_v2(dst, v, n); }
+
+EXPORT CUresult cuStreamCreate(void** ph, unsigned int flags) {
+    if (CUresult r = need_context()) return r;
+    if (!ph || flags > 1) return fail(CUDA_ERROR_INVALID_VALUE, "cuStreamCreate: null or unknown flags %u", flags);
+    *ph = new Stream();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamDestroy_v2(void* h) {
+    Stream* s = (Stream*)h;
+    if (!s || s->magic != 0x5752u) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamDestroy: not a stream");
+    s->magic = 0;
+    delete s;
+    return CUDA_SUCCESS;
+}
+
+// Launches and copies complete before they return, so a stream has never anything pending.
+EXPORT CUresult cuStreamSynchronize(void* h) {
+    if (CUresult r = need_context()) return r;
+    if (h && ((Stream*)h)->magic != 0x5752u) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamSynchronize: not a stream");
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventCreate(void** ph, unsigned int) {
+    if (CUresult r = need_context()) return r;
+    if (!ph) return fail(CUDA_ERROR_INVALID_VALUE, "cuEventCreate: null");
+    *ph = new Event();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventRecord(void* h, void*) {
+    Event* e = (Event*)h;
+    if (!e || e->magic != 0xE7E7u) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventRecord: not an event");
+    e->recorded = true;
+    e->ms = now_ms();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventSynchronize(void* h) {
+    Event* e = (Event*)h;
+    if (!e || e->magic != 0xE7E7u) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventSynchronize: not an event");
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventElapsedTime(float* ms, void* start, void* end) {
+    Event* a = (Event*)start;
+    Event* b = (Event*)end;
+    if (!ms) return fail(CUDA_ERROR_INVALID_VALUE, "cuEventElapsedTime: null");
+    if (!a || !b || a->magic != 0xE7E7u || b->magic != 0xE7E7u) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventElapsedTime: not an event");
+    if (!a->recorded || !b->recorded) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventElapsedTime: an event was never recorded");
+    *ms = (float)(b->ms - a->ms);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(void* h) {
+    Event* e = (Event*)h;
+    if (!e || e->magic != 0xE7E7u) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventDestroy: not an event");
+    e->magic = 0;
+    delete e;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuModuleLoadData(void** pmod, const void* image) {
+    if (CUresult r = need_context()) return r;
+    if (!pmod || !image) return fail(CUDA_ERROR_INVALID_VALUE, "cuModuleLoadData: null");
+    const char* text = (const char*)image;
+    size_t plen = strlen(kTokenPrefix);
+    if (strncmp(text, kTokenPrefix, plen) != 0)
+        return fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: the emulated device loads only what its own nvrtcCompileProgram produced, not PTX or cubin");
+    std::string path(text + plen);
+    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) return fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: %s", dlerror());
+    auto* table = (const cudaemu_kernel_entry*)dlsym(h, "cudaemu_kernels");
+    if (!table) { dlclose(h); return fail(CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND, "cuModuleLoadData: %s has no kernel table", path.c_str()); }
+    auto* m = new Module{h, path, {}, 0, 0, nullptr};
+    for (const cudaemu_kernel_entry* e = table; e->name; e++) m->functions.push_back(std::make_unique<Function>(Function{m, e, kDefaultDynSmem}));
+    m->tls_touch = (void* (*)())dlsym(h, "cudaemu_tls_touch");
+    if (dlinfo(h, RTLD_DI_TLS_MODID, &m->tls_modid) == 0 && m->tls_modid) {
+        dl_iterate_phdr([](dl_phdr_info* info, size_t, void* data) -> int {
+            Module* mod = (Module*)data;
+            if (info->dlpi_tls_modid != mod->tls_modid) return 0;
+            for (int i = 0; i < info->dlpi_phnum; i++)
+                if (info->dlpi_phdr[i].p_type == PT_TLS) mod->tls_size = info->dlpi_phdr[i].p_memsz;
+            return 1;
+        }, m);
+    }
+    *pmod = m;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuModuleGetFunction(void** pfn, void* hmod, const char* name) {
+    if (CUresult r = need_context()) return r;
+    Module* m = (Module*)hmod;
+    if (!pfn || !m || !name) return fail(CUDA_ERROR_INVALID_VALUE, "cuModuleGetFunction: null");
+    std::string names;
+    for (auto& f : m->functions) {
+        if (strcmp(f->entry->name, name) == 0) { *pfn = f.get(); return CUDA_SUCCESS; }
+        names += names.empty() ? "" : ", ";
+        names += f->entry->name;
+    }
+    return fail(CUDA_ERROR_NOT_FOUND, "cuModuleGetFunction: no kernel '%s' in the module (it has: %s); is it extern \"C\" __global__?", name, names.c_str());
+}
+
+EXPORT CUresult cuModuleUnload(void* hmod) {
+    Module* m = (Module*)hmod;
+    if (!m) return fail(CUDA_ERROR_INVALID_HANDLE, "cuModuleUnload: null");
+    dlclose(m->handle);
+    delete m;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuFuncSetAttribute(void* hfn, int attrib, int value) {
+    Function* f = (Function*)hfn;
+    if (!f) return fail(CUDA_ERROR_INVALID_HANDLE, "cuFuncSetAttribute: null function");
+    if (attrib == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        if (value < 0 || (unsigned)value > kMaxDynSmem) return fail(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: %d bytes of dynamic shared memory exceed the %u available", value, kMaxDynSmem);
+        f->max_dyn_smem = (unsigned)value;
+        return CUDA_SUCCESS;
+    }
+    if (attrib == 9) return CUDA_SUCCESS;  // PREFERRED_SHARED_MEMORY_CARVEOUT: no meaning here
+    return fail(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: attribute %d is not settable on the emulated device", attrib);
+}
+
+EXPORT CUresult cuLaunchKernel(void* hfn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by,
+                               unsigned int bz, unsigned int smem, void* stream, void** params, void** extra) {
+    (void)stream;
+    if (CUresult r = need_context()) return r;
+    Function* f = (Function*)hfn;
+    if (!f) return fail(CUDA_ERROR_INVALID_HANDLE, "cuLaunchKernel: null function");
+    const char* name = f->entry->name;
+    unsigned long long threads = (unsigned long long)bx * by * bz;
+    if (!gx || !gy || !gz || !bx || !by || !bz || gy > 65535 || gz > 65535 || bx > 1024 || by > 1024 || bz > 64 || threads > kMaxThreads)
+        return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': grid (%u,%u,%u) block (%u,%u,%u) is outside the device limits", name, gx, gy, gz, bx, by, bz);
+    if (smem > f->max_dyn_smem)
+        return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': %u bytes of dynamic shared memory exceed the %u allowed (above 48 KiB opt in with cuFuncSetAttribute(f, 8, bytes))",
+                    name, smem, f->max_dyn_smem);
+    if (extra) return fail(CUDA_ERROR_NOT_SUPPORTED, "cuLaunchKernel '%s': the extra (packed buffer) form is not emulated; pass kernelParams", name);
+    if (f->entry->nparams && !params) return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': kernelParams is null but the kernel takes %u parameters", name, f->entry->nparams);
+    for (unsigned i = 0; i < f->entry->nparams; i++) {
+        if (!params[i]) return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': kernelParams[%u] is null", name, i);
+        if (!f->entry->pointers[i]) continue;
+        uintptr_t p;
+        memcpy(&p, params[i], sizeof p);
+        if (p && !valid_range(p, 0))
+            return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': pointer parameter %u is 0x%llx, which is not device memory (a host pointer?)",
+                        name, i, (unsigned long long)p);
+    }
+    Launch L;
+    L.fn = f;
+    L.grid = dim3(gx, gy, gz);
+    L.block = dim3(bx, by, bz);
+    L.smem = smem;
+    L.params = params;
+    L.total_blocks = (unsigned long long)gx * gy * gz;
+    return run_grid(L);
+}
+
+EXPORT CUresult cuGetErrorName(CUresult e, const char** p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    *p = error_name(e);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+EXPORT CUresult cuGetErrorString(CUresult e, const char** p) {
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    *p = error_string(e);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+// ---- NVRTC ---------------------------------------------------------------------------------------
+EXPORT nvrtcResult nvrtcVersion(int* major, int* minor) {
+    if (!major || !minor) return NVRTC_ERROR_INVALID_INPUT;
+    *major = 12;
+    *minor = 8;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcGetNumSupportedArchs(int* n) {
+    if (!n) return NVRTC_ERROR_INVALID_INPUT;
+    *n = 1;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcGetSupportedArchs(int* archs) {
+    if (!archs) return NVRTC_ERROR_INVALID_INPUT;
+    archs[0] = 90;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcCreateProgram(void** prog, const char* src, const char* name, int num_headers, const char* const* headers,
+                                      const char* const* include_names) {
+    if (!prog || !src || num_headers < 0 || (num_headers > 0 && (!headers || !include_names))) return NVRTC_ERROR_INVALID_INPUT;
+    auto* p = new Program();
+    p->source = src;
+    p->name = name ? name : "";
+    for (int i = 0; i < num_headers; i++) p->headers.push_back({include_names[i] ? include_names[i] : "", headers[i] ? headers[i] : ""});
+    *prog = p;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcDestroyProgram(void** prog) {
+    if (!prog || !*prog) return NVRTC_ERROR_INVALID_PROGRAM;
+    delete (Program*)*prog;
+    *prog = nullptr;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcCompileProgram(void* prog, int num_options, const char* const* options) {
+    if (!prog) return NVRTC_ERROR_INVALID_PROGRAM;
+    if (num_options < 0 || (num_options > 0 && !options)) return NVRTC_ERROR_INVALID_INPUT;
+    return compile(*(Program*)prog, num_options, options);
+}
+
+EXPORT nvrtcResult nvrtcGetPTXSize(void* prog, size_t* size) {
+    if (!prog) return NVRTC_ERROR_INVALID_PROGRAM;
+    if (!size) return NVRTC_ERROR_INVALID_INPUT;
+    *size = ((Program*)prog)->token.size() + 1;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcGetPTX(void* prog, char* ptx) {
+    if (!prog) return NVRTC_ERROR_INVALID_PROGRAM;
+    if (!ptx) return NVRTC_ERROR_INVALID_INPUT;
+    const std::string& t = ((Program*)prog)->token;
+    memcpy(ptx, t.c_str(), t.size() + 1);
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcGetCUBINSize(void* prog, size_t* size) { return nvrtcGetPTXSize(prog, size); }
+EXPORT nvrtcResult nvrtcGetCUBIN(void* prog, char* cubin) { return nvrtcGetPTX(prog, cubin); }
+
+EXPORT nvrtcResult nvrtcGetProgramLogSize(void* prog, size_t* size) {
+    if (!prog) return NVRTC_ERROR_INVALID_PROGRAM;
+    if (!size) return NVRTC_ERROR_INVALID_INPUT;
+    *size = ((Program*)prog)->log.size() + 1;
+    return NVRTC_SUCCESS;
+}
+
+EXPORT nvrtcResult nvrtcGetProgramLog(void* prog, char* log) {
+    if (!prog) return NVRTC_ERROR_INVALID_PROGRAM;
+    if (!log) return NVRTC_ERROR_INVALID_INPUT;
+    const std::string& l = ((Program*)prog)->log;
+    memcpy(log, l.c_str(), l.size() + 1);
+    return NVRTC_SUCCESS;
+}
+
+EXPORT const char* nvrtcGetErrorString(nvrtcResult r) {
+    switch (r) {
+    case NVRTC_SUCCESS: return "NVRTC_SUCCESS";
+    case NVRTC_ERROR_OUT_OF_MEMORY: return "NVRTC_ERROR_OUT_OF_MEMORY";
+    case NVRTC_ERROR_PROGRAM_CREATION_FAILURE: return "NVRTC_ERROR_PROGRAM_CREATION_FAILURE";
+    case NVRTC_ERROR_INVALID_INPUT: return "NVRTC_ERROR_INVALID_INPUT";
+    case NVRTC_ERROR_INVALID_PROGRAM: return "NVRTC_ERROR_INVALID_PROGRAM";
+    case NVRTC_ERROR_INVALID_OPTION: return "NVRTC_ERROR_INVALID_OPTION";
+    case NVRTC_ERROR_COMPILATION: return "NVRTC_ERROR_COMPILATION";
+    case NVRTC_ERROR_INTERNAL_ERROR: return "NVRTC_ERROR_INTERNAL_ERROR";
+    default: return "NVRTC_ERROR unknown";
+    }
+}

@@ -1,0 +1,173 @@
+using System.Runtime.InteropServices;
+
+namespace Sdp.Kernels.Cuda;
+
+/// <summary>
+/// Finds and loads the CUDA entry points. <c>SDP_CUDA</c> chooses: <c>auto</c> (default: the NVIDIA
+/// driver when it loads and reports a device, else the emulated device), <c>emu</c>, or <c>real</c>.
+/// Each implementation's libraries are loaded once per process; both tables may be loaded side by side.
+/// Nothing is loaded until first asked, so CPU-only use never touches these libraries.
+/// </summary>
+public static unsafe class Cuda
+{
+    private static readonly Lock Gate = new();
+    private static readonly Dictionary<CudaImplementation, (CudaApi? Api, string Why)> Loaded = [];
+
+    private static readonly string[] DriverNames = ["libcuda.so.1", "libcuda.so"];
+    private static readonly string[] NvrtcNames = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+
+    /// <summary>The table <c>SDP_CUDA</c> asks for (see the class summary); throws when that is unavailable.</summary>
+    public static CudaApi Load()
+    {
+        string mode = (Environment.GetEnvironmentVariable("SDP_CUDA") ?? "auto").Trim().ToLowerInvariant();
+        return mode switch
+        {
+            "emu" => Load(CudaImplementation.Emulated),
+            "real" => Load(CudaImplementation.Real),
+            "auto" or "" or "both" => TryLoad(CudaImplementation.Real, out _) ?? Load(CudaImplementation.Emulated),
+            _ => throw new ArgumentException($"SDP_CUDA={mode}: expected auto, emu or real"),
+        };
+    }
+
+    public static CudaApi Load(CudaImplementation implementation) =>
+        TryLoad(implementation, out string why) ?? throw new DllNotFoundException($"CUDA ({implementation}) is not available: {why}");
+
+    /// <summary>The table for <paramref name="implementation"/>, or null with the reason in <paramref name="why"/>.
+    /// The real one counts only when cuInit succeeds and reports at least one device.</summary>
+    public static CudaApi? TryLoad(CudaImplementation implementation, out string why)
+    {
+        lock (Gate)
+        {
+            if (!Loaded.TryGetValue(implementation, out var entry))
+            {
+                CudaApi? api = implementation == CudaImplementation.Real ? LoadReal(out why) : LoadEmulated(out why);
+                Loaded[implementation] = entry = (api, why);
+            }
+            why = entry.Why;
+            return entry.Api;
+        }
+    }
+
+    private static CudaApi? LoadEmulated(out string why)
+    {
+        string? path = EmulatorPath();
+        if (path is null)
+        {
+            why = "libcudaemu.so was not found next to Sdp.Kernels (it is built on Linux by the solution build; SDP_CUDAEMU_LIB names another)";
+            return null;
+        }
+        nint h = NativeLibrary.Load(path);
+        var api = new CudaApi(CudaImplementation.Emulated, h, path, h, path);
+        api.Check(api.cuInit(0));
+        why = "";
+        return api;
+    }
+
+    private static CudaApi? LoadReal(out string why)
+    {
+        if (!TryLoadFirst(DriverNames, out nint driver, out string driverPath))
+        {
+            why = "libcuda.so.1 (the NVIDIA driver) was not found";
+            return null;
+        }
+        if (!TryLoadFirst(NvrtcNames, out nint nvrtc, out string nvrtcPath))
+        {
+            why = $"the driver is at {driverPath} but NVRTC (libnvrtc.so.13/.12) was not found in CUDA_HOME, LD_LIBRARY_PATH or pip's nvidia/*/lib";
+            return null;
+        }
+        var api = new CudaApi(CudaImplementation.Real, driver, driverPath, nvrtc, nvrtcPath);
+        CUresult init = api.cuInit(0);
+        int count = 0;
+        if (init != CUresult.Success || api.cuDeviceGetCount(&count) != CUresult.Success || count == 0)
+        {
+            why = init != CUresult.Success ? $"cuInit failed: {api.ErrorName(init)}" : "the driver reports no device";
+            return null;
+        }
+        why = "";
+        return api;
+    }
+
+    /// <summary>libcudaemu.so: <c>SDP_CUDAEMU_LIB</c>, else beside this assembly, else in the application's folder.</summary>
+    public static string? EmulatorPath()
+    {
+        string? env = Environment.GetEnvironmentVariable("SDP_CUDAEMU_LIB");
+        if (!string.IsNullOrEmpty(env)) return File.Exists(env) ? Path.GetFullPath(env) : null;
+        foreach (string? dir in new[] { Path.GetDirectoryName(typeof(Cuda).Assembly.Location), AppContext.BaseDirectory })
+        {
+            if (string.IsNullOrEmpty(dir)) continue;
+            string p = Path.Combine(dir, "libcudaemu.so");
+            if (File.Exists(p)) return p;
+        }
+        return null;
+    }
+
+    /// <summary>Folders searched for the real libraries after the loader's own search (which covers
+    /// LD_LIBRARY_PATH and ldconfig by soname): CUDA_HOME/CUDA_PATH, /usr/local/cuda, each
+    /// LD_LIBRARY_PATH entry (for versioned names) and the <c>nvidia/*/lib</c> folders of pip CUDA wheels.</summary>
+    public static IEnumerable<string> SearchDirectories()
+    {
+        foreach (string var in new[] { "CUDA_HOME", "CUDA_PATH" })
+        {
+            string? root = Environment.GetEnvironmentVariable(var);
+            if (string.IsNullOrEmpty(root)) continue;
+            yield return Path.Combine(root, "lib64");
+            yield return Path.Combine(root, "lib");
+        }
+        yield return "/usr/local/cuda/lib64";
+        foreach (string dir in (Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+            yield return dir;
+        foreach (string dir in PipNvidiaDirectories()) yield return dir;
+    }
+
+    private static IEnumerable<string> PipNvidiaDirectories()
+    {
+        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        var libRoots = new List<string> { Path.Combine(home, ".local", "lib"), "/usr/local/lib", "/usr/lib" };
+        foreach (string var in new[] { "VIRTUAL_ENV", "CONDA_PREFIX" })
+        {
+            string? p = Environment.GetEnvironmentVariable(var);
+            if (!string.IsNullOrEmpty(p)) libRoots.Add(Path.Combine(p, "lib"));
+        }
+        foreach (string root in libRoots.Where(Directory.Exists))
+        {
+            foreach (string python in SafeDirectories(root, "python3*"))
+            {
+                foreach (string packages in new[] { "site-packages", "dist-packages" })
+                {
+                    string nvidia = Path.Combine(python, packages, "nvidia");
+                    if (!Directory.Exists(nvidia)) continue;
+                    foreach (string lib in SafeDirectories(nvidia, "*").Select(d => Path.Combine(d, "lib")).Where(Directory.Exists))
+                        yield return lib;
+                }
+            }
+        }
+    }
+
+    private static string[] SafeDirectories(string dir, string pattern)
+    {
+        try { return Directory.GetDirectories(dir, pattern); }
+        catch (IOException) { return []; }
+        catch (UnauthorizedAccessException) { return []; }
+    }
+
+    private static bool TryLoadFirst(string[] names, out nint handle, out string path)
+    {
+        foreach (string name in names)
+        {
+            if (NativeLibrary.TryLoad(name, out handle)) { path = name; return true; }
+        }
+        foreach (string dir in SearchDirectories())
+        {
+            // A toolkit's lib64/stubs/libcuda.so only fails every call; it is never a driver.
+            if (dir.Contains("stubs", StringComparison.Ordinal)) continue;
+            foreach (string name in names)
+            {
+                string p = Path.Combine(dir, name);
+                if (File.Exists(p) && NativeLibrary.TryLoad(p, out handle)) { path = p; return true; }
+            }
+        }
+        handle = 0;
+        path = "";
+        return false;
+    }
+}
