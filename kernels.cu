@@ -1,0 +1,912 @@
+// kernels.cu: every custom CUDA kernel of Sdp, in one NVRTC-compiled source.
+//
+// Compiled two ways (see ../shared/reference/cuda-emulation.md and docs/kernels.md):
+//   - by NVRTC for the GPU (no host headers, nothing NVRTC does not provide built in);
+//   - as host C++ by the emulated device, whose header defines CUDAEMU and supplies threadIdx/blockIdx/...,
+//     __syncthreads, warp shuffles, atomicAdd and the math functions.
+// Rules kept here: every kernel is extern "C"; no INFINITY (use __int_as_float(0x7f800000)); dynamic shared
+// memory only through the one fixed declaration below; no inline PTX (none is needed yet); no double atomics
+// and no double warp shuffles (double reductions go through shared memory), so both paths see the same code.
+//
+// The CPU backend (src/Sdp.Engine/Backends/Cpu/CpuBackend.*.cs, src/Sdp.Kernels/Cpu/MaskedGemm.cs) is the
+// specification: each kernel's comment names the IBackend method (or MaskedGemm / sync step) it implements.
+// Tensors are contiguous and row-major; element counts are 64-bit (long long), GEMM dims are int.
+// Index tensors are int32, strictly increasing (held units) unless a kernel says otherwise; they are not
+// bounds-checked here (the host validated them when it set Tensor.Held).
+//
+// Sections
+//   0. Common helpers (index maps, block reductions)
+//   1. SDP: index-aware tiled SGEMM (row-/column-masked forward, input gradients, compact weight gradients)
+//        sgemm_gather_nn / _nt / _tn / _tt           generic: C = alpha op(A[maps]) op(B[maps]) + beta C[maps]
+//        sdp_linear_rows_forward                     y(M,K)   = x · W[idx,:]ᵀ
+//        sdp_linear_cols_forward                     y(M,N)   = x' · W[:,idx]ᵀ    (x' compact or x[:,idx])
+//        sdp_linear_rows_backward_input              dx(M,in) (+)= dy' · W[idx,:]
+//        sdp_linear_cols_backward_input              dx'(M,K) (+)= dy · W[:,idx]  (dx' compact or dx[:,idx])
+//        sdp_weight_grad_rows                        dW(K,in) (+)= dy[:,idx]ᵀ · x  (MatMulWeightGradHeld axis 0)
+//        sdp_weight_grad_cols                        dW(out,K) (+)= dyᵀ · x[:,idx] (MatMulWeightGradHeld axis 1)
+//   2. SDP: held slices, buckets and holder-count normalisation
+//        sdp_slice_copy_{f32,f64,i32,i64}            GatherHeld, ScatterHeld, ReadSlice, WriteSlice, bucket
+//                                                    pack / unpack (÷|H|), IndexSelect (int32 indices)
+//        sdp_masked_average_f32                      MaskedGemm.MaskedAverage (W workers on one device)
+//   3. Reductions
+//        sdp_sumsq_partial_{f32,f64}, sdp_sumsq_finish   AddSumOfSquares (float64, two passes, deterministic)
+//   4. Elementwise
+//        fill_*, cast_*_*, unary_*, unary_backward_*, binary_*, binary_scalar_*, binary_bcast_*
+//   5. Fused optimizer updates
+//        sgd_step_*, sgd_step_held_*, adamw_step_*, adamw_step_held_*
+//   6. Softmax and fused cross-entropy
+//        softmax_forward_*, softmax_backward_*, cross_entropy_forward_*, cross_entropy_backward_*
+
+extern __shared__ __align__(16) unsigned char dyn_smem[];
+
+// NVRTC and the emulator provide __launch_bounds__; the clang-14 compile check's prelude does not.
+#if defined(SDP_CLANG_CHECK) && !defined(__launch_bounds__)
+#define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+#endif
+
+// ============================================================================================================
+// 0. Common helpers
+// ============================================================================================================
+
+#define SDP_POS_INF_F __int_as_float(0x7f800000)
+
+// Threads per block of every 1-D kernel (elementwise, copies, optimizers, reduction passes). Block
+// reductions below assume blockDim.x is a power of two no larger than SDP_MAX_THREADS.
+#define SDP_THREADS 256
+#define SDP_MAX_THREADS 1024
+
+// Position k through an optional index map: map[k], or base + k when map is null.
+__device__ __forceinline__ long long sdp_map(const int* map, long long k, long long base)
+{
+    return map ? (long long)map[k] : base + k;
+}
+
+// First global thread index and the grid stride of a 1-D grid-stride loop.
+__device__ __forceinline__ long long sdp_gtid() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ long long sdp_gstride() { return (long long)gridDim.x * blockDim.x; }
+
+// Per-type math, overloaded so the templates below need no float/double branches.
+__device__ __forceinline__ float sdp_exp(float x) { return expf(x); }
+__device__ __forceinline__ double sdp_exp(double x) { return exp(x); }
+__device__ __forceinline__ float sdp_log(float x) { return logf(x); }
+__device__ __forceinline__ double sdp_log(double x) { return log(x); }
+__device__ __forceinline__ float sdp_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double sdp_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float sdp_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double sdp_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float sdp_pow(float x, float p) { return powf(x, p); }
+__device__ __forceinline__ double sdp_pow(double x, double p) { return pow(x, p); }
+
+// Sum over the block of one double per thread, through shared memory in a fixed tree order (no double
+// shuffles, no atomics): deterministic for a given blockDim. Every thread must call it; the result is valid in
+// thread 0. blockDim.x must be a power of two <= SDP_MAX_THREADS.
+__device__ double sdp_block_sum_double(double v)
+{
+    __shared__ double red[SDP_MAX_THREADS];
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1)
+    {
+        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = red[0];
+    __syncthreads(); // red may be reused by the caller's next reduction
+    return r;
+}
+
+// Warp-level float reductions (full mask: every lane of the warp must call them).
+__device__ __forceinline__ float sdp_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float sdp_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide float sum / max, the result broadcast to every thread (all threads must call; blockDim.x a
+// multiple of 32, at most 1024). Fixed order: deterministic for a given blockDim.
+__device__ float sdp_block_sum_float(float v)
+{
+    __shared__ float part[32];
+    v = sdp_warp_sum(v);
+    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    unsigned nw = blockDim.x >> 5;
+    float r = lane < nw ? part[lane] : 0.0f;
+    r = sdp_warp_sum(r);
+    __syncthreads();
+    return r;
+}
+
+__device__ float sdp_block_max_float(float v)
+{
+    __shared__ float part[32];
+    v = sdp_warp_max(v);
+    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    unsigned nw = blockDim.x >> 5;
+    float r = lane < nw ? part[lane] : -SDP_POS_INF_F;
+    r = sdp_warp_max(r);
+    __syncthreads();
+    return r;
+}
+
+// ============================================================================================================
+// 1. SDP: index-aware tiled SGEMM
+// ============================================================================================================
+//
+// C[cm(m), cn(n)] = alpha · Σ_k a(m, k) · b(k, n) + beta · C[cm(m), cn(n)]     (m < M, n < N, k < K)
+//   a(m, k) = A[am(m) * lda + ak(k)]          (TA false: A stored M x lda)
+//           = A[ak(k) * lda + am(m)]          (TA true:  A stored K x lda, i.e. op(A) = Aᵀ)
+//   b(k, n) = B[bk(k) * ldb + bn(n)]          (TB false: B stored K x ldb)
+//           = B[bn(n) * ldb + bk(k)]          (TB true:  B stored N x ldb, i.e. op(B) = Bᵀ)
+// Every map (am, ak, bk, bn, cm, cn) is an optional int32 index array; null means the identity. This is
+// IBackend.MatMul's convention (transA/transB) with CUTLASS-style gather/scatter added: held rows or
+// columns are read through the index array inside the tile loads, so no gathered copy is materialised.
+// beta == 0 means C is not read (outputs may be poisoned). fp32 inputs, fp32 accumulation; each output's sum
+// runs over k in increasing order (deterministic, no atomics). Batched over blockIdx.z with element strides
+// (a stride of 0 shares an operand across the batch); maps apply within each batch item.
+//
+// Tiling: 128 x 128 output tile per block of 256 threads, K step 8, each thread an 8 x 8 register block at
+// rows ty + 16 i and columns tx + 16 j (interleaved, so shared-memory reads are conflict-free and the
+// epilogue's stores are coalesced). Tiles are staged through registers: the next K slice is loaded from
+// global memory while the current one is multiplied. Out-of-range rows/columns/k load as 0 and are not
+// stored, so any M, N, K (including 0) is handled.
+// Launch: grid (ceil(N/128), ceil(M/128), batch), block 256, no dynamic shared memory (8.4 KiB static).
+
+#define SDP_GEMM_BM 128
+#define SDP_GEMM_BN 128
+#define SDP_GEMM_BK 8
+#define SDP_GEMM_THREADS 256
+#define SDP_GEMM_PAD 4
+
+template <bool TA, bool TB>
+__device__ __forceinline__ void sdp_gemm_body(
+    int M, int N, int K, float alpha,
+    const float* __restrict__ A, long long lda, long long strideA, const int* __restrict__ am, const int* __restrict__ ak,
+    const float* __restrict__ B, long long ldb, long long strideB, const int* __restrict__ bk, const int* __restrict__ bn,
+    float beta, float* C, long long ldc, long long strideC, const int* __restrict__ cm, const int* __restrict__ cn)
+{
+    __shared__ float As[SDP_GEMM_BK][SDP_GEMM_BM + SDP_GEMM_PAD];
+    __shared__ float Bs[SDP_GEMM_BK][SDP_GEMM_BN + SDP_GEMM_PAD];
+
+    const int tid = threadIdx.x;
+    const int tx = tid & 15, ty = tid >> 4;
+    const int m0 = blockIdx.y * SDP_GEMM_BM, n0 = blockIdx.x * SDP_GEMM_BN;
+    const long long z = blockIdx.z;
+    A += z * strideA;
+    B += z * strideB;
+    C += z * strideC;
+
+    // Load assignment. K-contiguous operand (A when !TA, B when TB): 8 consecutive threads read 8 consecutive k
+    // of one row, 32 rows per pass, 4 passes. Row-contiguous operand (A when TA, B when !TB): 128 consecutive
+    // threads read 128 consecutive rows of one k, 2 k per pass, 4 passes.
+    const int kc_k = tid & 7, kc_r = tid >> 3;     // K-contiguous: k in tile, first row
+    const int rc_r = tid & 127, rc_k = tid >> 7;   // row-contiguous: row in tile, first k
+
+    float ra[4], rb[4];
+    float acc[8][8];
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+
+    // Global -> registers for the K slice starting at k0.
+    auto load = [&](int k0) {
+        for (int p = 0; p < 4; p++)
+        {
+            int r, k;
+            if (!TA) { r = kc_r + 32 * p; k = kc_k; } else { r = rc_r; k = rc_k + 2 * p; }
+            int m = m0 + r, kk = k0 + k;
+            float v = 0.0f;
+            if (m < M && kk < K)
+            {
+                long long mi = sdp_map(am, m, 0), ki = sdp_map(ak, kk, 0);
+                v = TA ? A[ki * lda + mi] : A[mi * lda + ki];
+            }
+            ra[p] = v;
+        }
+        for (int p = 0; p < 4; p++)
+        {
+            int r, k;
+            if (TB) { r = kc_r + 32 * p; k = kc_k; } else { r = rc_r; k = rc_k + 2 * p; }
+            int n = n0 + r, kk = k0 + k;
+            float v = 0.0f;
+            if (n < N && kk < K)
+            {
+                long long ni = sdp_map(bn, n, 0), ki = sdp_map(bk, kk, 0);
+                v = TB ? B[ni * ldb + ki] : B[ki * ldb + ni];
+            }
+            rb[p] = v;
+        }
+    };
+
+    if (K > 0) load(0);
+    for (int k0 = 0; k0 < K; k0 += SDP_GEMM_BK)
+    {
+        for (int p = 0; p < 4; p++)
+        {
+            if (!TA) As[kc_k][kc_r + 32 * p] = ra[p]; else As[rc_k + 2 * p][rc_r] = ra[p];
+            if (TB) Bs[kc_k][kc_r + 32 * p] = rb[p]; else Bs[rc_k + 2 * p][rc_r] = rb[p];
+        }
+        __syncthreads();
+        if (k0 + SDP_GEMM_BK < K) load(k0 + SDP_GEMM_BK);
+        for (int kk = 0; kk < SDP_GEMM_BK; kk++)
+        {
+            float a[8], b[8];
+            for (int i = 0; i < 8; i++) a[i] = As[kk][ty + 16 * i];
+            for (int j = 0; j < 8; j++) b[j] = Bs[kk][tx + 16 * j];
+            for (int i = 0; i < 8; i++)
+                for (int j = 0; j < 8; j++) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+
+    for (int i = 0; i < 8; i++)
+    {
+        int m = m0 + ty + 16 * i;
+        if (m >= M) continue;
+        float* crow = C + sdp_map(cm, m, 0) * ldc;
+        for (int j = 0; j < 8; j++)
+        {
+            int n = n0 + tx + 16 * j;
+            if (n >= N) continue;
+            float* c = crow + sdp_map(cn, n, 0);
+            float v = alpha * acc[i][j];
+            if (beta != 0.0f) v += beta * *c;
+            *c = v;
+        }
+    }
+}
+
+#define SDP_GEMM_GENERIC(NAME, TA, TB)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) NAME(                                               \
+        int M, int N, int K, float alpha,                                                                              \
+        const float* A, long long lda, long long strideA, const int* am, const int* ak,                                \
+        const float* B, long long ldb, long long strideB, const int* bk, const int* bn,                                \
+        float beta, float* C, long long ldc, long long strideC, const int* cm, const int* cn)                          \
+    {                                                                                                                  \
+        sdp_gemm_body<TA, TB>(M, N, K, alpha, A, lda, strideA, am, ak, B, ldb, strideB, bk, bn, beta, C, ldc, strideC, \
+                              cm, cn);                                                                                 \
+    }
+
+// sgemm_gather_nn: C = alpha·A[am,ak]·B[bk,bn] + beta·C          A (M,K), B (K,N)       IBackend.MatMul (no trans)
+// sgemm_gather_nt: C = alpha·A[am,ak]·B[bn,bk]ᵀ + beta·C         A (M,K), B (N,K)       IBackend.MatMul (transB)
+// sgemm_gather_tn: C = alpha·A[ak,am]ᵀ·B[bk,bn] + beta·C         A (K,M), B (K,N)       IBackend.MatMul (transA)
+// sgemm_gather_tt: C = alpha·A[ak,am]ᵀ·B[bn,bk]ᵀ + beta·C        A (K,M), B (N,K)       IBackend.MatMul (both)
+// All maps may be null (then this is a plain batched SGEMM, usable for MatMul where cuBLAS is not wanted).
+SDP_GEMM_GENERIC(sgemm_gather_nn, false, false)
+SDP_GEMM_GENERIC(sgemm_gather_nt, false, true)
+SDP_GEMM_GENERIC(sgemm_gather_tn, true, false)
+SDP_GEMM_GENERIC(sgemm_gather_tt, true, true)
+
+// Row-masked Linear forward (output units held; MaskedGemm.SgemmGatherB):
+//   y (M, K) = x (M, inDim) · W[idx, :]ᵀ (+ beta·y),  W (outDim, inDim), idx (K) held output rows.
+//   Column j of y is unit idx[j]. Launch: grid (ceil(K/128), ceil(M/128)), block 256.
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_rows_forward(
+    const float* x, const float* w, const int* idx, float* y, int M, int inDim, int K, float beta)
+{
+    sdp_gemm_body<false, true>(M, K, inDim, 1.0f, x, inDim, 0, nullptr, nullptr, w, inDim, 0, nullptr, idx,
+                               beta, y, K, 0, nullptr, nullptr);
+}
+
+// Column-masked Linear forward (input units held; MaskedGemm.SgemmGatherK):
+//   y (M, N) = x' · W[:, idx]ᵀ (+ beta·y),  W (N, wCols), idx (K) held input columns, and
+//   x' = x (M, K) compact when xFull == 0, or x[:, idx] of a full x (M, wCols) when xFull != 0.
+//   Launch: grid (ceil(N/128), ceil(M/128)), block 256.
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_cols_forward(
+    const float* x, const float* w, const int* idx, float* y, int M, int N, int wCols, int K, int xFull, float beta)
+{
+    sdp_gemm_body<false, true>(M, N, K, 1.0f, x, xFull ? wCols : K, 0, nullptr, xFull ? idx : nullptr,
+                               w, wCols, 0, idx, nullptr, beta, y, N, 0, nullptr, nullptr);
+}
+
+// Input gradient of the row-masked Linear:
+//   dx (M, inDim) = dy' (M, K) · W[idx, :] + beta·dx   (beta 1: the += contract), W (outDim, inDim).
+//   dy' is compact (M, K) when dyFull == 0, or dy[:, idx] of a full dy (M, outDim) when dyFull != 0 (backward
+//   masking feeding only held units' paths). Launch: grid (ceil(inDim/128), ceil(M/128)), block 256.
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_rows_backward_input(
+    const float* dy, const float* w, const int* idx, float* dx, int M, int outDim, int inDim, int K, int dyFull, float beta)
+{
+    sdp_gemm_body<false, false>(M, inDim, K, 1.0f, dy, dyFull ? outDim : K, 0, nullptr, dyFull ? idx : nullptr,
+                                w, inDim, 0, idx, nullptr, beta, dx, inDim, 0, nullptr, nullptr);
+}
+
+// Input gradient of the column-masked Linear:
+//   dx' = dy (M, N) · W[:, idx] + beta·dx',  W (N, wCols);  dx' is compact (M, K) when dxFull == 0, or the held
+//   columns dx[:, idx] of a full dx (M, wCols) when dxFull != 0 (other columns untouched).
+//   Launch: grid (ceil(K/128), ceil(M/128)), block 256.
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_cols_backward_input(
+    const float* dy, const float* w, const int* idx, float* dx, int M, int N, int wCols, int K, int dxFull, float beta)
+{
+    sdp_gemm_body<false, false>(M, K, N, 1.0f, dy, N, 0, nullptr, nullptr, w, wCols, 0, nullptr, idx,
+                                beta, dx, dxFull ? wCols : K, 0, nullptr, dxFull ? idx : nullptr);
+}
+
+// Compact weight gradient, held output rows (IBackend.MatMulWeightGradHeld axis 0 with dyFull = 1, beta = 1;
+// MaskedGemm.SgemmWeightGradRows with dwFull = false):
+//   dW (K, inDim) = dy'ᵀ · x (tokens, inDim) + beta·dW,  dy' = dy[:, idx] of a full dy (tokens, outDim) when
+//   dyFull != 0, else a compact dy (tokens, K). Launch: grid (ceil(inDim/128), ceil(K/128)), block 256.
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_rows(
+    const float* dy, const float* x, const int* idx, float* dw, int tokens, int outDim, int inDim, int K, int dyFull, float beta)
+{
+    sdp_gemm_body<true, false>(K, inDim, tokens, 1.0f, dy, dyFull ? outDim : K, 0, dyFull ? idx : nullptr, nullptr,
+                               x, inDim, 0, nullptr, nullptr, beta, dw, inDim, 0, nullptr, nullptr);
+}
+
+// Compact weight gradient, held input columns (IBackend.MatMulWeightGradHeld axis 1 with xFull = 1, beta = 1;
+// MaskedGemm.SgemmWeightGradCols with dwFull = false):
+//   dW (outDim, K) = dyᵀ (tokens, outDim)ᵀ · x' + beta·dW,  x' = x[:, idx] of a full x (tokens, inDim) when
+//   xFull != 0, else a compact x (tokens, K). Launch: grid (ceil(K/128), ceil(outDim/128)), block 256.
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_cols(
+    const float* dy, const float* x, const int* idx, float* dw, int tokens, int outDim, int inDim, int K, int xFull, float beta)
+{
+    sdp_gemm_body<true, false>(outDim, K, tokens, 1.0f, dy, outDim, 0, nullptr, nullptr,
+                               x, xFull ? inDim : K, 0, nullptr, xFull ? idx : nullptr, beta, dw, K, 0, nullptr, nullptr);
+}
+
+// ============================================================================================================
+// 2. SDP: held slices, buckets and holder-count normalisation
+// ============================================================================================================
+//
+// sdp_slice_copy_<T>: viewing src as (outer, srcN, inner) and dst as (outer, dstN, inner),
+//   for o < outer, k < K, i < inner:
+//     dst[o, dmap(k), i] (= | +=) src[o, smap(k), i] / divisor
+//   with smap(k) = srcMap ? srcMap[k] : srcStart + k and dmap(k) = dstMap ? dstMap[k] : dstStart + k.
+//   The divisor is *divisorPtr when divisorPtr is non-null (a device scalar, e.g. the holder count |H| that
+//   HolderGroupedSync keeps on the device), else the divisor argument; 1 divides nothing (exact).
+//   It is IEEE division (v / |H|), as HolderGroupedSync does with Binary(Div) after the all-reduce, not a
+//   multiplication by 1/|H|, so results match the CPU bit for bit when the sums match.
+// Implements:
+//   GatherHeld(full, axis, idx, compact, acc):  srcMap = idx, srcN = N, dstN = K, dstStart = 0, accumulate = acc
+//   ScatterHeld(compact, axis, idx, full):      dstMap = idx, srcN = K, dstN = N, srcStart = 0, accumulate = 0
+//   ReadSlice(src, axis, start, dst, acc):      srcStart = start, dstStart = 0, K = dst.Shape[axis]
+//   WriteSlice(src, axis, start, dst, acc):     srcStart = 0, dstStart = start, K = src.Shape[axis]
+//   bucket pack (SyncBuckets.Pack):             ReadSlice of the (full or compact) gradient into the bucket view
+//   bucket unpack with ÷|H| fused:              WriteSlice with divisorPtr = |H| (replaces Binary(Div) + Unpack)
+//   compact gradient -> full-size bucket / full gradient (+ ÷|H|): dstMap = idx; and the reverse with srcMap = idx
+//   IndexSelect with int32 indices (no validation here; repeated indices are fine when reading).
+// Scatters (dstMap) need distinct indices when accumulating; held indices are strictly increasing.
+// Launch: 1-D grid-stride, block 256, grid min(ceil(outer·K·inner / 256), 65535). The integer int variants
+// copy bit patterns (no divisor).
+
+template <typename T>
+__device__ __forceinline__ void sdp_slice_copy_body(
+    const T* __restrict__ src, T* __restrict__ dst, const int* __restrict__ srcMap, const int* __restrict__ dstMap,
+    long long outer, long long srcN, long long dstN, long long K, long long inner, long long srcStart, long long dstStart,
+    int accumulate, T divisor, const T* divisorPtr, bool divide)
+{
+    long long ki = K * inner, total = outer * ki;
+    if (total == 0) return;
+    T div = divide ? (divisorPtr ? *divisorPtr : divisor) : (T)1;
+    bool scale = divide && div != (T)1;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long o = e / ki, rem = e - o * ki;
+        long long k = rem / inner, i = rem - k * inner;
+        T v = src[(o * srcN + sdp_map(srcMap, k, srcStart)) * inner + i];
+        if (scale) v = v / div;
+        T* d = dst + (o * dstN + sdp_map(dstMap, k, dstStart)) * inner + i;
+        *d = accumulate ? *d + v : v;
+    }
+}
+
+#define SDP_SLICE_COPY_FLOAT(SFX, T)                                                                                   \
+    extern "C" __global__ void sdp_slice_copy_##SFX(const T* src, T* dst, const int* srcMap, const int* dstMap,      \
+        long long outer, long long srcN, long long dstN, long long K, long long inner, long long srcStart,             \
+        long long dstStart, int accumulate, T divisor, const T* divisorPtr)                                            \
+    {                                                                                                                  \
+        sdp_slice_copy_body<T>(src, dst, srcMap, dstMap, outer, srcN, dstN, K, inner, srcStart, dstStart, accumulate,  \
+                               divisor, divisorPtr, true);                                                             \
+    }
+
+#define SDP_SLICE_COPY_INT(SFX, T)                                                                                     \
+    extern "C" __global__ void sdp_slice_copy_##SFX(const T* src, T* dst, const int* srcMap, const int* dstMap,      \
+        long long outer, long long srcN, long long dstN, long long K, long long inner, long long srcStart,             \
+        long long dstStart, int accumulate)                                                                            \
+    {                                                                                                                  \
+        sdp_slice_copy_body<T>(src, dst, srcMap, dstMap, outer, srcN, dstN, K, inner, srcStart, dstStart, accumulate,  \
+                               (T)1, nullptr, false);                                                                  \
+    }
+
+SDP_SLICE_COPY_FLOAT(f32, float)
+SDP_SLICE_COPY_FLOAT(f64, double)
+SDP_SLICE_COPY_INT(i32, int)
+SDP_SLICE_COPY_INT(i64, long long)
+
+// sdp_masked_average_f32: holder-masked average of W workers' gradients that live on one device
+// (MaskedGemm.MaskedAverage; the simulated-workers-on-one-GPU form of the bucket all-reduce + ÷|H|).
+//   grads: device array of W pointers, each a full (outer, units, inner) float tensor;
+//   held:  W x units bytes, held[w * units + u] != 0 when worker w holds unit u;
+//   dst[o, u, i] = (Σ_{w in order, held[w,u]} grads[w][o, u, i]) · (1 / count(u)), 0 where count(u) == 0.
+//   Unheld entries of a worker's gradient are never read. Rows units: outer = 1, inner = cols; column units:
+//   outer = rows, inner = 1. Multiplies by the float reciprocal as MaskedAverage does.
+//   Launch: 1-D grid-stride, block 256, grid min(ceil(outer·units·inner / 256), 65535).
+extern "C" __global__ void sdp_masked_average_f32(const float* const* grads, const unsigned char* held, int workers,
+                                                  long long outer, long long units, long long inner, float* dst)
+{
+    long long ui = units * inner, total = outer * ui;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long u = (e % ui) / inner;
+        float s = 0.0f;
+        int count = 0;
+        for (int w = 0; w < workers; w++)
+        {
+            if (held[(long long)w * units + u])
+            {
+                s += grads[w][e];
+                count++;
+            }
+        }
+        dst[e] = count == 0 ? 0.0f : s * (1.0f / (float)count);
+    }
+}
+
+// ============================================================================================================
+// 3. Reductions
+// ============================================================================================================
+//
+// AddSumOfSquares(x, divisor, total): total (float64 scalar on the device) += (Σ x²) / divisor, Σ in float64.
+// Two passes, no atomics, deterministic for a given grid size:
+//   sdp_sumsq_partial_<T>(x, n, partials): block b writes partials[b] = Σ over its grid-stride elements of
+//     (double)x², summed per thread in index order, then over the block in a fixed shared-memory tree.
+//     Launch: block 256, grid G = min(ceil(n / 256), 1024) (chosen from n alone, so the result does not depend
+//     on the GPU), partials a float64 scratch of >= G elements (1024 doubles suffice: an engine buffer).
+//   sdp_sumsq_finish(partials, count, divisor, total): one block of 256: total[0] += (Σ partials) / divisor.
+// The two launches go on the same stream; nothing is read back to the host. The CPU sums in index order, so
+// results agree to float64 rounding (about 1e-15 relative), not bitwise.
+
+template <typename T>
+__device__ __forceinline__ void sdp_sumsq_partial_body(const T* __restrict__ x, long long n, double* partials)
+{
+    double acc = 0.0;
+    for (long long e = sdp_gtid(); e < n; e += sdp_gstride())
+    {
+        double v = (double)x[e];
+        acc += v * v;
+    }
+    double s = sdp_block_sum_double(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+extern "C" __global__ void sdp_sumsq_partial_f32(const float* x, long long n, double* partials) { sdp_sumsq_partial_body<float>(x, n, partials); }
+extern "C" __global__ void sdp_sumsq_partial_f64(const double* x, long long n, double* partials) { sdp_sumsq_partial_body<double>(x, n, partials); }
+
+extern "C" __global__ void sdp_sumsq_finish(const double* partials, int count, double divisor, double* total)
+{
+    double acc = 0.0;
+    for (int b = threadIdx.x; b < count; b += blockDim.x) acc += partials[b];
+    double s = sdp_block_sum_double(acc);
+    if (threadIdx.x == 0) total[0] += s / divisor;
+}
+
+// ============================================================================================================
+// 4. Elementwise
+// ============================================================================================================
+// All 1-D grid-stride: block 256, grid min(ceil(n / 256), 65535). Suffixes: f32, f64, i32, i64.
+
+// fill_<T>(dst, value, n): dst[i] = value (IBackend.Fill; the host converts value to the dtype).
+#define SDP_FILL(SFX, T)                                                                                               \
+    extern "C" __global__ void fill_##SFX(T* dst, T value, long long n)                                               \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) dst[e] = value;                                      \
+    }
+SDP_FILL(f32, float)
+SDP_FILL(f64, double)
+SDP_FILL(i32, int)
+SDP_FILL(i64, long long)
+
+// cast_<S>_<D>(src, dst, n): dst[i] = (D)(double)src[i] (IBackend.Cast; through float64 as the CPU does, so
+// int64 -> float32 rounds the same way; float -> int truncates toward zero). cast_x_x is a plain copy
+// (IBackend.Copy within a device).
+#define SDP_CAST(SS, S, DS, D)                                                                                         \
+    extern "C" __global__ void cast_##SS##_##DS(const S* src, D* dst, long long n)                                    \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) dst[e] = (D)(double)src[e];                          \
+    }
+#define SDP_CAST_FROM(SS, S)                                                                                           \
+    SDP_CAST(SS, S, f32, float)                                                                                        \
+    SDP_CAST(SS, S, f64, double)                                                                                       \
+    SDP_CAST(SS, S, i32, int)                                                                                          \
+    SDP_CAST(SS, S, i64, long long)
+SDP_CAST_FROM(f32, float)
+SDP_CAST_FROM(f64, double)
+SDP_CAST_FROM(i32, int)
+SDP_CAST_FROM(i64, long long)
+
+// Unary op codes: the numeric values of Sdp.Engine.Backends.UnaryOp.
+#define SDP_U_NEG 0
+#define SDP_U_EXP 1
+#define SDP_U_LOG 2
+#define SDP_U_SQRT 3
+#define SDP_U_RSQRT 4
+#define SDP_U_POW 5
+#define SDP_U_RELU 6
+#define SDP_U_SILU 7
+#define SDP_U_GELU 8
+#define SDP_U_TANH 9
+#define SDP_U_SIGMOID 10
+#define SDP_U_SCALE 11
+#define SDP_U_ADDSCALAR 12
+
+template <typename T>
+__device__ __forceinline__ T sdp_gelu_tanh(T x)
+{
+    const T c = (T)0.7978845608028654; // sqrt(2/pi)
+    T inner = c * (x + (T)0.044715 * x * x * x);
+    return (T)0.5 * x * ((T)1 + sdp_tanh(inner));
+}
+
+template <typename T>
+__device__ __forceinline__ T sdp_gelu_tanh_grad(T x)
+{
+    const T c = (T)0.7978845608028654, k = (T)0.044715;
+    T th = sdp_tanh(c * (x + k * x * x * x));
+    T sech2 = (T)1 - th * th;
+    return (T)0.5 * ((T)1 + th) + (T)0.5 * x * sech2 * c * ((T)1 + (T)3 * k * x * x);
+}
+
+template <typename T>
+__device__ __forceinline__ T sdp_unary(int op, T x, T p)
+{
+    switch (op)
+    {
+    case SDP_U_NEG: return -x;
+    case SDP_U_EXP: return sdp_exp(x);
+    case SDP_U_LOG: return sdp_log(x);
+    case SDP_U_SQRT: return sdp_sqrt(x);
+    case SDP_U_RSQRT: return (T)1 / sdp_sqrt(x);
+    case SDP_U_POW: return sdp_pow(x, p);
+    case SDP_U_RELU: return x != x ? x : (x > (T)0 ? x : (T)0); // NaN propagates, -0 -> +0 (TensorPrimitives.Max)
+    case SDP_U_SILU: return x / ((T)1 + sdp_exp(-x));
+    case SDP_U_GELU: return sdp_gelu_tanh(x);
+    case SDP_U_TANH: return sdp_tanh(x);
+    case SDP_U_SIGMOID: return (T)1 / ((T)1 + sdp_exp(-x));
+    case SDP_U_SCALE: return x * p;
+    default: return x + p; // SDP_U_ADDSCALAR
+    }
+}
+
+// d op(x) / dx, from x and the forward output y, as CpuBackend.UnaryBackward computes it.
+template <typename T>
+__device__ __forceinline__ T sdp_unary_grad(int op, T x, T y, T p)
+{
+    switch (op)
+    {
+    case SDP_U_NEG: return (T)-1;
+    case SDP_U_EXP: return y;
+    case SDP_U_LOG: return (T)1 / x;
+    case SDP_U_SQRT: return (T)0.5 / y;
+    case SDP_U_RSQRT: return (T)-0.5 * y / x;
+    case SDP_U_POW: return p * sdp_pow(x, p - (T)1);
+    case SDP_U_RELU: return x > (T)0 ? (T)1 : (T)0;
+    case SDP_U_SILU: { T s = (T)1 / ((T)1 + sdp_exp(-x)); return s * ((T)1 + x * ((T)1 - s)); }
+    case SDP_U_GELU: return sdp_gelu_tanh_grad(x);
+    case SDP_U_TANH: return (T)1 - y * y;
+    case SDP_U_SIGMOID: return y * ((T)1 - y);
+    case SDP_U_SCALE: return p;
+    default: return (T)1; // SDP_U_ADDSCALAR
+    }
+}
+
+// unary_<T>(op, x, y, n, p): y = op(x; p), y may alias x (IBackend.Unary; op = UnaryOp's value).
+// unary_backward_<T>(op, x, y, dy, dx, n, p): dx += dy · op'(x) (IBackend.UnaryBackward). For Relu the CPU
+// adds dy only where x > 0, which this equals (dy · 0 = 0 for finite dy; a NaN/inf dy at x <= 0 is the one
+// difference: the CPU skips it, here it becomes NaN). Kept exact by the relu special case below.
+#define SDP_UNARY(SFX, T)                                                                                              \
+    extern "C" __global__ void unary_##SFX(int op, const T* x, T* y, long long n, T p)                               \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) y[e] = sdp_unary<T>(op, x[e], p);                   \
+    }                                                                                                                  \
+    extern "C" __global__ void unary_backward_##SFX(int op, const T* x, const T* y, const T* dy, T* dx, long long n, T p) \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+        {                                                                                                              \
+            if (op == SDP_U_RELU) { if (x[e] > (T)0) dx[e] += dy[e]; continue; }                                       \
+            dx[e] += sdp_unary_grad<T>(op, x[e], y[e], p) * dy[e];                                                     \
+        }                                                                                                              \
+    }
+SDP_UNARY(f32, float)
+SDP_UNARY(f64, double)
+
+// Binary op codes: the numeric values of Sdp.Engine.Backends.BinaryOp.
+#define SDP_B_ADD 0
+#define SDP_B_SUB 1
+#define SDP_B_MUL 2
+#define SDP_B_DIV 3
+
+template <typename T>
+__device__ __forceinline__ T sdp_binary(int op, T a, T b)
+{
+    switch (op)
+    {
+    case SDP_B_ADD: return a + b;
+    case SDP_B_SUB: return a - b;
+    case SDP_B_MUL: return a * b;
+    default: return a / b;
+    }
+}
+
+// Broadcast descriptor, passed by value: y's shape (rank <= 8) and a's and b's element strides viewed with y's
+// rank (0 on broadcast axes), exactly CpuBackend.BroadcastStrides. Host layout: 3 x 8 int64, then int32 rank
+// and 4 bytes of padding (200 bytes).
+struct SdpBcast
+{
+    long long shape[8];
+    long long sa[8];
+    long long sb[8];
+    int rank;
+    int pad;
+};
+
+// binary_<T>(op, a, b, y, n): y = a op b, all of n elements (IBackend.Binary, same-shape case; y may alias).
+// binary_scalar_<T>(op, a, b, y, n, scalarSide): one operand is a single device element: scalarSide 1:
+//   y = a[i] op b[0]; scalarSide 0: y = a[0] op b[i] (IBackend.Binary with a one-element operand, e.g. the
+//   bucket ÷ holder count of HolderGroupedSync).
+// binary_bcast_<T>(op, a, b, y, n, desc): general NumPy broadcast through SdpBcast (IBackend.Binary).
+#define SDP_BINARY(SFX, T)                                                                                             \
+    extern "C" __global__ void binary_##SFX(int op, const T* a, const T* b, T* y, long long n)                       \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) y[e] = sdp_binary<T>(op, a[e], b[e]);               \
+    }                                                                                                                  \
+    extern "C" __global__ void binary_scalar_##SFX(int op, const T* a, const T* b, T* y, long long n, int scalarSide) \
+    {                                                                                                                  \
+        if (scalarSide)                                                                                                \
+        {                                                                                                              \
+            T s = b[0];                                                                                                \
+            for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) y[e] = sdp_binary<T>(op, a[e], s);              \
+        }                                                                                                              \
+        else                                                                                                           \
+        {                                                                                                              \
+            T s = a[0];                                                                                                \
+            for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) y[e] = sdp_binary<T>(op, s, b[e]);              \
+        }                                                                                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void binary_bcast_##SFX(int op, const T* a, const T* b, T* y, long long n, SdpBcast d)     \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+        {                                                                                                              \
+            long long rem = e, oa = 0, ob = 0;                                                                         \
+            for (int ax = d.rank - 1; ax >= 0; ax--)                                                                   \
+            {                                                                                                          \
+                long long s = d.shape[ax], q = rem / s, idx = rem - q * s;                                             \
+                rem = q;                                                                                               \
+                oa += idx * d.sa[ax];                                                                                  \
+                ob += idx * d.sb[ax];                                                                                  \
+            }                                                                                                          \
+            y[e] = sdp_binary<T>(op, a[oa], b[ob]);                                                                    \
+        }                                                                                                              \
+    }
+SDP_BINARY(f32, float)
+SDP_BINARY(f64, double)
+
+// ============================================================================================================
+// 5. Fused optimizer updates
+// ============================================================================================================
+// Formulas and operation order exactly as CpuBackend.Optim.cs (no fused multiply-add there; NVRTC contracts
+// a*b+c into FMA unless compiled with --fmad=false, which the bit-for-bit cross-check should use).
+// Host-side scalars are computed in float64 as CpuBackend does, then rounded to T:
+//   SGD:   lr, mu = momentum, keep = 1 - dampening, wd = weightDecay; decay = (weightDecay != 0);
+//          buf null exactly when momentum == 0; first = firstStep; nesterov.
+//   AdamW: decay = 1 - lr·weightDecay, hasDecay = (weightDecay != 0), w1 = 1 - beta1,
+//          lerpFromStart = (1 - beta1 < 0.5), b2 = beta2, c2 = 1 - beta2, eps,
+//          negStep = -(lr / (1 - beta1^step)), bias2Sqrt = sqrt(1 - beta2^step).
+// The _held variants update a FULL parameter's held slices in place, straight from a COMPACT gradient and
+// compact optimizer state: viewing the parameter as (outer, N, inner) and grad/state as (outer, K, inner),
+// element (o, k, i) of the compact tensors updates param[o, idx[k], i]. No gathered copy of the parameter.
+// Launch: 1-D grid-stride over n (= outer·K·inner for _held), block 256, grid min(ceil(n / 256), 65535).
+
+template <typename T>
+__device__ __forceinline__ void sdp_sgd_elem(T* p, T g, T* b, T lr, T mu, T keep, T wd, int decay, int first, int nesterov)
+{
+    T d = g;
+    if (decay) d += wd * *p;
+    if (b)
+    {
+        T buf = first ? d : mu * *b + keep * d;
+        *b = buf;
+        d = nesterov ? d + mu * buf : buf;
+    }
+    *p = *p - lr * d;
+}
+
+template <typename T>
+__device__ __forceinline__ void sdp_adamw_elem(T* p, T g, T* m, T* v, T decay, int hasDecay, T w1, int lerpFromStart,
+                                               T b2, T c2, T eps, T negStep, T bias2Sqrt)
+{
+    T pi = *p, mi = *m, vi = *v;
+    if (hasDecay) pi *= decay;
+    mi = lerpFromStart ? mi + w1 * (g - mi) : g - (g - mi) * ((T)1 - w1);
+    vi = vi * b2 + c2 * g * g;
+    T denom = sdp_sqrt(vi) / bias2Sqrt + eps;
+    pi += negStep * mi / denom;
+    *p = pi;
+    *m = mi;
+    *v = vi;
+}
+
+// Compact element e = (o, k, i) -> full parameter element (o, idx[k], i).
+__device__ __forceinline__ long long sdp_held_elem(long long e, const int* idx, long long N, long long K, long long inner)
+{
+    long long ki = K * inner, o = e / ki, rem = e - o * ki, k = rem / inner, i = rem - k * inner;
+    return (o * N + idx[k]) * inner + i;
+}
+
+// sgd_step_<T>: IBackend.SgdStep. param, grad, buf (nullable) of n elements.
+// sgd_step_held_<T>: the same over a full param (outer, N, inner) at held idx (K), grad/buf compact (outer, K, inner).
+// adamw_step_<T>: IBackend.AdamWStep. param, grad, m, v of n elements.
+// adamw_step_held_<T>: the same over a full param at held idx, grad/m/v compact.
+#define SDP_OPTIM(SFX, T)                                                                                              \
+    extern "C" __global__ void sgd_step_##SFX(T* param, const T* grad, T* buf, long long n, T lr, T mu, T keep, T wd, \
+                                              int decay, int first, int nesterov)                                     \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+            sdp_sgd_elem<T>(param + e, grad[e], buf ? buf + e : nullptr, lr, mu, keep, wd, decay, first, nesterov);    \
+    }                                                                                                                  \
+    extern "C" __global__ void sgd_step_held_##SFX(T* param, const T* grad, T* buf, const int* idx, long long outer,  \
+                                                   long long N, long long K, long long inner, T lr, T mu, T keep, T wd, \
+                                                   int decay, int first, int nesterov)                                \
+    {                                                                                                                  \
+        long long n = outer * K * inner;                                                                               \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+            sdp_sgd_elem<T>(param + sdp_held_elem(e, idx, N, K, inner), grad[e], buf ? buf + e : nullptr, lr, mu, keep, \
+                            wd, decay, first, nesterov);                                                               \
+    }                                                                                                                  \
+    extern "C" __global__ void adamw_step_##SFX(T* param, const T* grad, T* m, T* v, long long n, T decay, int hasDecay, \
+                                                T w1, int lerpFromStart, T b2, T c2, T eps, T negStep, T bias2Sqrt)    \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+            sdp_adamw_elem<T>(param + e, grad[e], m + e, v + e, decay, hasDecay, w1, lerpFromStart, b2, c2, eps,       \
+                              negStep, bias2Sqrt);                                                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void adamw_step_held_##SFX(T* param, const T* grad, T* m, T* v, const int* idx,             \
+                                                     long long outer, long long N, long long K, long long inner,       \
+                                                     T decay, int hasDecay, T w1, int lerpFromStart, T b2, T c2, T eps, \
+                                                     T negStep, T bias2Sqrt)                                           \
+    {                                                                                                                  \
+        long long n = outer * K * inner;                                                                               \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+            sdp_adamw_elem<T>(param + sdp_held_elem(e, idx, N, K, inner), grad[e], m + e, v + e, decay, hasDecay, w1,  \
+                              lerpFromStart, b2, c2, eps, negStep, bias2Sqrt);                                         \
+    }
+SDP_OPTIM(f32, float)
+SDP_OPTIM(f64, double)
+
+// ============================================================================================================
+// 6. Softmax and fused cross-entropy (float32)
+// ============================================================================================================
+// One block per row, block 256 (a multiple of 32, power of two not required), grid = rows (1-D; rows beyond
+// 2^31 - 1 are not supported). Row sums are block reductions in a fixed order: deterministic, but a different
+// order from the CPU's vectorised sums, so compare with a tolerance (about 1e-6 relative).
+
+// softmax_forward_f32(x, y, rows, V, log): IBackend.Softmax. y = exp(x - max) / Σ exp(x - max), or for log
+// y = x - (max + log Σ exp(x - max)). y may not alias x.
+extern "C" __global__ void softmax_forward_f32(const float* x, float* y, long long rows, int V, int logOut)
+{
+    long long r = blockIdx.x;
+    if (r >= rows || V == 0) return;
+    const float* xr = x + r * V;
+    float* yr = y + r * V;
+    float mx = -SDP_POS_INF_F;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+    mx = sdp_block_max_float(mx);
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(xr[j] - mx);
+    s = sdp_block_sum_float(s);
+    if (logOut)
+    {
+        float shift = mx + logf(s);
+        for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = xr[j] - shift;
+    }
+    else
+    {
+        float inv = 1.0f / s;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = expf(xr[j] - mx) * inv;
+    }
+}
+
+// softmax_backward_f32(y, dy, dx, rows, V, log): IBackend.SoftmaxBackward.
+//   softmax: dx += y ⊙ (dy - Σ dy·y);  log-softmax: dx += dy - exp(y) · Σ dy.
+extern "C" __global__ void softmax_backward_f32(const float* y, const float* dy, float* dx, long long rows, int V, int logOut)
+{
+    long long r = blockIdx.x;
+    if (r >= rows || V == 0) return;
+    const float* yr = y + r * V;
+    const float* dyr = dy + r * V;
+    float* dxr = dx + r * V;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) s += logOut ? dyr[j] : dyr[j] * yr[j];
+    s = sdp_block_sum_float(s);
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        dxr[j] += logOut ? dyr[j] - expf(yr[j]) * s : yr[j] * (dyr[j] - s);
+}
+
+// Target of row r from an int32 (targets64 == 0) or int64 target tensor.
+__device__ __forceinline__ long long sdp_target(const void* targets, int targets64, long long r)
+{
+    return targets64 ? ((const long long*)targets)[r] : (long long)((const int*)targets)[r];
+}
+
+// cross_entropy_forward_f32(logits, targets, targets64, ignoreIndex, rows, V, lse, rowLoss):
+// IBackend.CrossEntropy, per-row part. lse[r] = max + log Σ exp(logits[r] - max); rowLoss (nullable)
+// [r] = lse[r] - logits[r, t_r], 0 where t_r == ignoreIndex. Targets must have been validated (the CPU
+// validates before writing; the CUDA backend validates on the host or with a check kernel first).
+// For reduction Sum / Mean, run cross_entropy_reduce_f32 after it (one block, deterministic, float64).
+extern "C" __global__ void cross_entropy_forward_f32(const float* logits, const void* targets, int targets64, int ignoreIndex,
+                                                     long long rows, int V, float* lse, float* rowLoss)
+{
+    long long r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = logits + r * V;
+    float mx = -SDP_POS_INF_F;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+    mx = sdp_block_max_float(mx);
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(xr[j] - mx);
+    s = sdp_block_sum_float(s);
+    if (threadIdx.x == 0)
+    {
+        float l = mx + logf(s);
+        lse[r] = l;
+        if (rowLoss)
+        {
+            long long t = sdp_target(targets, targets64, r);
+            rowLoss[r] = t == ignoreIndex ? 0.0f : l - xr[t];
+        }
+    }
+}
+
+// cross_entropy_reduce_f32(logits, targets, targets64, ignoreIndex, rows, V, lse, mean, loss):
+// loss[0] = Σ_{r not ignored} (lse[r] - logits[r, t_r]) in float64 (divided by the count for mean; 0 when
+// nothing counts). One block of 256 threads, grid 1; per-thread sums in row order, then a fixed tree: the
+// CPU sums strictly in row order, so this agrees to float64 rounding.
+extern "C" __global__ void cross_entropy_reduce_f32(const float* logits, const void* targets, int targets64, int ignoreIndex,
+                                                    long long rows, int V, const float* lse, int mean, float* loss)
+{
+    double acc = 0.0, cnt = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += blockDim.x)
+    {
+        long long t = sdp_target(targets, targets64, r);
+        if (t == ignoreIndex) continue;
+        acc += (double)(lse[r] - logits[r * V + t]);
+        cnt += 1.0;
+    }
+    double total = sdp_block_sum_double(acc);
+    double count = sdp_block_sum_double(cnt);
+    if (threadIdx.x == 0)
+    {
+        if (mean) total = count == 0.0 ? 0.0 : total / count;
+        loss[0] = (float)total;
+    }
+}
+
+// cross_entropy_backward_f32(logits, targets, targets64, ignoreIndex, rows, V, lse, dloss, reduction, count,
+// dlogits): IBackend.CrossEntropyBackward. dlogits[r, v] += exp(logits[r, v] - lse[r]) · g_r, then
+// dlogits[r, t_r] -= g_r; rows with t_r == ignoreIndex get nothing. g_r = dloss[r] (reduction 0, None),
+// dloss[0] (1, Sum) or dloss[0] / count (2, Mean; count = non-ignored rows, from the host or a count kernel;
+// 0 gives g = 0). One block per row, block 256.
+extern "C" __global__ void cross_entropy_backward_f32(const float* logits, const void* targets, int targets64, int ignoreIndex,
+                                                      long long rows, int V, const float* lse, const float* dloss,
+                                                      int reduction, long long count, float* dlogits)
+{
+    long long r = blockIdx.x;
+    if (r >= rows) return;
+    long long t = sdp_target(targets, targets64, r);
+    if (t == ignoreIndex) return;
+    float g = reduction == 0 ? dloss[r] : dloss[0];
+    if (reduction == 2) g = count == 0 ? 0.0f : g / (float)count;
+    float l = lse[r];
+    const float* xr = logits + r * V;
+    float* dxr = dlogits + r * V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+    {
+        dxr[j] += expf(xr[j] - l) * g;
+        if (j == t) dxr[j] -= g; // the one-hot term, by the thread that owns the element, after its softmax term
+    }
+}
