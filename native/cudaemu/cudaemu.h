@@ -145,6 +145,18 @@ CUDAEMU_F1(expf) CUDAEMU_F1(exp2f) CUDAEMU_F1(logf) CUDAEMU_F1(log2f) CUDAEMU_F1
 CUDAEMU_F1(sqrtf) CUDAEMU_F1(tanhf) CUDAEMU_F1(sinf) CUDAEMU_F1(cosf) CUDAEMU_F1(fabsf) CUDAEMU_F1(floorf)
 CUDAEMU_F1(ceilf) CUDAEMU_F1(roundf) CUDAEMU_F1(truncf) CUDAEMU_F1(erff) CUDAEMU_F1(erfcf)
 CUDAEMU_D1(exp) CUDAEMU_D1(log) CUDAEMU_D1(sqrt) CUDAEMU_D1(tanh) CUDAEMU_D1(fabs) CUDAEMU_D1(floor) CUDAEMU_D1(ceil)
+CUDAEMU_D1(exp2) CUDAEMU_D1(log2) CUDAEMU_D1(log1p) CUDAEMU_D1(expm1) CUDAEMU_D1(sin) CUDAEMU_D1(cos) CUDAEMU_D1(round)
+CUDAEMU_D1(trunc) CUDAEMU_D1(erf) CUDAEMU_D1(erfc)
+inline double pow(double x, double y) { return __builtin_pow(x, y); }
+inline double fmax(double a, double b) { return __builtin_fmax(a, b); }
+inline double fmin(double a, double b) { return __builtin_fmin(a, b); }
+inline double fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
+inline double rsqrt(double x) { return 1.0 / __builtin_sqrt(x); }
+inline bool isnan(double x) { return __builtin_isnan(x); }
+inline bool isinf(double x) { return __builtin_isinf(x); }
+inline bool isfinite(double x) { return __builtin_isfinite(x); }
+inline double __longlong_as_double(long long i) { return __builtin_bit_cast(double, i); }
+inline long long __double_as_longlong(double d) { return __builtin_bit_cast(long long, d); }
 }
 #undef CUDAEMU_F1
 #undef CUDAEMU_D1
