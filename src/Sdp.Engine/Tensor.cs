@@ -286,6 +286,12 @@ public sealed class Tensor : IDisposable
         return copy;
     }
 
+    /// <summary><see cref="To"/> the device of <paramref name="target"/>, a transient charged as workspace when a copy is needed.</summary>
+    internal Tensor ToDeviceOf(Tensor target)
+    {
+        using (MemoryAccount.Use(MemoryCategory.Workspace)) return To(target.Backend);
+    }
+
     /// <summary>Drops the leaf gradient, so the next backward starts from zero.</summary>
     public void ZeroGrad()
     {

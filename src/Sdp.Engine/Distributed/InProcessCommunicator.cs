@@ -254,15 +254,6 @@ public sealed class InProcessCommunicator : ICommunicator
             else dst.Backend.CopyPeer(src, dst);
         }
 
-        /// <summary><paramref name="source"/> on <paramref name="target"/>'s device: itself when it is there already, else a transient copy.</summary>
-        private static Tensor OnDeviceOf(Tensor target, Tensor source)
-        {
-            using (Memory.MemoryAccount.Use(Memory.MemoryCategory.Workspace))
-            {
-                return source.To(target.Backend);
-            }
-        }
-
         /// <summary>Runs on the last rank to arrive, outside the lock; the others are waiting. Returns an error or null.</summary>
         private static string? Execute(Slot slot, string what)
         {
@@ -290,7 +281,7 @@ public sealed class InProcessCommunicator : ICommunicator
             var acc = buffers[0]!;
             for (int i = 1; i < buffers.Length; i++)
             {
-                using var operand = OnDeviceOf(acc, buffers[i]!);
+                using var operand = buffers[i]!.ToDeviceOf(acc);
                 acc.Backend.Binary(BinaryOp.Add, acc, operand, acc);
             }
             for (int i = 1; i < buffers.Length; i++) CopyBetweenDevices(acc, buffers[i]!);

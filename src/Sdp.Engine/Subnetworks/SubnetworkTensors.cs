@@ -34,7 +34,7 @@ public static class SubnetworkTensors
         foreach (var (name, target) in Named(worker))
         {
             if (!source.TryGetValue(name, out var denseTensor)) throw new ArgumentException($"SubnetworkTensors: worker {rank} has tensor {name} {target.Shape}, which the dense model does not have");
-            using var full = OnDeviceOf(target, denseTensor);
+            using var full = denseTensor.ToDeviceOf(target);
             if (full.Shape == target.Shape)
             {
                 full.Backend.Copy(full, target);
@@ -69,7 +69,7 @@ public static class SubnetworkTensors
             if (binding is null || binding.Unit is not null)
             {
                 int from = binding?.Unit is { } unit ? plan.HoldersOf(binding.Group, unit)[0] : 0;
-                using var source = OnDeviceOf(target, Find(copies[from], name, from));
+                using var source = Find(copies[from], name, from).ToDeviceOf(target);
                 if (source.Shape != target.Shape) throw new ArgumentException($"SubnetworkTensors.AssembleDense: worker {from}'s {name} is {source.Shape}, the dense tensor {target.Shape}");
                 target.Backend.Copy(source, target);
                 continue;
@@ -81,7 +81,7 @@ public static class SubnetworkTensors
                 // The slices this worker contributes: units whose lowest holder it is, at their position in
                 // its own tensor (compact: rank among its held units; full: the dense index).
                 if (layouts[w].HeldUnits[binding.Group].Length == 0) continue;
-                using var source = OnDeviceOf(target, Find(copies[w], name, w));
+                using var source = Find(copies[w], name, w).ToDeviceOf(target);
                 bool compact = source.Shape[binding.Axis] != units * per;
                 var held = layouts[w].HeldUnits[binding.Group];
                 var from = new List<int>();
@@ -107,15 +107,6 @@ public static class SubnetworkTensors
             }
         }
         dense.TensorsReplaced();
-    }
-
-    /// <summary><paramref name="source"/> on <paramref name="target"/>'s device (a transient copy, or a new handle when it is there already).</summary>
-    private static Tensor OnDeviceOf(Tensor target, Tensor source)
-    {
-        using (MemoryAccount.Use(MemoryCategory.Workspace))
-        {
-            return source.To(target.Backend);
-        }
     }
 
     /// <summary>
