@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
-using Sdp.Engine.Backends;
 using Sdp.Engine.Autograd;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Distributed;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Nn;
