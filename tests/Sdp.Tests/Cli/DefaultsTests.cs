@@ -104,6 +104,13 @@ public sealed class DefaultsTests : CliTestBase
     }
 
     [Test]
+    public void Plan_ResNetJsonConfig_WithOneChannel_NeedsNoData()
+    {
+        var r = Sdp(["plan", "--model", "resnet18", "--config", """{"width":4,"in_channels":1}""", "--workers", "2", "--coverage", "1"]);
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+    }
+
+    [Test]
     public void Tokenize_ThenTrain_WithDefaults_TakesGpt2sPaddedVocabulary()
     {
         File.WriteAllText("in.txt", string.Concat(Enumerable.Repeat("The quick brown fox jumps over the lazy dog. ", 10)));
