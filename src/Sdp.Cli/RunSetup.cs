@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Sdp.Engine;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
@@ -38,7 +39,7 @@ public static class RunSetup
     {
         if (config is null) return;
         if (model == "llama") LlamaConfigFrom(config, "--config");
-        else if (model == "resnet18") ResNetConfigFrom(config, 3, 10, "--config");
+        else if (model == "resnet18") ResNetConfigFrom(config, null, null, "--config");
     }
 
     /// <summary>The model configuration stored in a checkpoint (model.safetensors metadata "config"), if any.</summary>
@@ -71,10 +72,14 @@ public static class RunSetup
         return LlamaConfig.Parse(config);
     }
 
-    /// <summary>A ResNet config: 'cifar' (or null) for width 64, or inline JSON or a JSON file.</summary>
-    public static ResNetConfig ResNetConfigFrom(string? config, int channels, int classes, string source)
+    /// <summary>
+    /// A ResNet config: 'cifar' (or null) for width 64, or inline JSON or a JSON file. The input channels and classes
+    /// come from the data (<paramref name="channels"/>, <paramref name="classes"/>; null: not known yet, as when a
+    /// config is only checked) unless the JSON says in_channels or num_classes, which must then match the data.
+    /// </summary>
+    public static ResNetConfig ResNetConfigFrom(string? config, int? channels, int? classes, string source)
     {
-        if (config is null || config == "cifar") return new ResNetConfig(64, classes, channels);
+        if (config is null || config == "cifar") return new ResNetConfig(64, classes ?? 10, channels ?? 3);
         bool inline = config.TrimStart().StartsWith('{');
         string json = inline ? config
             : File.Exists(config) ? File.ReadAllText(config)
@@ -84,6 +89,17 @@ public static class RunSetup
         {
             var c = ResNetConfig.FromJson(json);
             c.Validate();
+            var keys = JsonNode.Parse(json) as JsonObject;
+            if (channels is { } ch)
+            {
+                if (keys?.ContainsKey("in_channels") != true) c = c with { InChannels = ch };
+                else if (c.InChannels != ch) throw new UsageException($"{where}: in_channels is {c.InChannels}, but the data has {ch}-channel images; drop in_channels to take it from the data");
+            }
+            if (classes is { } k)
+            {
+                if (keys?.ContainsKey("num_classes") != true) c = c with { NumClasses = k };
+                else if (c.NumClasses != k) throw new UsageException($"{where}: num_classes is {c.NumClasses}, but the data has {k} classes; drop num_classes to take it from the data");
+            }
             return c;
         }
         catch (Exception e) when (e is FormatException or ArgumentException)
@@ -158,6 +174,28 @@ public static class RunSetup
             return built;
         });
     }
+
+    /// <summary>
+    /// The LLaMA config for token-shard <paramref name="data"/> when none was given (<paramref name="config"/> null:
+    /// no --config, no resumed state). llm.c shards carry no tokenizer field, so the tokenizer is inferred from the
+    /// first shard: when it holds an id beyond the default preset's vocabulary but within GPT-2's (as every shard of
+    /// `sdp tokenize` does: each document starts with end-of-text, 50256), the preset takes GPT-2's vocabulary padded
+    /// as llm.c pads it. Returns the config to use (inline JSON, or <paramref name="config"/> unchanged) and a note
+    /// saying what was inferred (null when nothing was).
+    /// </summary>
+    public static (string? Config, string? Note) ShardVocabulary(string model, string? config, IBatchSource data)
+    {
+        if (model != "llama" || config is not null || data is not TokenBatches { Source: TokenLoader loader }) return (config, null);
+        var preset = LlamaConfig.Preset(DefaultLlamaPreset);
+        int max = TokenShard.MaxToken(loader.Files[0]);
+        if (max < preset.VocabSize || max >= ShardTokenizer.PaddedVocabSize) return (config, null);
+        var gpt2 = preset with { VocabSize = ShardTokenizer.PaddedVocabSize };
+        return (gpt2.ToJson(), $"vocabulary {gpt2.VocabSize:N0}, GPT-2's {ShardTokenizer.VocabSize:N0} ids padded to a multiple of 128 as llm.c does " +
+            $"(the shards name no tokenizer; the first holds id {max}, beyond the {DefaultLlamaPreset} preset's {preset.VocabSize:N0}, so they are taken as GPT-2's)");
+    }
+
+    /// <summary>The LLaMA preset without --config.</summary>
+    public const string DefaultLlamaPreset = "tiny";
 
     /// <summary>The vocabulary size of a LLaMA --config (null for other models).</summary>
     public static int? VocabSize(string model, string? config) => model == "llama" ? LlamaConfigFrom(config ?? "tiny", "--config").VocabSize : null;

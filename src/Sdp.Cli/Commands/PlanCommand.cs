@@ -33,7 +33,7 @@ public static class PlanCommand
             Check.Coverage(w, c);
             var units = modelKind == "llama"
                 ? ModelUnits.Llama(RunSetup.LlamaConfigFrom(p.GetValue(config) ?? "tiny", "--config"), level, p.GetValue(maskHeads), p.GetValue(splitSublayers))
-                : ModelUnits.ResNet18(RunSetup.ResNetConfigFrom(p.GetValue(config), 3, 10, "--config"), level,
+                : ModelUnits.ResNet18(RunSetup.ResNetConfigFrom(p.GetValue(config), null, null, "--config"), level,
                     p.GetValue(keepDownsample) ? DownsampleBlocks.AlwaysKeep : DownsampleBlocks.DropBranchKeepShortcut);
             var plan = SubnetworkPlan.Create(units, w, c, p.GetValue(seed));
             if (p.GetValue(json)) Console.WriteLine(plan.ToJson());

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Sdp.Engine.Memory;
 using Sdp.Models.Data;
 using Spectre.Console;
 
@@ -40,6 +41,10 @@ public static class TokenizeCommand
         return cmd;
     }
 
+    /// <summary>A plain progress line: sizes in B, KiB, MiB, ... as they fit, so a small file does not read "0.0 of 0.0 MiB".</summary>
+    public static string ProgressLine(long bytesDone, long bytesTotal, long tokens)
+        => $"tokenized {MemorySnapshot.FormatBytes(bytesDone)} of {MemorySnapshot.FormatBytes(bytesTotal)}, {tokens:N0} tokens";
+
     private static HashSet<string> ExistingShards(string prefix)
     {
         string dir = Path.GetDirectoryName(Path.GetFullPath(prefix))!;
@@ -53,7 +58,7 @@ public static class TokenizeCommand
         {
             if (r.BytesDone - lastReported < 64L << 20 && r.BytesDone != r.BytesTotal) return;
             lastReported = r.BytesDone;
-            Console.WriteLine($"tokenized {r.BytesDone / 1048576.0:F1} of {r.BytesTotal / 1048576.0:F1} MiB, {r.Tokens:N0} tokens");
+            Console.WriteLine(ProgressLine(r.BytesDone, r.BytesTotal, r.Tokens));
         });
         return tokenizer.Tokenize(inputs, prefix, progress);
     }

@@ -21,8 +21,25 @@ public static partial class TrainCommand
 {
     public sealed record Options(
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
-        string Optimizer, double Lr, double Momentum, double WeightDecay, int Warmup, string Schedule, double Clip,
-        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed);
+        string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
+        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed)
+    {
+        /// <summary>Warm-up steps before --schedule-match: --warmup when given (<see cref="Warmup"/>), else <see cref="DefaultWarmupFor"/>.</summary>
+        public int WarmupSteps => Warmup ?? DefaultWarmupFor(Steps);
+
+        /// <summary>True when --warmup was not given and the default was shrunk for a short run.</summary>
+        public bool WarmupShrunk => Warmup is null && WarmupSteps != DefaultWarmup;
+    }
+
+    /// <summary>The warm-up of a run of 200 steps or more when --warmup is not given.</summary>
+    public const int DefaultWarmup = 20;
+
+    /// <summary>
+    /// The default warm-up of a <paramref name="steps"/>-step run: <see cref="DefaultWarmup"/>, but at most a tenth of
+    /// the run, so a short run (`--steps 5`) still has a valid schedule and spends most of its steps at the peak
+    /// rate and in the decay rather than in warm-up. Runs of 200 steps or more (the default) keep 20.
+    /// </summary>
+    public static int DefaultWarmupFor(int steps) => Math.Min(DefaultWarmup, steps / 10);
 
     public static Command Create()
     {
@@ -41,7 +58,7 @@ public static partial class TrainCommand
         var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 5e-3 };
         var momentum = new Option<double>("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.9 };
         var weightDecay = new Option<double>("--weight-decay") { Description = "Weight decay (decoupled for AdamW)", DefaultValueFactory = _ => 0.0 };
-        var warmup = new Option<int>("--warmup") { Description = "Linear warm-up steps", DefaultValueFactory = _ => 20 };
+        var warmup = new Option<int?>("--warmup") { Description = $"Linear warm-up steps (default {DefaultWarmup}, at most a tenth of --steps)" };
         var schedule = new Option<string>("--schedule") { Description = "constant or cosine (to 10% of the peak)", DefaultValueFactory = _ => "cosine" };
         schedule.AcceptOnlyFromAmong("constant", "cosine");
         var clip = new Option<double>("--clip") { Description = "Global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1.0 };
@@ -72,7 +89,7 @@ public static partial class TrainCommand
             var o = new Options(p.GetValue(model)!, p.GetValue(config), p.GetValue(data)!, !p.GetValue(noShuffle), augmentation == "auto" ? null : ImageAugment.Parse(augmentation),
                 Check.Positive(p.GetValue(steps), "--steps"), Check.Positive(p.GetValue(batch), "--batch"), Check.Positive(p.GetValue(seq), "--seq"),
                 p.GetValue(optimizer)!, Check.PositiveReal(p.GetValue(lr), "--lr"), Check.NonNegativeReal(p.GetValue(momentum), "--momentum"),
-                Check.NonNegativeReal(p.GetValue(weightDecay), "--weight-decay"), Check.AtLeast(p.GetValue(warmup), 0, "--warmup"), p.GetValue(schedule)!,
+                Check.NonNegativeReal(p.GetValue(weightDecay), "--weight-decay"), p.GetValue(warmup) is { } w ? Check.AtLeast(w, 0, "--warmup") : null, p.GetValue(schedule)!,
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p));
@@ -88,8 +105,13 @@ public static partial class TrainCommand
         if (o.Resume is not null && o.Config is not null) throw new UsageException("--resume takes the model configuration from the checkpoint; drop --config");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
         if (o.Augment is not null && o.Model != "resnet18") throw new UsageException("--augment applies to image data (--model resnet18)");
-        var (steps, warmup) = o.Distributed.Matched(o.Steps, o.Warmup);
-        if (o.Schedule == "cosine" && (o.Warmup >= o.Steps || warmup >= steps)) throw new UsageException($"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
+        var (steps, warmup) = o.Distributed.Matched(o.Steps, o.WarmupSteps);
+        if (o.Schedule == "cosine" && (o.WarmupSteps >= o.Steps || warmup >= steps))
+        {
+            throw new UsageException(o.Warmup is null
+                ? $"--steps ({o.Steps}): the default warm-up ({o.WarmupSteps} steps, {warmup} after --schedule-match) does not fit {steps} steps; pass --warmup"
+                : $"--warmup ({o.Warmup}) must be smaller than --steps ({o.Steps}) with --schedule cosine");
+        }
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
         if (o.Resume is not null && !Directory.Exists(o.Resume)) throw new UsageException($"--resume: '{o.Resume}' is not a directory");
         if (o.Resume is not null) CheckResumable(o.Resume, o.Distributed);
@@ -144,11 +166,13 @@ public static partial class TrainCommand
         string? config = resumed?.ModelConfig ?? o.Config;
         var (probe, floor, dataDescription) = RunSetup.BuildData(o.Model, o.Data, o.Batch, o.Seq, o.Shuffle, o.Seed, train: true, 0, d.Workers, o.Augment);
         var (eval, _, _) = RunSetup.BuildData(o.Model, o.EvalData ?? o.Data, o.Batch, o.Seq, shuffle: false, o.Seed, train: false);
+        (config, string? vocabNote) = RunSetup.ShardVocabulary(o.Model, config, probe);
+        if (vocabNote is not null) dataDescription += $"; {vocabNote}";
         var (channels, classes) = ImageShape(probe);
         var model = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom, resumed is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
         int? vocab = RunSetup.VocabSize(o.Model, config);
         eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
-        var (steps, warmup) = d.Matched(o.Steps, o.Warmup);
+        var (steps, warmup) = d.Matched(o.Steps, o.WarmupSteps);
         ILrSchedule schedule = o.Schedule == "cosine" ? new WarmupCosineSchedule(o.Lr, warmup, steps, o.Lr * 0.1) : new ConstantSchedule(o.Lr);
         var sdp = new SdpOptions
         {
@@ -215,7 +239,10 @@ public static partial class TrainCommand
         output.WriteLine($"sdp train: {o.Model} ({parameters:N0} parameters) on {dataDescription}");
         output.WriteLine($"  {d.Workers} {(d.Workers == 1 ? "worker" : "workers")} ({variant}), batch {o.Batch}{(d.Workers > 1 ? " per worker" : "")}{(o.Model == "llama" ? $" x {o.Seq} tokens" : "")}, " +
             $"{steps} steps{(steps != o.Steps ? $" (flop-matched: {o.Steps} ÷ C)" : "")}, seed {o.Seed}");
-        output.WriteLine($"  {trainer.WorkerOptimizer(0).GetType().Name.ToLowerInvariant()}, lr {o.Lr} {o.Schedule} (warm-up {warmup}), clip {o.Clip}");
+        string shrunk = !o.WarmupShrunk ? ""
+            : warmup == o.WarmupSteps ? $" (default {DefaultWarmup} shrunk for a {o.Steps}-step run)"
+            : $" (default {DefaultWarmup} shrunk to {o.WarmupSteps} for a {o.Steps}-step run, then flop-matched)";
+        output.WriteLine($"  {trainer.WorkerOptimizer(0).GetType().Name.ToLowerInvariant()}, lr {o.Lr} {o.Schedule}, warm-up {warmup}{shrunk}, clip {o.Clip}");
         if (plan is not null)
         {
             output.WriteLine(string.Create(inv, $"  plan: {plan.DistinctHolderGroups} holder sets, {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.####} (normalised {plan.NormalizedAlgebraicConnectivity:0.####})"));
@@ -315,7 +342,7 @@ public static partial class TrainCommand
         var json = new JsonObject
         {
             ["model"] = o.Model, ["data"] = o.Data, ["steps"] = o.Steps, ["batch"] = o.Batch, ["seq"] = o.Seq, ["optimizer"] = o.Optimizer,
-            ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.Warmup, ["clip"] = o.Clip, ["seed"] = o.Seed,
+            ["lr"] = o.Lr, ["schedule"] = o.Schedule, ["warmup"] = o.WarmupSteps, ["clip"] = o.Clip, ["seed"] = o.Seed,
             ["eval_batches"] = o.EvalBatches, ["final_eval"] = finalOnWholeSplit ? "split" : "sample",
         };
         if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);

@@ -21,6 +21,15 @@ namespace Sdp.Models.Data;
 public sealed class ShardTokenizer
 {
     public const int EndOfText = 50256;
+
+    /// <summary>Ids of the GPT-2 vocabulary (50,256 merges and bytes, then end-of-text).</summary>
+    public const int VocabSize = EndOfText + 1;
+
+    /// <summary>
+    /// <see cref="VocabSize"/> rounded up to a multiple of 128, as llm.c pads its embedding (50,304): the extra rows
+    /// are never a target, so they only cost memory, and the output GEMM gets a friendlier size.
+    /// </summary>
+    public const int PaddedVocabSize = (VocabSize + 127) / 128 * 128;
     public const long DefaultShardTokens = 100_000_000;
 
     /// <summary>Plain-text chunks are encoded this many characters at a time (cut at a token-safe line break).</summary>

@@ -99,6 +99,21 @@ public sealed class TokenShard : IDisposable
         if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(destination, destination);
     }
 
+    /// <summary>The largest token id of a shard (-1 when it is empty), read in chunks so a large shard is never held whole.</summary>
+    public static int MaxToken(string path)
+    {
+        using var shard = Open(path);
+        var chunk = new ushort[(int)Math.Min(shard.TokenCount, 1 << 20)];
+        int max = -1;
+        for (long start = 0; start < shard.TokenCount; start += chunk.Length)
+        {
+            var span = chunk.AsSpan(0, (int)Math.Min(chunk.Length, shard.TokenCount - start));
+            shard.Read(start, span);
+            foreach (ushort t in span) max = Math.Max(max, t);
+        }
+        return max;
+    }
+
     /// <summary>Copies tokens [start, start + destination.Length) into <paramref name="destination"/> as int32.</summary>
     public void Read(long start, Span<int> destination)
     {

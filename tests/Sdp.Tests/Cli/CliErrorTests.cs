@@ -81,9 +81,10 @@ public sealed class CliErrorTests : CliTestBase
         File.WriteAllText("in.txt", string.Concat(Enumerable.Repeat("The quick brown fox jumps over the lazy dog. ", 10)));
         Assert.That(Sdp(Args("tokenize in.txt --output tok")).ExitCode, Is.EqualTo(0));
         var before = Listing();
-        // <|endoftext|> = 50256 opens the shard; the tiny model has 4096 ids. The run fails in its first
-        // step, after the metrics file was opened: its temporary file must be gone too.
-        AssertUsageError(Train($"--data tok_*.bin {Outputs}"), before, "--data", "tok_*.bin", "50256", "vocab");
+        // <|endoftext|> = 50256 opens the shard; the tiny model named by --config has 4096 ids (without --config the
+        // vocabulary would be GPT-2's). The run fails in its first step, after the metrics file was opened: its
+        // temporary file must be gone too.
+        AssertUsageError(Train($"--data tok_*.bin --config tiny {Outputs}"), before, "--data", "tok_*.bin", "50256", "vocab");
     }
 
     public enum SafetensorsProblem
