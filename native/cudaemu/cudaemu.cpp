@@ -1,4 +1,4 @@
-// cudaemu.cpp — an emulated CUDA device: the driver and NVRTC entry points Sdp calls, with their
+// cudaemu.cpp — an emulated CUDA device: the driver, NVRTC, cuBLAS and NCCL entry points Sdp calls, with their
 // real C signatures, running kernels compiled as host C++ (see cudaemu.h) on the CPU.
 //
 //   NVRTC      nvrtcCompileProgram runs the host compiler (clang++-14, clang++ or g++; SDP_CUDAEMU_CXX
@@ -10,6 +10,11 @@
 //              streams and events are trivially ordered.
 //   memory     device memory is host memory between guard pages, poisoned with 0xFF bytes (NaN as float)
 //              when allocated, shared memory likewise before every block.
+//   cuBLAS     the GEMM subset Sdp uses (Sgemm, SgemmStridedBatched, GemmEx fp32/TF32): reference loops
+//              accumulating in double, column-major, pointer mode host, cuBLAS's status codes.
+//   NCCL       communicators over the CUDAEMU_DEVICES emulated devices of this process (default 4):
+//              all-reduce and broadcast in fixed rank order, split, groups; mismatches and missing ranks
+//              are errors with a message, never hangs. Allocations are tagged with their device.
 //   errors     a fault on a guard page (or anywhere) inside kernel code becomes CUDA_ERROR_ILLEGAL_ADDRESS
 //              naming kernel, block, thread and the allocation; barrier misuse and warp deadlocks become
 //              CUDA_ERROR_LAUNCH_FAILED. The detail is in cudaemuGetLastErrorMessage(), an extension the
