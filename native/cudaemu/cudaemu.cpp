@@ -1,4 +1,4 @@
-// cudaemu.cpp — an emulated CUDA device: the driver and NVRTC entry points Sdp calls, with their
+// cudaemu.cpp — an emulated CUDA device: the driver, NVRTC, cuBLAS and NCCL entry points Sdp calls, with their
 // real C signatures, running kernels compiled as host C++ (see cudaemu.h) on the CPU.
 //
 //   NVRTC      nvrtcCompileProgram runs the host compiler (clang++-14, clang++ or g++; SDP_CUDAEMU_CXX
@@ -10,6 +10,11 @@
 //              streams and events are trivially ordered.
 //   memory     device memory is host memory between guard pages, poisoned with 0xFF bytes (NaN as float)
 //              when allocated, shared memory likewise before every block.
+//   cuBLAS     the GEMM subset Sdp uses (Sgemm, SgemmStridedBatched, GemmEx fp32/TF32): reference loops
+//              accumulating in double, column-major, pointer mode host, cuBLAS's status codes.
+//   NCCL       communicators over the CUDAEMU_DEVICES emulated devices of this process (default 4):
+//              all-reduce and broadcast in fixed rank order, split, groups; mismatches and missing ranks
+//              are errors with a message, never hangs. Allocations are tagged with their device.
 //   errors     a fault on a guard page (or anywhere) inside kernel code becomes CUDA_ERROR_ILLEGAL_ADDRESS
 //              naming kernel, block, thread and the allocation; barrier misuse and warp deadlocks become
 //              CUDA_ERROR_LAUNCH_FAILED. The detail is in cudaemuGetLastErrorMessage(), an extension the
@@ -113,7 +118,7 @@ struct Alloc {
 };
 std::mutex g_mem_mutex;
 std::map<uintptr_t, Alloc> g_allocs;  // keyed by user address
-size_t g_used = 0;
+size_t g_used[16] = {};   // bytes mapped per device
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 size_t device_total() { return (size_t)env_long("CUDAEMU_MEMORY_MB", 16384) << 20; }
@@ -994,7 +999,7 @@ EXPORT CUresult cuInit(unsigned int flags) {
     if (flags != 0) return fail(CUDA_ERROR_INVALID_VALUE, "cuInit: flags must be 0");
     static std::once_flag once;
     std::call_once(once, [] {
-        g_device_count = (int)std::clamp(env_long("CUDAEMU_DEVICES", 1), 1L, 16L);
+        g_device_count = (int)std::clamp(env_long("CUDAEMU_DEVICES", 4), 1L, 16L);
         for (int i = 0; i < 16; i++) g_contexts[i] = Context{i, 0};
         install_handlers();
         g_initialized = true;
@@ -1099,7 +1104,7 @@ EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     if (!free_bytes || !total) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemGetInfo: null");
     std::lock_guard<std::mutex> lock(g_mem_mutex);
     *total = device_total();
-    *free_bytes = *total - std::min(*total, g_used);
+    *free_bytes = *total - std::min(*total, g_used[t_current->device]);
     return CUDA_SUCCESS;
 }
 
@@ -1109,9 +1114,9 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
     size_t data = round_up(bytes, kPage);
     {
         std::lock_guard<std::mutex> lock(g_mem_mutex);
-        if (g_used + data > device_total())
-            return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc: %zu bytes requested, %zu of %zu in use (CUDAEMU_MEMORY_MB sets the size)",
-                        bytes, g_used, device_total());
+        if (g_used[t_current->device] + data > device_total())
+            return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc: %zu bytes requested on device %d, %zu of %zu in use (CUDAEMU_MEMORY_MB sets the size)",
+                        bytes, t_current->device, g_used[t_current->device], device_total());
     }
     size_t len = data + 2 * kPage;
     char* map = (char*)mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -1124,7 +1129,7 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
     memset((void*)(user + bytes), kCanary, round_up(bytes, kAlign) - bytes);
     std::lock_guard<std::mutex> lock(g_mem_mutex);
     g_allocs[user] = Alloc{user, bytes, map, len, t_current->device};
-    g_used += data;
+    g_used[t_current->device] += data;
     *dptr = user;
     return CUDA_SUCCESS;
 }
@@ -1139,7 +1144,7 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
         if (it == g_allocs.end()) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemFree: 0x%llx is not the start of a live allocation", dptr);
         a = it->second;
         g_allocs.erase(it);
-        g_used -= a.map_len - 2 * kPage;
+        g_used[a.device] -= a.map_len - 2 * kPage;
     }
     munmap(a.map, a.map_len);
     return CUDA_SUCCESS;
@@ -1429,3 +1434,757 @@ EXPORT const char* nvrtcGetErrorString(nvrtcResult r) {
     default: return "NVRTC_ERROR unknown";
     }
 }
+
+// =================================================================================================
+// cuBLAS subset (cublas_api.h, v2 API): column-major reference loops accumulating in double, pointer
+// mode host (alpha and beta are host pointers). Argument checks return the real status codes; operands
+// outside device memory of the handle's device are CUBLAS_STATUS_EXECUTION_FAILED with a message (on a
+// GPU that would be an illegal address).
+// =================================================================================================
+typedef int cublasStatus_t;
+enum : int {
+    CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_NOT_INITIALIZED = 1, CUBLAS_STATUS_ALLOC_FAILED = 3,
+    CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_ARCH_MISMATCH = 8, CUBLAS_STATUS_MAPPING_ERROR = 11,
+    CUBLAS_STATUS_EXECUTION_FAILED = 13, CUBLAS_STATUS_INTERNAL_ERROR = 14, CUBLAS_STATUS_NOT_SUPPORTED = 15,
+    CUBLAS_STATUS_LICENSE_ERROR = 16,
+};
+enum : int { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1, CUBLAS_OP_C = 2 };
+enum : int { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TENSOR_OP_MATH = 1, CUBLAS_PEDANTIC_MATH = 2, CUBLAS_TF32_TENSOR_OP_MATH = 3,
+             CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16 };
+enum : int { CUDA_R_32F = 0 };
+enum : int { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_PEDANTIC = 69, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 };
+
+namespace {
+
+struct CublasHandle { unsigned magic = 0xB1A5u; int device = 0; void* stream = nullptr; int math = CUBLAS_DEFAULT_MATH; };
+std::mutex g_blas_mutex;
+std::set<CublasHandle*> g_blas_handles;
+
+cublasStatus_t blas_fail(cublasStatus_t code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+cublasStatus_t blas_fail(cublasStatus_t code, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t_message, sizeof t_message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+CublasHandle* blas_handle(void* h) {
+    std::lock_guard<std::mutex> lock(g_blas_mutex);
+    auto* p = (CublasHandle*)h;
+    return g_blas_handles.count(p) ? p : nullptr;
+}
+
+// Rounds a float to TF32 (10 explicit mantissa bits), to nearest even, as the tensor cores read it.
+float to_tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;  // inf, NaN
+    u += 0x0fffu + ((u >> 13) & 1u);
+    u &= 0xffffe000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// Bytes spanned by a column-major rows x cols matrix with leading dimension ld.
+size_t span_bytes(int rows, int cols, int ld) {
+    if (rows == 0 || cols == 0) return 0;
+    return ((size_t)ld * (size_t)(cols - 1) + (size_t)rows) * sizeof(float);
+}
+
+cublasStatus_t check_operand(const CublasHandle* h, const char* what, const char* name, const void* p, size_t bytes) {
+    if (bytes == 0) return CUBLAS_STATUS_SUCCESS;
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    const Alloc* a = find_alloc((uintptr_t)p, bytes);
+    if (!a)
+        return blas_fail(CUBLAS_STATUS_EXECUTION_FAILED, "%s: %s = %p + %zu bytes is not inside one device allocation", what, name, p, bytes);
+    if (a->device != h->device)
+        return blas_fail(CUBLAS_STATUS_EXECUTION_FAILED, "%s: %s = %p is memory of device %d, but the handle belongs to device %d",
+                         what, name, p, a->device, h->device);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// The common argument checks of the GEMM family, in cuBLAS's order; then the operand extents.
+cublasStatus_t gemm_checks(const char* what, void* handle, int ta, int tb, int m, int n, int k, const void* alpha, int lda, int ldb,
+                           const void* beta, int ldc, CublasHandle** out) {
+    CublasHandle* h = blas_handle(handle);
+    if (!h) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "%s: the handle was not made by cublasCreate (or was destroyed)", what);
+    if (ta < CUBLAS_OP_N || ta > CUBLAS_OP_C) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: transa = %d is not a cublasOperation_t", what, ta);
+    if (tb < CUBLAS_OP_N || tb > CUBLAS_OP_C) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: transb = %d is not a cublasOperation_t", what, tb);
+    if (m < 0 || n < 0 || k < 0) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: m = %d, n = %d, k = %d (negative)", what, m, n, k);
+    int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
+    if (lda < std::max(1, a_rows)) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: lda = %d < max(1, %d)", what, lda, a_rows);
+    if (ldb < std::max(1, b_rows)) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: ldb = %d < max(1, %d)", what, ldb, b_rows);
+    if (ldc < std::max(1, m)) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: ldc = %d < max(1, %d)", what, ldc, m);
+    if (!alpha || !beta) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: alpha or beta is null", what);
+    *out = h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// C = alpha op(A) op(B) + beta C for one matrix; beta == 0 never reads C (so NaN there is overwritten).
+void gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
+              float* C, int ldc, bool tf32) {
+    for (int j = 0; j < n; j++) {
+        for (int i = 0; i < m; i++) {
+            double acc = 0;
+            if (alpha != 0.0f) {
+                for (int l = 0; l < k; l++) {
+                    float a = ta == CUBLAS_OP_N ? A[i + (size_t)l * lda] : A[l + (size_t)i * lda];
+                    float b = tb == CUBLAS_OP_N ? B[l + (size_t)j * ldb] : B[j + (size_t)l * ldb];
+                    if (tf32) { a = to_tf32(a); b = to_tf32(b); }
+                    acc += (double)a * (double)b;
+                }
+            }
+            float* c = &C[i + (size_t)j * ldc];
+            double v = (double)alpha * acc;
+            if (beta != 0.0f) v += (double)beta * (double)*c;
+            *c = (float)v;
+        }
+    }
+}
+
+cublasStatus_t gemm_batched(const char* what, void* handle, int ta, int tb, int m, int n, int k, const float* alpha,
+                            const float* A, int lda, long long sA, const float* B, int ldb, long long sB, const float* beta,
+                            float* C, int ldc, long long sC, int batch, bool tf32_compute) {
+    CublasHandle* h = nullptr;
+    if (cublasStatus_t s = gemm_checks(what, handle, ta, tb, m, n, k, alpha, lda, ldb, beta, ldc, &h)) return s;
+    if (batch < 0) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: batchCount = %d (negative)", what, batch);
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    bool tf32 = tf32_compute || (h->math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH;
+    size_t a_bytes = *alpha == 0.0f ? 0 : span_bytes(ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda);
+    size_t b_bytes = *alpha == 0.0f ? 0 : span_bytes(tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb);
+    size_t c_bytes = span_bytes(m, n, ldc);
+    for (int b = 0; b < batch; b++) {
+        const float* Ab = A + sA * b;
+        const float* Bb = B + sB * b;
+        float* Cb = C + sC * b;
+        if (cublasStatus_t s = check_operand(h, what, "A", Ab, a_bytes)) return s;
+        if (cublasStatus_t s = check_operand(h, what, "B", Bb, b_bytes)) return s;
+        if (cublasStatus_t s = check_operand(h, what, "C", Cb, c_bytes)) return s;
+    }
+    for (int b = 0; b < batch; b++)
+        gemm_ref(ta, tb, m, n, k, *alpha, A + sA * b, lda, B + sB * b, ldb, *beta, C + sC * b, ldc, tf32);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+} // namespace
+
+EXPORT cublasStatus_t cublasCreate_v2(void** handle) {
+    if (!handle) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasCreate: handle is null");
+    if (need_context()) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasCreate: no current context on this thread (cuInit, then cuCtxSetCurrent)");
+    auto* h = new CublasHandle();
+    h->device = t_current->device;
+    std::lock_guard<std::mutex> lock(g_blas_mutex);
+    g_blas_handles.insert(h);
+    *handle = h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+EXPORT cublasStatus_t cublasDestroy_v2(void* handle) {
+    std::lock_guard<std::mutex> lock(g_blas_mutex);
+    auto* h = (CublasHandle*)handle;
+    if (!g_blas_handles.erase(h)) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasDestroy: not a live handle");
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+EXPORT cublasStatus_t cublasSetStream_v2(void* handle, void* stream) {
+    CublasHandle* h = blas_handle(handle);
+    if (!h) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetStream: not a live handle");
+    if (stream && ((Stream*)stream)->magic != 0x5752u) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasSetStream: not a stream");
+    h->stream = stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+EXPORT cublasStatus_t cublasGetVersion_v2(void* handle, int* version) {
+    if (!blas_handle(handle)) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasGetVersion: not a live handle");
+    if (!version) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasGetVersion: null");
+    *version = 120800;  // CUBLAS_VER_MAJOR * 10000 + MINOR * 100 + PATCH
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+EXPORT cublasStatus_t cublasSetMathMode(void* handle, int mode) {
+    CublasHandle* h = blas_handle(handle);
+    if (!h) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetMathMode: not a live handle");
+    int base = mode & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
+    if (base < CUBLAS_DEFAULT_MATH || base > CUBLAS_TF32_TENSOR_OP_MATH)
+        return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasSetMathMode: %d is not a cublasMath_t", mode);
+    h->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+EXPORT cublasStatus_t cublasGetMathMode(void* handle, int* mode) {
+    CublasHandle* h = blas_handle(handle);
+    if (!h) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasGetMathMode: not a live handle");
+    if (!mode) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasGetMathMode: null");
+    *mode = h->math;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+EXPORT cublasStatus_t cublasSgemm_v2(void* handle, int transa, int transb, int m, int n, int k, const float* alpha, const float* A,
+                                     int lda, const float* B, int ldb, const float* beta, float* C, int ldc) {
+    return gemm_batched("cublasSgemm", handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1, false);
+}
+
+EXPORT cublasStatus_t cublasSgemmStridedBatched(void* handle, int transa, int transb, int m, int n, int k, const float* alpha,
+                                                const float* A, int lda, long long strideA, const float* B, int ldb, long long strideB,
+                                                const float* beta, float* C, int ldc, long long strideC, int batchCount) {
+    return gemm_batched("cublasSgemmStridedBatched", handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta, C,
+                        ldc, strideC, batchCount, false);
+}
+
+EXPORT cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, int k, const void* alpha, const void* A, int Atype,
+                                   int lda, const void* B, int Btype, int ldb, const void* beta, void* C, int Ctype, int ldc,
+                                   int computeType, int algo) {
+    if (!blas_handle(handle)) return blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasGemmEx: not a live handle");
+    if (!(algo == -1 || (algo >= 0 && algo <= 23) || (algo >= 99 && algo <= 115)))
+        return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasGemmEx: algo = %d is not a cublasGemmAlgo_t", algo);
+    if (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_PEDANTIC && computeType != CUBLAS_COMPUTE_32F_FAST_TF32)
+        return blas_fail(CUBLAS_STATUS_NOT_SUPPORTED, "cublasGemmEx: computeType %d is not emulated (CUBLAS_COMPUTE_32F = 68, _32F_FAST_TF32 = 77)",
+                         computeType);
+    if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F)
+        return blas_fail(CUBLAS_STATUS_NOT_SUPPORTED, "cublasGemmEx: types A %d, B %d, C %d: only CUDA_R_32F (0) is emulated", Atype, Btype, Ctype);
+    return gemm_batched("cublasGemmEx", handle, transa, transb, m, n, k, (const float*)alpha, (const float*)A, lda, 0, (const float*)B, ldb,
+                        0, (const float*)beta, (float*)C, ldc, 0, 1, computeType == CUBLAS_COMPUTE_32F_FAST_TF32);
+}
+
+EXPORT const char* cublasGetStatusName(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "CUBLAS_STATUS_UNKNOWN";
+    }
+}
+
+EXPORT const char* cublasGetStatusString(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "the resource allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "an absent device architectural feature is required";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "an access to GPU memory space failed";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "an internal operation failed";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "error detected trying to check the license";
+    default: return "unknown error";
+    }
+}
+
+// =================================================================================================
+// NCCL subset (nccl.h) over the emulated devices of this process. A communicator's ranks form a clique;
+// every collective call is a post numbered by the rank's sequence counter, and a collective runs (on the
+// thread that posts last) once every rank of the clique has posted that number. Inside
+// ncclGroupStart/End the posts of the calling thread wait until ncclGroupEnd, so one thread can drive
+// every rank. Buffers must be device memory of the communicator's device. Reductions combine ranks in
+// ascending rank order, so results are bitwise reproducible. A mismatch across ranks (kind, count, type,
+// op, root) fails every rank with ncclInvalidUsage; a rank that never posts fails the others after
+// the timeout (CUDAEMU_NCCL_TIMEOUT_MS, default 30000; cudaemuNcclSetTimeout overrides).
+// The detail of a failure is in ncclGetLastError (and cudaemuGetLastErrorMessage).
+// =================================================================================================
+typedef int ncclResult_t;
+enum : int { ncclSuccess = 0, ncclUnhandledCudaError = 1, ncclSystemError = 2, ncclInternalError = 3, ncclInvalidArgument = 4,
+             ncclInvalidUsage = 5, ncclRemoteError = 6, ncclInProgress = 7 };
+enum : int { ncclInt8 = 0, ncclUint8 = 1, ncclInt32 = 2, ncclUint32 = 3, ncclInt64 = 4, ncclUint64 = 5, ncclFloat16 = 6,
+             ncclFloat32 = 7, ncclFloat64 = 8, ncclBfloat16 = 9 };
+enum : int { ncclSum = 0, ncclProd = 1, ncclMax = 2, ncclMin = 3, ncclAvg = 4 };
+constexpr int NCCL_SPLIT_NOCOLOR = -1;
+constexpr int kNcclIdBytes = 128;
+struct ncclUniqueId { char internal[kNcclIdBytes]; };
+
+namespace {
+
+enum CollKind { COLL_ALLREDUCE, COLL_BROADCAST, COLL_SPLIT };
+const char* kind_name(int k) { return k == COLL_ALLREDUCE ? "ncclAllReduce" : k == COLL_BROADCAST ? "ncclBroadcast" : "ncclCommSplit"; }
+
+struct Comm;
+struct Post {
+    int kind = 0;
+    const void* send = nullptr;
+    void* recv = nullptr;
+    size_t count = 0;
+    int type = 0, op = 0, root = 0;
+    int color = 0, key = 0;
+    Comm** newcomm = nullptr;
+};
+struct Slot {
+    std::vector<Post> posts;
+    std::vector<bool> present;
+    int arrived = 0;
+    bool done = false;
+    ncclResult_t result = ncclSuccess;
+    std::string error;
+};
+struct Clique {
+    int nranks = 0;
+    std::vector<Comm*> ranks;   // by rank; null until joined (ncclCommInitRank)
+    int joined = 0;
+    int refs = 0;               // live communicators
+    std::map<unsigned long long, Slot> slots;  // by sequence number
+    std::string aborted;        // why, once a member aborted
+    std::condition_variable cv;
+};
+struct Comm {
+    unsigned magic = 0xCC11u;
+    Clique* clique = nullptr;
+    int rank = 0, nranks = 0, device = 0;
+    unsigned long long seq = 0;
+    ncclResult_t async_error = ncclSuccess;
+};
+
+std::mutex g_nccl_mutex;  // guards every clique, slot and communicator
+std::set<Comm*> g_comms;
+std::map<std::string, Clique*> g_pending_inits;  // ncclCommInitRank rendezvous, by unique id
+std::atomic<unsigned long long> g_id_counter{1};
+std::atomic<long> g_nccl_timeout_ms{-1};
+
+struct GroupItem { Comm* comm; unsigned long long seq; Post post; bool posted = false; bool init_wait = false; };
+thread_local int t_group_depth = 0;
+thread_local std::vector<GroupItem> t_group;
+thread_local ncclResult_t t_group_error = ncclSuccess;
+
+ncclResult_t nccl_fail(ncclResult_t code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+ncclResult_t nccl_fail(ncclResult_t code, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t_message, sizeof t_message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+long nccl_timeout_ms() {
+    long t = g_nccl_timeout_ms.load();
+    return t > 0 ? t : env_long("CUDAEMU_NCCL_TIMEOUT_MS", 30000);
+}
+
+size_t type_size(int t) {
+    switch (t) {
+    case ncclInt8: case ncclUint8: return 1;
+    case ncclFloat16: case ncclBfloat16: return 2;
+    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
+    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
+    default: return 0;
+    }
+}
+
+const char* type_name(int t) {
+    static const char* names[] = {"ncclInt8", "ncclUint8", "ncclInt32", "ncclUint32", "ncclInt64", "ncclUint64", "ncclFloat16", "ncclFloat32",
+                                  "ncclFloat64", "ncclBfloat16"};
+    return t >= 0 && t <= 9 ? names[t] : "ncclDataType?";
+}
+
+const char* op_text(int op) {
+    static const char* names[] = {"ncclSum", "ncclProd", "ncclMax", "ncclMin", "ncclAvg"};
+    return op >= 0 && op <= 4 ? names[op] : "ncclRedOp?";
+}
+
+// A live communicator, or null. Caller holds g_nccl_mutex.
+Comm* live(void* c) { return g_comms.count((Comm*)c) ? (Comm*)c : nullptr; }
+
+ncclResult_t check_buffer(const Comm* c, const char* what, const char* name, const void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    const Alloc* a = find_alloc((uintptr_t)p, bytes);
+    if (!a)
+        return nccl_fail(ncclInvalidArgument, "%s: %s = %p + %zu bytes (rank %d) is not inside one device allocation", what, name, p, bytes, c->rank);
+    if (a->device != c->device)
+        return nccl_fail(ncclInvalidArgument, "%s: %s = %p is memory of device %d, but rank %d of this communicator is on device %d", what,
+                         name, p, a->device, c->rank, c->device);
+    return ncclSuccess;
+}
+
+template <typename T>
+void reduce(const Slot& s, int op, int nranks) {
+    size_t n = s.posts[0].count;
+    std::vector<T> acc(n);
+    memcpy(acc.data(), s.posts[0].send, n * sizeof(T));
+    for (int r = 1; r < nranks; r++) {  // ascending rank order: ((b0 + b1) + b2) + ...
+        const T* b = (const T*)s.posts[r].send;
+        for (size_t i = 0; i < n; i++) {
+            switch (op) {
+            case ncclSum: case ncclAvg: acc[i] = (T)(acc[i] + b[i]); break;
+            case ncclProd: acc[i] = (T)(acc[i] * b[i]); break;
+            case ncclMax: acc[i] = std::max(acc[i], b[i]); break;
+            case ncclMin: acc[i] = std::min(acc[i], b[i]); break;
+            default: break;
+            }
+        }
+    }
+    if (op == ncclAvg)
+        for (size_t i = 0; i < n; i++) acc[i] = (T)(acc[i] / (T)nranks);
+    for (int r = 0; r < nranks; r++) memcpy(s.posts[r].recv, acc.data(), n * sizeof(T));
+}
+
+// Runs a slot every rank has posted; sets its result. Caller holds g_nccl_mutex.
+void execute(Clique* q, Slot& s, unsigned long long seq) {
+    const Post& p0 = s.posts[0];
+    char buf[512];
+    for (int r = 1; r < q->nranks; r++) {
+        const Post& p = s.posts[r];
+        const char* diff = p.kind != p0.kind ? "collective" : p.kind == COLL_SPLIT ? nullptr : p.count != p0.count ? "count" : p.type != p0.type ? "datatype"
+                         : (p.kind == COLL_ALLREDUCE && p.op != p0.op) ? "reduction op" : (p.kind == COLL_BROADCAST && p.root != p0.root) ? "root" : nullptr;
+        if (diff) {
+            snprintf(buf, sizeof buf, "collective #%llu of a %d-rank communicator: ranks disagree on the %s: rank 0 posted %s(count %zu, %s, %s, root %d), "
+                     "rank %d posted %s(count %zu, %s, %s, root %d)", seq, q->nranks, diff, kind_name(p0.kind), p0.count, type_name(p0.type),
+                     op_text(p0.op), p0.root, r, kind_name(p.kind), p.count, type_name(p.type), op_text(p.op), p.root);
+            s.result = ncclInvalidUsage;
+            s.error = buf;
+            return;
+        }
+    }
+    if (p0.kind == COLL_ALLREDUCE) {
+        switch (p0.type) {
+        case ncclFloat32: reduce<float>(s, p0.op, q->nranks); break;
+        case ncclFloat64: reduce<double>(s, p0.op, q->nranks); break;
+        case ncclInt32: reduce<int32_t>(s, p0.op, q->nranks); break;
+        case ncclUint32: reduce<uint32_t>(s, p0.op, q->nranks); break;
+        case ncclInt64: reduce<int64_t>(s, p0.op, q->nranks); break;
+        case ncclUint64: reduce<uint64_t>(s, p0.op, q->nranks); break;
+        case ncclInt8: reduce<int8_t>(s, p0.op, q->nranks); break;
+        case ncclUint8: reduce<uint8_t>(s, p0.op, q->nranks); break;
+        default: break;  // rejected when posted
+        }
+    } else if (p0.kind == COLL_BROADCAST) {
+        size_t bytes = p0.count * type_size(p0.type);
+        const void* src = s.posts[p0.root].send;
+        for (int r = 0; r < q->nranks; r++)
+            if (s.posts[r].recv != src) memmove(s.posts[r].recv, src, bytes);
+    } else {  // split: group by color, order by (key, old rank)
+        std::map<int, std::vector<int>> colors;
+        for (int r = 0; r < q->nranks; r++)
+            if (s.posts[r].color != NCCL_SPLIT_NOCOLOR) colors[s.posts[r].color].push_back(r);
+        for (int r = 0; r < q->nranks; r++)
+            if (s.posts[r].color == NCCL_SPLIT_NOCOLOR) *s.posts[r].newcomm = nullptr;
+        for (auto& [color, members] : colors) {
+            std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return s.posts[a].key < s.posts[b].key; });
+            auto* nq = new Clique();
+            nq->nranks = (int)members.size();
+            nq->ranks.assign(members.size(), nullptr);
+            for (size_t i = 0; i < members.size(); i++) {
+                auto* c = new Comm();
+                c->clique = nq;
+                c->rank = (int)i;
+                c->nranks = nq->nranks;
+                c->device = q->ranks[members[i]]->device;
+                nq->ranks[i] = c;
+                nq->joined++;
+                nq->refs++;
+                g_comms.insert(c);
+                *s.posts[members[i]].newcomm = c;
+            }
+        }
+    }
+    s.result = ncclSuccess;
+}
+
+// Adds one rank's post; runs the collective when it completes the slot. Caller holds g_nccl_mutex.
+void post(Comm* c, unsigned long long seq, const Post& p) {
+    Clique* q = c->clique;
+    Slot& s = q->slots[seq];
+    if (s.posts.empty()) { s.posts.resize(q->nranks); s.present.assign(q->nranks, false); }
+    s.posts[c->rank] = p;
+    s.present[c->rank] = true;
+    if (++s.arrived == q->nranks) {
+        execute(q, s, seq);
+        s.done = true;
+        q->cv.notify_all();
+    }
+}
+
+// Waits for this rank's post to complete; removes the slot when the last rank has seen it. Holds lock.
+ncclResult_t wait_slot(std::unique_lock<std::mutex>& lock, Comm* c, unsigned long long seq, const char* what) {
+    Clique* q = c->clique;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(nccl_timeout_ms());
+    while (true) {
+        Slot& s = q->slots[seq];
+        if (s.done) {
+            ncclResult_t r = s.result;
+            if (r != ncclSuccess) nccl_fail(r, "%s (rank %d): %s", what, c->rank, s.error.c_str());
+            if (--s.arrived == 0) q->slots.erase(seq);
+            return r;
+        }
+        if (!q->aborted.empty()) {
+            c->async_error = ncclRemoteError;
+            return nccl_fail(ncclRemoteError, "%s (rank %d): %s", what, c->rank, q->aborted.c_str());
+        }
+        if (q->cv.wait_until(lock, deadline) == std::cv_status::timeout && !q->slots[seq].done) {
+            std::string missing;
+            for (int r = 0; r < q->nranks; r++)
+                if (!q->slots[seq].present.empty() && !q->slots[seq].present[r]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+            c->async_error = ncclInvalidUsage;
+            return nccl_fail(ncclInvalidUsage, "%s (rank %d): timed out after %ld ms waiting for rank(s) %s of the %d-rank communicator to post collective #%llu "
+                             "(from one thread, drive every rank inside ncclGroupStart/ncclGroupEnd)", what, c->rank, nccl_timeout_ms(), missing.c_str(),
+                             q->nranks, seq);
+        }
+    }
+}
+
+// A collective from the public entry points: validated now, posted now (or at ncclGroupEnd in a group).
+ncclResult_t collective(void* comm, const Post& p, const char* what) {
+    std::unique_lock<std::mutex> lock(g_nccl_mutex);
+    Comm* c = live(comm);
+    if (!c) return nccl_fail(ncclInvalidArgument, "%s: comm %p is not a live communicator", what, comm);
+    if (!c->clique->aborted.empty()) return nccl_fail(ncclInvalidUsage, "%s (rank %d): %s", what, c->rank, c->clique->aborted.c_str());
+    if (p.kind != COLL_SPLIT) {
+        if (type_size(p.type) == 0) return nccl_fail(ncclInvalidArgument, "%s: datatype %d is not an ncclDataType_t", what, p.type);
+        if (p.type == ncclFloat16 || p.type == ncclBfloat16)
+            return nccl_fail(ncclInvalidArgument, "%s: %s is not emulated (ncclFloat32, ncclFloat64 and the integer types are)", what, type_name(p.type));
+        size_t bytes = p.count * type_size(p.type);
+        if (p.kind == COLL_ALLREDUCE) {
+            if (p.op < ncclSum || p.op > ncclAvg) return nccl_fail(ncclInvalidArgument, "%s: op %d is not an ncclRedOp_t", what, p.op);
+            if (p.op == ncclAvg && p.type != ncclFloat32 && p.type != ncclFloat64)
+                return nccl_fail(ncclInvalidArgument, "%s: ncclAvg needs a floating-point datatype", what);
+        } else if (p.root < 0 || p.root >= c->nranks) {
+            return nccl_fail(ncclInvalidArgument, "%s: root %d is not a rank of the %d-rank communicator", what, p.root, c->nranks);
+        }
+        if (bytes) {
+            if (p.kind == COLL_ALLREDUCE || c->rank == p.root)
+                if (ncclResult_t r = check_buffer(c, what, "sendbuff", p.send, bytes)) return r;
+            if (ncclResult_t r = check_buffer(c, what, "recvbuff", p.recv, bytes)) return r;
+        }
+    }
+    unsigned long long seq = c->seq++;
+    if (t_group_depth > 0) {
+        t_group.push_back(GroupItem{c, seq, p});
+        return ncclSuccess;
+    }
+    post(c, seq, p);
+    return wait_slot(lock, c, seq, what);
+}
+
+} // namespace
+
+EXPORT ncclResult_t ncclGetVersion(int* version) {
+    if (!version) return nccl_fail(ncclInvalidArgument, "ncclGetVersion: null");
+    *version = 22703;  // NCCL_VERSION(2, 27, 3) = 2 * 10000 + 27 * 100 + 3
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+    if (!id) return nccl_fail(ncclInvalidArgument, "ncclGetUniqueId: null");
+    memset(id, 0, sizeof *id);
+    snprintf(id->internal, sizeof id->internal, "cudaemu-nccl pid %d id %llu", (int)getpid(), g_id_counter.fetch_add(1));
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclCommInitAll(Comm** comms, int ndev, const int* devlist) {
+    if (!comms) return nccl_fail(ncclInvalidArgument, "ncclCommInitAll: comms is null");
+    if (ndev < 1) return nccl_fail(ncclInvalidArgument, "ncclCommInitAll: ndev = %d", ndev);
+    if (!g_initialized) return nccl_fail(ncclUnhandledCudaError, "ncclCommInitAll: cuInit has not been called");
+    for (int i = 0; i < ndev; i++) {
+        int d = devlist ? devlist[i] : i;
+        if (d < 0 || d >= g_device_count)
+            return nccl_fail(ncclInvalidArgument, "ncclCommInitAll: devlist[%d] = %d, but there are %d emulated devices (CUDAEMU_DEVICES)", i, d, g_device_count);
+        for (int j = 0; j < i; j++)
+            if ((devlist ? devlist[j] : j) == d) return nccl_fail(ncclInvalidUsage, "ncclCommInitAll: device %d is listed twice", d);
+    }
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    auto* q = new Clique();
+    q->nranks = ndev;
+    q->ranks.assign(ndev, nullptr);
+    for (int i = 0; i < ndev; i++) {
+        auto* c = new Comm();
+        c->clique = q;
+        c->rank = i;
+        c->nranks = ndev;
+        c->device = devlist ? devlist[i] : i;
+        q->ranks[i] = c;
+        g_comms.insert(c);
+        comms[i] = c;
+    }
+    q->joined = q->refs = ndev;
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank) {
+    if (!comm) return nccl_fail(ncclInvalidArgument, "ncclCommInitRank: comm is null");
+    if (nranks < 1 || rank < 0 || rank >= nranks) return nccl_fail(ncclInvalidArgument, "ncclCommInitRank: rank %d of %d", rank, nranks);
+    if (need_context()) return nccl_fail(ncclInvalidUsage, "ncclCommInitRank: no current CUDA context on this thread (bind the rank's device first)");
+    std::string key(id.internal, strnlen(id.internal, sizeof id.internal));
+    if (key.rfind("cudaemu-nccl", 0) != 0) return nccl_fail(ncclInvalidArgument, "ncclCommInitRank: the id was not made by ncclGetUniqueId");
+    std::unique_lock<std::mutex> lock(g_nccl_mutex);
+    Clique*& q = g_pending_inits[key];
+    if (!q) { q = new Clique(); q->nranks = nranks; q->ranks.assign(nranks, nullptr); }
+    if (q->nranks != nranks)
+        return nccl_fail(ncclInvalidUsage, "ncclCommInitRank: rank %d says %d ranks, an earlier rank of this id said %d", rank, nranks, q->nranks);
+    if (q->ranks[rank]) return nccl_fail(ncclInvalidUsage, "ncclCommInitRank: rank %d joined this id twice", rank);
+    auto* c = new Comm();
+    c->clique = q;
+    c->rank = rank;
+    c->nranks = nranks;
+    c->device = t_current->device;
+    q->ranks[rank] = c;
+    q->refs++;
+    g_comms.insert(c);
+    *comm = c;
+    if (++q->joined == nranks) {
+        g_pending_inits.erase(key);
+        q->cv.notify_all();
+    }
+    if (t_group_depth > 0) {
+        GroupItem item{c, 0, Post{}};
+        item.init_wait = true;
+        t_group.push_back(item);
+        return ncclSuccess;
+    }
+    Clique* cq = c->clique;
+    if (!cq->cv.wait_for(lock, std::chrono::milliseconds(nccl_timeout_ms()), [&] { return cq->joined == cq->nranks; }))
+        return nccl_fail(ncclInvalidUsage, "ncclCommInitRank (rank %d): timed out after %ld ms: %d of %d ranks joined (from one thread, "
+                         "call it for every rank inside ncclGroupStart/ncclGroupEnd)", rank, nccl_timeout_ms(), cq->joined, cq->nranks);
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclCommSplit(Comm* comm, int color, int key, Comm** newcomm, void* /*config*/) {
+    if (!newcomm) return nccl_fail(ncclInvalidArgument, "ncclCommSplit: newcomm is null");
+    if (color < NCCL_SPLIT_NOCOLOR) return nccl_fail(ncclInvalidArgument, "ncclCommSplit: color %d (must be >= 0, or NCCL_SPLIT_NOCOLOR)", color);
+    *newcomm = nullptr;
+    Post p;
+    p.kind = COLL_SPLIT;
+    p.color = color;
+    p.key = key;
+    p.newcomm = newcomm;
+    return collective(comm, p, "ncclCommSplit");
+}
+
+EXPORT ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, int datatype, int op, Comm* comm, void* /*stream*/) {
+    Post p;
+    p.kind = COLL_ALLREDUCE;
+    p.send = sendbuff;
+    p.recv = recvbuff;
+    p.count = count;
+    p.type = datatype;
+    p.op = op;
+    return collective(comm, p, "ncclAllReduce");
+}
+
+EXPORT ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, int datatype, int root, Comm* comm, void* /*stream*/) {
+    Post p;
+    p.kind = COLL_BROADCAST;
+    p.send = sendbuff;
+    p.recv = recvbuff;
+    p.count = count;
+    p.type = datatype;
+    p.root = root;
+    return collective(comm, p, "ncclBroadcast");
+}
+
+EXPORT ncclResult_t ncclGroupStart(void) {
+    if (t_group_depth++ == 0) t_group_error = ncclSuccess;
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclGroupEnd(void) {
+    if (t_group_depth == 0) return nccl_fail(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
+    if (--t_group_depth > 0) return ncclSuccess;
+    std::vector<GroupItem> items;
+    items.swap(t_group);
+    std::unique_lock<std::mutex> lock(g_nccl_mutex);
+    for (auto& it : items)
+        if (!it.init_wait) post(it.comm, it.seq, it.post);
+    ncclResult_t first = ncclSuccess;
+    std::string first_message;
+    for (auto& it : items) {
+        ncclResult_t r;
+        if (it.init_wait) {
+            Clique* q = it.comm->clique;
+            r = q->cv.wait_for(lock, std::chrono::milliseconds(nccl_timeout_ms()), [&] { return q->joined == q->nranks; })
+                    ? ncclSuccess
+                    : nccl_fail(ncclInvalidUsage, "ncclCommInitRank (rank %d) in a group: timed out after %ld ms: %d of %d ranks joined", it.comm->rank,
+                                nccl_timeout_ms(), q->joined, q->nranks);
+        } else {
+            r = wait_slot(lock, it.comm, it.seq, kind_name(it.post.kind));
+        }
+        if (r != ncclSuccess && first == ncclSuccess) { first = r; first_message = t_message; }
+    }
+    if (first != ncclSuccess) nccl_fail(first, "ncclGroupEnd: %s", first_message.c_str());
+    return first;
+}
+
+namespace {
+ncclResult_t release(void* comm, bool abort, const char* what) {
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    Comm* c = live(comm);
+    if (!c) return nccl_fail(ncclInvalidArgument, "%s: comm %p is not a live communicator", what, comm);
+    Clique* q = c->clique;
+    if (abort && q->aborted.empty()) {
+        q->aborted = "rank " + std::to_string(c->rank) + " aborted the communicator (ncclCommAbort)";
+        q->cv.notify_all();
+    }
+    for (auto& it : t_group)  // a destroyed communicator's unposted group work is dropped
+        if (it.comm == c) it.comm = nullptr;
+    std::erase_if(t_group, [](const GroupItem& it) { return it.comm == nullptr; });
+    g_comms.erase(c);
+    q->ranks[c->rank] = nullptr;
+    c->magic = 0;
+    delete c;
+    if (--q->refs == 0) {
+        for (auto it = g_pending_inits.begin(); it != g_pending_inits.end(); ++it)
+            if (it->second == q) { g_pending_inits.erase(it); break; }
+        delete q;
+    }
+    return ncclSuccess;
+}
+} // namespace
+
+EXPORT ncclResult_t ncclCommDestroy(Comm* comm) { return comm ? release(comm, false, "ncclCommDestroy") : ncclSuccess; }
+EXPORT ncclResult_t ncclCommAbort(Comm* comm) { return comm ? release(comm, true, "ncclCommAbort") : ncclSuccess; }
+
+EXPORT ncclResult_t ncclCommCount(const Comm* comm, int* count) {
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    Comm* c = live((void*)comm);
+    if (!c || !count) return nccl_fail(ncclInvalidArgument, "ncclCommCount: not a live communicator, or count is null");
+    *count = c->nranks;
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclCommUserRank(const Comm* comm, int* rank) {
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    Comm* c = live((void*)comm);
+    if (!c || !rank) return nccl_fail(ncclInvalidArgument, "ncclCommUserRank: not a live communicator, or rank is null");
+    *rank = c->rank;
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclCommCuDevice(const Comm* comm, int* device) {
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    Comm* c = live((void*)comm);
+    if (!c || !device) return nccl_fail(ncclInvalidArgument, "ncclCommCuDevice: not a live communicator, or device is null");
+    *device = c->device;
+    return ncclSuccess;
+}
+
+EXPORT ncclResult_t ncclCommGetAsyncError(Comm* comm, ncclResult_t* asyncError) {
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    Comm* c = live(comm);
+    if (!c || !asyncError) return nccl_fail(ncclInvalidArgument, "ncclCommGetAsyncError: not a live communicator, or asyncError is null");
+    *asyncError = c->async_error;
+    return ncclSuccess;
+}
+
+EXPORT const char* ncclGetErrorString(ncclResult_t r) {
+    switch (r) {
+    case ncclSuccess: return "no error";
+    case ncclUnhandledCudaError: return "unhandled cuda error (run with NCCL_DEBUG=INFO for details)";
+    case ncclSystemError: return "unhandled system error (run with NCCL_DEBUG=INFO for details)";
+    case ncclInternalError: return "internal error - please report this issue to the NCCL developers";
+    case ncclInvalidArgument: return "invalid argument (run with NCCL_DEBUG=WARN for details)";
+    case ncclInvalidUsage: return "invalid usage (run with NCCL_DEBUG=WARN for details)";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclInProgress: return "NCCL operation in progress";
+    default: return "unknown result code";
+    }
+}
+
+// The detail of this thread's last failure (real NCCL >= 2.13 has the same entry point).
+EXPORT const char* ncclGetLastError(Comm* /*comm*/) { return t_message; }
+
+// Extension: the collective timeout in milliseconds (<= 0: back to CUDAEMU_NCCL_TIMEOUT_MS or 30 s).
+EXPORT void cudaemuNcclSetTimeout(long ms) { g_nccl_timeout_ms = ms; }

@@ -15,6 +15,28 @@ public static unsafe class Cuda
 
     private static readonly string[] DriverNames = ["libcuda.so.1", "libcuda.so"];
     private static readonly string[] NvrtcNames = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+    private static readonly string[] CublasNames = ["libcublas.so.13", "libcublas.so.12", "libcublas.so"];
+    private static readonly string[] NcclNames = ["libnccl.so.2", "libnccl.so"];
+
+    /// <summary>cuBLAS for <paramref name="api"/>'s implementation: the emulator's own exports, or libcublas.so.13/.12
+    /// found like the driver. Prefer <see cref="CudaApi.Cublas"/>, which loads this once.</summary>
+    public static CublasApi LoadCublas(CudaApi api)
+    {
+        if (api.Implementation == CudaImplementation.Emulated) return new CublasApi(api, api.DriverHandle, api.DriverPath);
+        return TryLoadFirst(CublasNames, out nint h, out string path)
+            ? new CublasApi(api, h, path)
+            : throw new DllNotFoundException("cuBLAS (libcublas.so.13/.12) was not found in CUDA_HOME, LD_LIBRARY_PATH or pip's nvidia/*/lib");
+    }
+
+    /// <summary>NCCL for <paramref name="api"/>'s implementation: the emulator's own exports, or libnccl.so.2.
+    /// Prefer <see cref="CudaApi.Nccl"/>, which loads this once.</summary>
+    public static NcclApi LoadNccl(CudaApi api)
+    {
+        if (api.Implementation == CudaImplementation.Emulated) return new NcclApi(api, api.DriverHandle, api.DriverPath);
+        return TryLoadFirst(NcclNames, out nint h, out string path)
+            ? new NcclApi(api, h, path)
+            : throw new DllNotFoundException("NCCL (libnccl.so.2) was not found in CUDA_HOME, LD_LIBRARY_PATH or pip's nvidia/*/lib");
+    }
 
     /// <summary>The table <c>SDP_CUDA</c> asks for (see the class summary); throws when that is unavailable.</summary>
     public static CudaApi Load()

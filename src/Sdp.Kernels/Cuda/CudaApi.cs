@@ -9,7 +9,8 @@ namespace Sdp.Kernels.Cuda;
 /// libraries or from the emulated device; nothing above it asks which (see <see cref="Implementation"/>
 /// for reports only). Names are the C names, including the <c>_v2</c> exports the headers #define the
 /// plain names to. Handles (contexts, streams, events, modules, functions, programs) are opaque nint.
-/// Room is left for cuBLAS and NCCL tables beside <see cref="DriverPath"/> and <see cref="NvrtcPath"/>.
+/// The cuBLAS and NCCL tables (<see cref="Cublas"/>, <see cref="Nccl"/>) are loaded on first use from the
+/// same implementation: libcublas.so.* and libnccl.so.2 beside the real driver, libcudaemu.so for the emulator.
 /// </summary>
 public sealed unsafe class CudaApi
 {
@@ -70,7 +71,10 @@ public sealed unsafe class CudaApi
     internal CudaApi(CudaImplementation implementation, nint driver, string driverPath, nint nvrtc, string nvrtcPath)
     {
         Implementation = implementation;
+        DriverHandle = driver;
         DriverPath = driverPath;
+        _cublas = new Lazy<CublasApi>(() => Cuda.LoadCublas(this));
+        _nccl = new Lazy<NcclApi>(() => Cuda.LoadNccl(this));
         NvrtcPath = nvrtcPath;
         cuInit = (delegate* unmanaged<uint, CUresult>)Export(driver, nameof(cuInit));
         cuDriverGetVersion = (delegate* unmanaged<int*, CUresult>)Export(driver, nameof(cuDriverGetVersion));
@@ -126,7 +130,19 @@ public sealed unsafe class CudaApi
             : null;
     }
 
+    private readonly Lazy<CublasApi> _cublas;
+    private readonly Lazy<NcclApi> _nccl;
+
     public CudaImplementation Implementation { get; }
+
+    /// <summary>The library handle the driver entry points came from (for the emulator, also cuBLAS and NCCL).</summary>
+    internal nint DriverHandle { get; }
+
+    /// <summary>cuBLAS of the same implementation, loaded on first use; throws DllNotFoundException when absent.</summary>
+    public CublasApi Cublas => _cublas.Value;
+
+    /// <summary>NCCL of the same implementation, loaded on first use; throws DllNotFoundException when absent.</summary>
+    public NcclApi Nccl => _nccl.Value;
 
     /// <summary>Where the driver entry points came from (libcuda.so.1, or libcudaemu.so).</summary>
     public string DriverPath { get; }

@@ -28,3 +28,29 @@ public sealed class NvrtcException : Exception
     public string Call { get; }
     public string Log { get; }
 }
+
+/// <summary>A cuBLAS call failed; the message names the call, the status and, where known, the detail.</summary>
+public sealed class CublasException : Exception
+{
+    public CublasException(CublasStatus status, string call, string message) : base(message)
+    {
+        Status = status;
+        Call = call;
+    }
+
+    public CublasStatus Status { get; }
+    public string Call { get; }
+}
+
+/// <summary>An NCCL call failed; the message names the call, the result and NCCL's last-error detail.</summary>
+public sealed class NcclException : Exception
+{
+    public NcclException(NcclResult result, string call, string message) : base(message)
+    {
+        Result = result;
+        Call = call;
+    }
+
+    public NcclResult Result { get; }
+    public string Call { get; }
+}

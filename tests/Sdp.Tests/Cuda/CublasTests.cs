@@ -1,0 +1,191 @@
+using Sdp.Kernels.Cuda;
+
+namespace Sdp.Tests.Cuda;
+
+/// <summary>
+/// The emulated cuBLAS subset against a float64 loop over the same column-major operands: transposes, odd
+/// sizes, padded leading dimensions, alpha and beta, outputs NaN-poisoned when beta = 0 (C must not be read);
+/// then bad arguments, which must return cuBLAS's own status codes. Tolerance: 1e-6 of Σ|alpha·a·b| + |beta·c|
+/// per element (the emulator sums in double too); TF32 1e-3.
+/// </summary>
+[TestFixture]
+[NonParallelizable] // the emulated device's state is process-wide
+[Category("CudaEmu")]
+public unsafe class CublasTests
+{
+    private CudaContext _ctx = null!;
+    private CublasHandle _blas = null!;
+
+    [OneTimeSetUp]
+    public void SetUp()
+    {
+        CudaApi api = Sdp.Kernels.Cuda.Cuda.TryLoad(CudaImplementation.Emulated, out string why) ?? throw new InvalidOperationException($"no emulated CUDA device: {why}");
+        _ctx = CudaContext.Open(api);
+        _blas = CublasHandle.Create(_ctx);
+    }
+
+    [OneTimeTearDown]
+    public void TearDown()
+    {
+        _blas?.Dispose();
+        _ctx?.Dispose();
+    }
+
+    private static float[] Random(int n, int seed)
+    {
+        var rng = new Random(seed);
+        var x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
+        return x;
+    }
+
+    private DeviceBuffer Upload(float[] x)
+    {
+        var b = DeviceBuffer.Allocate<float>(_ctx, x.Length);
+        b.CopyFrom<float>(x);
+        return b;
+    }
+
+    /// <summary>C (m, n; ldc) = alpha·op(A)·op(B) + beta·C in float64, column-major; also the per-element error scale.</summary>
+    private static (double[] C, double[] Scale) Reference(CublasOperation ta, CublasOperation tb, int m, int n, int k, float alpha,
+        float[] a, int aOff, int lda, float[] b, int bOff, int ldb, float beta, float[] c, int cOff, int ldc)
+    {
+        var r = new double[m * n];
+        var s = new double[m * n];
+        for (int j = 0; j < n; j++)
+        {
+            for (int i = 0; i < m; i++)
+            {
+                double acc = 0, mag = 0;
+                for (int l = 0; l < k; l++)
+                {
+                    double av = ta == CublasOperation.N ? a[aOff + i + l * lda] : a[aOff + l + i * lda];
+                    double bv = tb == CublasOperation.N ? b[bOff + l + j * ldb] : b[bOff + j + l * ldb];
+                    acc += av * bv;
+                    mag += Math.Abs(av * bv);
+                }
+                double cv = beta == 0 ? 0 : beta * (double)c[cOff + i + j * ldc];
+                r[i + j * m] = alpha * acc + cv;
+                s[i + j * m] = Math.Abs(alpha) * mag + Math.Abs(cv);
+            }
+        }
+        return (r, s);
+    }
+
+    private static void AssertClose(float[] got, int off, int ldc, int m, int n, (double[] C, double[] Scale) expected, double rtol, string what)
+    {
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++)
+            {
+                double e = expected.C[i + j * m], g = got[off + i + j * ldc];
+                double tol = rtol * (expected.Scale[i + j * m] + 1e-30);
+                Assert.That(Math.Abs(g - e), Is.LessThanOrEqualTo(tol), $"{what}: C[{i},{j}] = {g}, expected {e}");
+            }
+    }
+
+    private static (int Rows, int Cols) Shape(CublasOperation t, int rows, int cols) => t == CublasOperation.N ? (rows, cols) : (cols, rows);
+
+    [Test]
+    public void Sgemm_matches_a_float64_loop(
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation ta,
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation tb,
+        [Values(0f, 0.75f)] float beta)
+    {
+        const int m = 13, n = 7, k = 19;
+        float alpha = -1.25f;
+        var (ar, ac) = Shape(ta, m, k);
+        var (br, bc) = Shape(tb, k, n);
+        int lda = ar + 3, ldb = br + 1, ldc = m + 2;
+        float[] a = Random(lda * ac, 1), b = Random(ldb * bc, 2);
+        float[] c = beta == 0 ? Enumerable.Repeat(float.NaN, ldc * n).ToArray() : Random(ldc * n, 3);
+        using DeviceBuffer da = Upload(a), db = Upload(b), dc = Upload(c);
+        _blas.Sgemm(ta, tb, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc);
+        float[] got = dc.ToArray<float>();
+        AssertClose(got, 0, ldc, m, n, Reference(ta, tb, m, n, k, alpha, a, 0, lda, b, 0, ldb, beta, c, 0, ldc), 1e-6, $"Sgemm {ta}{tb} beta {beta}");
+        for (int j = 0; j < n; j++)  // the padding rows of C are untouched
+            for (int i = m; i < ldc; i++)
+                Assert.That(BitConverter.SingleToInt32Bits(got[i + j * ldc]), Is.EqualTo(BitConverter.SingleToInt32Bits(c[i + j * ldc])));
+    }
+
+    [Test]
+    public void SgemmStridedBatched_matches_a_float64_loop_per_matrix([Values(CublasOperation.N, CublasOperation.T)] CublasOperation ta)
+    {
+        const int m = 5, n = 9, k = 3, batch = 4;
+        var (ar, ac) = Shape(ta, m, k);
+        int lda = ar, ldb = n + 1, ldc = m;  // B read transposed
+        long sA = lda * ac + 5, sB = ldb * k + 2, sC = ldc * n + 7;
+        float[] a = Random((int)sA * batch, 4), b = Random((int)sB * batch, 5);
+        float[] c = Enumerable.Repeat(float.NaN, (int)sC * batch).ToArray();
+        using DeviceBuffer da = Upload(a), db = Upload(b), dc = Upload(c);
+        _blas.SgemmStridedBatched(ta, CublasOperation.T, m, n, k, 2f, da, lda, sA, db, ldb, sB, 0f, dc, ldc, sC, batch);
+        float[] got = dc.ToArray<float>();
+        for (int i = 0; i < batch; i++)
+        {
+            var expected = Reference(ta, CublasOperation.T, m, n, k, 2f, a, (int)(i * sA), lda, b, (int)(i * sB), ldb, 0f, c, (int)(i * sC), ldc);
+            AssertClose(got, (int)(i * sC), ldc, m, n, expected, 1e-6, $"batch {i}");
+        }
+    }
+
+    [Test]
+    public void GemmEx_fp32_equals_Sgemm_and_TF32_is_within_1e_3()
+    {
+        const int m = 17, n = 11, k = 33;
+        float[] a = Random(m * k, 6), b = Random(k * n, 7), c = Random(m * n, 8);
+        using DeviceBuffer da = Upload(a), db = Upload(b), c1 = Upload(c), c2 = Upload(c), c3 = Upload(c);
+        _blas.Sgemm(CublasOperation.N, CublasOperation.N, m, n, k, 1f, da, m, db, k, 0.5f, c1, m);
+        _blas.GemmEx(CublasOperation.N, CublasOperation.N, m, n, k, 1f, da, m, db, k, 0.5f, c2, m);
+        _blas.GemmEx(CublasOperation.N, CublasOperation.N, m, n, k, 1f, da, m, db, k, 0.5f, c3, m, CublasComputeType.Compute32FFastTf32);
+        Assert.That(c2.ToArray<float>(), Is.EqualTo(c1.ToArray<float>()).AsCollection);
+        var expected = Reference(CublasOperation.N, CublasOperation.N, m, n, k, 1f, a, 0, m, b, 0, k, 0.5f, c, 0, m);
+        float[] tf32 = c3.ToArray<float>();
+        AssertClose(tf32, 0, m, m, n, expected, 1e-3, "TF32");
+        Assert.That(tf32, Is.Not.EqualTo(c1.ToArray<float>()).AsCollection, "TF32 rounding changed nothing");
+    }
+
+    [Test]
+    public void Math_mode_TF32_rounds_Sgemm_and_version_is_reported()
+    {
+        const int m = 4, n = 4, k = 64;
+        float[] a = Random(m * k, 9), b = Random(k * n, 10);
+        using DeviceBuffer da = Upload(a), db = Upload(b), c1 = DeviceBuffer.Allocate<float>(_ctx, m * n), c2 = DeviceBuffer.Allocate<float>(_ctx, m * n);
+        using CublasHandle tf32 = CublasHandle.Create(_ctx);
+        using var stream = CudaStream.Create(_ctx);
+        tf32.SetStream(stream);
+        tf32.SetMathMode(CublasMath.Tf32TensorOp);
+        _blas.Sgemm(CublasOperation.N, CublasOperation.N, m, n, k, 1f, da, m, db, k, 0f, c1, m);
+        tf32.Sgemm(CublasOperation.N, CublasOperation.N, m, n, k, 1f, da, m, db, k, 0f, c2, m);
+        stream.Synchronize();
+        Assert.That(c2.ToArray<float>(), Is.Not.EqualTo(c1.ToArray<float>()).AsCollection);
+        Assert.That(_blas.Version, Is.GreaterThanOrEqualTo(110000));
+    }
+
+    [Test]
+    public void Bad_arguments_return_cuBLAS_status_codes()
+    {
+        using DeviceBuffer a = DeviceBuffer.Allocate<float>(_ctx, 64), b = DeviceBuffer.Allocate<float>(_ctx, 64), c = DeviceBuffer.Allocate<float>(_ctx, 64);
+        var e = Assert.Throws<CublasException>(() => _blas.Sgemm(CublasOperation.N, CublasOperation.N, 8, 4, 4, 1f, a, 7, b, 4, 0f, c, 8))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        Assert.That(e.Message, Does.Contain("cublasSgemm").And.Contain("lda = 7"));
+        e = Assert.Throws<CublasException>(() => _blas.Sgemm(CublasOperation.N, CublasOperation.N, -1, 4, 4, 1f, a, 8, b, 4, 0f, c, 8))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        e = Assert.Throws<CublasException>(() => _blas.Sgemm((CublasOperation)7, CublasOperation.N, 4, 4, 4, 1f, a, 8, b, 4, 0f, c, 8))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        e = Assert.Throws<CublasException>(() => _blas.SgemmStridedBatched(CublasOperation.N, CublasOperation.N, 2, 2, 2, 1f, a, 2, 4, b, 2, 4, 0f, c, 2, 4, -1))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        e = Assert.Throws<CublasException>(() => _blas.GemmEx(CublasOperation.N, CublasOperation.N, 4, 4, 4, 1f, a, 4, b, 4, 0f, c, 4, CublasComputeType.Compute32FFast16BF))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.NotSupported));
+        // fp16 operands are not emulated: NOT_SUPPORTED, as cuBLAS answers an unsupported type combination
+        CublasApi raw = _ctx.Api.Cublas;
+        float one = 1f, zero = 0f;
+        _ctx.Bind();
+        CublasStatus s = raw.cublasGemmEx(_blas.DangerousGetHandle(), CublasOperation.N, CublasOperation.N, 4, 4, 4, &one, a.Pointer, CudaDataType.R16F, 4,
+            b.Pointer, CudaDataType.R16F, 4, &zero, c.Pointer, CudaDataType.R32F, 4, CublasComputeType.Compute32F, CublasGemmAlgo.Default);
+        Assert.That(s, Is.EqualTo(CublasStatus.NotSupported));
+        Assert.That(raw.cublasSgemm_v2(0, CublasOperation.N, CublasOperation.N, 1, 1, 1, &one, a.Pointer, 1, b.Pointer, 1, &zero, c.Pointer, 1),
+            Is.EqualTo(CublasStatus.NotInitialized));
+        // an operand too small for its extent: on a GPU an illegal address, here EXECUTION_FAILED naming the operand
+        e = Assert.Throws<CublasException>(() => _blas.Sgemm(CublasOperation.N, CublasOperation.N, 16, 16, 16, 1f, a, 16, b, 16, 0f, c, 16))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.ExecutionFailed));
+        Assert.That(e.Message, Does.Contain("A = "));
+    }
+}
