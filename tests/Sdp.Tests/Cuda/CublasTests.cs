@@ -8,18 +8,21 @@ namespace Sdp.Tests.Cuda;
 /// then bad arguments, which must return cuBLAS's own status codes. Tolerance: 1e-6 of Σ|alpha·a·b| + |beta·c|
 /// per element (the emulator sums in double too); TF32 1e-3.
 /// </summary>
-[TestFixture]
+[TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable] // the emulated device's state is process-wide
-[Category("CudaEmu")]
 public unsafe class CublasTests
 {
+    private readonly CudaImplementation _impl;
+
+    public CublasTests(CudaImplementation implementation) => _impl = implementation;
+
     private CudaContext _ctx = null!;
     private CublasHandle _blas = null!;
 
     [OneTimeSetUp]
     public void SetUp()
     {
-        CudaApi api = Sdp.Kernels.Cuda.Cuda.TryLoad(CudaImplementation.Emulated, out string why) ?? throw new InvalidOperationException($"no emulated CUDA device: {why}");
+        CudaApi api = CudaDevices.Load(_impl);
         _ctx = CudaContext.Open(api);
         _blas = CublasHandle.Create(_ctx);
     }
@@ -162,6 +165,8 @@ public unsafe class CublasTests
     [Test]
     public void Bad_arguments_return_cuBLAS_status_codes()
     {
+        // The last call reads past an operand: on a GPU an illegal address, which ruins the context.
+        CudaDevices.RequireEmulated(_impl, "the emulator's messages, and an out-of-bounds operand");
         using DeviceBuffer a = DeviceBuffer.Allocate<float>(_ctx, 64), b = DeviceBuffer.Allocate<float>(_ctx, 64), c = DeviceBuffer.Allocate<float>(_ctx, 64);
         var e = Assert.Throws<CublasException>(() => _blas.Sgemm(CublasOperation.N, CublasOperation.N, 8, 4, 4, 1f, a, 7, b, 4, 0f, c, 8))!;
         Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));

@@ -8,11 +8,14 @@ namespace Sdp.Tests.Cuda;
 /// compiled from CUDA source, launched, and checked against a CPU reference with every output poisoned
 /// with NaN first; then planted bugs the emulator must report instead of computing garbage.
 /// </summary>
-[TestFixture]
+[TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable] // one emulated device; its launches are serialized anyway
-[Category("CudaEmu")]
 public unsafe class EmulatedDeviceTests
 {
+    private readonly CudaImplementation _impl;
+
+    public EmulatedDeviceTests(CudaImplementation implementation) => _impl = implementation;
+
     // NVRTC-style source: extern "C" kernels, no host headers, dynamic shared memory in the one fixed form.
     private const string Source = """
         extern "C" __global__ void vector_add(const float* a, const float* b, float* c, int n)
@@ -106,8 +109,7 @@ public unsafe class EmulatedDeviceTests
     [OneTimeSetUp]
     public void SetUp()
     {
-        // The emulated device is part of every Linux build: not finding it is a failure, not a skip.
-        CudaApi api = Sdp.Kernels.Cuda.Cuda.TryLoad(CudaImplementation.Emulated, out string why) ?? throw new InvalidOperationException($"no emulated CUDA device: {why}");
+        CudaApi api = CudaDevices.Load(_impl);
         _ctx = CudaContext.Open(api);
         _module = CudaModule.Compile(_ctx, Source, "emulated_device_tests.cu");
     }
@@ -155,6 +157,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void Device_ReportsItselfAndItsMemory()
     {
+        CudaDevices.RequireEmulated(_impl, "the emulated device's name and exact memory accounting");
         Assert.That(_ctx.Api.Implementation, Is.EqualTo(CudaImplementation.Emulated));
         Assert.That(_ctx.Name, Does.Contain("emulated"));
         Assert.That(_ctx.Attribute(CUdeviceAttribute.WarpSize), Is.EqualTo(32));
@@ -263,6 +266,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void OutOfBoundsWrite_IsIllegalAddress_NamingKernelBlockAndThread_AndTheProcessSurvives()
     {
+        CudaDevices.RequireEmulated(_impl, "planted bug: guard pages (an illegal address ruins a real context)");
         const int n = 1000; // 4 blocks of 256 write 1024 elements: threads 232..255 of block 3 overrun
         using var y = Poisoned(n);
         var e = Assert.Throws<CudaException>(() =>
@@ -287,6 +291,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void MissingSyncthreads_ReadsPoisonedSharedMemory()
     {
+        CudaDevices.RequireEmulated(_impl, "planted bug: NaN-poisoned shared memory");
         const int threads = 128;
         using var x = Upload(Random(threads, 9));
         using var y = Poisoned(threads);
@@ -298,6 +303,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void ReturnBeforeSyncthreads_IsLaunchFailed_WithAMessage()
     {
+        CudaDevices.RequireEmulated(_impl, "planted bug: barrier misuse report (a real GPU may hang or not notice)");
         using var y = Poisoned(64);
         var e = Assert.Throws<CudaException>(() => _module.Function("return_before_sync").Launch(1, 64, 0, null, y.Pointer))!;
         Assert.That(e.Result, Is.EqualTo(CUresult.LaunchFailed));
@@ -307,6 +313,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void DivergentFullMaskShuffle_IsADeadlockReport()
     {
+        CudaDevices.RequireEmulated(_impl, "planted bug: deadlock report");
         using var y = Poisoned(32);
         var e = Assert.Throws<CudaException>(() => _module.Function("divergent_full_mask_shuffle").Launch(1, 32, 0, null, y.Pointer))!;
         Assert.That(e.Result, Is.EqualTo(CUresult.LaunchFailed));
@@ -318,6 +325,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void HostPointerArgument_IsInvalidValue()
     {
+        CudaDevices.RequireEmulated(_impl, "the emulator's device-pointer check (a real GPU faults)");
         float[] host = new float[4];
         fixed (float* p = host)
         {
@@ -334,6 +342,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void Nvrtc_SecondCompileOfTheSameSource_HitsTheCache()
     {
+        CudaDevices.RequireEmulated(_impl, "the emulated NVRTC's module cache");
         // A source no earlier run has compiled, so the first compile is a miss.
         string source = $"// {Guid.NewGuid()}\nextern \"C\" __global__ void fill(float* y, float v) {{ y[threadIdx.x] = v; }}\n";
         var sw = Stopwatch.StartNew();
@@ -374,6 +383,7 @@ public unsafe class EmulatedDeviceTests
     [Test]
     public void UnknownKernelName_IsNotFound_ListingTheKernels()
     {
+        CudaDevices.RequireEmulated(_impl, "the emulator lists the module's kernels");
         var e = Assert.Throws<CudaException>(() => _module.Function("no_such_kernel"))!;
         Assert.That(e.Result, Is.EqualTo(CUresult.NotFound));
         Assert.That(e.Message, Does.Contain("vector_add"));

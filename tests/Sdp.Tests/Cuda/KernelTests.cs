@@ -14,11 +14,14 @@ namespace Sdp.Tests.Cuda;
 /// a·b+c into FMA, as NVRTC does by default); the float64 sum of squares differs from the CPU's sequential sum
 /// only in summation order (1e-12 relative).
 /// </summary>
-[TestFixture]
+[TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable] // one emulated device
-[Category("CudaEmu")]
 public class KernelTests
 {
+    private readonly CudaImplementation _impl;
+
+    public KernelTests(CudaImplementation implementation) => _impl = implementation;
+
     private static readonly IBackend Cpu = CpuBackend.Instance;
     private CudaContext _ctx = null!;
     private CudaModule _kernels = null!;
@@ -26,8 +29,7 @@ public class KernelTests
     [OneTimeSetUp]
     public void CompileKernels()
     {
-        // The emulated device is part of every Linux build: not finding it is a failure, not a skip.
-        var api = Sdp.Kernels.Cuda.Cuda.TryLoad(CudaImplementation.Emulated, out string why) ?? throw new InvalidOperationException($"no emulated CUDA device: {why}");
+        var api = CudaDevices.Load(_impl);
         _ctx = CudaContext.Open(api);
         _kernels = CudaKernels.Compile(_ctx);
     }

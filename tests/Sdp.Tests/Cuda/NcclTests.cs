@@ -11,11 +11,14 @@ namespace Sdp.Tests.Cuda;
 /// holder-set sub-communicators by ncclCommSplit, and the errors that must be errors rather than hangs:
 /// a buffer of another device, a count mismatch, a rank that never posts.
 /// </summary>
-[TestFixture]
+[TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable] // the emulated devices are process-wide
-[Category("CudaEmu")]
 public unsafe class NcclTests
 {
+    private readonly CudaImplementation _impl;
+
+    public NcclTests(CudaImplementation implementation) => _impl = implementation;
+
     private const int N = 37;
     private CudaContext[] _ctx = null!;
     private NcclApi _nccl = null!;
@@ -23,10 +26,15 @@ public unsafe class NcclTests
     [OneTimeSetUp]
     public void SetUp()
     {
-        CudaApi api = Sdp.Kernels.Cuda.Cuda.TryLoad(CudaImplementation.Emulated, out string why) ?? throw new InvalidOperationException($"no emulated CUDA device: {why}");
+        CudaApi api = CudaDevices.Load(_impl);
         int count;
         api.Check(api.cuDeviceGetCount(&count));
-        if (count < 4) Assert.Ignore($"the emulator has {count} devices (CUDAEMU_DEVICES); these tests need 4");
+        if (count < 4)
+        {
+            Assert.Ignore(_impl == CudaImplementation.Emulated
+                ? $"the emulator has {count} devices (CUDAEMU_DEVICES); these tests need 4"
+                : $"the machine has {count} CUDA device(s); these tests need 4");
+        }
         _ctx = [.. Enumerable.Range(0, 4).Select(d => CudaContext.Open(api, d))];
         _nccl = api.Nccl;
     }
@@ -206,6 +214,7 @@ public unsafe class NcclTests
     [Test]
     public void A_buffer_of_another_device_is_rejected()
     {
+        CudaDevices.RequireEmulated(_impl, "the emulator's argument check (real NCCL may not detect it)");
         NcclComm[] comms = NcclComm.InitAll(_ctx[..2]);
         using DeviceBuffer wrong = DeviceBuffer.Allocate<float>(_ctx[1], N);
         try
@@ -220,6 +229,7 @@ public unsafe class NcclTests
     [Test]
     public void A_count_mismatch_is_a_clear_error_on_every_rank()
     {
+        CudaDevices.RequireEmulated(_impl, "real NCCL hangs on a count mismatch");
         NcclComm[] comms = NcclComm.InitAll(_ctx[..2]);
         DeviceBuffer[] bufs = [.. Enumerable.Range(0, 2).Select(r => DeviceBuffer.Allocate<float>(_ctx[r], N))];
         try
@@ -239,6 +249,7 @@ public unsafe class NcclTests
     [Test]
     public void A_rank_that_never_posts_times_out_with_a_message_and_abort_fails_the_peers()
     {
+        CudaDevices.RequireEmulated(_impl, "real NCCL hangs on a rank that never posts");
         if (_nccl.cudaemuNcclSetTimeout == null) Assert.Ignore("needs the emulator's timeout override");
         NcclComm[] comms = NcclComm.InitAll(_ctx[..2]);
         using DeviceBuffer buf = DeviceBuffer.Allocate<float>(_ctx[0], N);
