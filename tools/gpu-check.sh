@@ -64,6 +64,7 @@ else
     exit 2
   fi
   pack="$(mktemp -d /tmp/sdp-gpu.XXXXXX)"
+  trap 'rm -rf "$pack"' EXIT
   echo "unpacking $archive into $pack"
   tar xJf "$archive" -C "$pack" || exit 2
 fi
@@ -86,6 +87,11 @@ find_libs() {
            /usr/local/lib /usr/lib/python3* /opt /root/.local /home "${VIRTUAL_ENV:-}" "${CONDA_PREFIX:-}"; do
     [ -n "$r" ] && [ -d "$r" ] && roots+=("$r")
   done
+  # Python's own site-packages folders (PyTorch's pip wheels put the libraries in nvidia/*/lib there).
+  if command -v python3 > /dev/null 2>&1; then
+    while IFS= read -r r; do [ -d "$r/nvidia" ] && roots+=("$r/nvidia"); done < <(timeout 20 python3 -c \
+      'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
+  fi
   find "${roots[@]}" \( -name 'libcuda.so*' -o -name 'libnvrtc.so*' -o -name 'libnvrtc-builtins.so*' -o -name 'libcublas.so*' \
        -o -name 'libcublasLt.so*' -o -name 'libnccl.so*' \) \( -type f -o -type l \) 2>/dev/null | grep -v '/stubs/' | sort -u
 }
