@@ -1,4 +1,5 @@
 using Sdp.Kernels.Cuda;
+using static Sdp.Tests.Cuda.DeviceTestData;
 
 namespace Sdp.Tests.Cuda;
 
@@ -38,30 +39,6 @@ public class CrossCheckTests
         _emu?.Dispose();
     }
 
-    private static float[] RandomFloats(Random rng, long n)
-    {
-        var x = new float[n];
-        for (long i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-        return x;
-    }
-
-    private static int[] HeldIndices(Random rng, int n, double density)
-    {
-        int k = Math.Max(1, (int)Math.Round(density * n));
-        return [.. Enumerable.Range(0, n).OrderBy(_ => rng.Next()).Take(k).Order()];
-    }
-
-    private static DeviceBuffer Upload<T>(CudaContext ctx, T[] values) where T : unmanaged
-    {
-        var b = DeviceBuffer.Allocate<T>(ctx, values.Length);
-        b.CopyFrom<T>(values);
-        return b;
-    }
-
-    private static uint Tiles(int n) => (uint)((n + 127) / 128);
-
-    private static uint Blocks1D(long n) => (uint)Math.Clamp((n + 255) / 256, 1, 65535);
-
     /// <summary>Runs <paramref name="run"/> on the emulated and then the real device; returns both results.</summary>
     private (T Emulated, T Real) OnBoth<T>(Func<CudaContext, CudaModule, T> run)
     {
@@ -71,16 +48,9 @@ public class CrossCheckTests
         return (emulated, real);
     }
 
+    /// <summary>The real device's result against the emulated one's.</summary>
     private static void AssertClose(float[] emulated, float[] real, double rtol, double atol, string what)
-    {
-        Assert.That(real, Has.Length.EqualTo(emulated.Length), what);
-        for (int i = 0; i < emulated.Length; i++)
-        {
-            double tol = atol + rtol * Math.Abs(emulated[i]);
-            if (!(Math.Abs(real[i] - emulated[i]) <= tol))
-                Assert.Fail($"{what}: element {i}: emulated {emulated[i]:R}, real {real[i]:R} (tolerance {tol:G3})");
-        }
-    }
+        => DeviceTestData.AssertClose(emulated, real, rtol, atol, what, "emulated", "real");
 
     [Test]
     public void Masked_weight_gradient_real_equals_emulated([Values(0, 1)] int axis, [Values(0.25, 1.0)] double density)

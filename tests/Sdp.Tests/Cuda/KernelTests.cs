@@ -2,6 +2,7 @@ using Sdp.Engine;
 using Sdp.Engine.Backends;
 using Sdp.Engine.Backends.Cpu;
 using Sdp.Kernels.Cuda;
+using static Sdp.Tests.Cuda.DeviceTestData;
 
 namespace Sdp.Tests.Cuda;
 
@@ -43,51 +44,7 @@ public class KernelTests
 
     // ---- helpers ------------------------------------------------------------------------------------------
 
-    private static float[] RandomFloats(Random rng, long n)
-    {
-        var x = new float[n];
-        for (long i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-        return x;
-    }
-
-    /// <summary>A sorted random subset of [0, n) of about density·n elements (at least one).</summary>
-    private static int[] HeldIndices(Random rng, int n, double density)
-    {
-        int k = Math.Max(1, (int)Math.Round(density * n));
-        return [.. Enumerable.Range(0, n).OrderBy(_ => rng.Next()).Take(k).Order()];
-    }
-
-    private DeviceBuffer Upload<T>(T[] values) where T : unmanaged
-    {
-        var b = DeviceBuffer.Allocate<T>(_ctx, values.Length);
-        b.CopyFrom<T>(values);
-        return b;
-    }
-
-    private DeviceBuffer Poisoned(long floats)
-    {
-        var b = DeviceBuffer.Allocate(_ctx, floats * sizeof(float));
-        b.PoisonNaN();
-        return b;
-    }
-
     private static Tensor Host<T>(T[] values, params int[] shape) where T : unmanaged => Tensor.FromArray(values, new Shape(shape), Cpu);
-
-    private static uint Tiles(int n) => (uint)((n + 127) / 128);
-
-    private static uint Blocks1D(long n) => (uint)Math.Clamp((n + 255) / 256, 1, 65535);
-
-    /// <summary>|actual − expected| ≤ atol + rtol·|expected| element for element, and no NaN anywhere.</summary>
-    private static void AssertClose(float[] expected, float[] actual, double rtol, double atol, string what)
-    {
-        Assert.That(actual, Has.Length.EqualTo(expected.Length), what);
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double tol = atol + rtol * Math.Abs(expected[i]);
-            if (!(Math.Abs(actual[i] - expected[i]) <= tol))
-                Assert.Fail($"{what}: element {i}: expected {expected[i]:R}, got {actual[i]:R} (tolerance {tol:G3})");
-        }
-    }
 
     // ---- §1 masked GEMMs ----------------------------------------------------------------------------------
 
@@ -108,10 +65,10 @@ public class KernelTests
         using var hdw = Host((float[])dw0.Clone(), dwShape);
         Cpu.MatMulWeightGradHeld(hdy, hx, axis, hidx, hdw);
 
-        using var ddy = Upload(dy);
-        using var dx = Upload(x);
-        using var didx = Upload(idx);
-        using var ddw = Upload(dw0);
+        using var ddy = Upload(_ctx, dy);
+        using var dx = Upload(_ctx, x);
+        using var didx = Upload(_ctx, idx);
+        using var ddw = Upload(_ctx, dw0);
         var args = new KernelArgs().Add(ddy.Pointer).Add(dx.Pointer).Add(didx.Pointer).Add(ddw.Pointer)
             .Add(tokens).Add(outDim).Add(inDim).Add(k).Add(1 /* dy or x is full */).Add(1f /* beta: += */);
         if (axis == 0) args.Launch(_kernels.Function("sdp_weight_grad_rows"), new Dim3(Tiles(inDim), Tiles(k)), 256);
@@ -138,10 +95,10 @@ public class KernelTests
         using var hy = Tensor.Empty(new Shape(tokens, k), DType.Float32, Cpu);
         Cpu.MatMul(hx, wHeld, hy, 1, tokens, k, inDim, transA: false, transB: true, alpha: 1, accumulate: false);
 
-        using var dx = Upload(x);
-        using var dw = Upload(w);
-        using var didx = Upload(idx);
-        using var dy = Poisoned((long)tokens * k);
+        using var dx = Upload(_ctx, x);
+        using var dw = Upload(_ctx, w);
+        using var didx = Upload(_ctx, idx);
+        using var dy = Poisoned(_ctx, (long)tokens * k);
         new KernelArgs().Add(dx.Pointer).Add(dw.Pointer).Add(didx.Pointer).Add(dy.Pointer).Add(tokens).Add(inDim).Add(k).Add(0f)
             .Launch(_kernels.Function("sdp_linear_rows_forward"), new Dim3(Tiles(k), Tiles(tokens)), 256);
 
@@ -168,9 +125,9 @@ public class KernelTests
         using (var hfull = Host(full, shape))
         using (var hidx = Host(idx, k))
         using (var hcompact = Host((float[])compact0.Clone(), compactShape))
-        using (var dfull = Upload(full))
-        using (var didx = Upload(idx))
-        using (var dcompact = Upload(compact0))
+        using (var dfull = Upload(_ctx, full))
+        using (var didx = Upload(_ctx, idx))
+        using (var dcompact = Upload(_ctx, compact0))
         {
             Cpu.GatherHeld(hfull, axis, hidx, hcompact, accumulate: true);
             new KernelArgs().Add(dfull.Pointer).Add(dcompact.Pointer).Add(didx.Pointer).Add(default(CUdeviceptr))
@@ -185,10 +142,10 @@ public class KernelTests
         using (var hidx = Host(idx, k))
         using (var hcompact = Host(compact0, compactShape))
         using (var hcount = Host([holders], 1))
-        using (var dfull = Upload(full))
-        using (var didx = Upload(idx))
-        using (var dcompact = Upload(compact0))
-        using (var dcount = Upload(new[] { holders }))
+        using (var dfull = Upload(_ctx, full))
+        using (var didx = Upload(_ctx, idx))
+        using (var dcompact = Upload(_ctx, compact0))
+        using (var dcount = Upload(_ctx, new[] { holders }))
         {
             Cpu.Binary(BinaryOp.Div, hcompact, hcount, hcompact);
             Cpu.ScatterHeld(hcompact, axis, hidx, hfull);
@@ -212,10 +169,10 @@ public class KernelTests
         Cpu.AddSumOfSquares(hx, divisor, htotal);
 
         int blocks = (int)Math.Min(Math.Max((n + 255) / 256, 1), 1024);
-        using var dx = Upload(x);
+        using var dx = Upload(_ctx, x);
         using var partials = DeviceBuffer.Allocate<double>(_ctx, 1024);
         partials.PoisonNaN();
-        using var total = Upload(new[] { start });
+        using var total = Upload(_ctx, new[] { start });
         new KernelArgs().Add(dx.Pointer).Add((long)n).Add(partials.Pointer).Launch(_kernels.Function("sdp_sumsq_partial_f32"), (uint)blocks, 256);
         new KernelArgs().Add(partials.Pointer).Add(blocks).Add(divisor).Add(total.Pointer).Launch(_kernels.Function("sdp_sumsq_finish"), 1, 256);
 
@@ -239,10 +196,10 @@ public class KernelTests
         using var hv = Host((float[])v.Clone(), n);
         Cpu.AdamWStep(hp, hg, hm, hv, lr, beta1, beta2, eps, weightDecay, step);
 
-        using var dp = Upload(p);
-        using var dg = Upload(g);
-        using var dm = Upload(m);
-        using var dv = Upload(v);
+        using var dp = Upload(_ctx, p);
+        using var dg = Upload(_ctx, g);
+        using var dm = Upload(_ctx, m);
+        using var dv = Upload(_ctx, v);
         // The host computes the scalars in float64, as CpuBackend.AdamWStep does (docs/kernels.md §5).
         double bias1 = 1 - Math.Pow(beta1, step), bias2Sqrt = Math.Sqrt(1 - Math.Pow(beta2, step));
         new KernelArgs().Add(dp.Pointer).Add(dg.Pointer).Add(dm.Pointer).Add(dv.Pointer).Add((long)n)
