@@ -21,9 +21,6 @@ public static class DeviceScope
         "no device is selected: open DeviceScope.Use(backend) around the work (a trainer does this for each worker), " +
         "set a process default with DeviceScope.SetProcessDefault(backend) in the program's entry point, or pass a backend explicitly");
 
-    /// <summary>The device opened on this thread, or the process default; null when neither is set.</summary>
-    public static IBackend? CurrentOrNull => _current ?? _processDefault;
-
     /// <summary>Makes <paramref name="backend"/> current on the calling thread until the returned scope is disposed.</summary>
     public static IDisposable Use(IBackend backend)
     {

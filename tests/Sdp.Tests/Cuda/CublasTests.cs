@@ -34,20 +34,9 @@ public unsafe class CublasTests
         _ctx?.Dispose();
     }
 
-    private static float[] Random(int n, int seed)
-    {
-        var rng = new Random(seed);
-        var x = new float[n];
-        for (int i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-        return x;
-    }
+    private static float[] Random(int n, int seed) => DeviceTestData.RandomFloats(new Random(seed), n);
 
-    private DeviceBuffer Upload(float[] x)
-    {
-        var b = DeviceBuffer.Allocate<float>(_ctx, x.Length);
-        b.CopyFrom<float>(x);
-        return b;
-    }
+    private DeviceBuffer Upload(float[] x) => DeviceTestData.Upload(_ctx, x);
 
     /// <summary>C (m, n; ldc) = alpha·op(A)·op(B) + beta·C in float64, column-major; also the per-element error scale.</summary>
     private static (double[] C, double[] Scale) Reference(CublasOperation ta, CublasOperation tb, int m, int n, int k, float alpha,

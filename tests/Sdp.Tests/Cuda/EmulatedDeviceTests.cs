@@ -121,38 +121,13 @@ public unsafe class EmulatedDeviceTests
         _ctx?.Dispose();
     }
 
-    private static float[] Random(int n, int seed)
-    {
-        var rng = new Random(seed);
-        var x = new float[n];
-        for (int i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
-        return x;
-    }
+    private static float[] Random(int n, int seed) => DeviceTestData.RandomFloats(new Random(seed), n);
 
-    private DeviceBuffer Upload(float[] x)
-    {
-        var b = DeviceBuffer.Allocate<float>(_ctx, x.Length);
-        b.CopyFrom<float>(x);
-        return b;
-    }
+    private DeviceBuffer Upload(float[] x) => DeviceTestData.Upload(_ctx, x);
 
-    private DeviceBuffer Poisoned(int n)
-    {
-        var b = DeviceBuffer.Allocate<float>(_ctx, n);
-        b.PoisonNaN();
-        return b;
-    }
+    private DeviceBuffer Poisoned(int n) => DeviceTestData.Poisoned(_ctx, n);
 
-    private static void AssertClose(float[] expected, float[] actual, float atol, float rtol)
-    {
-        Assert.That(actual, Has.Length.EqualTo(expected.Length));
-        for (int i = 0; i < expected.Length; i++)
-        {
-            float tol = atol + rtol * Math.Abs(expected[i]);
-            if (!(Math.Abs(actual[i] - expected[i]) <= tol))
-                Assert.Fail($"element {i}: expected {expected[i]}, got {actual[i]} (tolerance {tol})");
-        }
-    }
+    private static void AssertClose(float[] expected, float[] actual, float atol, float rtol) => DeviceTestData.AssertClose(expected, actual, rtol, atol, "result");
 
     [Test]
     public void Device_ReportsItselfAndItsMemory()

@@ -48,12 +48,7 @@ public unsafe class NcclTests
 
     private static float[] Values(int seed, int n) => RandomFloats(seed, n).Select((v, i) => v * MathF.Pow(10, (seed * 3 + i) % 9 - 4)).ToArray();
 
-    private DeviceBuffer Upload<T>(int device, T[] x) where T : unmanaged
-    {
-        var b = DeviceBuffer.Allocate<T>(_ctx[device], x.Length);
-        b.CopyFrom<T>(x);
-        return b;
-    }
+    private DeviceBuffer Upload<T>(int device, T[] x) where T : unmanaged => DeviceTestData.Upload(_ctx[device], x);
 
     private static void DisposeAll(IEnumerable<IDisposable?> xs)
     {
