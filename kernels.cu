@@ -95,6 +95,20 @@ __device__ double sdp_block_sum_double(double v)
     return r;
 }
 
+// Device error flag (CudaBackend.ErrorFlag): int32[4] = {code, flat index, value, limit}, read at the next host wait.
+// The first reporter claims the flag (atomicCAS on the code) and fills in the rest, so one bad element is named.
+#define SDP_ERR_EMBEDDING_ID 1
+#define SDP_ERR_ROPE_POSITION 2
+__device__ void sdp_raise(int* flag, int code, long long index, long long value, long long limit)
+{
+    if (atomicCAS(flag, 0, code) == 0)
+    {
+        flag[1] = (int)index;
+        flag[2] = (int)value;
+        flag[3] = (int)limit;
+    }
+}
+
 // Warp-level float reductions (full mask: every lane of the warp must call them).
 __device__ __forceinline__ float sdp_warp_sum(float v)
 {
@@ -910,3 +924,27 @@ extern "C" __global__ void cross_entropy_backward_f32(const float* logits, const
         if (j == t) dxr[j] -= g; // the one-hot term, by the thread that owns the element, after its softmax term
     }
 }
+
+// ============================================================================================================
+// 7. Transformer: embedding, RMSNorm, RoPE, head swaps, causal GQA attention
+// ============================================================================================================
+
+// (section 7 kernels)
+
+// ============================================================================================================
+// 8. Convolution, BatchNorm and pooling (NCHW)
+// ============================================================================================================
+
+// (section 8 kernels)
+
+// ============================================================================================================
+// 9. Dropout
+// ============================================================================================================
+
+// (section 9 kernels)
+
+// ============================================================================================================
+// 10. Shape, indexing and axis reductions
+// ============================================================================================================
+
+// (section 10 kernels)

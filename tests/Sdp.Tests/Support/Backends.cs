@@ -1,5 +1,8 @@
 using Sdp.Engine.Backends;
 using Sdp.Engine.Backends.Cpu;
+using Sdp.Engine.Backends.Cuda;
+using Sdp.Kernels.Cuda;
+using Sdp.Tests.Cuda;
 
 namespace Sdp.Tests.Support;
 
@@ -8,15 +11,51 @@ namespace Sdp.Tests.Support;
 /// taking an IBackend, and [TestFixtureSource(typeof(Backends), nameof(Backends.All))] runs it per backend.
 /// A new backend joins by being yielded here. Float64 gradient checks run on the CPU only; other backends
 /// are compared against the CPU backend.
+///
+/// The CUDA backend joins twice: on the emulated device (category CudaEmu, always), and on a real GPU
+/// (category CudaReal) where <c>SDP_CUDA</c> is real or both and a device is found, else that fixture is
+/// ignored with the reason. <c>SDP_TEST_BACKENDS</c> (comma-separated display names, e.g. "cpu,cuda-emu")
+/// narrows the list.
 /// </summary>
 public static class Backends
 {
+    private static readonly Lazy<CudaBackend> EmulatedCuda = new(() => CudaBackend.Open(0, Sdp.Kernels.Cuda.Cuda.Load(CudaImplementation.Emulated)));
+
+    private static readonly Lazy<(CudaBackend? Backend, string Why)> RealCuda = new(() =>
+    {
+        CudaApi? api = CudaDevices.TryReal(out string why);
+        return (api is null ? null : CudaBackend.Open(0, api), why);
+    });
+
+    /// <summary>Whether the op families of the CUDA backend are all ported; until then its fixtures are left out.</summary>
+    private static readonly bool CudaComplete = false;
+
     public static IEnumerable<TestFixtureData> All()
     {
-        yield return new TestFixtureData(CpuBackend.Instance).SetArgDisplayNames("cpu");
+        var selected = (Environment.GetEnvironmentVariable("SDP_TEST_BACKENDS") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        bool Wanted(string name, bool byDefault) => selected.Length > 0 ? selected.Contains(name) : byDefault;
+
+        if (Wanted("cpu", true)) yield return new TestFixtureData(CpuBackend.Instance).SetArgDisplayNames("cpu");
         // Proves the code under test is device-generic: it owns its tensors and rejects any from another backend.
-        yield return new TestFixtureData(new CountingBackend()).SetArgDisplayNames("counting-cpu");
+        if (Wanted("counting-cpu", true)) yield return new TestFixtureData(new CountingBackend()).SetArgDisplayNames("counting-cpu");
+        if (Wanted("cuda-emu", CudaComplete)) yield return Categorised(new TestFixtureData(EmulatedCuda.Value).SetArgDisplayNames("cuda-emu"), CudaDevices.EmulatedCategory);
+        if (Wanted("cuda", CudaComplete))
+        {
+            var (real, why) = RealCuda.Value;
+            var data = new TestFixtureData(real).SetArgDisplayNames("cuda");
+            if (real is null) data.Ignore($"no real CUDA device: {why}");
+            yield return Categorised(data, CudaDevices.RealCategory);
+        }
+    }
+
+    private static TestFixtureData Categorised(TestFixtureData data, string category)
+    {
+        data.Properties.Add(NUnit.Framework.Internal.PropertyNames.Category, category);
+        return data;
     }
 
     public static IBackend Cpu => CpuBackend.Instance;
+
+    /// <summary>The emulated CUDA backend the fixtures share (one per test process).</summary>
+    public static CudaBackend Emulated => EmulatedCuda.Value;
 }
