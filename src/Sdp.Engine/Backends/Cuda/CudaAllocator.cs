@@ -13,7 +13,9 @@ namespace Sdp.Engine.Backends.Cuda;
 /// The bytes tensors asked for are charged to their <see cref="MemoryAccount"/> by <see cref="Storage"/>; what this
 /// allocator holds beyond them (rounding and cached blocks) is reported by <see cref="ReservedBytes"/>.
 /// On the emulated device every request is its own class (exact sizes): the emulator puts a guard page right
-/// after each allocation, so a kernel that writes one element past a tensor faults instead of landing in rounding.
+/// after each allocation, so a kernel that writes one element past a tensor faults instead of landing in rounding,
+/// and every block handed out holds NaN (the emulator poisons fresh memory, this allocator reused blocks), so a
+/// kernel that leaves an output element unwritten cannot pass for a result.
 /// </summary>
 public sealed unsafe class CudaAllocator
 {
@@ -74,7 +76,9 @@ public sealed unsafe class CudaAllocator
                 _cached -= size;
                 _inUse += size;
                 _requested += bytes;
-                return stack.Pop();
+                CUdeviceptr reused = stack.Pop();
+                if (_exactSizes) Poison(reused, size);
+                return reused;
             }
         }
         _context.Bind();
@@ -103,6 +107,12 @@ public sealed unsafe class CudaAllocator
             _peakReserved = Math.Max(_peakReserved, _reserved);
         }
         return p;
+    }
+
+    private void Poison(CUdeviceptr block, long size)
+    {
+        _context.Bind();
+        _context.Api.Check(_context.Api.cuMemsetD8_v2(block, 0xFF, (nuint)size), "cuMemsetD8_v2(poison reused block)"); // 0xFF.. is NaN in float32 and float64
     }
 
     /// <summary>Returns a block (of the request size it was allocated for) to its free list. Any thread.</summary>
