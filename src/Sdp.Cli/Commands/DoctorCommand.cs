@@ -3,6 +3,8 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using Sdp.Engine.Backends.Cpu;
+using Sdp.Engine.Memory;
+using Sdp.Kernels.Cuda;
 
 namespace Sdp.Cli.Commands;
 
@@ -34,15 +36,82 @@ public static class DoctorCommand
                 string? found = names.FirstOrDefault(n => NativeLibrary.TryLoad(n, out nint _));
                 Console.WriteLine($"{role,-26} {(found is null ? "not found" : "found: " + found)}");
             }
-            // Which CUDA entry points Sdp's bindings would use (SDP_CUDA=auto|emu|real).
-            var real = Sdp.Kernels.Cuda.Cuda.TryLoad(Sdp.Kernels.Cuda.CudaImplementation.Real, out string whyNotReal);
-            var emulated = Sdp.Kernels.Cuda.Cuda.EmulatorPath();
-            Console.WriteLine($"{"CUDA (real)",-26} {(real is null ? "no: " + whyNotReal : real.ToString())}");
-            Console.WriteLine($"{"CUDA (emulated device)",-26} {(emulated is null ? "not built (libcudaemu.so missing)" : emulated)}");
+            // Which CUDA entry points Sdp's bindings use (SDP_CUDA=auto|emu|real), with versions and devices.
+            foreach (string line in CudaLines()) Console.WriteLine(line);
             return 0;
         });
         return cmd;
     }
 
     private static string Flag(bool on) => on ? "yes" : "no";
+
+    /// <summary>For the real driver and the emulated device: whether it loads (else why not), library versions, and each device.</summary>
+    public static IEnumerable<string> CudaLines()
+    {
+        string mode = Environment.GetEnvironmentVariable("SDP_CUDA") ?? "auto";
+        foreach (var implementation in new[] { CudaImplementation.Real, CudaImplementation.Emulated })
+        {
+            string label = implementation == CudaImplementation.Real ? "CUDA (real)" : "CUDA (emulated device)";
+            var api = Sdp.Kernels.Cuda.Cuda.TryLoad(implementation, out string why);
+            if (api is null)
+            {
+                yield return $"{label,-26} no: {why}";
+                continue;
+            }
+            yield return $"{label,-26} {api}";
+            foreach (string line in Describe(api)) yield return $"{"",-26} {line}";
+        }
+        string chosen;
+        try
+        {
+            chosen = Sdp.Kernels.Cuda.Cuda.Load().Implementation == CudaImplementation.Real ? "the real GPU" : "the emulated device";
+        }
+        catch (Exception e) when (e is DllNotFoundException or ArgumentException)
+        {
+            chosen = $"nothing ({e.Message})";
+        }
+        yield return $"{"--device cuda",-26} uses {chosen} (SDP_CUDA={mode}); compiled kernels are cached in {CudaKernels.CacheDirectory}";
+    }
+
+    private static unsafe IEnumerable<string> Describe(CudaApi api)
+    {
+        var lines = new List<string>();
+        int driver, count, major, minor;
+        api.Check(api.cuDriverGetVersion(&driver));
+        api.Check(api.nvrtcVersion(&major, &minor));
+        api.Check(api.cuDeviceGetCount(&count));
+        lines.Add($"driver API {driver / 1000}.{driver % 1000 / 10}, NVRTC {major}.{minor}, {count} device(s)");
+        lines.Add(Version("cuBLAS", () =>
+        {
+            using var ctx = CudaContext.Open(api, 0);
+            using var blas = CublasHandle.Create(ctx);
+            int v = blas.Version;
+            return $"{v / 10000}.{v / 100 % 100}.{v % 100} ({api.Cublas.Path})";
+        }));
+        lines.Add(Version("NCCL", () =>
+        {
+            int v = api.Nccl.Version;
+            return $"{v / 10000}.{v / 100 % 100}.{v % 100} ({api.Nccl.Path})";
+        }));
+        for (int d = 0; d < count; d++)
+        {
+            using var ctx = CudaContext.Open(api, d);
+            var (free, total) = ctx.MemoryInfo();
+            lines.Add($"cuda:{d} {ctx.Name}, compute capability {CudaKernels.ComputeCapability(ctx)}, {ctx.Attribute(CUdeviceAttribute.MultiprocessorCount)} SMs, " +
+                      $"{MemorySnapshot.FormatBytes(free)} free of {MemorySnapshot.FormatBytes(total)}");
+        }
+        return lines;
+    }
+
+    private static string Version(string library, Func<string> probe)
+    {
+        try
+        {
+            return $"{library} {probe()}";
+        }
+        catch (Exception e) when (e is DllNotFoundException or CudaException or CublasException or NcclException or EntryPointNotFoundException)
+        {
+            return $"{library} not usable: {e.Message}";
+        }
+    }
 }

@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Sdp.Engine;
+using Sdp.Engine.Backends.Cuda;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
@@ -21,7 +23,7 @@ public static class MemoryCommand
 
     public sealed record Options(
         MemoryWorkload Workload, string ModelLabel, int Workers, bool Sdp, SdpVariant Variant, OptimizerMemory Optimizer,
-        bool AllVariants, bool Json, bool Measure);
+        bool AllVariants, bool Json, bool Measure, string Device = "cpu");
 
     public static Command Create()
     {
@@ -47,11 +49,12 @@ public static class MemoryCommand
         var allVariants = new Option<bool>("--all-variants") { Description = "One row per variant (neuron/block x forward/backward) and C in {0.75, 0.5, 0.25}" };
         var json = new Option<bool>("--json") { Description = "Print JSON" };
         var measure = new Option<bool>("--measure") { Description = "Really allocate and run one training step at this scale (dp: a dense worker; sdp: the largest worker) and compare its peaks with the model" };
+        var device = new Option<string>("--device") { Description = "Where --measure runs: cpu, cuda or cuda:K (then device memory is reported too)", DefaultValueFactory = _ => "cpu" };
 
         var cmd = new Command("memory", "Per-worker memory of data parallelism and SDP: parameters, gradients, optimizer state, activations")
         {
             model, workers, mode, subnet, masking, coverage, batch, seq, imageSize, optimizer, momentum, seed,
-            maskHeads, splitSublayers, keepDownsample, allVariants, json, measure,
+            maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device,
         };
         cmd.SetAction(p =>
         {
@@ -76,7 +79,9 @@ public static class MemoryCommand
             var opt = p.GetValue(optimizer) == "adamw" ? OptimizerMemory.AdamW : mom > 0 ? OptimizerMemory.SgdMomentum : OptimizerMemory.Sgd;
             bool measureStep = p.GetValue(measure);
             if (measureStep && all) throw new UsageException("--measure runs one step of one variant; it cannot be combined with --all-variants");
-            return Run(new Options(workload, label, w, sdp, variant, opt, all, p.GetValue(json), measureStep), Console.Out);
+            string where = p.GetValue(device)!;
+            if (where != "cpu" && !measureStep) throw new UsageException("--device chooses where --measure runs; pass --measure too");
+            return Run(new Options(workload, label, w, sdp, variant, opt, all, p.GetValue(json), measureStep, where), Console.Out);
         });
         return cmd;
     }
@@ -132,10 +137,26 @@ public static class MemoryCommand
         {
             throw new UsageException($"--coverage: {CliRunner.MessageOf(e)}");
         }
-        // SDP: the worker the model says is the largest is built and stepped for real.
-        MeasuredMemory? measured = !o.Measure ? null
-            : sdp is null ? MemoryMeasurement.MeasureDenseStep(o.Workload, o.Optimizer)
-            : MemoryMeasurement.MeasureSdpWorker(o.Workload, o.Optimizer, o.Workers, o.Variant, sdp.MaxWorker);
+        // SDP: the worker the model says is the largest is built and stepped for real, on the chosen device.
+        MeasuredMemory? measured = null;
+        string? deviceLine = null;
+        if (o.Measure)
+        {
+            using var devices = DeviceSelection.Open(o.Device, workers: 1);
+            if (devices.Banner is not null && !o.Json) output.WriteLine(devices.Banner);
+            var worker = devices.Worker(0);
+            using (DeviceScope.Use(worker))
+            {
+                measured = sdp is null ? MemoryMeasurement.MeasureDenseStep(o.Workload, o.Optimizer)
+                    : MemoryMeasurement.MeasureSdpWorker(o.Workload, o.Optimizer, o.Workers, o.Variant, sdp.MaxWorker);
+            }
+            if (worker is CudaBackend cuda)
+            {
+                var a = cuda.Allocator;
+                deviceLine = $"device memory ({cuda}): the caching allocator reserved at most {B(a.PeakReservedBytes)} from cuMemAlloc for a measured peak of {B(measured.PeakTotal)} " +
+                             $"(size-class rounding and cached blocks: {MemoryReport.Percent((double)(a.PeakReservedBytes - measured.PeakTotal) / Math.Max(1, measured.PeakTotal), signed: true)})";
+            }
+        }
 
         if (o.Json)
         {
@@ -180,6 +201,7 @@ public static class MemoryCommand
                 ? ("measured: one dense training step (peaks of the worker's memory account)", dp.Dp)
                 : ($"measured: one training step of SDP worker {sdp.MaxWorker}, run alone (peaks of its memory account)", sdp.PerWorker[sdp.MaxWorker]);
             foreach (var line in MemoryReport.ComparisonTable(title, model, measured)) output.WriteLine(line);
+            if (deviceLine is not null) output.WriteLine(deviceLine);
         }
         return 0;
     }

@@ -22,7 +22,8 @@ public static partial class TrainCommand
     public sealed record Options(
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
-        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed)
+        ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed,
+        string Device = "cpu")
     {
         /// <summary>Warm-up steps before --schedule-match: --warmup when given (<see cref="Warmup"/>), else <see cref="DefaultWarmupFor"/>.</summary>
         public int WarmupSteps => Warmup ?? DefaultWarmupFor(Steps);
@@ -63,7 +64,7 @@ public static partial class TrainCommand
         schedule.AcceptOnlyFromAmong("constant", "cosine");
         var clip = new Option<double>("--clip") { Description = "Global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<ulong>("--seed") { Description = "Seed for initialisation and data", DefaultValueFactory = _ => 0UL };
-        var device = new Option<string>("--device") { Description = "cpu", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = "cpu, cuda (worker w on GPU w mod the GPU count; the emulated device where there is no GPU) or cuda:K (every worker on GPU K)", DefaultValueFactory = _ => "cpu" };
         var initFrom = new Option<string?>("--init-from") { Description = "Initial weights: a .safetensors file or a training-state directory" };
         var save = new Option<string?>("--save") { Description = "Save at the end: a *.safetensors path (weights) or a directory (full training state)" };
         var saveEvery = new Option<int>("--save-every") { Description = "Also save every K steps (needs --save)", DefaultValueFactory = _ => 0 };
@@ -84,7 +85,6 @@ public static partial class TrainCommand
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
         {
-            if (p.GetValue(device) != "cpu") throw new UsageException($"--device: only 'cpu' is available in this build, got '{p.GetValue(device)}'");
             string augmentation = p.GetValue(augment)!;
             var o = new Options(p.GetValue(model)!, p.GetValue(config), p.GetValue(data)!, !p.GetValue(noShuffle), augmentation == "auto" ? null : ImageAugment.Parse(augmentation),
                 Check.Positive(p.GetValue(steps), "--steps"), Check.Positive(p.GetValue(batch), "--batch"), Check.Positive(p.GetValue(seq), "--seq"),
@@ -92,7 +92,8 @@ public static partial class TrainCommand
                 Check.NonNegativeReal(p.GetValue(weightDecay), "--weight-decay"), p.GetValue(warmup) is { } w ? Check.AtLeast(w, 0, "--warmup") : null, p.GetValue(schedule)!,
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
-                p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p));
+                p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p),
+                p.GetValue(device)!);
             Validate(o);
             return Run(o, Console.Out, Console.IsOutputRedirected);
         });
@@ -160,6 +161,14 @@ public static partial class TrainCommand
     /// </summary>
     public static int Run(Options o, TextWriter output, bool plain)
     {
+        using var devices = DeviceSelection.Open(o.Device, o.Distributed.Workers);
+        if (devices.Banner is not null) output.WriteLine(devices.Banner);
+        using var host = DeviceScope.Use(devices.Host);
+        return Run(o, devices, output, plain);
+    }
+
+    private static int Run(Options o, DeviceSelection devices, TextWriter output, bool plain)
+    {
         var d = o.Distributed;
         // A resumed run takes the model configuration and the optimizer's kind and settings from the training state.
         var resumed = o.Resume is null ? null : SdpCheckpoint.ReadInfo(o.Resume);
@@ -202,7 +211,7 @@ public static partial class TrainCommand
         Trainer trainer;
         try
         {
-            trainer = new Trainer(model, sdp, makeOptimizer, TrainData, options, eval);
+            trainer = new Trainer(model, sdp, makeOptimizer, TrainData, options, eval, devices.Worker);
         }
         catch (ArgumentException e)
         {
@@ -252,7 +261,7 @@ public static partial class TrainCommand
         if (d.Workers > 1)
         {
             var (collectives, bytes) = trainer.GradientSyncCost(0);
-            output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step"));
+            output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step, {trainer.CommunicatorKind}"));
         }
         if (d.BnRecalibrate > 0) output.WriteLine($"  before each evaluation: BatchNorm statistics re-estimated on {d.BnRecalibrate} training batches of {d.BnRecalibrateBatch} (cumulative average)");
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");

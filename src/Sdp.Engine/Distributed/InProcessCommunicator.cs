@@ -45,17 +45,7 @@ public sealed class InProcessCommunicator : ICommunicator
 
     public ICommGroup? CreateGroup(IReadOnlyList<int> ranks)
     {
-        ArgumentNullException.ThrowIfNull(ranks);
-        var sorted = ranks.ToArray();
-        Array.Sort(sorted);
-        if (sorted.Length == 0) throw new ArgumentException("CreateGroup: the group is empty");
-        for (int i = 0; i < sorted.Length; i++)
-        {
-            if (sorted[i] < 0 || sorted[i] >= WorldSize)
-                throw new ArgumentOutOfRangeException(nameof(ranks), $"CreateGroup: group {Format(ranks)} names rank {sorted[i]}, outside [0, {WorldSize})");
-            if (i > 0 && sorted[i] == sorted[i - 1])
-                throw new ArgumentException($"CreateGroup: group {Format(ranks)} names rank {sorted[i]} twice");
-        }
+        int[] sorted = SortedMembers(ranks, WorldSize);
         int id = _hub.RegisterGroup(Rank, ++_groupCalls, sorted);
         if (Array.BinarySearch(sorted, Rank) < 0) return null;
         Stats.AddGroup();
@@ -71,6 +61,23 @@ public sealed class InProcessCommunicator : ICommunicator
     }
 
     internal static string Format(IEnumerable<int> ranks) => "[" + string.Join(", ", ranks) + "]";
+
+    /// <summary>A CreateGroup argument checked (non-empty, every rank in [0, worldSize), none twice) and sorted.</summary>
+    internal static int[] SortedMembers(IReadOnlyList<int> ranks, int worldSize)
+    {
+        ArgumentNullException.ThrowIfNull(ranks);
+        var sorted = ranks.ToArray();
+        Array.Sort(sorted);
+        if (sorted.Length == 0) throw new ArgumentException("CreateGroup: the group is empty");
+        for (int i = 0; i < sorted.Length; i++)
+        {
+            if (sorted[i] < 0 || sorted[i] >= worldSize)
+                throw new ArgumentOutOfRangeException(nameof(ranks), $"CreateGroup: group {Format(ranks)} names rank {sorted[i]}, outside [0, {worldSize})");
+            if (i > 0 && sorted[i] == sorted[i - 1])
+                throw new ArgumentException($"CreateGroup: group {Format(ranks)} names rank {sorted[i]} twice");
+        }
+        return sorted;
+    }
 
     /// <summary>One rank's handle on a group: its ranks, and its own count of collectives on it.</summary>
     private sealed class Group(InProcessCommunicator comm, int id, int[] ranks) : ICommGroup
@@ -122,6 +129,7 @@ public sealed class InProcessCommunicator : ICommunicator
         public readonly int[] GroupCalls = new int[ranks.Length];
         public int Arrived;
         public int Left;
+        public bool Executing;
         public bool Done;
         public bool TimedOut;
         public string? Error;
@@ -190,6 +198,9 @@ public sealed class InProcessCommunicator : ICommunicator
                 slot.GroupCalls[index] = groupCalls;
                 slot.Arrived++;
                 last = slot.Arrived == ranks.Length;
+                // From here the last rank reads every member's buffer outside the lock, so an abort no longer
+                // releases the others early: they wait for the (bounded) execution, keeping their buffers alive.
+                slot.Executing = last;
             }
 
             if (last)
@@ -213,7 +224,7 @@ public sealed class InProcessCommunicator : ICommunicator
                 var deadline = DateTime.UtcNow + timeout;
                 while (!slot.Done)
                 {
-                    if (_aborted is not null) throw new OperationCanceledException($"{what}: {_aborted}");
+                    if (_aborted is not null && !slot.Executing) throw new OperationCanceledException($"{what}: {_aborted}");
                     var remaining = deadline - DateTime.UtcNow;
                     if (remaining <= TimeSpan.Zero || !Monitor.Wait(_gate, remaining))
                     {

@@ -72,6 +72,14 @@ public sealed unsafe class NcclApi
 
     /// <summary>Throws <see cref="NcclException"/> unless <paramref name="result"/> is success; the message names
     /// the call, ncclGetErrorString and ncclGetLastError's detail.</summary>
+    /// <summary>Bounds how long a collective waits for the other ranks: the emulator's extension (true), absent from real NCCL (false).</summary>
+    public bool TrySetEmulatorTimeout(TimeSpan timeout)
+    {
+        if (cudaemuNcclSetTimeout == null) return false;
+        cudaemuNcclSetTimeout((nint)Math.Max(1, (long)timeout.TotalMilliseconds));
+        return true;
+    }
+
     public void Check(NcclResult result, [CallerArgumentExpression(nameof(result))] string call = "")
     {
         if (result == NcclResult.Success) return;

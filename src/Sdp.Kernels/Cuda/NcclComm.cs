@@ -111,6 +111,24 @@ public sealed unsafe class NcclComm : CudaResource
     public void Broadcast(DeviceBuffer buffer, NcclDataType type, int root, CudaStream? stream = null) =>
         Broadcast(buffer, buffer, buffer.Bytes / type.Size(), type, root, stream);
 
+    /// <summary>In-place all-reduce (sum) of <paramref name="count"/> elements at a raw device address, queued on <paramref name="stream"/>.</summary>
+    public void AllReduceSum(CUdeviceptr buffer, long count, NcclDataType type, CudaStream stream)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        nint s = stream.Handle;
+        nint comm = Bound();
+        Nccl.Check(Nccl.ncclAllReduce(buffer, buffer, (nuint)count, type, NcclRedOp.Sum, comm, s), $"ncclAllReduce({count} x {type}, rank {Rank} of {Count})");
+    }
+
+    /// <summary>In-place broadcast from <paramref name="root"/> (a rank of this communicator) of <paramref name="count"/> elements at a raw device address.</summary>
+    public void Broadcast(CUdeviceptr buffer, long count, NcclDataType type, int root, CudaStream stream)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        nint s = stream.Handle;
+        nint comm = Bound();
+        Nccl.Check(Nccl.ncclBroadcast(buffer, buffer, (nuint)count, type, root, comm, s), $"ncclBroadcast({count} x {type}, root {root}, rank {Rank} of {Count})");
+    }
+
     /// <summary>ncclCommSplit from one thread per rank: ranks with the same color form a communicator ordered by
     /// (key, rank); color -1 (NCCL_SPLIT_NOCOLOR) gives null. Every rank of this communicator must call it.</summary>
     public NcclComm? Split(int color, int key)

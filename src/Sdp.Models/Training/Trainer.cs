@@ -1,3 +1,4 @@
+using Sdp.Engine.Backends.Cuda;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
@@ -91,11 +92,12 @@ public sealed class Trainer : IDisposable
                 _host = model.Build(null);
             }
         }
-        var comms = InProcessCommunicator.Create(sdp.Workers, sdp.CollectiveTimeout);
+        var workerDevices = Enumerable.Range(0, sdp.Workers).Select(w => devices?.Invoke(w) ?? _hostDevice).ToArray();
+        var comms = CreateCommunicators(workerDevices, sdp.CollectiveTimeout);
         _workers = new Worker[sdp.Workers];
         try
         {
-            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, devices?.Invoke(w) ?? _hostDevice, comms[w], optimizer, trainData);
+            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, workerDevices[w], comms[w], optimizer, trainData);
         }
         catch
         {
@@ -103,6 +105,25 @@ public sealed class Trainer : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// NCCL when every worker has a CUDA device of its own (one process driving several GPUs, or several emulated
+    /// devices); otherwise the in-process communicator, which reduces across devices through peer copies (CPU
+    /// workers, or several workers sharing one GPU).
+    /// </summary>
+    private ICommunicator[] CreateCommunicators(IBackend[] workerDevices, TimeSpan timeout)
+    {
+        if (workerDevices.Length > 1 && workerDevices.All(d => d is CudaBackend))
+        {
+            var cuda = workerDevices.Cast<CudaBackend>().ToArray();
+            CommunicatorKind = NcclCommunicator.WhyNot(cuda) is { } why ? $"in-process ({why})" : "NCCL";
+            if (CommunicatorKind == "NCCL") return NcclCommunicator.Create(cuda, timeout);
+        }
+        return InProcessCommunicator.Create(workerDevices.Length, timeout);
+    }
+
+    /// <summary>How the workers exchange gradients: "in-process", "NCCL", or "in-process (why not NCCL)".</summary>
+    public string CommunicatorKind { get; private set; } = "in-process";
 
     /// <summary>
     /// Trains one already-built model (W = 1 DP: single-process training). The model and the optimizer stay the
@@ -632,6 +653,7 @@ public sealed class Trainer : IDisposable
             bufferSync?.Dispose();
             Refresh?.Dispose();
             groups.Dispose();
+            (Comm as IDisposable)?.Dispose();
             if (!owned) return;
             Optimizer.Dispose();
             Model.Dispose();

@@ -232,7 +232,8 @@ public sealed class CliErrorTests : CliTestBase
         yield return Case("--model gpt2", "--model", "gpt2", "llama", "resnet18");
         yield return Case("--optimizer adam", "--optimizer", "adam");
         yield return Case("--schedule linear", "--schedule", "linear");
-        yield return Case("--device cuda", "--device", "cuda");
+        yield return Case("--device tpu", "--device", "tpu", "cpu, cuda or cuda:K");
+        yield return Case("--device cuda:9", "--device", "cuda:9", "device(s)");
         yield return Case("--save-every 2", "--save-every", "--save");
         yield return Case("--resume ck --init-from x.safetensors", "--resume", "--init-from");
         yield return Case("--resume ck --config tiny", "--resume", "--config");

@@ -5,11 +5,11 @@ namespace Sdp.Tests.Distributed;
 internal static class CommTestSupport
 {
     /// <summary>Runs body(rank, comm) on W threads, one per rank; returns each rank's exception (null if none).</summary>
-    public static Exception?[] RunRanks(InProcessCommunicator[] comms, Action<int, ICommunicator> body)
+    public static Exception?[] RunRanks(IReadOnlyList<ICommunicator> comms, Action<int, ICommunicator> body)
     {
-        var errors = new Exception?[comms.Length];
-        var threads = new Thread[comms.Length];
-        for (int r = 0; r < comms.Length; r++)
+        var errors = new Exception?[comms.Count];
+        var threads = new Thread[comms.Count];
+        for (int r = 0; r < comms.Count; r++)
         {
             int rank = r;
             threads[r] = new Thread(() =>
@@ -24,7 +24,7 @@ internal static class CommTestSupport
     }
 
     /// <summary>Like <see cref="RunRanks"/>, but rethrows the first rank's exception.</summary>
-    public static void RunAll(InProcessCommunicator[] comms, Action<int, ICommunicator> body)
+    public static void RunAll(IReadOnlyList<ICommunicator> comms, Action<int, ICommunicator> body)
     {
         var errors = RunRanks(comms, body);
         for (int r = 0; r < errors.Length; r++)
