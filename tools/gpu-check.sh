@@ -8,12 +8,12 @@
 # Without an argument it uses the folder it sits in when that is an unpacked archive, else
 # .gpu/sdp-gpu.tar.xz beside the repository it belongs to. Logs go to $OUT (default ./gpu-out):
 #   gpu-check.log (everything), gpu-info.log, libraries.log, doctor.log, gpu-emu.log, gpu-tests.log,
-#   gpu-cross.log, memcheck.log, summary.txt (one line per step with its exit status).
+#   gpu-cross.log, memcheck.log, train.log, bench.log, summary.txt (one line per step with its exit status).
 # Steps: nvidia-smi; find libcuda/libnvrtc/libcublas/libnccl (CUDA toolkit and pip nvidia/*/lib folders)
 # and export LD_LIBRARY_PATH; `sdp doctor`; the Cuda tests on the emulated device (with g++);
 # the Cuda tests with SDP_CUDA=real (category CudaReal); the real-against-emulated cross-check with
 # SDP_CUDA=both (category CudaCross); compute-sanitizer memcheck on the real KernelTests if present.
-# `sdp bench kernels --device cuda` does not exist yet, so no benchmark runs. Everything stays under
+# then the README's main job with --device cuda and `sdp bench kernels --device cuda`. Everything stays under
 # 8 minutes: each step's timeout is capped by what is left of a 7.5-minute budget.
 set -uo pipefail
 
@@ -134,8 +134,9 @@ else
   echo "compute-sanitizer: not found, memcheck skipped" | tee "$OUT/memcheck.log" | tee -a "$summary"
 fi
 
-# ---- benchmarks ----
-echo "sdp bench kernels --device cuda: not implemented yet, no benchmark ran" | tee -a "$summary"
+# ---- the main job on the GPU, then the kernel benchmarks (masked matmul vs cuBLAS, accumulation vs copy) ----
+step "sdp train --device cuda (README main job, 50 steps)" 120 train.log env SDP_CUDA=real "$sdp" train --device cuda --steps 50
+step "sdp bench kernels --device cuda" 150 bench.log env SDP_CUDA=real "$sdp" bench kernels --device cuda --samples 7
 
 echo
 echo "== summary ($(( $(date +%s) - start ))s) =="

@@ -41,6 +41,27 @@ public static class BenchCommand
             MaskedGemmBench.Run(Console.Out, n, d, p.GetValue(mSamples), p.GetValue(mThreads), ks);
             return 0;
         });
-        return new Command("bench", "Benchmarks") { gemm, masked };
+        var kDevice = new Option<string>("--device") { Description = "cuda or cuda:K (the emulated device where there is no GPU)", DefaultValueFactory = _ => "cuda" };
+        var kSizes = new Option<int[]?>("--sizes") { Description = $"Square sizes n (default {string.Join(" ", CudaKernelBench.DefaultSizes)} on a GPU, {string.Join(" ", CudaKernelBench.EmulatedSizes)} on the emulated device)", AllowMultipleArgumentsPerToken = true };
+        var kDens = new Option<double[]>("--densities") { Description = "Held-unit densities d in (0, 1]", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. CudaKernelBench.DefaultDensities] };
+        var kSamples = new Option<int>("--samples") { Description = "Timed samples per cell (median kept)", DefaultValueFactory = _ => 7 };
+        var kernels = new Command("kernels", "kernels.cu's SDP kernels on a CUDA device against cuBLAS Sgemm (masked matmuls) and device-to-device copy (masked accumulation)")
+            { kDevice, kSizes, kDens, kSamples };
+        kernels.SetAction(p =>
+        {
+            var d = p.GetValue(kDens)!;
+            if (d.Length == 0 || d.Any(v => !(v > 0 && v <= 1))) throw new UsageException("--densities must be in (0, 1]");
+            if (p.GetValue(kSamples) < 1) throw new UsageException("--samples must be >= 1");
+            string spec = p.GetValue(kDevice)!.Trim().ToLowerInvariant();
+            if (spec == "cpu") throw new UsageException("--device: the kernel benchmark runs kernels.cu on a CUDA device; give cuda or cuda:K (`sdp bench gemm` and `sdp bench masked` measure the CPU)");
+            using var devices = DeviceSelection.Open(spec, workers: 1);
+            var cuda = (Sdp.Engine.Backends.Cuda.CudaBackend)devices.Worker(0);
+            if (devices.Banner is not null) Console.WriteLine(devices.Banner);
+            var n = p.GetValue(kSizes) ?? (cuda.IsEmulated ? CudaKernelBench.EmulatedSizes : CudaKernelBench.DefaultSizes);
+            if (n.Length == 0 || n.Any(v => v <= 0)) throw new UsageException("--sizes must be positive integers");
+            CudaKernelBench.Run(Console.Out, cuda.Context, n, d, p.GetValue(kSamples));
+            return 0;
+        });
+        return new Command("bench", "Benchmarks") { gemm, masked, kernels };
     }
 }
