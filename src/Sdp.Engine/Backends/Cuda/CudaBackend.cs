@@ -235,7 +235,8 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// <summary>
     /// The exception for a flagged device error. The flag is int32[4] = {code, flat index, value, limit}; the first
     /// kernel thread to find a bad index claims it (atomicCAS on the code), so the report names one bad element.
-    /// Codes: 1 an embedding id outside [0, V), 2 a rotary position outside the cos/sin tables.
+    /// Codes: 1 an embedding id outside [0, V), 2 a rotary position outside the cos/sin tables, 3 a cross-entropy
+    /// target outside [0, V) that is not the ignore index.
     /// </summary>
     private static Exception DeviceError(int code, int index, int value, int limit) => code switch
     {
@@ -243,6 +244,8 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
             $"embedding: id {value} at flat position {index} of ids is out of range for the vocabulary: ids must lie in [0, {limit}) (V = {limit}) (reported by the device)"),
         2 => new ArgumentOutOfRangeException("positions",
             $"rope: position id {value} at flat position {index} of positions is outside the {limit} rows of the cos/sin tables: positions must lie in [0, {limit}) (reported by the device)"),
+        3 => new ArgumentOutOfRangeException("targets",
+            $"cross_entropy: target {value} at row {index} is outside [0, {limit}) and is not the ignore index (reported by the device)"),
         _ => new InvalidOperationException($"a kernel raised device error {code} (index {index}, value {value}, limit {limit})"),
     };
 
