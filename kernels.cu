@@ -34,8 +34,15 @@
 //        fill_*, cast_*_*, unary_*, unary_backward_*, binary_*, binary_scalar_*, binary_bcast_*
 //   5. Fused optimizer updates
 //        sgd_step_*, sgd_step_held_*, adamw_step_*, adamw_step_held_*
-//   6. Softmax and fused cross-entropy
-//        softmax_forward_*, softmax_backward_*, cross_entropy_forward_*, cross_entropy_backward_*
+//   6. Softmax and fused cross-entropy (f32, f64)
+//        softmax_forward_*, softmax_backward_*, cross_entropy_check_targets, cross_entropy_forward_*,
+//        cross_entropy_reduce_*, cross_entropy_mean_scale_*, cross_entropy_backward_*
+//   7. Transformer (f32, f64; ids and positions int32 or int64, bounds-checked through the device error flag)
+//        embedding_forward_*, embedding_sort_keys, embedding_merge_pass, embedding_backward_*,
+//        rms_norm_forward_*, rms_norm_backward_dx_*, rms_norm_backward_dw_partial_*, rms_norm_backward_dw_finish_*,
+//        rope_*, attention_swap_heads_*, attention_forward_*, attention_backward_dq_*, attention_backward_dkdv_*
+//   9. Dropout (f32, f64)
+//        dropout_forward_*, dropout_backward_*
 
 extern __shared__ __align__(16) unsigned char dyn_smem[];
 
@@ -793,143 +800,856 @@ SDP_OPTIM(f32, float)
 SDP_OPTIM(f64, double)
 
 // ============================================================================================================
-// 6. Softmax and fused cross-entropy (float32)
+// 6. Softmax and fused cross-entropy
 // ============================================================================================================
-// One block per row, block 256 (a multiple of 32, power of two not required), grid = rows (1-D; rows beyond
-// 2^31 - 1 are not supported). Row sums are block reductions in a fixed order: deterministic, but a different
-// order from the CPU's vectorised sums, so compare with a tolerance (about 1e-6 relative).
+// Row kernels: one block per row, grid-stride over rows (grid min(rows, 65535)), block RowThreads(V) =
+// the smallest power of two >= V, clamped to [32, 256] (a multiple of 32 for the float shuffles, a power of
+// two for the double tree). Row sums are block reductions in a fixed order that depends only on V:
+// deterministic, but not the CPU's vectorised order, so compare with a tolerance (about 1e-6 relative in fp32,
+// 1e-15 in fp64). Every kernel exists as _f32 and _f64 (one template each).
 
-// softmax_forward_f32(x, y, rows, V, log): IBackend.Softmax. y = exp(x - max) / Σ exp(x - max), or for log
-// y = x - (max + log Σ exp(x - max)). y may not alias x.
-extern "C" __global__ void softmax_forward_f32(const float* x, float* y, long long rows, int V, int logOut)
+// Block-wide double max / sum through a shared-memory tree (no double shuffles), in a fixed order, the result
+// broadcast to every thread. All threads must call; blockDim.x a power of two <= SDP_MAX_THREADS.
+template <bool IsMax>
+__device__ double sdp_block_reduce_double(double v)
 {
-    long long r = blockIdx.x;
-    if (r >= rows || V == 0) return;
-    const float* xr = x + r * V;
-    float* yr = y + r * V;
-    float mx = -SDP_POS_INF_F;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
-    mx = sdp_block_max_float(mx);
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(xr[j] - mx);
-    s = sdp_block_sum_float(s);
-    if (logOut)
+    __shared__ double red[SDP_MAX_THREADS];
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1)
     {
-        float shift = mx + logf(s);
-        for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = xr[j] - shift;
+        if (threadIdx.x < s)
+            red[threadIdx.x] = IsMax ? fmax(red[threadIdx.x], red[threadIdx.x + s]) : red[threadIdx.x] + red[threadIdx.x + s];
+        __syncthreads();
     }
-    else
+    double r = red[0];
+    __syncthreads(); // red may be reused by the caller's next reduction
+    return r;
+}
+
+// Row reductions by type: float through the warp-shuffle reductions of §0, double through the tree above.
+__device__ __forceinline__ float sdp_row_max(float v) { return sdp_block_max_float(v); }
+__device__ __forceinline__ double sdp_row_max(double v) { return sdp_block_reduce_double<true>(v); }
+__device__ __forceinline__ float sdp_row_sum(float v) { return sdp_block_sum_float(v); }
+__device__ __forceinline__ double sdp_row_sum(double v) { return sdp_block_reduce_double<false>(v); }
+__device__ __forceinline__ float sdp_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double sdp_max(double a, double b) { return fmax(a, b); }
+
+// Element i of an int32 (is64 == 0) or int64 index tensor (targets, ids, position ids).
+__device__ __forceinline__ long long sdp_index_at(const void* indices, int is64, long long i)
+{
+    return is64 ? ((const long long*)indices)[i] : (long long)((const int*)indices)[i];
+}
+
+// Cross-entropy target out of [0, V) and not the ignore index (device error flag code; CudaBackend.DeviceError).
+#define SDP_ERR_CE_TARGET 3
+
+// softmax_forward_<T>(x, y, rows, V, log): IBackend.Softmax. x, y (rows, V); y = exp(x - max) · (1 / Σ exp(x - max)),
+// or for log y = x - (max + log Σ exp(x - max)), the CPU's operation order. y may not alias x.
+template <typename T>
+__device__ void sdp_softmax_forward_body(const T* __restrict__ x, T* __restrict__ y, long long rows, int V, int logOut)
+{
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
     {
-        float inv = 1.0f / s;
-        for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = expf(xr[j] - mx) * inv;
-    }
-}
-
-// softmax_backward_f32(y, dy, dx, rows, V, log): IBackend.SoftmaxBackward.
-//   softmax: dx += y ⊙ (dy - Σ dy·y);  log-softmax: dx += dy - exp(y) · Σ dy.
-extern "C" __global__ void softmax_backward_f32(const float* y, const float* dy, float* dx, long long rows, int V, int logOut)
-{
-    long long r = blockIdx.x;
-    if (r >= rows || V == 0) return;
-    const float* yr = y + r * V;
-    const float* dyr = dy + r * V;
-    float* dxr = dx + r * V;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) s += logOut ? dyr[j] : dyr[j] * yr[j];
-    s = sdp_block_sum_float(s);
-    for (int j = threadIdx.x; j < V; j += blockDim.x)
-        dxr[j] += logOut ? dyr[j] - expf(yr[j]) * s : yr[j] * (dyr[j] - s);
-}
-
-// Target of row r from an int32 (targets64 == 0) or int64 target tensor.
-__device__ __forceinline__ long long sdp_target(const void* targets, int targets64, long long r)
-{
-    return targets64 ? ((const long long*)targets)[r] : (long long)((const int*)targets)[r];
-}
-
-// cross_entropy_forward_f32(logits, targets, targets64, ignoreIndex, rows, V, lse, rowLoss):
-// IBackend.CrossEntropy, per-row part. lse[r] = max + log Σ exp(logits[r] - max); rowLoss (nullable)
-// [r] = lse[r] - logits[r, t_r], 0 where t_r == ignoreIndex. Targets must have been validated (the CPU
-// validates before writing; the CUDA backend validates on the host or with a check kernel first).
-// For reduction Sum / Mean, run cross_entropy_reduce_f32 after it (one block, deterministic, float64).
-extern "C" __global__ void cross_entropy_forward_f32(const float* logits, const void* targets, int targets64, int ignoreIndex,
-                                                     long long rows, int V, float* lse, float* rowLoss)
-{
-    long long r = blockIdx.x;
-    if (r >= rows) return;
-    const float* xr = logits + r * V;
-    float mx = -SDP_POS_INF_F;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
-    mx = sdp_block_max_float(mx);
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(xr[j] - mx);
-    s = sdp_block_sum_float(s);
-    if (threadIdx.x == 0)
-    {
-        float l = mx + logf(s);
-        lse[r] = l;
-        if (rowLoss)
+        const T* xr = x + r * V;
+        T* yr = y + r * V;
+        T mx = -(T)SDP_POS_INF_F;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) mx = sdp_max(mx, xr[j]);
+        mx = sdp_row_max(mx);
+        T s = 0;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += sdp_exp(xr[j] - mx);
+        s = sdp_row_sum(s);
+        if (logOut)
         {
-            long long t = sdp_target(targets, targets64, r);
-            rowLoss[r] = t == ignoreIndex ? 0.0f : l - xr[t];
+            T shift = mx + sdp_log(s);
+            for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = xr[j] - shift;
+        }
+        else
+        {
+            T inv = (T)1 / s;
+            for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = sdp_exp(xr[j] - mx) * inv;
         }
     }
 }
 
-// cross_entropy_reduce_f32(logits, targets, targets64, ignoreIndex, rows, V, lse, mean, loss):
-// loss[0] = Σ_{r not ignored} (lse[r] - logits[r, t_r]) in float64 (divided by the count for mean; 0 when
-// nothing counts). One block of 256 threads, grid 1; per-thread sums in row order, then a fixed tree: the
-// CPU sums strictly in row order, so this agrees to float64 rounding.
-extern "C" __global__ void cross_entropy_reduce_f32(const float* logits, const void* targets, int targets64, int ignoreIndex,
-                                                    long long rows, int V, const float* lse, int mean, float* loss)
+// softmax_backward_<T>(y, dy, dx, rows, V, log): IBackend.SoftmaxBackward, all (rows, V).
+//   softmax: dx += y ⊙ (dy - Σ dy·y);  log-softmax: dx += dy - exp(y) · Σ dy.
+template <typename T>
+__device__ void sdp_softmax_backward_body(const T* __restrict__ y, const T* __restrict__ dy, T* dx, long long rows, int V, int logOut)
 {
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+    {
+        const T* yr = y + r * V;
+        const T* dyr = dy + r * V;
+        T* dxr = dx + r * V;
+        T s = 0;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += logOut ? dyr[j] : dyr[j] * yr[j];
+        s = sdp_row_sum(s);
+        for (int j = threadIdx.x; j < V; j += blockDim.x)
+            dxr[j] += logOut ? dyr[j] - sdp_exp(yr[j]) * s : yr[j] * (dyr[j] - s);
+    }
+}
+
+// cross_entropy_check_targets(targets, targets64, ignoreIndex, rows, V, flag): IBackend.CrossEntropy's target
+// validation without a host read. A target outside [0, V) that is not ignoreIndex raises SDP_ERR_CE_TARGET
+// {row, target, V} on the device error flag; the kernels below then write nothing (they skip when the flag is
+// set), and the next host read throws. 1-D launch over rows.
+extern "C" __global__ void cross_entropy_check_targets(const void* targets, int targets64, int ignoreIndex, long long rows, int V, int* flag)
+{
+    for (long long r = sdp_gtid(); r < rows; r += sdp_gstride())
+    {
+        long long t = sdp_index_at(targets, targets64, r);
+        if (t != ignoreIndex && (t < 0 || t >= V)) sdp_raise(flag, SDP_ERR_CE_TARGET, r, t, V);
+    }
+}
+
+// cross_entropy_forward_<T>(logits, targets, targets64, ignoreIndex, rows, V, lse, rowLoss, flag):
+// IBackend.CrossEntropy, per-row part. logits (rows, V), targets (rows), lse (rows), rowLoss (rows, nullable).
+// lse[r] = max + log Σ exp(logits[r] - max); rowLoss[r] = lse[r] - logits[r, t_r], 0 where t_r == ignoreIndex.
+// Runs after cross_entropy_check_targets on the same stream and returns at once when the flag is set (a bad
+// target, or any earlier device error): nothing is written, as the CPU throws before writing.
+// For reduction Sum / Mean, cross_entropy_reduce_<T> follows.
+template <typename T>
+__device__ void sdp_cross_entropy_forward_body(const T* __restrict__ logits, const void* targets, int targets64, int ignoreIndex,
+                                               long long rows, int V, T* lse, T* rowLoss, const int* flag)
+{
+    if (flag[0] != 0) return;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+    {
+        const T* xr = logits + r * V;
+        T mx = -(T)SDP_POS_INF_F;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) mx = sdp_max(mx, xr[j]);
+        mx = sdp_row_max(mx);
+        T s = 0;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += sdp_exp(xr[j] - mx);
+        s = sdp_row_sum(s);
+        if (threadIdx.x == 0)
+        {
+            T l = mx + sdp_log(s);
+            lse[r] = l;
+            if (rowLoss)
+            {
+                long long t = sdp_index_at(targets, targets64, r);
+                rowLoss[r] = t == ignoreIndex ? (T)0 : l - xr[t];
+            }
+        }
+    }
+}
+
+// cross_entropy_reduce_<T>(logits, targets, targets64, ignoreIndex, rows, V, lse, mean, loss, flag):
+// loss[0] = Σ_{r not ignored} (lse[r] - logits[r, t_r]) in float64 (divided by the count for mean; 0 when
+// nothing counts), then rounded to T. One block of 256 threads, grid 1; per-thread sums in row order, then a
+// fixed tree: the CPU sums strictly in row order, so the two agree to float64 rounding. Skips when the flag is set.
+template <typename T>
+__device__ void sdp_cross_entropy_reduce_body(const T* __restrict__ logits, const void* targets, int targets64, int ignoreIndex,
+                                              long long rows, int V, const T* __restrict__ lse, int mean, T* loss, const int* flag)
+{
+    if (flag[0] != 0) return;
     double acc = 0.0, cnt = 0.0;
     for (long long r = threadIdx.x; r < rows; r += blockDim.x)
     {
-        long long t = sdp_target(targets, targets64, r);
+        long long t = sdp_index_at(targets, targets64, r);
         if (t == ignoreIndex) continue;
         acc += (double)(lse[r] - logits[r * V + t]);
         cnt += 1.0;
     }
-    double total = sdp_block_sum_double(acc);
-    double count = sdp_block_sum_double(cnt);
+    double total = sdp_block_reduce_double<false>(acc);
+    double count = sdp_block_reduce_double<false>(cnt);
     if (threadIdx.x == 0)
     {
         if (mean) total = count == 0.0 ? 0.0 : total / count;
-        loss[0] = (float)total;
+        loss[0] = (T)total;
     }
 }
 
-// cross_entropy_backward_f32(logits, targets, targets64, ignoreIndex, rows, V, lse, dloss, reduction, count,
-// dlogits): IBackend.CrossEntropyBackward. dlogits[r, v] += exp(logits[r, v] - lse[r]) · g_r, then
-// dlogits[r, t_r] -= g_r; rows with t_r == ignoreIndex get nothing. g_r = dloss[r] (reduction 0, None),
-// dloss[0] (1, Sum) or dloss[0] / count (2, Mean; count = non-ignored rows, from the host or a count kernel;
-// 0 gives g = 0). One block per row, block 256.
-extern "C" __global__ void cross_entropy_backward_f32(const float* logits, const void* targets, int targets64, int ignoreIndex,
-                                                      long long rows, int V, const float* lse, const float* dloss,
-                                                      int reduction, long long count, float* dlogits)
+// cross_entropy_mean_scale_<T>(targets, targets64, ignoreIndex, rows, dloss, g): g[0] = dloss[0] / count, with
+// count the non-ignored rows (0 gives g = 0): the shared row gradient of reduction Mean, kept on the device.
+// One block of 256 threads, grid 1 (integer counts: exact in any order).
+template <typename T>
+__device__ void sdp_cross_entropy_mean_scale_body(const void* targets, int targets64, int ignoreIndex, long long rows,
+                                                  const T* dloss, T* g)
 {
-    long long r = blockIdx.x;
-    if (r >= rows) return;
-    long long t = sdp_target(targets, targets64, r);
-    if (t == ignoreIndex) return;
-    float g = reduction == 0 ? dloss[r] : dloss[0];
-    if (reduction == 2) g = count == 0 ? 0.0f : g / (float)count;
-    float l = lse[r];
-    const float* xr = logits + r * V;
-    float* dxr = dlogits + r * V;
-    for (int j = threadIdx.x; j < V; j += blockDim.x)
+    double cnt = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += blockDim.x)
+        if (sdp_index_at(targets, targets64, r) != ignoreIndex) cnt += 1.0;
+    double count = sdp_block_reduce_double<false>(cnt);
+    if (threadIdx.x == 0) g[0] = count == 0.0 ? (T)0 : dloss[0] / (T)count;
+}
+
+// cross_entropy_backward_<T>(logits, targets, targets64, ignoreIndex, rows, V, lse, g, gPerRow, dlogits, flag):
+// IBackend.CrossEntropyBackward. dlogits[r, v] += exp(logits[r, v] - lse[r]) · g_r, then dlogits[r, t_r] -= g_r;
+// rows with t_r == ignoreIndex get nothing. g_r = g[r] when gPerRow (reduction None: g = dloss), else g[0]
+// (Sum: g = dloss; Mean: g = the output of cross_entropy_mean_scale_<T>). A target outside [0, V) (possible
+// only if the forward's error was not read yet) is raised again and its row skipped, so nothing is written
+// out of bounds.
+template <typename T>
+__device__ void sdp_cross_entropy_backward_body(const T* __restrict__ logits, const void* targets, int targets64, int ignoreIndex,
+                                                long long rows, int V, const T* __restrict__ lse, const T* __restrict__ g,
+                                                int gPerRow, T* dlogits, int* flag)
+{
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
     {
-        dxr[j] += expf(xr[j] - l) * g;
-        if (j == t) dxr[j] -= g; // the one-hot term, by the thread that owns the element, after its softmax term
+        long long t = sdp_index_at(targets, targets64, r);
+        if (t == ignoreIndex) continue;
+        if (t < 0 || t >= V)
+        {
+            if (threadIdx.x == 0) sdp_raise(flag, SDP_ERR_CE_TARGET, r, t, V);
+            continue;
+        }
+        T gr = g[gPerRow ? r : 0];
+        T l = lse[r];
+        const T* xr = logits + r * V;
+        T* dxr = dlogits + r * V;
+        for (int j = threadIdx.x; j < V; j += blockDim.x)
+        {
+            dxr[j] += sdp_exp(xr[j] - l) * gr;
+            if (j == t) dxr[j] -= gr; // the one-hot term, by the thread that owns the element, after its softmax term
+        }
     }
 }
+
+#define SDP_SOFTMAX(SFX, T)                                                                                            \
+    extern "C" __global__ void softmax_forward_##SFX(const T* x, T* y, long long rows, int V, int logOut)              \
+    {                                                                                                                  \
+        sdp_softmax_forward_body<T>(x, y, rows, V, logOut);                                                            \
+    }                                                                                                                  \
+    extern "C" __global__ void softmax_backward_##SFX(const T* y, const T* dy, T* dx, long long rows, int V, int logOut) \
+    {                                                                                                                  \
+        sdp_softmax_backward_body<T>(y, dy, dx, rows, V, logOut);                                                      \
+    }                                                                                                                  \
+    extern "C" __global__ void cross_entropy_forward_##SFX(const T* logits, const void* targets, int targets64,       \
+        int ignoreIndex, long long rows, int V, T* lse, T* rowLoss, const int* flag)                                   \
+    {                                                                                                                  \
+        sdp_cross_entropy_forward_body<T>(logits, targets, targets64, ignoreIndex, rows, V, lse, rowLoss, flag);       \
+    }                                                                                                                  \
+    extern "C" __global__ void cross_entropy_reduce_##SFX(const T* logits, const void* targets, int targets64,        \
+        int ignoreIndex, long long rows, int V, const T* lse, int mean, T* loss, const int* flag)                      \
+    {                                                                                                                  \
+        sdp_cross_entropy_reduce_body<T>(logits, targets, targets64, ignoreIndex, rows, V, lse, mean, loss, flag);     \
+    }                                                                                                                  \
+    extern "C" __global__ void cross_entropy_mean_scale_##SFX(const void* targets, int targets64, int ignoreIndex,    \
+        long long rows, const T* dloss, T* g)                                                                          \
+    {                                                                                                                  \
+        sdp_cross_entropy_mean_scale_body<T>(targets, targets64, ignoreIndex, rows, dloss, g);                         \
+    }                                                                                                                  \
+    extern "C" __global__ void cross_entropy_backward_##SFX(const T* logits, const void* targets, int targets64,      \
+        int ignoreIndex, long long rows, int V, const T* lse, const T* g, int gPerRow, T* dlogits, int* flag)          \
+    {                                                                                                                  \
+        sdp_cross_entropy_backward_body<T>(logits, targets, targets64, ignoreIndex, rows, V, lse, g, gPerRow, dlogits, \
+                                           flag);                                                                      \
+    }
+SDP_SOFTMAX(f32, float)
+SDP_SOFTMAX(f64, double)
 
 // ============================================================================================================
 // 7. Transformer: embedding, RMSNorm, RoPE, head swaps, causal GQA attention
 // ============================================================================================================
+// Index tensors here (ids, position ids) are int32 or int64 (an is64 flag selects) and ARE bounds-checked:
+// IBackend.Transformer says a device backend reports a bad id or position through the device error flag
+// (sdp_raise) and leaves that output element unwritten, so nothing is read or written out of bounds.
+// Every float kernel exists as _f32 and _f64 (one template each).
 
-// (section 7 kernels)
+// embedding_forward_<T>(weight, ids, ids64, y, n, C, V, flag): IBackend.Embedding.
+//   weight (V, C), ids (n), y (n, C): y[i, c] = weight[ids[i], c]. An id outside [0, V) raises
+//   SDP_ERR_EMBEDDING_ID {i, id, V} (once per row, from its c == 0 element) and leaves row i unwritten.
+//   1-D launch over n·C.
+template <typename T>
+__device__ void sdp_embedding_forward_body(const T* __restrict__ weight, const void* ids, int ids64, T* __restrict__ y,
+                                           long long n, long long C, long long V, int* flag)
+{
+    long long total = n * C;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long i = e / C, c = e - i * C;
+        long long id = sdp_index_at(ids, ids64, i);
+        if (id < 0 || id >= V)
+        {
+            if (c == 0) sdp_raise(flag, SDP_ERR_EMBEDDING_ID, i, id, V);
+            continue;
+        }
+        y[e] = weight[id * C + c];
+    }
+}
+
+// EmbeddingBackward, deterministic without float atomics: the (id, i) pairs are sorted stably by id, then each
+// run of equal ids is summed by one thread per channel in increasing i, straight into dweight, exactly the
+// CPU's order (dweight[id] += dy[i] for i ascending), so results match the CPU bit for bit without FMA.
+//   embedding_sort_keys(ids, ids64, n, V, keys, flag): keys[i] = id << 32 | i (1-D over n). An id outside
+//     [0, V) (the forward already raised it; raised again in case nothing read it) gets the sentinel id V, which
+//     sorts last and is skipped. n < 2^32.
+//   embedding_merge_pass(src, dst, n, width): one pass of a bottom-up merge sort: runs [s, s + width) and
+//     [s + width, s + 2·width) of src merge into dst; each key finds its place by a binary search in the other
+//     run (keys are distinct, so the result is unique). 1-D over n; ceil(log2 n) passes, ping-ponging buffers.
+//   embedding_backward_<T>(dy, keys, n, C, V, dweight): dy (n, C), dweight (V, C) +=. Thread (p, c) with p the
+//     first sorted position of an id's run sums that run in order into dweight[id, c]. 1-D over n·C.
+extern "C" __global__ void embedding_sort_keys(const void* ids, int ids64, long long n, long long V, long long* keys, int* flag)
+{
+    for (long long i = sdp_gtid(); i < n; i += sdp_gstride())
+    {
+        long long id = sdp_index_at(ids, ids64, i);
+        if (id < 0 || id >= V)
+        {
+            sdp_raise(flag, SDP_ERR_EMBEDDING_ID, i, id, V);
+            id = V;
+        }
+        keys[i] = (id << 32) | i;
+    }
+}
+
+// Number of keys in run[0, len) smaller than key (run sorted ascending).
+__device__ __forceinline__ long long sdp_count_below(const long long* run, long long len, long long key)
+{
+    long long lo = 0, hi = len;
+    while (lo < hi)
+    {
+        long long mid = (lo + hi) >> 1;
+        if (run[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+extern "C" __global__ void embedding_merge_pass(const long long* src, long long* dst, long long n, long long width)
+{
+    for (long long i = sdp_gtid(); i < n; i += sdp_gstride())
+    {
+        long long start = i / (2 * width) * (2 * width);
+        long long mid = min(start + width, n), end = min(start + 2 * width, n);
+        long long key = src[i];
+        long long pos = i < mid ? (i - start) + sdp_count_below(src + mid, end - mid, key)
+                                : (i - mid) + sdp_count_below(src + start, mid - start, key);
+        dst[start + pos] = key;
+    }
+}
+
+template <typename T>
+__device__ void sdp_embedding_backward_body(const T* __restrict__ dy, const long long* __restrict__ keys, long long n,
+                                            long long C, long long V, T* dweight)
+{
+    long long total = n * C;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long p = e / C, c = e - p * C;
+        long long id = keys[p] >> 32;
+        if (id >= V || (p > 0 && (keys[p - 1] >> 32) == id)) continue; // the sentinel, or not the run's first
+        T* dst = dweight + id * C + c;
+        T acc = *dst;
+        for (long long q = p; q < n && (keys[q] >> 32) == id; q++) acc += dy[(keys[q] & 0xffffffffLL) * C + c];
+        *dst = acc;
+    }
+}
+
+// rms_norm_forward_<T>(x, weight, rstd, y, rows, C, eps): IBackend.RmsNorm. x, y (rows, C), weight (C), rstd (rows).
+//   rstd[r] = 1 / sqrt(Σ x² / C + eps); y = (x · rstd) · weight, the CPU's operation order. Row kernel (as §6):
+//   grid min(rows, 65535), block RowThreads(C).
+template <typename T>
+__device__ void sdp_rms_norm_forward_body(const T* __restrict__ x, const T* __restrict__ w, T* rstd, T* y, long long rows, int C, T eps)
+{
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+    {
+        const T* xr = x + r * C;
+        T* yr = y + r * C;
+        T ss = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) ss += xr[j] * xr[j];
+        ss = sdp_row_sum(ss);
+        T rs = (T)1 / sdp_sqrt(ss / (T)C + eps);
+        if (threadIdx.x == 0) rstd[r] = rs;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) yr[j] = xr[j] * rs * w[j];
+    }
+}
+
+// rms_norm_backward_dx_<T>(dy, x, weight, rstd, dx, rows, C): the dx half of IBackend.RmsNormBackward.
+//   With d = Σ_j w_j·dy_j·x_j and r = rstd: dx_k += r·w_k·dy_k − x_k·(r³·d/C). Row kernel, as the forward.
+template <typename T>
+__device__ void sdp_rms_norm_backward_dx_body(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+                                              const T* __restrict__ rstd, T* dx, long long rows, int C)
+{
+    T invC = (T)1 / (T)C;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+    {
+        const T* xr = x + r * C;
+        const T* dyr = dy + r * C;
+        T* dxr = dx + r * C;
+        T d = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) d += w[j] * dyr[j] * xr[j];
+        d = sdp_row_sum(d);
+        T rs = rstd[r];
+        T k = rs * rs * rs * d * invC;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) dxr[j] += rs * w[j] * dyr[j] - xr[j] * k;
+    }
+}
+
+// The dweight half, deterministic in two passes with the CPU's partition (CpuBackend.RmsNormBackward):
+//   rms_norm_backward_dw_partial_<T>(dy, x, rstd, partials, rows, C, blocks): partials (blocks, C);
+//     partials[b, j] = Σ over rows [rows·b/blocks, rows·(b+1)/blocks) in order of dy·x·rstd.
+//     Grid (ceil(C / 256), blocks), block 256: thread j of a block row walks its row range (coalesced in j).
+//   rms_norm_backward_dw_finish_<T>(partials, blocks, C, dweight): dweight[j] += Σ_b partials[b, j] in block
+//     order. 1-D over C.
+// blocks = min(64, ceil(rows / 8)), as the CPU, so the sums are the CPU's own.
+template <typename T>
+__device__ void sdp_rms_norm_backward_dw_partial_body(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ rstd,
+                                                      T* partials, long long rows, int C, int blocks)
+{
+    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long b = blockIdx.y;
+    if (j >= C) return;
+    long long r0 = rows * b / blocks, r1 = rows * (b + 1) / blocks;
+    T acc = 0;
+    for (long long r = r0; r < r1; r++) acc += dy[r * C + j] * x[r * C + j] * rstd[r];
+    partials[b * C + j] = acc;
+}
+
+template <typename T>
+__device__ void sdp_rms_norm_backward_dw_finish_body(const T* __restrict__ partials, int blocks, long long C, T* dweight)
+{
+    for (long long j = sdp_gtid(); j < C; j += sdp_gstride())
+    {
+        T acc = 0;
+        for (int b = 0; b < blocks; b++) acc += partials[(long long)b * C + j];
+        dweight[j] += acc;
+    }
+}
+
+// rope_<T>(src, cos, sin, positions, pos64, posShared, offset, dst, B, Tn, H, D, S, backward, flag):
+// IBackend.Rope (backward 0) and IBackend.RopeBackward (backward 1). src, dst (B, Tn, H, D), cos/sin (S, D).
+// Position of row (b, t): positions[posShared ? t : b·Tn + t] (positions (Tn) / (1, Tn), or (B, Tn)), or
+// t + offset when positions is null. With half = D/2 and i < half (pair (i, i + half)):
+//   forward:  dst[i] = a_i·cos[p,i] − a_{i+h}·sin[p,i];   dst[i+h] = a_{i+h}·cos[p,i+h] + a_i·sin[p,i+h]
+//   backward: dst[i] += a_i·cos[p,i] + a_{i+h}·sin[p,i+h]; dst[i+h] += a_{i+h}·cos[p,i+h] − a_i·sin[p,i]
+// A position outside [0, S) raises SDP_ERR_ROPE_POSITION {flat index into positions (t when positions is null),
+// p, S} and leaves that pair unwritten. Pairs read both inputs before writing, so dst may alias src.
+// 1-D launch over B·Tn·H·half.
+template <typename T>
+__device__ void sdp_rope_body(const T* src, const T* __restrict__ cs, const T* __restrict__ sn, const void* positions,
+                              int pos64, int posShared, int offset, T* dst, long long B, long long Tn, long long H, long long D,
+                              long long S, int backward, int* flag)
+{
+    long long half = D / 2, perRow = H * half, total = B * Tn * perRow;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long row = e / perRow, rem = e - row * perRow;
+        long long h = rem / half, i = rem - h * half;
+        long long t = row % Tn;
+        long long at = positions ? (posShared ? t : row) : t;
+        long long p = positions ? sdp_index_at(positions, pos64, at) : t + offset;
+        if (p < 0 || p >= S)
+        {
+            if (h == 0 && i == 0) sdp_raise(flag, SDP_ERR_ROPE_POSITION, at, p, S);
+            continue;
+        }
+        const T* c = cs + p * D;
+        const T* s = sn + p * D;
+        long long base = row * H * D + h * D;
+        T a1 = src[base + i], a2 = src[base + i + half];
+        if (!backward)
+        {
+            dst[base + i] = a1 * c[i] - a2 * s[i];
+            dst[base + i + half] = a2 * c[i + half] + a1 * s[i + half];
+        }
+        else
+        {
+            dst[base + i] += a1 * c[i] + a2 * s[i + half];
+            dst[base + i + half] += a2 * c[i + half] - a1 * s[i];
+        }
+    }
+}
+
+// attention_swap_heads_<T>(src, dst, b, p, q, d, accumulate): IBackend.AttentionSwapHeads. src (b, p, q, d) ->
+// dst (b, q, p, d): dst = src, or dst += src when accumulate. 1-D launch over b·p·q·d (coalesced writes).
+template <typename T>
+__device__ void sdp_attention_swap_heads_body(const T* __restrict__ src, T* __restrict__ dst, long long b, long long p,
+                                              long long q, long long d, int accumulate)
+{
+    long long total = b * p * q * d;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long row = e / d, k = e - row * d;
+        long long pi = row % p, rest = row / p, qi = rest % q, bi = rest / q;
+        T v = src[((bi * p + pi) * q + qi) * d + k];
+        dst[e] = accumulate ? dst[e] + v : v;
+    }
+}
+
+// ---- causal grouped-query attention (IBackend.CausalAttention / CausalAttentionBackward) ----------------------
+// q (B, H, Tn, D), k and v (B, KVH, Tn, D), query head h reads kv head h / (H / KVH); scale = 1/√D;
+// lse (B, H, Tn). Tiled as FlashAttention: 16 query rows × 16 keys per tile, block 256 = 16 rows × 16 lanes,
+// thread (r, c) = (threadIdx.x / 16, threadIdx.x % 16). Scores use the full head dim from shared memory; each
+// thread keeps up to 16 output columns d = d0 + c + 16·i in registers, and a block covers one 256-wide chunk
+// d0 of the output columns (grid.y = heads · ceil(D / 256); chunks beyond the first recompute the scores and
+// write no lse). Row statistics (max, sum, Δ) are kept by one thread per row, summing its 16 keys in order:
+// deterministic, no atomics. Dynamic shared memory, row stride D + 1 (conflict-free column reads):
+//   forward:  (2·16·(D+1) + 16·17 + 3·16) · sizeof(T)
+//   backward: (4·16·(D+1) + 2·16·17 + 3·16) · sizeof(T)   (above 48 KiB the host opts in)
+// Results differ from the CPU's two-pass softmax and GEMMs by rounding only (online rescaling, other sum order).
+#define SDP_ATT_TILE 16
+#define SDP_ATT_REGS 16
+#define SDP_ATT_DCHUNK (SDP_ATT_TILE * SDP_ATT_REGS)
+
+// rows [row0, row0 + 16) of a (Tn, D) matrix into shared s (16, D + 1), zero beyond Tn.
+template <typename T>
+__device__ __forceinline__ void sdp_att_load_tile(T* s, const T* __restrict__ g, int row0, int Tn, int D)
+{
+    int ld = D + 1;
+    for (int e = threadIdx.x; e < SDP_ATT_TILE * D; e += blockDim.x)
+    {
+        int r = e / D, d = e - r * D;
+        s[r * ld + d] = row0 + r < Tn ? g[(long long)(row0 + r) * D + d] : (T)0;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T sdp_att_dot(const T* a, const T* b, int D)
+{
+    T s = 0;
+    for (int d = 0; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+// attention_forward_<T>(q, k, v, y, lse, H, KVH, Tn, D, scale): y (B, H, Tn, D) and lse (B, H, Tn).
+// Grid (ceil(Tn / 16), H · ceil(D / 256), B), block 256, forward dynamic shared memory.
+template <typename T>
+__device__ void sdp_attention_forward_body(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                           T* __restrict__ y, T* __restrict__ lse, int H, int KVH, int Tn, int D, T scale)
+{
+    const int tile = SDP_ATT_TILE, ld = D + 1, pld = SDP_ATT_TILE + 1;
+    int chunks = (D + SDP_ATT_DCHUNK - 1) / SDP_ATT_DCHUNK;
+    int h = blockIdx.y / chunks, chunk = blockIdx.y - h * chunks, d0 = chunk * SDP_ATT_DCHUNK;
+    int b = blockIdx.z, kvh = h / (H / KVH), q0 = blockIdx.x * tile;
+    int r = threadIdx.x / tile, c = threadIdx.x % tile, qi = q0 + r;
+    bool live = qi < Tn;
+    long long qHead = ((long long)b * H + h) * Tn, kvHead = ((long long)b * KVH + kvh) * Tn;
+
+    T* Qs = (T*)dyn_smem;
+    T* KVs = Qs + tile * ld;
+    T* Ps = KVs + tile * ld;
+    T* rowMax = Ps + tile * pld;
+    T* rowSum = rowMax + tile;
+    T* rowRescale = rowSum + tile;
+
+    sdp_att_load_tile(Qs, q + qHead * D, q0, Tn, D);
+    if (threadIdx.x < tile)
+    {
+        rowMax[threadIdx.x] = -(T)SDP_POS_INF_F;
+        rowSum[threadIdx.x] = 0;
+    }
+    T acc[SDP_ATT_REGS];
+    for (int i = 0; i < SDP_ATT_REGS; i++) acc[i] = 0;
+
+    int kEnd = min(q0 + tile, Tn); // keys any row of this tile can see
+    for (int k0 = 0; k0 < kEnd; k0 += tile)
+    {
+        __syncthreads(); // the previous V tile is consumed
+        sdp_att_load_tile(KVs, k + kvHead * D, k0, Tn, D);
+        __syncthreads();
+        int kj = k0 + c;
+        Ps[r * pld + c] = live && kj <= qi ? sdp_att_dot(Qs + r * ld, KVs + c * ld, D) * scale : -(T)SDP_POS_INF_F;
+        __syncthreads();
+        if (c == 0 && live)
+        {
+            // Online softmax: key k0 <= q0 <= qi is always visible, so the new max is finite.
+            T* pr = Ps + r * pld;
+            T tileMax = pr[0];
+            for (int j = 1; j < tile; j++) tileMax = sdp_max(tileMax, pr[j]);
+            T mOld = rowMax[r], mNew = sdp_max(mOld, tileMax);
+            T sum = 0;
+            for (int j = 0; j < tile; j++)
+            {
+                T pj = sdp_exp(pr[j] - mNew); // masked: exp(-inf) = 0
+                pr[j] = pj;
+                sum += pj;
+            }
+            T rescale = sdp_exp(mOld - mNew); // 0 on the first tile
+            rowSum[r] = rowSum[r] * rescale + sum;
+            rowMax[r] = mNew;
+            rowRescale[r] = rescale;
+        }
+        __syncthreads();
+        sdp_att_load_tile(KVs, v + kvHead * D, k0, Tn, D);
+        __syncthreads();
+        if (live)
+        {
+            T rescale = rowRescale[r];
+            const T* pr = Ps + r * pld;
+            #pragma unroll
+            for (int i = 0; i < SDP_ATT_REGS; i++)
+            {
+                int d = d0 + c + tile * i;
+                if (d >= D) continue; // the unrolled loop keeps acc[] in registers
+                T o = acc[i] * rescale;
+                for (int j = 0; j < tile; j++) o += pr[j] * KVs[j * ld + d];
+                acc[i] = o;
+            }
+        }
+    }
+    if (live)
+    {
+        T l = rowSum[r];
+        T* yr = y + (qHead + qi) * D;
+        #pragma unroll
+        for (int i = 0; i < SDP_ATT_REGS; i++)
+        {
+            int d = d0 + c + tile * i;
+            if (d >= D) continue; // the unrolled loop keeps acc[] in registers
+            yr[d] = acc[i] / l;
+        }
+        if (chunk == 0 && c == 0) lse[qHead + qi] = rowMax[r] + sdp_log(l);
+    }
+}
+
+// attention_backward_dq_<T>(q, k, v, dy, lse, delta, dq, H, KVH, Tn, D, scale): per query tile, with
+// P = exp(q·kᵀ·scale − lse) under the causal mask and dP = dy·vᵀ:
+//   pass 1: Δ_i = Σ_j P_ij·dP_ij, written to delta (B, H, Tn) (nullable; only chunk 0 writes);
+//   pass 2 (dq non-null): dq_i += scale · Σ_j P_ij·(dP_ij − Δ_i)·k_j, keys in order.
+// Grid (ceil(Tn / 16), H · ceil(D / 256), B), block 256, backward dynamic shared memory. Launched when dq or dk
+// is wanted (dk needs Δ), before attention_backward_dkdv_<T>.
+template <typename T>
+__device__ void sdp_attention_backward_dq_body(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                               const T* __restrict__ dy, const T* __restrict__ lse, T* __restrict__ delta,
+                                               T* dq, int H, int KVH, int Tn, int D, T scale)
+{
+    const int tile = SDP_ATT_TILE, ld = D + 1, pld = SDP_ATT_TILE + 1;
+    int chunks = (D + SDP_ATT_DCHUNK - 1) / SDP_ATT_DCHUNK;
+    int h = blockIdx.y / chunks, chunk = blockIdx.y - h * chunks, d0 = chunk * SDP_ATT_DCHUNK;
+    int b = blockIdx.z, kvh = h / (H / KVH), q0 = blockIdx.x * tile;
+    int r = threadIdx.x / tile, c = threadIdx.x % tile, qi = q0 + r;
+    bool live = qi < Tn;
+    long long qHead = ((long long)b * H + h) * Tn, kvHead = ((long long)b * KVH + kvh) * Tn;
+
+    T* Qs = (T*)dyn_smem;
+    T* DYs = Qs + tile * ld;
+    T* Ks = DYs + tile * ld;
+    T* Vs = Ks + tile * ld;
+    T* Ps = Vs + tile * ld;
+    T* Gs = Ps + tile * pld;
+    T* rowDelta = Gs + tile * pld;
+
+    sdp_att_load_tile(Qs, q + qHead * D, q0, Tn, D);
+    sdp_att_load_tile(DYs, dy + qHead * D, q0, Tn, D);
+    T rowLse = live ? lse[qHead + qi] : (T)0;
+    int kEnd = min(q0 + tile, Tn);
+
+    // Pass 1: Δ.
+    T rowAcc = 0; // used by the c == 0 thread of each row
+    for (int k0 = 0; k0 < kEnd; k0 += tile)
+    {
+        __syncthreads();
+        sdp_att_load_tile(Ks, k + kvHead * D, k0, Tn, D);
+        sdp_att_load_tile(Vs, v + kvHead * D, k0, Tn, D);
+        __syncthreads();
+        T pdp = 0;
+        if (live && k0 + c <= qi)
+        {
+            T p = sdp_exp(sdp_att_dot(Qs + r * ld, Ks + c * ld, D) * scale - rowLse);
+            pdp = p * sdp_att_dot(DYs + r * ld, Vs + c * ld, D);
+        }
+        Ps[r * pld + c] = pdp;
+        __syncthreads();
+        if (c == 0)
+            for (int j = 0; j < tile; j++) rowAcc += Ps[r * pld + j];
+    }
+    if (c == 0)
+    {
+        rowDelta[r] = rowAcc;
+        if (delta && live && chunk == 0) delta[qHead + qi] = rowAcc;
+    }
+    if (!dq) return; // uniform across the block
+
+    // Pass 2: dq.
+    T acc[SDP_ATT_REGS];
+    for (int i = 0; i < SDP_ATT_REGS; i++) acc[i] = 0;
+    for (int k0 = 0; k0 < kEnd; k0 += tile)
+    {
+        __syncthreads();
+        sdp_att_load_tile(Ks, k + kvHead * D, k0, Tn, D);
+        sdp_att_load_tile(Vs, v + kvHead * D, k0, Tn, D);
+        __syncthreads();
+        T ds = 0;
+        if (live && k0 + c <= qi)
+        {
+            T p = sdp_exp(sdp_att_dot(Qs + r * ld, Ks + c * ld, D) * scale - rowLse);
+            T dp = sdp_att_dot(DYs + r * ld, Vs + c * ld, D);
+            ds = (dp - rowDelta[r]) * p;
+        }
+        Gs[r * pld + c] = ds;
+        __syncthreads();
+        if (live)
+        {
+            const T* gr = Gs + r * pld;
+            #pragma unroll
+            for (int i = 0; i < SDP_ATT_REGS; i++)
+            {
+                int d = d0 + c + tile * i;
+                if (d >= D) continue; // the unrolled loop keeps acc[] in registers
+                T o = acc[i];
+                for (int j = 0; j < tile; j++) o += gr[j] * Ks[j * ld + d];
+                acc[i] = o;
+            }
+        }
+    }
+    if (live)
+    {
+        T* dqr = dq + (qHead + qi) * D;
+        #pragma unroll
+        for (int i = 0; i < SDP_ATT_REGS; i++)
+        {
+            int d = d0 + c + tile * i;
+            if (d >= D) continue; // the unrolled loop keeps acc[] in registers
+            dqr[d] += scale * acc[i];
+        }
+    }
+}
+
+// attention_backward_dkdv_<T>(q, k, v, dy, lse, delta, dk, dv, H, KVH, Tn, D, scale): per key tile of a kv
+// head, over the G = H / KVH query heads of its group and the query tiles at or after the key tile, in that
+// order (the CPU's row order of the (G·Tn, Tn) slice):
+//   dv_j += Σ_i P_ij·dy_i;   dk_j += scale · Σ_i P_ij·(dP_ij − Δ_i)·q_i   (dk or dv nullable; dk needs delta).
+// Here thread (r, c) is (key row, query column) for the scores and (key row, output lane) for the sums.
+// Grid (ceil(Tn / 16), KVH · ceil(D / 256), B), block 256, backward dynamic shared memory. No atomics: each key
+// row's gradient is owned by one block.
+template <typename T>
+__device__ void sdp_attention_backward_dkdv_body(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                                 const T* __restrict__ dy, const T* __restrict__ lse, const T* __restrict__ delta,
+                                                 T* dk, T* dv, int H, int KVH, int Tn, int D, T scale)
+{
+    const int tile = SDP_ATT_TILE, ld = D + 1, pld = SDP_ATT_TILE + 1;
+    int chunks = (D + SDP_ATT_DCHUNK - 1) / SDP_ATT_DCHUNK;
+    int kvh = blockIdx.y / chunks, chunk = blockIdx.y - kvh * chunks, d0 = chunk * SDP_ATT_DCHUNK;
+    int b = blockIdx.z, groups = H / KVH, k0 = blockIdx.x * tile;
+    int r = threadIdx.x / tile, c = threadIdx.x % tile, kj = k0 + r;
+    bool live = kj < Tn;
+    long long kvHead = ((long long)b * KVH + kvh) * Tn;
+
+    T* Ks = (T*)dyn_smem;
+    T* Vs = Ks + tile * ld;
+    T* Qs = Vs + tile * ld;
+    T* DYs = Qs + tile * ld;
+    T* Ps = DYs + tile * ld;
+    T* Gs = Ps + tile * pld;
+    T* colLse = Gs + tile * pld;
+    T* colDelta = colLse + tile;
+
+    sdp_att_load_tile(Ks, k + kvHead * D, k0, Tn, D);
+    sdp_att_load_tile(Vs, v + kvHead * D, k0, Tn, D);
+    T accK[SDP_ATT_REGS], accV[SDP_ATT_REGS];
+    for (int i = 0; i < SDP_ATT_REGS; i++) accK[i] = accV[i] = 0;
+
+    for (int g = 0; g < groups; g++)
+    {
+        long long qHead = ((long long)b * H + kvh * groups + g) * Tn;
+        for (int q0 = k0; q0 < Tn; q0 += tile)
+        {
+            __syncthreads();
+            sdp_att_load_tile(Qs, q + qHead * D, q0, Tn, D);
+            sdp_att_load_tile(DYs, dy + qHead * D, q0, Tn, D);
+            if (threadIdx.x < tile)
+            {
+                bool in = q0 + (int)threadIdx.x < Tn;
+                colLse[threadIdx.x] = in ? lse[qHead + q0 + threadIdx.x] : (T)0;
+                colDelta[threadIdx.x] = in && dk ? delta[qHead + q0 + threadIdx.x] : (T)0;
+            }
+            __syncthreads();
+            int qi = q0 + c;
+            T p = 0, ds = 0;
+            if (live && qi < Tn && qi >= kj)
+            {
+                p = sdp_exp(sdp_att_dot(Qs + c * ld, Ks + r * ld, D) * scale - colLse[c]);
+                if (dk) ds = (sdp_att_dot(DYs + c * ld, Vs + r * ld, D) - colDelta[c]) * p;
+            }
+            Ps[r * pld + c] = p;
+            Gs[r * pld + c] = ds;
+            __syncthreads();
+            if (live)
+            {
+                const T* pr = Ps + r * pld;
+                const T* gr = Gs + r * pld;
+                #pragma unroll
+                for (int i = 0; i < SDP_ATT_REGS; i++)
+                {
+                    int d = d0 + c + tile * i;
+                    if (d >= D) continue; // the unrolled loop keeps acc[] in registers
+                    T ov = accV[i], ok = accK[i];
+                    for (int j = 0; j < tile; j++)
+                    {
+                        ov += pr[j] * DYs[j * ld + d];
+                        ok += gr[j] * Qs[j * ld + d];
+                    }
+                    accV[i] = ov;
+                    accK[i] = ok;
+                }
+            }
+        }
+    }
+    if (live)
+    {
+        long long row = (kvHead + kj) * D;
+        #pragma unroll
+        for (int i = 0; i < SDP_ATT_REGS; i++)
+        {
+            int d = d0 + c + tile * i;
+            if (d >= D) continue; // the unrolled loop keeps acc[] in registers
+            if (dv) dv[row + d] += accV[i];
+            if (dk) dk[row + d] += scale * accK[i];
+        }
+    }
+}
+
+#define SDP_TRANSFORMER(SFX, T)                                                                                        \
+    extern "C" __global__ void embedding_forward_##SFX(const T* weight, const void* ids, int ids64, T* y, long long n, \
+                                                      long long C, long long V, int* flag)                            \
+    {                                                                                                                  \
+        sdp_embedding_forward_body<T>(weight, ids, ids64, y, n, C, V, flag);                                           \
+    }                                                                                                                  \
+    extern "C" __global__ void embedding_backward_##SFX(const T* dy, const long long* keys, long long n, long long C,  \
+                                                       long long V, T* dweight)                                        \
+    {                                                                                                                  \
+        sdp_embedding_backward_body<T>(dy, keys, n, C, V, dweight);                                                    \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_norm_forward_##SFX(const T* x, const T* w, T* rstd, T* y, long long rows, int C,    \
+                                                     T eps)                                                            \
+    {                                                                                                                  \
+        sdp_rms_norm_forward_body<T>(x, w, rstd, y, rows, C, eps);                                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_norm_backward_dx_##SFX(const T* dy, const T* x, const T* w, const T* rstd, T* dx,   \
+                                                         long long rows, int C)                                        \
+    {                                                                                                                  \
+        sdp_rms_norm_backward_dx_body<T>(dy, x, w, rstd, dx, rows, C);                                                 \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_norm_backward_dw_partial_##SFX(const T* dy, const T* x, const T* rstd, T* partials, \
+                                                                 long long rows, int C, int blocks)                    \
+    {                                                                                                                  \
+        sdp_rms_norm_backward_dw_partial_body<T>(dy, x, rstd, partials, rows, C, blocks);                              \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_norm_backward_dw_finish_##SFX(const T* partials, int blocks, long long C, T* dweight) \
+    {                                                                                                                  \
+        sdp_rms_norm_backward_dw_finish_body<T>(partials, blocks, C, dweight);                                         \
+    }                                                                                                                  \
+    extern "C" __global__ void rope_##SFX(const T* src, const T* cs, const T* sn, const void* positions, int pos64,    \
+                                         int posShared, int offset, T* dst, long long B, long long Tn, long long H,    \
+                                         long long D, long long S, int backward, int* flag)                            \
+    {                                                                                                                  \
+        sdp_rope_body<T>(src, cs, sn, positions, pos64, posShared, offset, dst, B, Tn, H, D, S, backward, flag);       \
+    }                                                                                                                  \
+    extern "C" __global__ void attention_swap_heads_##SFX(const T* src, T* dst, long long b, long long p, long long q,  \
+                                                         long long d, int accumulate)                                  \
+    {                                                                                                                  \
+        sdp_attention_swap_heads_body<T>(src, dst, b, p, q, d, accumulate);                                            \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) attention_forward_##SFX(const T* q, const T* k, const T* v, T* y, \
+        T* lse, int H, int KVH, int Tn, int D, T scale)                                                                \
+    {                                                                                                                  \
+        sdp_attention_forward_body<T>(q, k, v, y, lse, H, KVH, Tn, D, scale);                                          \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) attention_backward_dq_##SFX(const T* q, const T* k, const T* v,  \
+        const T* dy, const T* lse, T* delta, T* dq, int H, int KVH, int Tn, int D, T scale)                            \
+    {                                                                                                                  \
+        sdp_attention_backward_dq_body<T>(q, k, v, dy, lse, delta, dq, H, KVH, Tn, D, scale);                          \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) attention_backward_dkdv_##SFX(const T* q, const T* k,            \
+        const T* v, const T* dy, const T* lse, const T* delta, T* dk, T* dv, int H, int KVH, int Tn, int D, T scale)    \
+    {                                                                                                                  \
+        sdp_attention_backward_dkdv_body<T>(q, k, v, dy, lse, delta, dk, dv, H, KVH, Tn, D, scale);                    \
+    }
+SDP_TRANSFORMER(f32, float)
+SDP_TRANSFORMER(f64, double)
 
 // ============================================================================================================
 // 8. Convolution, BatchNorm and pooling (NCHW)
@@ -940,8 +1660,39 @@ extern "C" __global__ void cross_entropy_backward_f32(const float* logits, const
 // ============================================================================================================
 // 9. Dropout
 // ============================================================================================================
+// IBackend.Dropout's counter-based mask, bit for bit the CPU's (CpuBackend.DropoutHash / DropoutThreshold):
+// h(i) = SplitMix64's (i+1)-th output from state seed, in unsigned 64-bit arithmetic (mod 2^64); element i is
+// dropped iff (h >> 11) < threshold = ceil(p · 2^53) (computed on the host). keep = 1/(1-p) (0 when p = 1),
+// computed on the host in float64 and rounded to T, as the CPU does.
 
-// (section 9 kernels)
+__device__ __forceinline__ unsigned long long sdp_dropout_hash(unsigned long long seed, unsigned long long i)
+{
+    unsigned long long z = seed + (i + 1ULL) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// dropout_forward_<T>(x, mask, y, n, seed, threshold, keep): mask[i] = dropped ? 0 : keep; y = x · mask.
+//   x, mask, y (n). 1-D launch over n.
+// dropout_backward_<T>(dy, mask, dx, n): dx += dy · mask (IBackend.DropoutBackward). 1-D launch over n.
+#define SDP_DROPOUT(SFX, T)                                                                                            \
+    extern "C" __global__ void dropout_forward_##SFX(const T* x, T* mask, T* y, long long n, unsigned long long seed,  \
+                                                    unsigned long long threshold, T keep)                              \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride())                                                      \
+        {                                                                                                              \
+            T m = (sdp_dropout_hash(seed, (unsigned long long)e) >> 11) < threshold ? (T)0 : keep;                     \
+            mask[e] = m;                                                                                               \
+            y[e] = x[e] * m;                                                                                           \
+        }                                                                                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void dropout_backward_##SFX(const T* dy, const T* mask, T* dx, long long n)                  \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < n; e += sdp_gstride()) dx[e] += dy[e] * mask[e];                            \
+    }
+SDP_DROPOUT(f32, float)
+SDP_DROPOUT(f64, double)
 
 // ============================================================================================================
 // 10. Shape, indexing and axis reductions
