@@ -41,6 +41,12 @@
 //        embedding_forward_*, embedding_sort_keys, embedding_merge_pass, embedding_backward_*,
 //        rms_norm_forward_*, rms_norm_backward_dx_*, rms_norm_backward_dw_partial_*, rms_norm_backward_dw_finish_*,
 //        rope_*, attention_swap_heads_*, attention_forward_*, attention_backward_dq_*, attention_backward_dkdv_*
+//   8. Convolution, BatchNorm and pooling (NCHW)
+//        conv2d_im2col_f32, conv2d_col2im_f32, conv2d_pack_dy_f32, conv2d_add_bias_f32   Conv2d(Backward) f32, around cuBLAS Sgemm
+//        conv2d_direct_forward_f64, conv2d_direct_backward_input_f64, conv2d_direct_backward_weight_f64   Conv2d(Backward) f64
+//        conv2d_bias_grad_{f32,f64}                  dbias, per-channel fixed-order sums
+//        batchnorm2d_forward_*, batchnorm2d_backward_*                          BatchNorm2d(Backward), one block per channel
+//        maxpool2d_forward_*, maxpool2d_backward_*, adaptive_avgpool2d_forward_*, adaptive_avgpool2d_backward_*
 //   9. Dropout (f32, f64)
 //        dropout_forward_*, dropout_backward_*
 
@@ -1655,7 +1661,570 @@ SDP_TRANSFORMER(f64, double)
 // 8. Convolution, BatchNorm and pooling (NCHW)
 // ============================================================================================================
 
-// (section 8 kernels)
+// Activations are NCHW, contiguous. Every kernel here is deterministic: reductions run in a fixed order (per
+// thread in index order, then a fixed shared-memory tree), and no output element is written by two threads.
+// Float atomics are never used.
+
+// ---- 8a. Convolution ---------------------------------------------------------------------------------------
+//
+// IBackend.Conv2d / Conv2dBackward. float32 runs im2col + cuBLAS Sgemm (the GEMM calls are documented in
+// docs/kernels.md §8); float64 runs the direct kernels below (no Dgemm in the cuBLAS subset Sdp binds yet).
+// Geometry, shared by all: x (N, C, H, W), w (O, C, KH, KW), y (N, O, OH, OW), P = OH·OW, K = C·KH·KW;
+// output (oh, ow) reads input (oh·s - p + kh, ow·s - p + kw), zero outside the plane.
+
+// Column matrix of a group of `count` images starting at image n0: cols (K, count·P), row-major,
+// image i in columns [i·P, (i + 1)·P) (CpuBackend.Im2ColGroup's layout, so one GEMM covers the group).
+// cols[(c·KH + kh)·KW + kw, i·P + oh·OW + ow] = x[n0 + i, c, oh·s - p + kh, ow·s - p + kw], 0 outside.
+// Launch: 1-D grid-stride over K·count·P.
+template <typename T>
+__device__ __forceinline__ void conv2d_im2col_body(const T* __restrict__ x, T* __restrict__ cols, int n0, int count, int C, int H,
+                                                   int W, int KH, int KW, int OH, int OW, int stride, int pad)
+{
+    long long P = (long long)OH * OW, L = (long long)count * P, total = (long long)C * KH * KW * L;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long row = e / L, col = e - row * L;
+        int i = (int)(col / P), pix = (int)(col - (long long)i * P);
+        int oh = pix / OW, ow = pix - oh * OW;
+        int kw = (int)(row % KW), kh = (int)((row / KW) % KH), c = (int)(row / ((long long)KW * KH));
+        int ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
+        T v = (T)0;
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x[(((long long)(n0 + i) * C + c) * H + ih) * W + iw];
+        cols[e] = v;
+    }
+}
+
+// The adjoint of conv2d_im2col: dx[n0 + i, c, ih, iw] += Σ over (kh, kw) in row-major order of
+// dcols[(c·KH + kh)·KW + kw, i·P + oh·OW + ow] for every (kh, kw) whose output (oh, ow) lands on (ih, iw).
+// One thread per dx element gathers its terms (no atomics), in the order CpuBackend.Col2ImChannel adds them.
+// Launch: 1-D grid-stride over count·C·H·W.
+template <typename T>
+__device__ __forceinline__ void conv2d_col2im_body(const T* __restrict__ dcols, T* __restrict__ dx, int n0, int count, int C, int H,
+                                                   int W, int KH, int KW, int OH, int OW, int stride, int pad)
+{
+    long long P = (long long)OH * OW, L = (long long)count * P, plane = (long long)H * W, total = (long long)count * C * plane;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long ic = e / plane;
+        int pos = (int)(e - ic * plane), ih = pos / W, iw = pos - ih * W;
+        int i = (int)(ic / C), c = (int)(ic - (long long)i * C);
+        long long dxi = ((long long)n0 * C) * plane + e;
+        T acc = dx[dxi];
+        for (int kh = 0; kh < KH; kh++)
+        {
+            int th = ih + pad - kh; // = oh·s
+            if (th < 0 || th % stride != 0) continue;
+            int oh = th / stride;
+            if (oh >= OH) continue;
+            for (int kw = 0; kw < KW; kw++)
+            {
+                int tw = iw + pad - kw;
+                if (tw < 0 || tw % stride != 0) continue;
+                int ow = tw / stride;
+                if (ow >= OW) continue;
+                acc += dcols[((long long)(c * KH + kh) * KW + kw) * L + (long long)i * P + (long long)oh * OW + ow];
+            }
+        }
+        dx[dxi] = acc;
+    }
+}
+
+// Packs dy of images [n0, n0 + count) into buf (O, count·P), image i in columns [i·P, (i + 1)·P), so the weight
+// gradient of the group is one GEMM (CpuBackend.GatherDy). Launch: 1-D grid-stride over O·count·P.
+template <typename T>
+__device__ __forceinline__ void conv2d_pack_dy_body(const T* __restrict__ dy, T* __restrict__ buf, int n0, int count, int O, long long P)
+{
+    long long L = (long long)count * P, total = (long long)O * L;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long o = e / L, col = e - o * L, i = col / P, pix = col - i * P;
+        buf[e] = dy[((n0 + i) * O + o) * P + pix];
+    }
+}
+
+// y (N, O, P) += bias (O)[o], after the GEMM wrote y (the CPU's order: the product rounded, then the bias added).
+// Launch: 1-D grid-stride over N·O·P.
+template <typename T>
+__device__ __forceinline__ void conv2d_add_bias_body(T* __restrict__ y, const T* __restrict__ bias, int O, long long P, long long total)
+{
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride()) y[e] += bias[(e / P) % O];
+}
+
+// Direct convolution, one thread per output element: y[n, o, oh, ow] = Σ_{c, kh, kw} x·w (in that order) + bias[o]
+// (bias nullable). Launch: 1-D grid-stride over N·O·OH·OW.
+template <typename T>
+__device__ __forceinline__ void conv2d_direct_forward_body(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                                                           T* __restrict__ y, int N, int C, int H, int W, int O, int KH, int KW, int OH,
+                                                           int OW, int stride, int pad)
+{
+    long long P = (long long)OH * OW, total = (long long)N * O * P;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long no = e / P;
+        int pix = (int)(e - no * P), oh = pix / OW, ow = pix - oh * OW;
+        int n = (int)(no / O), o = (int)(no - (long long)n * O);
+        T acc = (T)0;
+        for (int c = 0; c < C; c++)
+        {
+            const T* xc = x + ((long long)n * C + c) * H * W;
+            const T* wc = w + ((long long)o * C + c) * KH * KW;
+            for (int kh = 0; kh < KH; kh++)
+            {
+                int ih = oh * stride - pad + kh;
+                if (ih < 0 || ih >= H) continue;
+                for (int kw = 0; kw < KW; kw++)
+                {
+                    int iw = ow * stride - pad + kw;
+                    if (iw < 0 || iw >= W) continue;
+                    acc += xc[(long long)ih * W + iw] * wc[kh * KW + kw];
+                }
+            }
+        }
+        y[e] = bias ? acc + bias[o] : acc;
+    }
+}
+
+// Direct input gradient, one thread per dx element: dx[n, c, ih, iw] += Σ_{o, kh, kw} dy[n, o, oh, ow]·w[o, c, kh, kw]
+// over the (oh, ow) whose window covers (ih, iw); the sum is formed first, then added to dx once.
+// Launch: 1-D grid-stride over N·C·H·W.
+template <typename T>
+__device__ __forceinline__ void conv2d_direct_backward_input_body(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                                                                  int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW,
+                                                                  int stride, int pad)
+{
+    long long plane = (long long)H * W, P = (long long)OH * OW, total = (long long)N * C * plane;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long nc = e / plane;
+        int pos = (int)(e - nc * plane), ih = pos / W, iw = pos - ih * W;
+        int n = (int)(nc / C), c = (int)(nc - (long long)n * C);
+        T acc = (T)0;
+        for (int o = 0; o < O; o++)
+        {
+            const T* dyo = dy + ((long long)n * O + o) * P;
+            const T* wo = w + ((long long)o * C + c) * KH * KW;
+            for (int kh = 0; kh < KH; kh++)
+            {
+                int th = ih + pad - kh;
+                if (th < 0 || th % stride != 0) continue;
+                int oh = th / stride;
+                if (oh >= OH) continue;
+                for (int kw = 0; kw < KW; kw++)
+                {
+                    int tw = iw + pad - kw;
+                    if (tw < 0 || tw % stride != 0) continue;
+                    int ow = tw / stride;
+                    if (ow >= OW) continue;
+                    acc += dyo[(long long)oh * OW + ow] * wo[kh * KW + kw];
+                }
+            }
+        }
+        dx[e] += acc;
+    }
+}
+
+// Direct weight gradient, one block per weight element (grid-stride over blocks): dw[o, c, kh, kw] +=
+// Σ_{n, oh, ow} dy[n, o, oh, ow]·x[n, c, oh·s - p + kh, ow·s - p + kw]. Each thread sums its strided share of
+// the N·OH·OW terms in float64, then the block sums in a fixed tree. Launch: grid min(O·C·KH·KW, 65535), block 256.
+template <typename T>
+__device__ __forceinline__ void conv2d_direct_backward_weight_body(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw,
+                                                                   int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW,
+                                                                   int stride, int pad)
+{
+    long long P = (long long)OH * OW, terms = (long long)N * P, weights = (long long)O * C * KH * KW;
+    for (long long e = blockIdx.x; e < weights; e += gridDim.x)
+    {
+        int kw = (int)(e % KW), kh = (int)((e / KW) % KH), c = (int)((e / ((long long)KW * KH)) % C);
+        int o = (int)(e / ((long long)KW * KH * C));
+        double acc = 0.0;
+        for (long long t = threadIdx.x; t < terms; t += blockDim.x)
+        {
+            int n = (int)(t / P), pix = (int)(t - (long long)n * P), oh = pix / OW, ow = pix - oh * OW;
+            int ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+            acc += (double)dy[((long long)n * O + o) * P + pix] * (double)x[(((long long)n * C + c) * H + ih) * W + iw];
+        }
+        double s = sdp_block_sum_double(acc);
+        if (threadIdx.x == 0) dw[e] += (T)s;
+    }
+}
+
+// dbias (O) += Σ_{n, p} dy[n, o, p], one block per channel (grid-stride over blocks), float64 sums: each thread
+// its strided share in index order, then a fixed tree. Launch: grid min(O, 65535), block 256.
+template <typename T>
+__device__ __forceinline__ void conv2d_bias_grad_body(const T* __restrict__ dy, T* __restrict__ dbias, int N, int O, long long P)
+{
+    long long terms = (long long)N * P;
+    for (int o = blockIdx.x; o < O; o += gridDim.x)
+    {
+        double acc = 0.0;
+        for (long long t = threadIdx.x; t < terms; t += blockDim.x)
+        {
+            long long n = t / P;
+            acc += (double)dy[(n * O + o) * P + (t - n * P)];
+        }
+        double s = sdp_block_sum_double(acc);
+        if (threadIdx.x == 0) dbias[o] += (T)s;
+    }
+}
+
+#define SDP_CONV_GEMM_HELPERS(SFX, T)                                                                                  \
+    extern "C" __global__ void conv2d_im2col_##SFX(const T* x, T* cols, int n0, int count, int C, int H, int W, int KH, \
+                                                   int KW, int OH, int OW, int stride, int pad)                        \
+    {                                                                                                                  \
+        conv2d_im2col_body<T>(x, cols, n0, count, C, H, W, KH, KW, OH, OW, stride, pad);                               \
+    }                                                                                                                  \
+    extern "C" __global__ void conv2d_col2im_##SFX(const T* dcols, T* dx, int n0, int count, int C, int H, int W, int KH, \
+                                                   int KW, int OH, int OW, int stride, int pad)                        \
+    {                                                                                                                  \
+        conv2d_col2im_body<T>(dcols, dx, n0, count, C, H, W, KH, KW, OH, OW, stride, pad);                             \
+    }                                                                                                                  \
+    extern "C" __global__ void conv2d_pack_dy_##SFX(const T* dy, T* buf, int n0, int count, int O, long long P)        \
+    {                                                                                                                  \
+        conv2d_pack_dy_body<T>(dy, buf, n0, count, O, P);                                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void conv2d_add_bias_##SFX(T* y, const T* bias, int O, long long P, long long total)         \
+    {                                                                                                                  \
+        conv2d_add_bias_body<T>(y, bias, O, P, total);                                                                 \
+    }
+#define SDP_CONV_DIRECT(SFX, T)                                                                                        \
+    extern "C" __global__ void conv2d_direct_forward_##SFX(const T* x, const T* w, const T* bias, T* y, int N, int C,   \
+                                                           int H, int W, int O, int KH, int KW, int OH, int OW,        \
+                                                           int stride, int pad)                                        \
+    {                                                                                                                  \
+        conv2d_direct_forward_body<T>(x, w, bias, y, N, C, H, W, O, KH, KW, OH, OW, stride, pad);                      \
+    }                                                                                                                  \
+    extern "C" __global__ void conv2d_direct_backward_input_##SFX(const T* dy, const T* w, T* dx, int N, int C, int H,  \
+                                                                  int W, int O, int KH, int KW, int OH, int OW,        \
+                                                                  int stride, int pad)                                 \
+    {                                                                                                                  \
+        conv2d_direct_backward_input_body<T>(dy, w, dx, N, C, H, W, O, KH, KW, OH, OW, stride, pad);                   \
+    }                                                                                                                  \
+    extern "C" __global__ void conv2d_direct_backward_weight_##SFX(const T* x, const T* dy, T* dw, int N, int C, int H, \
+                                                                   int W, int O, int KH, int KW, int OH, int OW,       \
+                                                                   int stride, int pad)                                \
+    {                                                                                                                  \
+        conv2d_direct_backward_weight_body<T>(x, dy, dw, N, C, H, W, O, KH, KW, OH, OW, stride, pad);                 \
+    }
+// float32 goes through cuBLAS (the GEMM helpers); float64 through the direct kernels.
+SDP_CONV_GEMM_HELPERS(f32, float)
+SDP_CONV_DIRECT(f64, double)
+extern "C" __global__ void conv2d_bias_grad_f32(const float* dy, float* dbias, int N, int O, long long P) { conv2d_bias_grad_body<float>(dy, dbias, N, O, P); }
+extern "C" __global__ void conv2d_bias_grad_f64(const double* dy, double* dbias, int N, int O, long long P) { conv2d_bias_grad_body<double>(dy, dbias, N, O, P); }
+
+// ---- 8b. BatchNorm2d ---------------------------------------------------------------------------------------
+//
+// One block per channel (grid-stride over blocks: grid min(C, 65535)), block 256 (a power of two, for
+// sdp_block_sum_double). Per-channel sums are float64: each thread sums its strided share of the M = N·plane
+// values in index order, then the block sums in a fixed tree; CpuBackend.BatchNorm sums vectorised blocks in T
+// carried in float64, so fp32 results agree to about 1e-6 relative, not bitwise.
+
+// Broadcasts thread 0's value to the whole block (all threads must call).
+__device__ __forceinline__ double sdp_block_broadcast_double(double v)
+{
+    __shared__ double slot;
+    if (threadIdx.x == 0) slot = v;
+    __syncthreads();
+    double r = slot;
+    __syncthreads(); // slot may be reused by the next broadcast
+    return r;
+}
+
+// Element t of channel c's M values, t = i·plane + j: x[(i·C + c)·plane + j].
+__device__ __forceinline__ long long sdp_bn_offset(long long t, int C, int c, long long plane)
+{
+    long long i = t / plane;
+    return (i * C + c) * plane + (t - i * plane);
+}
+
+// batchnorm2d_forward_<T>(x, weight, bias, runningMean, runningVar, y, mean, rstd, N, C, plane, training, momentum, eps)
+// IBackend.BatchNorm2d, formulas and rounding points as CpuBackend.BatchNorm2dCore:
+//   training: mu = Σx / M; var = Σ (x - (T)mu)² / M (biased); rstd = 1 / √(var + eps), in float64;
+//             running mean/var (C) updated in place: r = (1 - momentum)·r + momentum·stat (unbiased var·M/(M-1));
+//   eval:     mu = runningMean[c], rstd = 1 / √(runningVar[c] + eps); running stats untouched.
+//   mean[c] = (T)mu, rstd[c] = (T)rstd; y = x·(T)(w·rstd) + (T)(b - mu·w·rstd).
+template <typename T>
+__device__ __forceinline__ void batchnorm2d_forward_body(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
+                                                         T* runningMean, T* runningVar, T* __restrict__ y, T* __restrict__ mean,
+                                                         T* __restrict__ rstd, int N, int C, long long plane, int training,
+                                                         double momentum, double eps)
+{
+    long long m = (long long)N * plane;
+    for (int c = blockIdx.x; c < C; c += gridDim.x)
+    {
+        double mu, rs;
+        if (training)
+        {
+            double acc = 0.0;
+            for (long long t = threadIdx.x; t < m; t += blockDim.x) acc += (double)x[sdp_bn_offset(t, C, c, plane)];
+            mu = sdp_block_broadcast_double(sdp_block_sum_double(acc) / (double)m);
+            T tmu = (T)mu;
+            double sq = 0.0;
+            for (long long t = threadIdx.x; t < m; t += blockDim.x)
+            {
+                T d = x[sdp_bn_offset(t, C, c, plane)] - tmu;
+                sq += (double)(d * d);
+            }
+            double variance = sdp_block_broadcast_double(sdp_block_sum_double(sq) / (double)m);
+            rs = 1.0 / sqrt(variance + eps);
+            if (threadIdx.x == 0)
+            {
+                runningMean[c] = (T)((1 - momentum) * (double)runningMean[c] + momentum * mu);
+                runningVar[c] = (T)((1 - momentum) * (double)runningVar[c] + momentum * variance * (double)m / (double)(m - 1));
+            }
+        }
+        else
+        {
+            mu = (double)runningMean[c];
+            rs = 1.0 / sqrt((double)runningVar[c] + eps);
+        }
+        if (threadIdx.x == 0)
+        {
+            mean[c] = (T)mu;
+            rstd[c] = (T)rs;
+        }
+        double scale = (double)weight[c] * rs;
+        T ts = (T)scale, tb = (T)((double)bias[c] - mu * scale);
+        for (long long t = threadIdx.x; t < m; t += blockDim.x)
+        {
+            long long off = sdp_bn_offset(t, C, c, plane);
+            y[off] = x[off] * ts + tb;
+        }
+    }
+}
+
+// batchnorm2d_backward_<T>(x, weight, mean, rstd, dy, dx, dweight, dbias, N, C, plane, training)
+// IBackend.BatchNorm2dBackward, as CpuBackend.BatchNorm2dBackwardCore: with S1 = Σ dy and S2 = Σ dy·(x - mean) in
+// float64 (each product formed in T), dbias += (T)S1, dweight += (T)(S2·rstd); dx += a·dy + b·x + c0 with
+// k = w·rstd, a = k, b = -k·rstd²·S2/M, c0 = -k·S1/M - b·mean when training, dx += (T)k·dy in eval.
+// dx, dweight, dbias are nullable (skipped); x is read only for dweight or a training dx, weight only for dx.
+template <typename T>
+__device__ __forceinline__ void batchnorm2d_backward_body(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ mean,
+                                                          const T* __restrict__ rstd, const T* __restrict__ dy, T* __restrict__ dx,
+                                                          T* __restrict__ dweight, T* __restrict__ dbias, int N, int C, long long plane,
+                                                          int training)
+{
+    long long m = (long long)N * plane;
+    bool needDyX = dweight != 0 || (dx != 0 && training);
+    bool needDy = dbias != 0 || (dx != 0 && training);
+    for (int c = blockIdx.x; c < C; c += gridDim.x)
+    {
+        T tmu = mean[c];
+        double mu = (double)tmu, rs = (double)rstd[c];
+        double sumDy = 0.0, sumDyXc = 0.0;
+        if (needDy || needDyX)
+        {
+            double a1 = 0.0, a2 = 0.0;
+            for (long long t = threadIdx.x; t < m; t += blockDim.x)
+            {
+                long long off = sdp_bn_offset(t, C, c, plane);
+                T g = dy[off];
+                if (needDy) a1 += (double)g;
+                if (needDyX) a2 += (double)(g * (x[off] - tmu));
+            }
+            if (needDy) sumDy = sdp_block_broadcast_double(sdp_block_sum_double(a1));
+            if (needDyX) sumDyXc = sdp_block_broadcast_double(sdp_block_sum_double(a2));
+        }
+        if (threadIdx.x == 0)
+        {
+            if (dbias) dbias[c] += (T)sumDy;
+            if (dweight) dweight[c] += (T)(sumDyXc * rs);
+        }
+        if (!dx) continue;
+        double k = (double)weight[c] * rs;
+        if (!training)
+        {
+            T tk = (T)k;
+            for (long long t = threadIdx.x; t < m; t += blockDim.x)
+            {
+                long long off = sdp_bn_offset(t, C, c, plane);
+                dx[off] = dy[off] * tk + dx[off];
+            }
+            continue;
+        }
+        double bcoef = -k * rs * rs * sumDyXc / (double)m;
+        double c0coef = -k * sumDy / (double)m - bcoef * mu;
+        T a = (T)k, b = (T)bcoef, c0 = (T)c0coef;
+        for (long long t = threadIdx.x; t < m; t += blockDim.x)
+        {
+            long long off = sdp_bn_offset(t, C, c, plane);
+            dx[off] = dx[off] + a * dy[off] + b * x[off] + c0;
+        }
+    }
+}
+
+#define SDP_BATCHNORM(SFX, T)                                                                                          \
+    extern "C" __global__ void batchnorm2d_forward_##SFX(const T* x, const T* weight, const T* bias, T* runningMean,    \
+                                                         T* runningVar, T* y, T* mean, T* rstd, int N, int C,          \
+                                                         long long plane, int training, double momentum, double eps)   \
+    {                                                                                                                  \
+        batchnorm2d_forward_body<T>(x, weight, bias, runningMean, runningVar, y, mean, rstd, N, C, plane, training,    \
+                                    momentum, eps);                                                                    \
+    }                                                                                                                  \
+    extern "C" __global__ void batchnorm2d_backward_##SFX(const T* x, const T* weight, const T* mean, const T* rstd,    \
+                                                          const T* dy, T* dx, T* dweight, T* dbias, int N, int C,      \
+                                                          long long plane, int training)                               \
+    {                                                                                                                  \
+        batchnorm2d_backward_body<T>(x, weight, mean, rstd, dy, dx, dweight, dbias, N, C, plane, training);            \
+    }
+SDP_BATCHNORM(f32, float)
+SDP_BATCHNORM(f64, double)
+
+// ---- 8c. Pooling -------------------------------------------------------------------------------------------
+//
+// planes = N·C; a plane is H·W input or OH·OW output values. Argmax tensors are int32 or int64 (argWide = 1),
+// passed as void* like the cross-entropy targets.
+
+// maxpool2d_forward_<T>(x, y, argmax, argWide, planes, H, W, OH, OW, kernel, stride, pad): IBackend.MaxPool2d.
+// y[pl, i, j] = max of x over rows [i·s - p, +kernel) ∩ [0, H) and columns likewise (padding never wins: it is
+// -inf); argmax = the winner's h·W + w, the first maximum in row-major scan; a NaN wins and propagates (as
+// CpuBackend: v > best || v is NaN). Launch: 1-D grid-stride over planes·OH·OW.
+template <typename T>
+__device__ __forceinline__ void maxpool2d_forward_body(const T* __restrict__ x, T* __restrict__ y, void* argmax, int argWide, long long planes,
+                                                       int H, int W, int OH, int OW, int kernel, int stride, int pad)
+{
+    long long outPlane = (long long)OH * OW, total = planes * outPlane;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long pl = e / outPlane;
+        int pix = (int)(e - pl * outPlane), i = pix / OW, j = pix - i * OW;
+        int hs = i * stride - pad, ws = j * stride - pad;
+        int he = min(hs + kernel, H), we = min(ws + kernel, W);
+        hs = max(hs, 0);
+        ws = max(ws, 0);
+        const T* xp = x + pl * H * W;
+        T best = -(T)SDP_POS_INF_F;
+        int at = hs * W + ws;
+        for (int r = hs; r < he; r++)
+        {
+            for (int q = ws; q < we; q++)
+            {
+                T v = xp[r * W + q];
+                if (v > best || v != v)
+                {
+                    best = v;
+                    at = r * W + q;
+                }
+            }
+        }
+        y[e] = best;
+        if (argWide) ((long long*)argmax)[e] = at;
+        else ((int*)argmax)[e] = at;
+    }
+}
+
+// maxpool2d_backward_<T>(dy, argmax, argWide, dx, planes, inPlane, outPlane): IBackend.MaxPool2dBackward,
+// dx[pl, argmax[pl, o]] += dy[pl, o]. The method is not given the window geometry, so a dx element cannot find
+// the outputs that chose it; instead one thread owns a plane and adds its outputs in index order, exactly as
+// CpuBackend does (deterministic, no atomics, bitwise equal to the CPU). Launch: 1-D grid-stride over planes.
+template <typename T>
+__device__ __forceinline__ void maxpool2d_backward_body(const T* __restrict__ dy, const void* argmax, int argWide, T* __restrict__ dx,
+                                                        long long planes, long long inPlane, long long outPlane)
+{
+    for (long long pl = sdp_gtid(); pl < planes; pl += sdp_gstride())
+    {
+        const T* g = dy + pl * outPlane;
+        T* d = dx + pl * inPlane;
+        if (argWide)
+        {
+            const long long* a = (const long long*)argmax + pl * outPlane;
+            for (long long o = 0; o < outPlane; o++) d[a[o]] += g[o];
+        }
+        else
+        {
+            const int* a = (const int*)argmax + pl * outPlane;
+            for (long long o = 0; o < outPlane; o++) d[a[o]] += g[o];
+        }
+    }
+}
+
+// Adaptive pooling bins (CpuBackend.BinStart / BinEnd): cell i of outSize covers [⌊i·in/out⌋, ⌈(i+1)·in/out⌉).
+__device__ __forceinline__ int sdp_bin_start(int i, int inSize, int outSize) { return (int)((long long)i * inSize / outSize); }
+__device__ __forceinline__ int sdp_bin_end(int i, int inSize, int outSize)
+{
+    return (int)(((long long)(i + 1) * inSize + outSize - 1) / outSize);
+}
+
+// adaptive_avgpool2d_forward_<T>(x, y, planes, H, W, OH, OW): IBackend.AdaptiveAvgPool2d, y[pl, i, j] = the mean of
+// x over cell (i, j)'s bin: row sums in T, added row by row, divided by the bin size (the CPU's order).
+// Launch: 1-D grid-stride over planes·OH·OW.
+template <typename T>
+__device__ __forceinline__ void adaptive_avgpool2d_forward_body(const T* __restrict__ x, T* __restrict__ y, long long planes, int H, int W,
+                                                                int OH, int OW)
+{
+    long long outPlane = (long long)OH * OW, total = planes * outPlane;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long pl = e / outPlane;
+        int pix = (int)(e - pl * outPlane), i = pix / OW, j = pix - i * OW;
+        int hs = sdp_bin_start(i, H, OH), he = sdp_bin_end(i, H, OH), ws = sdp_bin_start(j, W, OW), we = sdp_bin_end(j, W, OW);
+        const T* xp = x + pl * H * W;
+        T acc = (T)0;
+        for (int r = hs; r < he; r++)
+        {
+            T row = (T)0;
+            for (int q = ws; q < we; q++) row += xp[r * W + q];
+            acc += row;
+        }
+        y[e] = acc / (T)((he - hs) * (we - ws));
+    }
+}
+
+// adaptive_avgpool2d_backward_<T>(dy, dx, planes, H, W, OH, OW): IBackend.AdaptiveAvgPool2dBackward, dx += dy / bin
+// size over each bin. One thread per dx element adds the cells whose bins contain it, in row-major cell order
+// (the CPU's order, so the result is bitwise equal). Cells containing row r are i in [⌊r·OH/H⌋, ⌊((r+1)·OH - 1)/H⌋],
+// checked against the bin bounds. Launch: 1-D grid-stride over planes·H·W.
+template <typename T>
+__device__ __forceinline__ void adaptive_avgpool2d_backward_body(const T* __restrict__ dy, T* __restrict__ dx, long long planes, int H, int W,
+                                                                 int OH, int OW)
+{
+    long long inPlane = (long long)H * W, outPlane = (long long)OH * OW, total = planes * inPlane;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long pl = e / inPlane;
+        int pos = (int)(e - pl * inPlane), r = pos / W, q = pos - r * W;
+        int i0 = (int)((long long)r * OH / H), i1 = min(OH - 1, (int)(((long long)(r + 1) * OH - 1) / H));
+        int j0 = (int)((long long)q * OW / W), j1 = min(OW - 1, (int)(((long long)(q + 1) * OW - 1) / W));
+        const T* g = dy + pl * outPlane;
+        T acc = dx[e];
+        for (int i = i0; i <= i1; i++)
+        {
+            int hs = sdp_bin_start(i, H, OH), he = sdp_bin_end(i, H, OH);
+            if (r < hs || r >= he) continue;
+            for (int j = j0; j <= j1; j++)
+            {
+                int ws = sdp_bin_start(j, W, OW), we = sdp_bin_end(j, W, OW);
+                if (q < ws || q >= we) continue;
+                acc += g[(long long)i * OW + j] / (T)((he - hs) * (we - ws));
+            }
+        }
+        dx[e] = acc;
+    }
+}
+
+#define SDP_POOL(SFX, T)                                                                                               \
+    extern "C" __global__ void maxpool2d_forward_##SFX(const T* x, T* y, void* argmax, int argWide, long long planes,   \
+                                                       int H, int W, int OH, int OW, int kernel, int stride, int pad)  \
+    {                                                                                                                  \
+        maxpool2d_forward_body<T>(x, y, argmax, argWide, planes, H, W, OH, OW, kernel, stride, pad);                   \
+    }                                                                                                                  \
+    extern "C" __global__ void maxpool2d_backward_##SFX(const T* dy, const void* argmax, int argWide, T* dx,            \
+                                                        long long planes, long long inPlane, long long outPlane)       \
+    {                                                                                                                  \
+        maxpool2d_backward_body<T>(dy, argmax, argWide, dx, planes, inPlane, outPlane);                                \
+    }                                                                                                                  \
+    extern "C" __global__ void adaptive_avgpool2d_forward_##SFX(const T* x, T* y, long long planes, int H, int W,       \
+                                                                int OH, int OW)                                        \
+    {                                                                                                                  \
+        adaptive_avgpool2d_forward_body<T>(x, y, planes, H, W, OH, OW);                                                \
+    }                                                                                                                  \
+    extern "C" __global__ void adaptive_avgpool2d_backward_##SFX(const T* dy, T* dx, long long planes, int H, int W,    \
+                                                                 int OH, int OW)                                       \
+    {                                                                                                                  \
+        adaptive_avgpool2d_backward_body<T>(dy, dx, planes, H, W, OH, OW);                                             \
+    }
+SDP_POOL(f32, float)
+SDP_POOL(f64, double)
 
 // ============================================================================================================
 // 9. Dropout
