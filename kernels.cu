@@ -24,6 +24,7 @@
 //        sdp_linear_cols_backward_input              dx'(M,K) (+)= dy · W[:,idx]  (dx' compact or dx[:,idx])
 //        sdp_weight_grad_rows                        dW(K,in) (+)= dy[:,idx]ᵀ · x  (MatMulWeightGradHeld axis 0)
 //        sdp_weight_grad_cols                        dW(out,K) (+)= dyᵀ · x[:,idx] (MatMulWeightGradHeld axis 1)
+//        sdp_weight_grad_rows_f64, _cols_f64         the same two in float64 (MatMulWeightGradHeld, float64)
 //   2. SDP: held slices, buckets and holder-count normalisation
 //        sdp_slice_copy_{f32,f64,i32,i64}            GatherHeld, ScatterHeld, ReadSlice, WriteSlice, bucket
 //                                                    pack / unpack (÷|H|), IndexSelect (int32 indices)
@@ -49,6 +50,11 @@
 //        maxpool2d_forward_*, maxpool2d_backward_*, adaptive_avgpool2d_forward_*, adaptive_avgpool2d_backward_*
 //   9. Dropout (f32, f64)
 //        dropout_forward_*, dropout_backward_*
+//  10. Shape, indexing and axis reductions
+//        permute_*                                   Permute (any dtype, =|+=)
+//        sum_to_shape_*, sum_to_shape_partial_*, sum_to_shape_finish_*   SumToShape
+//        reduce_axis_*, reduce_axis_block_*, max_axis_backward_*         ReduceAxis, MaxAxisBackward
+//        index_select_*, index_add_*                 IndexSelect, IndexAdd (int32 or int64 indices, any dtype)
 
 extern __shared__ __align__(16) unsigned char dyn_smem[];
 
@@ -177,7 +183,8 @@ __device__ float sdp_block_max_float(float v)
 // Every map (am, ak, bk, bn, cm, cn) is an optional int32 index array; null means the identity. This is
 // IBackend.MatMul's convention (transA/transB) with CUTLASS-style gather/scatter added: held rows or
 // columns are read through the index array inside the tile loads, so no gathered copy is materialised.
-// beta == 0 means C is not read (outputs may be poisoned). fp32 inputs, fp32 accumulation; each output's sum
+// beta == 0 means C is not read (outputs may be poisoned). Templated on the element type T: float (fp32
+// accumulation; every sgemm_* / sdp_linear_* kernel) or double (the _f64 weight gradients); each output's sum
 // runs over k in increasing order (deterministic, no atomics). Batched over blockIdx.z with element strides
 // (a stride of 0 shares an operand across the batch); maps apply within each batch item.
 //
@@ -186,7 +193,8 @@ __device__ float sdp_block_max_float(float v)
 // epilogue's stores are coalesced). Tiles are staged through registers: the next K slice is loaded from
 // global memory while the current one is multiplied. Out-of-range rows/columns/k load as 0 and are not
 // stored, so any M, N, K (including 0) is handled.
-// Launch: grid (ceil(N/128), ceil(M/128), batch), block 256, no dynamic shared memory (8.4 KiB static).
+// Launch: grid (ceil(N/128), ceil(M/128), batch), block 256, no dynamic shared memory (8.4 KiB static for
+// float, 16.9 KiB for double).
 
 #define SDP_GEMM_BM 128
 #define SDP_GEMM_BN 128
@@ -194,15 +202,15 @@ __device__ float sdp_block_max_float(float v)
 #define SDP_GEMM_THREADS 256
 #define SDP_GEMM_PAD 4
 
-template <bool TA, bool TB>
+template <typename T, bool TA, bool TB>
 __device__ __forceinline__ void sdp_gemm_body(
-    int M, int N, int K, float alpha,
-    const float* __restrict__ A, long long lda, long long strideA, const int* __restrict__ am, const int* __restrict__ ak,
-    const float* __restrict__ B, long long ldb, long long strideB, const int* __restrict__ bk, const int* __restrict__ bn,
-    float beta, float* C, long long ldc, long long strideC, const int* __restrict__ cm, const int* __restrict__ cn)
+    int M, int N, int K, T alpha,
+    const T* __restrict__ A, long long lda, long long strideA, const int* __restrict__ am, const int* __restrict__ ak,
+    const T* __restrict__ B, long long ldb, long long strideB, const int* __restrict__ bk, const int* __restrict__ bn,
+    T beta, T* C, long long ldc, long long strideC, const int* __restrict__ cm, const int* __restrict__ cn)
 {
-    __shared__ float As[SDP_GEMM_BK][SDP_GEMM_BM + SDP_GEMM_PAD];
-    __shared__ float Bs[SDP_GEMM_BK][SDP_GEMM_BN + SDP_GEMM_PAD];
+    __shared__ T As[SDP_GEMM_BK][SDP_GEMM_BM + SDP_GEMM_PAD];
+    __shared__ T Bs[SDP_GEMM_BK][SDP_GEMM_BN + SDP_GEMM_PAD];
 
     const int tid = threadIdx.x;
     const int tx = tid & 15, ty = tid >> 4;
@@ -218,10 +226,10 @@ __device__ __forceinline__ void sdp_gemm_body(
     const int kc_k = tid & 7, kc_r = tid >> 3;     // K-contiguous: k in tile, first row
     const int rc_r = tid & 127, rc_k = tid >> 7;   // row-contiguous: row in tile, first k
 
-    float ra[4], rb[4];
-    float acc[8][8];
+    T ra[4], rb[4];
+    T acc[8][8];
     for (int i = 0; i < 8; i++)
-        for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+        for (int j = 0; j < 8; j++) acc[i][j] = (T)0;
 
     // Global -> registers for the K slice starting at k0.
     auto load = [&](int k0) {
@@ -230,7 +238,7 @@ __device__ __forceinline__ void sdp_gemm_body(
             int r, k;
             if (!TA) { r = kc_r + 32 * p; k = kc_k; } else { r = rc_r; k = rc_k + 2 * p; }
             int m = m0 + r, kk = k0 + k;
-            float v = 0.0f;
+            T v = (T)0;
             if (m < M && kk < K)
             {
                 long long mi = sdp_map(am, m, 0), ki = sdp_map(ak, kk, 0);
@@ -243,7 +251,7 @@ __device__ __forceinline__ void sdp_gemm_body(
             int r, k;
             if (TB) { r = kc_r + 32 * p; k = kc_k; } else { r = rc_r; k = rc_k + 2 * p; }
             int n = n0 + r, kk = k0 + k;
-            float v = 0.0f;
+            T v = (T)0;
             if (n < N && kk < K)
             {
                 long long ni = sdp_map(bn, n, 0), ki = sdp_map(bk, kk, 0);
@@ -265,7 +273,7 @@ __device__ __forceinline__ void sdp_gemm_body(
         if (k0 + SDP_GEMM_BK < K) load(k0 + SDP_GEMM_BK);
         for (int kk = 0; kk < SDP_GEMM_BK; kk++)
         {
-            float a[8], b[8];
+            T a[8], b[8];
             for (int i = 0; i < 8; i++) a[i] = As[kk][ty + 16 * i];
             for (int j = 0; j < 8; j++) b[j] = Bs[kk][tx + 16 * j];
             for (int i = 0; i < 8; i++)
@@ -278,14 +286,14 @@ __device__ __forceinline__ void sdp_gemm_body(
     {
         int m = m0 + ty + 16 * i;
         if (m >= M) continue;
-        float* crow = C + sdp_map(cm, m, 0) * ldc;
+        T* crow = C + sdp_map(cm, m, 0) * ldc;
         for (int j = 0; j < 8; j++)
         {
             int n = n0 + tx + 16 * j;
             if (n >= N) continue;
-            float* c = crow + sdp_map(cn, n, 0);
-            float v = alpha * acc[i][j];
-            if (beta != 0.0f) v += beta * *c;
+            T* c = crow + sdp_map(cn, n, 0);
+            T v = alpha * acc[i][j];
+            if (beta != (T)0) v += beta * *c;
             *c = v;
         }
     }
@@ -298,7 +306,7 @@ __device__ __forceinline__ void sdp_gemm_body(
         const float* B, long long ldb, long long strideB, const int* bk, const int* bn,                                \
         float beta, float* C, long long ldc, long long strideC, const int* cm, const int* cn)                          \
     {                                                                                                                  \
-        sdp_gemm_body<TA, TB>(M, N, K, alpha, A, lda, strideA, am, ak, B, ldb, strideB, bk, bn, beta, C, ldc, strideC, \
+        sdp_gemm_body<float, TA, TB>(M, N, K, alpha, A, lda, strideA, am, ak, B, ldb, strideB, bk, bn, beta, C, ldc, strideC, \
                               cm, cn);                                                                                 \
     }
 
@@ -318,7 +326,7 @@ SDP_GEMM_GENERIC(sgemm_gather_tt, true, true)
 extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_rows_forward(
     const float* x, const float* w, const int* idx, float* y, int M, int inDim, int K, float beta)
 {
-    sdp_gemm_body<false, true>(M, K, inDim, 1.0f, x, inDim, 0, nullptr, nullptr, w, inDim, 0, nullptr, idx,
+    sdp_gemm_body<float, false, true>(M, K, inDim, 1.0f, x, inDim, 0, nullptr, nullptr, w, inDim, 0, nullptr, idx,
                                beta, y, K, 0, nullptr, nullptr);
 }
 
@@ -329,7 +337,7 @@ extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_rows_f
 extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_cols_forward(
     const float* x, const float* w, const int* idx, float* y, int M, int N, int wCols, int K, int xFull, float beta)
 {
-    sdp_gemm_body<false, true>(M, N, K, 1.0f, x, xFull ? wCols : K, 0, nullptr, xFull ? idx : nullptr,
+    sdp_gemm_body<float, false, true>(M, N, K, 1.0f, x, xFull ? wCols : K, 0, nullptr, xFull ? idx : nullptr,
                                w, wCols, 0, idx, nullptr, beta, y, N, 0, nullptr, nullptr);
 }
 
@@ -340,7 +348,7 @@ extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_cols_f
 extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_rows_backward_input(
     const float* dy, const float* w, const int* idx, float* dx, int M, int outDim, int inDim, int K, int dyFull, float beta)
 {
-    sdp_gemm_body<false, false>(M, inDim, K, 1.0f, dy, dyFull ? outDim : K, 0, nullptr, dyFull ? idx : nullptr,
+    sdp_gemm_body<float, false, false>(M, inDim, K, 1.0f, dy, dyFull ? outDim : K, 0, nullptr, dyFull ? idx : nullptr,
                                 w, inDim, 0, idx, nullptr, beta, dx, inDim, 0, nullptr, nullptr);
 }
 
@@ -351,7 +359,7 @@ extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_rows_b
 extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_cols_backward_input(
     const float* dy, const float* w, const int* idx, float* dx, int M, int N, int wCols, int K, int dxFull, float beta)
 {
-    sdp_gemm_body<false, false>(M, K, N, 1.0f, dy, N, 0, nullptr, nullptr, w, wCols, 0, nullptr, idx,
+    sdp_gemm_body<float, false, false>(M, K, N, 1.0f, dy, N, 0, nullptr, nullptr, w, wCols, 0, nullptr, idx,
                                 beta, dx, dxFull ? wCols : K, 0, nullptr, dxFull ? idx : nullptr);
 }
 
@@ -359,22 +367,51 @@ extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_linear_cols_b
 // MaskedGemm.SgemmWeightGradRows with dwFull = false):
 //   dW (K, inDim) = dy'ᵀ · x (tokens, inDim) + beta·dW,  dy' = dy[:, idx] of a full dy (tokens, outDim) when
 //   dyFull != 0, else a compact dy (tokens, K). Launch: grid (ceil(inDim/128), ceil(K/128)), block 256.
-extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_rows(
-    const float* dy, const float* x, const int* idx, float* dw, int tokens, int outDim, int inDim, int K, int dyFull, float beta)
-{
-    sdp_gemm_body<true, false>(K, inDim, tokens, 1.0f, dy, dyFull ? outDim : K, 0, dyFull ? idx : nullptr, nullptr,
-                               x, inDim, 0, nullptr, nullptr, beta, dw, inDim, 0, nullptr, nullptr);
-}
-
 // Compact weight gradient, held input columns (IBackend.MatMulWeightGradHeld axis 1 with xFull = 1, beta = 1;
 // MaskedGemm.SgemmWeightGradCols with dwFull = false):
 //   dW (outDim, K) = dyᵀ (tokens, outDim)ᵀ · x' + beta·dW,  x' = x[:, idx] of a full x (tokens, inDim) when
 //   xFull != 0, else a compact x (tokens, K). Launch: grid (ceil(K/128), ceil(outDim/128)), block 256.
+// sdp_weight_grad_rows / _cols are float32 (fp32 accumulation); sdp_weight_grad_rows_f64 / _cols_f64 run the same
+// tiled body in float64 (fp64 accumulation, k increasing; 16.9 KiB static shared memory): the float64 path of
+// MatMulWeightGradHeld (gradient checks), exact up to summation order, with no gathered copy.
+template <typename T>
+__device__ __forceinline__ void sdp_weight_grad_rows_body(const T* dy, const T* x, const int* idx, T* dw, int tokens, int outDim,
+                                                          int inDim, int K, int dyFull, T beta)
+{
+    sdp_gemm_body<T, true, false>(K, inDim, tokens, (T)1, dy, dyFull ? outDim : K, 0, dyFull ? idx : nullptr, nullptr,
+                                  x, inDim, 0, nullptr, nullptr, beta, dw, inDim, 0, nullptr, nullptr);
+}
+
+template <typename T>
+__device__ __forceinline__ void sdp_weight_grad_cols_body(const T* dy, const T* x, const int* idx, T* dw, int tokens, int outDim,
+                                                          int inDim, int K, int xFull, T beta)
+{
+    sdp_gemm_body<T, true, false>(outDim, K, tokens, (T)1, dy, outDim, 0, nullptr, nullptr,
+                                  x, xFull ? inDim : K, 0, nullptr, xFull ? idx : nullptr, beta, dw, K, 0, nullptr, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_rows(
+    const float* dy, const float* x, const int* idx, float* dw, int tokens, int outDim, int inDim, int K, int dyFull, float beta)
+{
+    sdp_weight_grad_rows_body<float>(dy, x, idx, dw, tokens, outDim, inDim, K, dyFull, beta);
+}
+
 extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_cols(
     const float* dy, const float* x, const int* idx, float* dw, int tokens, int outDim, int inDim, int K, int xFull, float beta)
 {
-    sdp_gemm_body<true, false>(outDim, K, tokens, 1.0f, dy, outDim, 0, nullptr, nullptr,
-                               x, xFull ? inDim : K, 0, nullptr, xFull ? idx : nullptr, beta, dw, K, 0, nullptr, nullptr);
+    sdp_weight_grad_cols_body<float>(dy, x, idx, dw, tokens, outDim, inDim, K, xFull, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_rows_f64(
+    const double* dy, const double* x, const int* idx, double* dw, int tokens, int outDim, int inDim, int K, int dyFull, double beta)
+{
+    sdp_weight_grad_rows_body<double>(dy, x, idx, dw, tokens, outDim, inDim, K, dyFull, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(SDP_GEMM_THREADS) sdp_weight_grad_cols_f64(
+    const double* dy, const double* x, const int* idx, double* dw, int tokens, int outDim, int inDim, int K, int xFull, double beta)
+{
+    sdp_weight_grad_cols_body<double>(dy, x, idx, dw, tokens, outDim, inDim, K, xFull, beta);
 }
 
 // ============================================================================================================
@@ -2267,4 +2304,367 @@ SDP_DROPOUT(f64, double)
 // 10. Shape, indexing and axis reductions
 // ============================================================================================================
 
-// (section 10 kernels)
+// Every kernel here is written once as a template over the element type T and instantiated for f32, f64, i32 and
+// i64 where the CPU runs the op on any dtype (permute, index select/add), for f32 and f64 where it is float only
+// (sum-to-shape, axis reductions, max backward). Unless a kernel says otherwise: 1-D grid-stride, block 256,
+// grid min(ceil(n / 256), 65535). Index tensors here are int32 (indices64 == 0) or int64, validated on the host
+// by the backend before the launch (IndexSelect / IndexAdd throw before writing, as the CPU does).
+
+// Reads index k of an int32 (wide == 0) or int64 index tensor.
+__device__ __forceinline__ long long sdp_index_at(const void* indices, int wide, long long k)
+{
+    return wide ? ((const long long*)indices)[k] : (long long)((const int*)indices)[k];
+}
+
+// A strided view of up to 8 axes, passed by value (136 bytes): dims[a] and the element stride of each axis in the
+// tensor it addresses. Host layout: 2 x 8 int64, then int32 rank and 4 bytes of padding.
+struct SdpStrided
+{
+    long long dims[8];
+    long long strides[8];
+    int rank;
+    int pad;
+};
+
+// permute_<T>(x, y, n, view, accumulate): IBackend.Permute.
+//   y (n elements, row-major over view.dims) (=|+=) x[Σ_a i_a · view.strides[a]], where view.dims are y's dims and
+//   view.strides[a] the stride in x of the x axis that output axis a comes from. The host coalesces the permute
+//   first (size-1 axes dropped, output axes that stay neighbours in x merged, as CpuBackend.CoalescePermute), so
+//   the rank is at most 8 for any practical permute. One thread per output element: writes coalesced, reads
+//   coalesced whenever the innermost output axis has stride 1 in x. y must not alias x.
+template <typename T>
+__device__ __forceinline__ void sdp_permute_body(const T* __restrict__ x, T* __restrict__ y, long long n, const SdpStrided& v,
+                                                 int accumulate)
+{
+    for (long long e = sdp_gtid(); e < n; e += sdp_gstride())
+    {
+        long long rem = e, off = 0;
+        for (int a = v.rank - 1; a >= 0; a--)
+        {
+            long long d = v.dims[a], q = rem / d;
+            off += (rem - q * d) * v.strides[a];
+            rem = q;
+        }
+        y[e] = accumulate ? y[e] + x[off] : x[off];
+    }
+}
+
+#define SDP_PERMUTE(SFX, T)                                                                                            \
+    extern "C" __global__ void permute_##SFX(const T* x, T* y, long long n, SdpStrided view, int accumulate)          \
+    {                                                                                                                  \
+        sdp_permute_body<T>(x, y, n, view, accumulate);                                                               \
+    }
+SDP_PERMUTE(f32, float)
+SDP_PERMUTE(f64, double)
+SDP_PERMUTE(i32, int)
+SDP_PERMUTE(i64, long long)
+
+// Sum-to-shape (IBackend.SumToShape: dst += src summed over the broadcast axes), described by SdpBcast (§4) with
+//   shape = src's dims, sa = src's strides, sb = dst's strides viewed with src's rank, 0 on the summed axes
+//   (CpuBackend.BroadcastStrides(dst, src)), coalesced by the host (size-1 axes dropped, neighbours merged).
+// Axes with sb != 0 are "kept": they enumerate dst's elements in row-major order. Axes with sb == 0 are "summed":
+// their row-major enumeration visits a dst element's sources in increasing source index, which is the order the
+// CPU's sequential walk adds them in.
+//
+// sum_to_shape_<T>(src, dst, m, d): dst (m elements) += Σ over the summed axes, one thread per dst element,
+//   acc = dst[e]; acc += each source in increasing index: bit for bit the CPU's result. Used when dst has enough
+//   elements to fill the GPU, or the sums are short.
+// sum_to_shape_partial_<T>(src, partials, m, chunks, chunkLen, d) + sum_to_shape_finish_<T>(partials, dst, m,
+//   chunks): for a small dst with long sums (a bias gradient over many tokens). partials (chunks, m): chunk c of
+//   dst element e sums sources t in [c·chunkLen, (c+1)·chunkLen) of its summed enumeration, in order, from 0;
+//   the finish adds dst[e] + Σ_c partials[c, e] in increasing c. Deterministic (no atomics), but the grouping
+//   differs from the CPU's single running sum: agrees to float rounding (about 1e-6 relative in fp32).
+//   Both 1-D grid-stride: the partial pass over chunks·m items, the finish over m.
+
+// Source offset of dst element e (its kept coordinates) and the total count of summed elements.
+__device__ __forceinline__ long long sdp_sum_to_shape_base(const SdpBcast& d, long long e)
+{
+    long long rem = e, off = 0;
+    for (int a = d.rank - 1; a >= 0; a--)
+    {
+        if (d.sb[a] == 0) continue;
+        long long n = d.shape[a], q = rem / n;
+        off += (rem - q * n) * d.sa[a];
+        rem = q;
+    }
+    return off;
+}
+
+// Σ of the summed sources t in [t0, t1) of the element at source offset base, in increasing t (an odometer over
+// the summed axes, innermost fastest).
+template <typename T>
+__device__ __forceinline__ T sdp_sum_to_shape_run(const T* __restrict__ src, const SdpBcast& d, long long base, long long t0,
+                                                  long long t1, T acc)
+{
+    if (t0 >= t1) return acc;
+    long long idx[8];
+    long long off = base, rem = t0;
+    for (int a = d.rank - 1; a >= 0; a--)
+    {
+        idx[a] = 0;
+        if (d.sb[a] != 0) continue;
+        long long n = d.shape[a], q = rem / n;
+        idx[a] = rem - q * n;
+        off += idx[a] * d.sa[a];
+        rem = q;
+    }
+    for (long long t = t0; t < t1; t++)
+    {
+        acc += src[off];
+        for (int a = d.rank - 1; a >= 0; a--)
+        {
+            if (d.sb[a] != 0) continue;
+            off += d.sa[a];
+            if (++idx[a] < d.shape[a]) break;
+            off -= d.sa[a] * d.shape[a];
+            idx[a] = 0;
+        }
+    }
+    return acc;
+}
+
+// Number of source elements summed into each dst element.
+__device__ __forceinline__ long long sdp_sum_to_shape_count(const SdpBcast& d)
+{
+    long long c = 1;
+    for (int a = 0; a < d.rank; a++)
+        if (d.sb[a] == 0) c *= d.shape[a];
+    return c;
+}
+
+#define SDP_SUM_TO_SHAPE(SFX, T)                                                                                       \
+    extern "C" __global__ void sum_to_shape_##SFX(const T* src, T* dst, long long m, SdpBcast d)                      \
+    {                                                                                                                  \
+        long long count = sdp_sum_to_shape_count(d);                                                                   \
+        for (long long e = sdp_gtid(); e < m; e += sdp_gstride())                                                      \
+            dst[e] = sdp_sum_to_shape_run<T>(src, d, sdp_sum_to_shape_base(d, e), 0, count, dst[e]);                  \
+    }                                                                                                                  \
+    extern "C" __global__ void sum_to_shape_partial_##SFX(const T* src, T* partials, long long m, long long chunks,   \
+                                                         long long chunkLen, SdpBcast d)                               \
+    {                                                                                                                  \
+        long long count = sdp_sum_to_shape_count(d), items = chunks * m;                                               \
+        for (long long w = sdp_gtid(); w < items; w += sdp_gstride())                                                  \
+        {                                                                                                              \
+            long long c = w / m, e = w - c * m, t0 = c * chunkLen, t1 = t0 + chunkLen < count ? t0 + chunkLen : count; \
+            partials[w] = sdp_sum_to_shape_run<T>(src, d, sdp_sum_to_shape_base(d, e), t0, t1, (T)0);                 \
+        }                                                                                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void sum_to_shape_finish_##SFX(const T* partials, T* dst, long long m, long long chunks)    \
+    {                                                                                                                  \
+        for (long long e = sdp_gtid(); e < m; e += sdp_gstride())                                                      \
+        {                                                                                                              \
+            T acc = dst[e];                                                                                            \
+            for (long long c = 0; c < chunks; c++) acc += partials[c * m + e];                                         \
+            dst[e] = acc;                                                                                              \
+        }                                                                                                              \
+    }
+SDP_SUM_TO_SHAPE(f32, float)
+SDP_SUM_TO_SHAPE(f64, double)
+
+// Axis reductions (IBackend.ReduceAxis): x (outer, r, inner) -> y (outer, inner), op 0 Sum, 1 Max (ReduceOp's
+// values); for Max, argmax (nullable, int64, y's shape) gets the first index attaining the max, a NaN winning over
+// every number (the first NaN), exactly as CpuBackend.ReduceAxis: best starts at -inf with index 0.
+//
+// reduce_axis_<T>(op, x, y, argmax, outer, r, inner): one thread per output (o, i), k increasing; Sum starts at 0:
+//   bit for bit the CPU's result. Used when there are enough outputs to fill the GPU (or r is short).
+// reduce_axis_block_<T>(op, x, y, argmax, outer, r, inner): one block of exactly 256 threads per output (blocks
+//   grid-stride over outer·inner; grid min(outer·inner, 65535)), threads striding over k, then a fixed
+//   shared-memory tree. For few outputs with a long axis (a full sum). Max is still exact (the combine rule below
+//   keeps "NaN first, then the largest, ties to the lowest index", which is what the sequential scan returns);
+//   Sum's grouping differs from the CPU's running sum: about 1e-6 relative in fp32.
+#define SDP_R_SUM 0
+#define SDP_R_MAX 1
+
+// Whether candidate (v, k) beats (best, bestAt) for the max: a NaN beats any number (the lower index among NaNs),
+// then the larger value, then, on a tie, the lower index.
+template <typename T>
+__device__ __forceinline__ bool sdp_max_beats(T v, long long k, T best, long long bestAt)
+{
+    bool vn = v != v, bn = best != best;
+    if (vn || bn) return vn && (!bn || k < bestAt);
+    return v > best || (v == best && k < bestAt);
+}
+
+template <typename T>
+__device__ __forceinline__ T sdp_neg_inf();
+template <>
+__device__ __forceinline__ float sdp_neg_inf<float>() { return -SDP_POS_INF_F; }
+template <>
+__device__ __forceinline__ double sdp_neg_inf<double>() { return -(double)SDP_POS_INF_F; }
+
+template <typename T>
+__device__ __forceinline__ void sdp_reduce_axis_body(int op, const T* __restrict__ x, T* __restrict__ y, long long* argmax,
+                                                     long long outer, long long r, long long inner)
+{
+    long long n = outer * inner;
+    for (long long oi = sdp_gtid(); oi < n; oi += sdp_gstride())
+    {
+        long long o = oi / inner, i = oi - o * inner;
+        const T* col = x + o * r * inner + i;
+        if (op == SDP_R_SUM)
+        {
+            T acc = (T)0;
+            for (long long k = 0; k < r; k++) acc += col[k * inner];
+            y[oi] = acc;
+        }
+        else
+        {
+            T best = sdp_neg_inf<T>();
+            long long bestAt = 0;
+            for (long long k = 0; k < r; k++)
+            {
+                T v = col[k * inner];
+                if (v > best || (v != v && best == best))
+                {
+                    best = v;
+                    bestAt = k;
+                }
+            }
+            y[oi] = best;
+            if (argmax) argmax[oi] = bestAt;
+        }
+    }
+}
+
+// Block sums in a fixed order (every thread must call; result in thread 0): float through the warp-shuffle
+// reduction of §0, double through the shared-memory tree of §0.
+__device__ __forceinline__ float sdp_block_sum_of(float v) { return sdp_block_sum_float(v); }
+__device__ __forceinline__ double sdp_block_sum_of(double v) { return sdp_block_sum_double(v); }
+
+template <typename T>
+__device__ __forceinline__ void sdp_reduce_axis_block_body(int op, const T* __restrict__ x, T* __restrict__ y, long long* argmax,
+                                                           long long outer, long long r, long long inner)
+{
+    __shared__ T best_v[SDP_THREADS];
+    __shared__ long long best_k[SDP_THREADS];
+    const long long none = 0x7fffffffffffffffLL; // loses every tie: a thread that saw no element
+    long long n = outer * inner;
+    unsigned t = threadIdx.x;
+    for (long long oi = blockIdx.x; oi < n; oi += gridDim.x)
+    {
+        long long o = oi / inner, i = oi - o * inner;
+        const T* col = x + o * r * inner + i;
+        if (op == SDP_R_SUM)
+        {
+            T acc = (T)0;
+            for (long long k = t; k < r; k += blockDim.x) acc += col[k * inner];
+            acc = sdp_block_sum_of(acc);
+            if (t == 0) y[oi] = acc;
+            continue;
+        }
+        T best = sdp_neg_inf<T>();
+        long long bestAt = none;
+        for (long long k = t; k < r; k += blockDim.x)
+        {
+            T v = col[k * inner];
+            if (sdp_max_beats(v, k, best, bestAt))
+            {
+                best = v;
+                bestAt = k;
+            }
+        }
+        best_v[t] = best;
+        best_k[t] = bestAt;
+        __syncthreads();
+        for (unsigned s = blockDim.x / 2; s > 0; s >>= 1)
+        {
+            if (t < s && sdp_max_beats(best_v[t + s], best_k[t + s], best_v[t], best_k[t]))
+            {
+                best_v[t] = best_v[t + s];
+                best_k[t] = best_k[t + s];
+            }
+            __syncthreads();
+        }
+        if (t == 0)
+        {
+            y[oi] = best_v[0];
+            if (argmax) argmax[oi] = best_k[0] == none ? 0 : best_k[0];
+        }
+        __syncthreads(); // best_v / best_k are reused by the next output
+    }
+}
+
+#define SDP_REDUCE_AXIS(SFX, T)                                                                                        \
+    extern "C" __global__ void reduce_axis_##SFX(int op, const T* x, T* y, long long* argmax, long long outer,         \
+                                                 long long r, long long inner)                                         \
+    {                                                                                                                  \
+        sdp_reduce_axis_body<T>(op, x, y, argmax, outer, r, inner);                                                    \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(SDP_THREADS) reduce_axis_block_##SFX(                                 \
+        int op, const T* x, T* y, long long* argmax, long long outer, long long r, long long inner)                    \
+    {                                                                                                                  \
+        sdp_reduce_axis_block_body<T>(op, x, y, argmax, outer, r, inner);                                              \
+    }
+SDP_REDUCE_AXIS(f32, float)
+SDP_REDUCE_AXIS(f64, double)
+
+// max_axis_backward_<T>(dy, argmax, dx, n, r, inner): IBackend.MaxAxisBackward. dy, argmax (outer, inner) with
+//   n = outer·inner elements; dx (outer, r, inner) += dy at r = argmax: dx[(o·r + argmax[oi])·inner + i] += dy[oi].
+//   Every (o, i) owns a distinct dx element, so threads never collide. One thread per dy element.
+#define SDP_MAX_AXIS_BACKWARD(SFX, T)                                                                                  \
+    extern "C" __global__ void max_axis_backward_##SFX(const T* dy, const long long* argmax, T* dx, long long n,      \
+                                                       long long r, long long inner)                                   \
+    {                                                                                                                  \
+        for (long long oi = sdp_gtid(); oi < n; oi += sdp_gstride())                                                   \
+        {                                                                                                              \
+            long long o = oi / inner, i = oi - o * inner;                                                              \
+            dx[(o * r + argmax[oi]) * inner + i] += dy[oi];                                                            \
+        }                                                                                                              \
+    }
+SDP_MAX_AXIS_BACKWARD(f32, float)
+SDP_MAX_AXIS_BACKWARD(f64, double)
+
+// index_select_<T>(x, y, indices, indices64, outer, N, K, inner, accumulate): IBackend.IndexSelect.
+//   x (outer, N, inner), indices (K) int32 or int64, y (outer, K, inner):
+//   y[o, k, i] (=|+=) x[o, indices[k], i]. One thread per y element (distinct outputs, repeats only read).
+// index_add_<T>(src, dst, indices, indices64, outer, N, K, inner): IBackend.IndexAdd.
+//   src (outer, K, inner), dst (outer, N, inner): dst[o, indices[k], i] += src[o, k, i]. One thread per (o, i)
+//   column walking k in increasing order: repeated indices accumulate in k order, no atomics, and each dst element
+//   gets exactly the CPU's sequence of additions (bit for bit). 1-D grid-stride over outer·inner.
+template <typename T>
+__device__ __forceinline__ void sdp_index_select_body(const T* __restrict__ x, T* __restrict__ y, const void* indices, int wide,
+                                                      long long outer, long long N, long long K, long long inner, int accumulate)
+{
+    long long ki = K * inner, total = outer * ki;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long o = e / ki, rem = e - o * ki, k = rem / inner, i = rem - k * inner;
+        T v = x[(o * N + sdp_index_at(indices, wide, k)) * inner + i];
+        y[e] = accumulate ? y[e] + v : v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void sdp_index_add_body(const T* __restrict__ src, T* __restrict__ dst, const void* indices, int wide,
+                                                   long long outer, long long N, long long K, long long inner)
+{
+    long long total = outer * inner;
+    for (long long e = sdp_gtid(); e < total; e += sdp_gstride())
+    {
+        long long o = e / inner, i = e - o * inner;
+        const T* s = src + o * K * inner + i;
+        T* d = dst + o * N * inner + i;
+        for (long long k = 0; k < K; k++)
+        {
+            T* at = d + sdp_index_at(indices, wide, k) * inner;
+            *at = *at + s[k * inner];
+        }
+    }
+}
+
+#define SDP_INDEXING(SFX, T)                                                                                           \
+    extern "C" __global__ void index_select_##SFX(const T* x, T* y, const void* indices, int indices64,              \
+                                                  long long outer, long long N, long long K, long long inner,          \
+                                                  int accumulate)                                                      \
+    {                                                                                                                  \
+        sdp_index_select_body<T>(x, y, indices, indices64, outer, N, K, inner, accumulate);                            \
+    }                                                                                                                  \
+    extern "C" __global__ void index_add_##SFX(const T* src, T* dst, const void* indices, int indices64,             \
+                                               long long outer, long long N, long long K, long long inner)             \
+    {                                                                                                                  \
+        sdp_index_add_body<T>(src, dst, indices, indices64, outer, N, K, inner);                                       \
+    }
+SDP_INDEXING(f32, float)
+SDP_INDEXING(f64, double)
+SDP_INDEXING(i32, int)
+SDP_INDEXING(i64, long long)

@@ -10,8 +10,9 @@
 //              streams and events are trivially ordered.
 //   memory     device memory is host memory between guard pages, poisoned with 0xFF bytes (NaN as float)
 //              when allocated, shared memory likewise before every block.
-//   cuBLAS     the GEMM subset Sdp uses (Sgemm, SgemmStridedBatched, GemmEx fp32/TF32): reference loops
-//              accumulating in double, column-major, pointer mode host, cuBLAS's status codes.
+//   cuBLAS     the GEMM subset Sdp uses (Sgemm, SgemmStridedBatched, Dgemm, DgemmStridedBatched, GemmEx
+//              fp32/TF32): reference loops accumulating in double, column-major, pointer mode host,
+//              cuBLAS's status codes.
 //   NCCL       communicators over the CUDAEMU_DEVICES emulated devices of this process (default 4):
 //              all-reduce and broadcast in fixed rank order, split, groups; mismatches and missing ranks
 //              are errors with a message, never hangs. Allocations are tagged with their device.
@@ -1486,10 +1487,11 @@ float to_tf32(float x) {
     return x;
 }
 
-// Bytes spanned by a column-major rows x cols matrix with leading dimension ld.
+// Bytes spanned by a column-major rows x cols matrix of T with leading dimension ld.
+template <class T>
 size_t span_bytes(int rows, int cols, int ld) {
     if (rows == 0 || cols == 0) return 0;
-    return ((size_t)ld * (size_t)(cols - 1) + (size_t)rows) * sizeof(float);
+    return ((size_t)ld * (size_t)(cols - 1) + (size_t)rows) * sizeof(T);
 }
 
 cublasStatus_t check_operand(const CublasHandle* h, const char* what, const char* name, const void* p, size_t bytes) {
@@ -1522,48 +1524,57 @@ cublasStatus_t gemm_checks(const char* what, void* handle, int ta, int tb, int m
 }
 
 // C = alpha op(A) op(B) + beta C for one matrix; beta == 0 never reads C (so NaN there is overwritten).
-void gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-              float* C, int ldc, bool tf32) {
+// Products accumulate in double: for float operands (Sgemm, GemmEx) that is more exact than cuBLAS's fp32
+// accumulation; for double operands (Dgemm) it is cuBLAS's own precision, in a plain k-increasing order.
+template <class T>
+void gemm_ref(int ta, int tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+              T* C, int ldc, bool tf32) {
     for (int j = 0; j < n; j++) {
         for (int i = 0; i < m; i++) {
             double acc = 0;
-            if (alpha != 0.0f) {
+            if (alpha != (T)0) {
                 for (int l = 0; l < k; l++) {
-                    float a = ta == CUBLAS_OP_N ? A[i + (size_t)l * lda] : A[l + (size_t)i * lda];
-                    float b = tb == CUBLAS_OP_N ? B[l + (size_t)j * ldb] : B[j + (size_t)l * ldb];
-                    if (tf32) { a = to_tf32(a); b = to_tf32(b); }
+                    T a = ta == CUBLAS_OP_N ? A[i + (size_t)l * lda] : A[l + (size_t)i * lda];
+                    T b = tb == CUBLAS_OP_N ? B[l + (size_t)j * ldb] : B[j + (size_t)l * ldb];
+                    if constexpr (sizeof(T) == sizeof(float)) {
+                        if (tf32) { a = to_tf32(a); b = to_tf32(b); }
+                    }
                     acc += (double)a * (double)b;
                 }
             }
-            float* c = &C[i + (size_t)j * ldc];
+            T* c = &C[i + (size_t)j * ldc];
             double v = (double)alpha * acc;
-            if (beta != 0.0f) v += (double)beta * (double)*c;
-            *c = (float)v;
+            if (beta != (T)0) v += (double)beta * (double)*c;
+            *c = (T)v;
         }
     }
 }
 
-cublasStatus_t gemm_batched(const char* what, void* handle, int ta, int tb, int m, int n, int k, const float* alpha,
-                            const float* A, int lda, long long sA, const float* B, int ldb, long long sB, const float* beta,
-                            float* C, int ldc, long long sC, int batch, bool tf32_compute) {
+// The GEMM family over T (float: Sgemm, SgemmStridedBatched, GemmEx; double: Dgemm, DgemmStridedBatched): the
+// common checks, the batch count, then every operand's extent in every batch item before anything is written.
+template <class T>
+cublasStatus_t gemm_batched(const char* what, void* handle, int ta, int tb, int m, int n, int k, const T* alpha,
+                            const T* A, int lda, long long sA, const T* B, int ldb, long long sB, const T* beta,
+                            T* C, int ldc, long long sC, int batch, bool tf32_compute) {
     CublasHandle* h = nullptr;
     if (cublasStatus_t s = gemm_checks(what, handle, ta, tb, m, n, k, alpha, lda, ldb, beta, ldc, &h)) return s;
     if (batch < 0) return blas_fail(CUBLAS_STATUS_INVALID_VALUE, "%s: batchCount = %d (negative)", what, batch);
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
-    bool tf32 = tf32_compute || (h->math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH;
-    size_t a_bytes = *alpha == 0.0f ? 0 : span_bytes(ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda);
-    size_t b_bytes = *alpha == 0.0f ? 0 : span_bytes(tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb);
-    size_t c_bytes = span_bytes(m, n, ldc);
+    // TF32 math mode applies to single-precision GEMMs only; Dgemm ignores it, as cuBLAS does.
+    bool tf32 = sizeof(T) == sizeof(float) && (tf32_compute || (h->math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH);
+    size_t a_bytes = *alpha == (T)0 ? 0 : span_bytes<T>(ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda);
+    size_t b_bytes = *alpha == (T)0 ? 0 : span_bytes<T>(tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb);
+    size_t c_bytes = span_bytes<T>(m, n, ldc);
     for (int b = 0; b < batch; b++) {
-        const float* Ab = A + sA * b;
-        const float* Bb = B + sB * b;
-        float* Cb = C + sC * b;
+        const T* Ab = A + sA * b;
+        const T* Bb = B + sB * b;
+        T* Cb = C + sC * b;
         if (cublasStatus_t s = check_operand(h, what, "A", Ab, a_bytes)) return s;
         if (cublasStatus_t s = check_operand(h, what, "B", Bb, b_bytes)) return s;
         if (cublasStatus_t s = check_operand(h, what, "C", Cb, c_bytes)) return s;
     }
     for (int b = 0; b < batch; b++)
-        gemm_ref(ta, tb, m, n, k, *alpha, A + sA * b, lda, B + sB * b, ldb, *beta, C + sC * b, ldc, tf32);
+        gemm_ref<T>(ta, tb, m, n, k, *alpha, A + sA * b, lda, B + sB * b, ldb, *beta, C + sC * b, ldc, tf32);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -1630,6 +1641,18 @@ EXPORT cublasStatus_t cublasSgemmStridedBatched(void* handle, int transa, int tr
                                                 const float* A, int lda, long long strideA, const float* B, int ldb, long long strideB,
                                                 const float* beta, float* C, int ldc, long long strideC, int batchCount) {
     return gemm_batched("cublasSgemmStridedBatched", handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta, C,
+                        ldc, strideC, batchCount, false);
+}
+
+EXPORT cublasStatus_t cublasDgemm_v2(void* handle, int transa, int transb, int m, int n, int k, const double* alpha, const double* A,
+                                     int lda, const double* B, int ldb, const double* beta, double* C, int ldc) {
+    return gemm_batched("cublasDgemm", handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1, false);
+}
+
+EXPORT cublasStatus_t cublasDgemmStridedBatched(void* handle, int transa, int transb, int m, int n, int k, const double* alpha,
+                                                const double* A, int lda, long long strideA, const double* B, int ldb, long long strideB,
+                                                const double* beta, double* C, int ldc, long long strideC, int batchCount) {
+    return gemm_batched("cublasDgemmStridedBatched", handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta, C,
                         ldc, strideC, batchCount, false);
 }
 

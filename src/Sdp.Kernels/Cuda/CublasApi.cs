@@ -25,6 +25,14 @@ public sealed unsafe class CublasApi
     public readonly delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, float*, CUdeviceptr, int, long, CUdeviceptr, int, long,
         float*, CUdeviceptr, int, long, int, CublasStatus> cublasSgemmStridedBatched;
 
+    // (handle, transa, transb, m, n, k, alpha*, A, lda, B, ldb, beta*, C, ldc): cublasSgemm_v2 in float64
+    public readonly delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, double*, CUdeviceptr, int, CUdeviceptr, int, double*,
+        CUdeviceptr, int, CublasStatus> cublasDgemm_v2;
+
+    // (handle, transa, transb, m, n, k, alpha*, A, lda, strideA, B, ldb, strideB, beta*, C, ldc, strideC, batchCount): in float64
+    public readonly delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, double*, CUdeviceptr, int, long, CUdeviceptr, int, long,
+        double*, CUdeviceptr, int, long, int, CublasStatus> cublasDgemmStridedBatched;
+
     // (handle, transa, transb, m, n, k, alpha*, A, Atype, lda, B, Btype, ldb, beta*, C, Ctype, ldc, computeType, algo)
     public readonly delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, void*, CUdeviceptr, CudaDataType, int, CUdeviceptr,
         CudaDataType, int, void*, CUdeviceptr, CudaDataType, int, CublasComputeType, CublasGemmAlgo, CublasStatus> cublasGemmEx;
@@ -46,6 +54,10 @@ public sealed unsafe class CublasApi
             CUdeviceptr, int, CublasStatus>)Export(library, nameof(cublasSgemm_v2));
         cublasSgemmStridedBatched = (delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, float*, CUdeviceptr, int, long, CUdeviceptr,
             int, long, float*, CUdeviceptr, int, long, int, CublasStatus>)Export(library, nameof(cublasSgemmStridedBatched));
+        cublasDgemm_v2 = (delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, double*, CUdeviceptr, int, CUdeviceptr, int, double*,
+            CUdeviceptr, int, CublasStatus>)Export(library, nameof(cublasDgemm_v2));
+        cublasDgemmStridedBatched = (delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, double*, CUdeviceptr, int, long, CUdeviceptr,
+            int, long, double*, CUdeviceptr, int, long, int, CublasStatus>)Export(library, nameof(cublasDgemmStridedBatched));
         cublasGemmEx = (delegate* unmanaged<nint, CublasOperation, CublasOperation, int, int, int, void*, CUdeviceptr, CudaDataType, int, CUdeviceptr,
             CudaDataType, int, void*, CUdeviceptr, CudaDataType, int, CublasComputeType, CublasGemmAlgo, CublasStatus>)Export(library, nameof(cublasGemmEx));
         cublasGetStatusName = NativeLibrary.TryGetExport(library, nameof(cublasGetStatusName), out nint name) ? (delegate* unmanaged<CublasStatus, byte*>)name : null;

@@ -39,19 +39,56 @@ public sealed unsafe class CublasHandle : CudaResource
 
     /// <summary>cublasSgemm: C (m, n; ldc) = alpha·op(A)·op(B) + beta·C, op(A) (m, k), op(B) (k, n), column-major.</summary>
     public void Sgemm(CublasOperation transa, CublasOperation transb, int m, int n, int k, float alpha, DeviceBuffer a, int lda,
-        DeviceBuffer b, int ldb, float beta, DeviceBuffer c, int ldc)
+        DeviceBuffer b, int ldb, float beta, DeviceBuffer c, int ldc) =>
+        Sgemm(transa, transb, m, n, k, alpha, a.Pointer, lda, b.Pointer, ldb, beta, c.Pointer, ldc);
+
+    /// <summary>cublasSgemm on raw device addresses (an operand may start anywhere inside an allocation, e.g. a tensor's byte offset).</summary>
+    public void Sgemm(CublasOperation transa, CublasOperation transb, int m, int n, int k, float alpha, CUdeviceptr a, int lda,
+        CUdeviceptr b, int ldb, float beta, CUdeviceptr c, int ldc)
     {
         nint h = Bound();
-        Blas.Check(Blas.cublasSgemm_v2(h, transa, transb, m, n, k, &alpha, a.Pointer, lda, b.Pointer, ldb, &beta, c.Pointer, ldc));
+        Blas.Check(Blas.cublasSgemm_v2(h, transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc));
     }
 
     /// <summary>cublasSgemmStridedBatched: <paramref name="batchCount"/> Sgemms, matrix i at element offset i·stride of each buffer.</summary>
     public void SgemmStridedBatched(CublasOperation transa, CublasOperation transb, int m, int n, int k, float alpha,
-        DeviceBuffer a, int lda, long strideA, DeviceBuffer b, int ldb, long strideB, float beta, DeviceBuffer c, int ldc, long strideC, int batchCount)
+        DeviceBuffer a, int lda, long strideA, DeviceBuffer b, int ldb, long strideB, float beta, DeviceBuffer c, int ldc, long strideC, int batchCount) =>
+        SgemmStridedBatched(transa, transb, m, n, k, alpha, a.Pointer, lda, strideA, b.Pointer, ldb, strideB, beta, c.Pointer, ldc, strideC, batchCount);
+
+    /// <summary>cublasSgemmStridedBatched on raw device addresses; a stride of 0 shares that operand across the batch.</summary>
+    public void SgemmStridedBatched(CublasOperation transa, CublasOperation transb, int m, int n, int k, float alpha,
+        CUdeviceptr a, int lda, long strideA, CUdeviceptr b, int ldb, long strideB, float beta, CUdeviceptr c, int ldc, long strideC, int batchCount)
     {
         nint h = Bound();
-        Blas.Check(Blas.cublasSgemmStridedBatched(h, transa, transb, m, n, k, &alpha, a.Pointer, lda, strideA, b.Pointer, ldb, strideB,
-            &beta, c.Pointer, ldc, strideC, batchCount));
+        Blas.Check(Blas.cublasSgemmStridedBatched(h, transa, transb, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB,
+            &beta, c, ldc, strideC, batchCount));
+    }
+
+    /// <summary>cublasDgemm: <see cref="Sgemm(CublasOperation, CublasOperation, int, int, int, float, DeviceBuffer, int, DeviceBuffer, int, float, DeviceBuffer, int)"/> in float64.</summary>
+    public void Dgemm(CublasOperation transa, CublasOperation transb, int m, int n, int k, double alpha, DeviceBuffer a, int lda,
+        DeviceBuffer b, int ldb, double beta, DeviceBuffer c, int ldc) =>
+        Dgemm(transa, transb, m, n, k, alpha, a.Pointer, lda, b.Pointer, ldb, beta, c.Pointer, ldc);
+
+    /// <summary>cublasDgemm on raw device addresses.</summary>
+    public void Dgemm(CublasOperation transa, CublasOperation transb, int m, int n, int k, double alpha, CUdeviceptr a, int lda,
+        CUdeviceptr b, int ldb, double beta, CUdeviceptr c, int ldc)
+    {
+        nint h = Bound();
+        Blas.Check(Blas.cublasDgemm_v2(h, transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc));
+    }
+
+    /// <summary>cublasDgemmStridedBatched: <paramref name="batchCount"/> Dgemms, matrix i at element offset i·stride of each buffer.</summary>
+    public void DgemmStridedBatched(CublasOperation transa, CublasOperation transb, int m, int n, int k, double alpha,
+        DeviceBuffer a, int lda, long strideA, DeviceBuffer b, int ldb, long strideB, double beta, DeviceBuffer c, int ldc, long strideC, int batchCount) =>
+        DgemmStridedBatched(transa, transb, m, n, k, alpha, a.Pointer, lda, strideA, b.Pointer, ldb, strideB, beta, c.Pointer, ldc, strideC, batchCount);
+
+    /// <summary>cublasDgemmStridedBatched on raw device addresses; a stride of 0 shares that operand across the batch.</summary>
+    public void DgemmStridedBatched(CublasOperation transa, CublasOperation transb, int m, int n, int k, double alpha,
+        CUdeviceptr a, int lda, long strideA, CUdeviceptr b, int ldb, long strideB, double beta, CUdeviceptr c, int ldc, long strideC, int batchCount)
+    {
+        nint h = Bound();
+        Blas.Check(Blas.cublasDgemmStridedBatched(h, transa, transb, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB,
+            &beta, c, ldc, strideC, batchCount));
     }
 
     /// <summary>cublasGemmEx on float32 operands (CUDA_R_32F) with a float32 compute type: <see cref="CublasComputeType.Compute32F"/>,

@@ -6,7 +6,7 @@ namespace Sdp.Tests.Cuda;
 /// The emulated cuBLAS subset against a float64 loop over the same column-major operands: transposes, odd
 /// sizes, padded leading dimensions, alpha and beta, outputs NaN-poisoned when beta = 0 (C must not be read);
 /// then bad arguments, which must return cuBLAS's own status codes. Tolerance: 1e-6 of Σ|alpha·a·b| + |beta·c|
-/// per element (the emulator sums in double too); TF32 1e-3.
+/// per element (the emulator sums in double too); TF32 1e-3; Dgemm 1e-14 absolute (inputs below 1, k ≤ 19).
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable] // the emulated device's state is process-wide
@@ -149,6 +149,110 @@ public unsafe class CublasTests
         stream.Synchronize();
         Assert.That(c2.ToArray<float>(), Is.Not.EqualTo(c1.ToArray<float>()).AsCollection);
         Assert.That(_blas.Version, Is.GreaterThanOrEqualTo(110000));
+    }
+
+    /// <summary>C (m, n; ldc) = alpha·op(A)·op(B) + beta·C in a plain float64 loop, column-major, for the Dgemm tests.</summary>
+    private static double[] ReferenceD(CublasOperation ta, CublasOperation tb, int m, int n, int k, double alpha,
+        double[] a, int aOff, int lda, double[] b, int bOff, int ldb, double beta, double[] c, int cOff, int ldc)
+    {
+        var r = new double[m * n];
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++)
+            {
+                double acc = 0;
+                for (int l = 0; l < k; l++)
+                {
+                    double av = ta == CublasOperation.N ? a[aOff + i + l * lda] : a[aOff + l + i * lda];
+                    double bv = tb == CublasOperation.N ? b[bOff + l + j * ldb] : b[bOff + j + l * ldb];
+                    acc += av * bv;
+                }
+                r[i + j * m] = alpha * acc + (beta == 0 ? 0 : beta * c[cOff + i + j * ldc]);
+            }
+        return r;
+    }
+
+    private static double[] RandomD(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, n).Select(_ => rng.NextDouble() * 2 - 1)];
+    }
+
+    /// <summary>Dgemm: float64 operands, float64 accumulation. Inputs are uniform in [-1, 1) and k ≤ 19, so 1e-14 absolute
+    /// bounds any summation order's rounding.</summary>
+    [Test]
+    public void Dgemm_matches_a_float64_loop(
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation ta,
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation tb,
+        [Values(0.0, 0.75)] double beta)
+    {
+        const int m = 13, n = 7, k = 19;
+        double alpha = -1.25;
+        var (ar, ac) = Shape(ta, m, k);
+        var (br, bc) = Shape(tb, k, n);
+        int lda = ar + 3, ldb = br + 1, ldc = m + 2;
+        double[] a = RandomD(lda * ac, 11), b = RandomD(ldb * bc, 12);
+        double[] c = beta == 0 ? Enumerable.Repeat(double.NaN, ldc * n).ToArray() : RandomD(ldc * n, 13);
+        using DeviceBuffer da = DeviceTestData.Upload(_ctx, a), db = DeviceTestData.Upload(_ctx, b), dc = DeviceTestData.Upload(_ctx, c);
+        _blas.Dgemm(ta, tb, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc);
+        double[] got = dc.ToArray<double>();
+        double[] expected = ReferenceD(ta, tb, m, n, k, alpha, a, 0, lda, b, 0, ldb, beta, c, 0, ldc);
+        for (int j = 0; j < n; j++)
+        {
+            for (int i = 0; i < m; i++)
+                Assert.That(got[i + j * ldc], Is.EqualTo(expected[i + j * m]).Within(1e-14), $"Dgemm {ta}{tb} beta {beta}: C[{i},{j}]");
+            for (int i = m; i < ldc; i++) // the padding rows of C are untouched
+                Assert.That(BitConverter.DoubleToInt64Bits(got[i + j * ldc]), Is.EqualTo(BitConverter.DoubleToInt64Bits(c[i + j * ldc])));
+        }
+    }
+
+    [Test]
+    public void DgemmStridedBatched_matches_per_matrix_and_shares_a_stride_0_operand([Values(CublasOperation.N, CublasOperation.T)] CublasOperation ta)
+    {
+        const int m = 5, n = 9, k = 3, batch = 4;
+        var (ar, ac) = Shape(ta, m, k);
+        int lda = ar, ldb = n + 1, ldc = m;  // B read transposed
+        long sA = lda * ac + 5, sB = ldb * k + 2, sC = ldc * n + 7;
+        double[] a = RandomD((int)sA * batch, 14), b = RandomD((int)sB, 15); // one B for every batch item (stride 0)
+        double[] c = RandomD((int)sC * batch, 16);
+        using DeviceBuffer da = DeviceTestData.Upload(_ctx, a), db = DeviceTestData.Upload(_ctx, b), dc = DeviceTestData.Upload(_ctx, c);
+        _blas.DgemmStridedBatched(ta, CublasOperation.T, m, n, k, 2.0, da, lda, sA, db, ldb, 0, 1.0, dc, ldc, sC, batch);
+        double[] got = dc.ToArray<double>();
+        for (int i = 0; i < batch; i++)
+        {
+            double[] expected = ReferenceD(ta, CublasOperation.T, m, n, k, 2.0, a, (int)(i * sA), lda, b, 0, ldb, 1.0, c, (int)(i * sC), ldc);
+            for (int col = 0; col < n; col++)
+                for (int row = 0; row < m; row++)
+                    Assert.That(got[i * sC + row + col * ldc], Is.EqualTo(expected[row + col * m]).Within(1e-14), $"batch {i}: C[{row},{col}]");
+        }
+    }
+
+    [Test]
+    public void Dgemm_bad_arguments_return_cuBLAS_status_codes()
+    {
+        // The last call reads past an operand: on a GPU an illegal address, which ruins the context.
+        CudaDevices.RequireEmulated(_impl, "the emulator's messages, and an out-of-bounds operand");
+        using DeviceBuffer a = DeviceBuffer.Allocate<double>(_ctx, 64), b = DeviceBuffer.Allocate<double>(_ctx, 64), c = DeviceBuffer.Allocate<double>(_ctx, 64);
+        var e = Assert.Throws<CublasException>(() => _blas.Dgemm(CublasOperation.T, CublasOperation.N, 8, 4, 4, 1.0, a, 3, b, 4, 0.0, c, 8))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        Assert.That(e.Message, Does.Contain("cublasDgemm").And.Contain("lda = 3"));
+        e = Assert.Throws<CublasException>(() => _blas.DgemmStridedBatched(CublasOperation.N, CublasOperation.N, 2, 2, 2, 1.0, a, 2, 4, b, 2, 4, 0.0, c, 1, 4, 2))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        Assert.That(e.Message, Does.Contain("ldc = 1"));
+        e = Assert.Throws<CublasException>(() => _blas.DgemmStridedBatched(CublasOperation.N, CublasOperation.N, 2, 2, 2, 1.0, a, 2, 4, b, 2, 4, 0.0, c, 2, 4, -1))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.InvalidValue));
+        CublasApi raw = _ctx.Api.Cublas;
+        double one = 1, zero = 0;
+        _ctx.Bind();
+        Assert.That(raw.cublasDgemm_v2(0, CublasOperation.N, CublasOperation.N, 1, 1, 1, &one, a.Pointer, 1, b.Pointer, 1, &zero, c.Pointer, 1),
+            Is.EqualTo(CublasStatus.NotInitialized));
+        // 64 doubles hold an 8 x 8 matrix, not 9 x 8: the operand extent is checked in doubles, not floats
+        e = Assert.Throws<CublasException>(() => _blas.Dgemm(CublasOperation.N, CublasOperation.N, 9, 8, 8, 1.0, a, 9, b, 8, 0.0, c, 9))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.ExecutionFailed));
+        Assert.That(e.Message, Does.Contain("A = "));
+        // batch 3 with stride 64: the second matrix lies outside the allocation
+        e = Assert.Throws<CublasException>(() => _blas.DgemmStridedBatched(CublasOperation.N, CublasOperation.N, 8, 8, 8, 1.0, a, 8, 0, b, 8, 0, 0.0, c, 8, 64, 3))!;
+        Assert.That(e.Status, Is.EqualTo(CublasStatus.ExecutionFailed));
+        Assert.That(e.Message, Does.Contain("C = "));
     }
 
     [Test]
