@@ -84,6 +84,12 @@ __device__ __forceinline__ long long sdp_map(const int* map, long long k, long l
 __device__ __forceinline__ long long sdp_gtid() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ long long sdp_gstride() { return (long long)gridDim.x * blockDim.x; }
 
+// Element i of an int32 (is64 == 0) or int64 index tensor (targets, ids, position ids, gather indices).
+__device__ __forceinline__ long long sdp_index_at(const void* indices, int is64, long long i)
+{
+    return is64 ? ((const long long*)indices)[i] : (long long)((const int*)indices)[i];
+}
+
 // Per-type math, overloaded so the templates below need no float/double branches.
 __device__ __forceinline__ float sdp_exp(float x) { return expf(x); }
 __device__ __forceinline__ double sdp_exp(double x) { return exp(x); }
@@ -877,12 +883,6 @@ __device__ __forceinline__ float sdp_row_sum(float v) { return sdp_block_sum_flo
 __device__ __forceinline__ double sdp_row_sum(double v) { return sdp_block_reduce_double<false>(v); }
 __device__ __forceinline__ float sdp_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double sdp_max(double a, double b) { return fmax(a, b); }
-
-// Element i of an int32 (is64 == 0) or int64 index tensor (targets, ids, position ids).
-__device__ __forceinline__ long long sdp_index_at(const void* indices, int is64, long long i)
-{
-    return is64 ? ((const long long*)indices)[i] : (long long)((const int*)indices)[i];
-}
 
 // Cross-entropy target out of [0, V) and not the ignore index (device error flag code; CudaBackend.DeviceError).
 #define SDP_ERR_CE_TARGET 3
@@ -2309,12 +2309,6 @@ SDP_DROPOUT(f64, double)
 // (sum-to-shape, axis reductions, max backward). Unless a kernel says otherwise: 1-D grid-stride, block 256,
 // grid min(ceil(n / 256), 65535). Index tensors here are int32 (indices64 == 0) or int64, validated on the host
 // by the backend before the launch (IndexSelect / IndexAdd throw before writing, as the CPU does).
-
-// Reads index k of an int32 (wide == 0) or int64 index tensor.
-__device__ __forceinline__ long long sdp_index_at(const void* indices, int wide, long long k)
-{
-    return wide ? ((const long long*)indices)[k] : (long long)((const int*)indices)[k];
-}
 
 // A strided view of up to 8 axes, passed by value (136 bytes): dims[a] and the element stride of each axis in the
 // tensor it addresses. Host layout: 2 x 8 int64, then int32 rank and 4 bytes of padding.
