@@ -1,10 +1,11 @@
 using System.CommandLine;
 using Sdp.Measure;
+using Sdp.Models.Llama;
 
 namespace Sdp.Cli.Commands;
 
 /// <summary>`sdp bench gemm`: quick GEMM benchmark, ours against OpenBLAS in the same run; `sdp bench masked`: masked GEMMs against dense.</summary>
-public static class BenchCommand
+public static partial class BenchCommand
 {
     public static Command Create()
     {
@@ -45,8 +46,11 @@ public static class BenchCommand
         var kSizes = new Option<int[]?>("--sizes") { Description = $"Square sizes n (default {string.Join(" ", CudaKernelBench.DefaultSizes)} on a GPU, {string.Join(" ", CudaKernelBench.EmulatedSizes)} on the emulated device)", AllowMultipleArgumentsPerToken = true };
         var kDens = new Option<double[]>("--densities") { Description = "Held-unit densities d in (0, 1]", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. CudaKernelBench.DefaultDensities] };
         var kSamples = new Option<int>("--samples") { Description = "Timed samples per cell (median kept)", DefaultValueFactory = _ => 7 };
-        var kernels = new Command("kernels", "kernels.cu's SDP kernels on a CUDA device against cuBLAS Sgemm (masked matmuls) and device-to-device copy (masked accumulation)")
-            { kDevice, kSizes, kDens, kSamples };
+        var kStep = new Option<string?>("--step") { Description = "Also time LLaMA training steps of this preset and report the model-FLOP utilisation (default 130m on a GPU, none on the emulated device; 'none' skips)" };
+        var kStepBatch = new Option<int>("--step-batch") { Description = "Sequences per timed step", DefaultValueFactory = _ => 8 };
+        var kStepSeq = new Option<int>("--step-seq") { Description = "Tokens per sequence of the timed step", DefaultValueFactory = _ => 512 };
+        var kernels = new Command("kernels", "kernels.cu's SDP kernels on a CUDA device against cuBLAS Sgemm (masked matmuls) and device-to-device copy (masked accumulation); a LLaMA step's MFU")
+            { kDevice, kSizes, kDens, kSamples, kStep, kStepBatch, kStepSeq };
         kernels.SetAction(p =>
         {
             var d = p.GetValue(kDens)!;
@@ -59,7 +63,11 @@ public static class BenchCommand
             if (devices.Banner is not null) Console.WriteLine(devices.Banner);
             var n = p.GetValue(kSizes) ?? (cuda.IsEmulated ? CudaKernelBench.EmulatedSizes : CudaKernelBench.DefaultSizes);
             if (n.Length == 0 || n.Any(v => v <= 0)) throw new UsageException("--sizes must be positive integers");
+            string step = p.GetValue(kStep) ?? (cuda.IsEmulated ? "none" : "130m");
+            if (step != "none" && !LlamaConfig.PresetNames.Contains(step)) throw new UsageException($"--step: expected none or a LLaMA preset ({string.Join(", ", LlamaConfig.PresetNames)}), got '{step}'");
+            int stepBatch = Check.Positive(p.GetValue(kStepBatch), "--step-batch"), stepSeq = Check.Positive(p.GetValue(kStepSeq), "--step-seq");
             CudaKernelBench.Run(Console.Out, cuda.Context, n, d, p.GetValue(kSamples));
+            if (step != "none") StepMfu(Console.Out, cuda, step, stepBatch, stepSeq, Math.Max(1, Math.Min(p.GetValue(kSamples), 5)));
             return 0;
         });
         return new Command("bench", "Benchmarks") { gemm, masked, kernels };
