@@ -1,0 +1,148 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using Sdp.Engine;
+using Sdp.Engine.Backends.Cpu;
+using Sdp.Engine.Distributed;
+
+namespace Sdp.Cli.Commands;
+
+/// <summary>
+/// `sdp comm-check` (hidden): the multi-process check of <see cref="MpiCommunicator"/>, run by the tests under
+/// <c>mpirun -np W</c>. Every rank creates the world and one group per non-empty proper subset of the ranks (all
+/// up front, every rank calling CreateGroup for every group), then, on every group it belongs to, all-reduces
+/// rank-seeded inputs of each dtype (<see cref="Input"/>, which the test regenerates to compute the in-process
+/// sums) and broadcasts from every member; then a barrier. Each rank writes its results to
+/// <c>DIR/rank-R.txt</c> (one file per rank, so mpirun's merged output cannot interleave them): SHA-256 of the
+/// raw bits of every result, and its <see cref="CommStats"/>. <c>--fail mismatch</c> makes rank 0 ask for a
+/// different group than the others; <c>--fail abort</c> makes <c>--abort-rank</c> abort while the others wait
+/// in a barrier.
+/// </summary>
+public static class CommCheckCommand
+{
+    /// <summary>Element counts of the all-reduce inputs: one not divisible by the group sizes, one smaller than most groups.</summary>
+    public static readonly int[] AllReduceSizes = [1001, 2];
+
+    /// <summary>Element count of the broadcast buffers.</summary>
+    public const int BroadcastSize = 37;
+
+    public static readonly DType[] DTypes = [DType.Float32, DType.Float64, DType.Int32, DType.Int64];
+
+    public static Command Create()
+    {
+        var output = new Option<string>("--out") { Description = "Directory for rank-R.txt", Required = true };
+        var seed = new Option<int>("--seed") { Description = "Seed of the inputs", DefaultValueFactory = _ => 1 };
+        var fail = new Option<string>("--fail") { Description = "none, mismatch or abort", DefaultValueFactory = _ => "none" };
+        var abortRank = new Option<int>("--abort-rank") { Description = "The rank that aborts with --fail abort", DefaultValueFactory = _ => 1 };
+        var cmd = new Command("comm-check", "Check MpiCommunicator under mpirun (tests)") { output, seed, fail, abortRank };
+        cmd.Hidden = true;
+        cmd.SetAction(p => Run(p.GetValue(output)!, p.GetValue(seed), p.GetValue(fail)!, p.GetValue(abortRank)));
+        return cmd;
+    }
+
+    /// <summary>The groups the check makes, by index: 0 is the world, then every non-empty proper subset of [0, W) by bit mask.</summary>
+    public static IReadOnlyList<int[]> Groups(int worldSize)
+    {
+        var groups = new List<int[]> { Enumerable.Range(0, worldSize).ToArray() };
+        for (int mask = 1; mask < (1 << worldSize) - 1; mask++)
+            groups.Add([.. Enumerable.Range(0, worldSize).Where(r => (mask & (1 << r)) != 0)]);
+        return groups;
+    }
+
+    /// <summary>
+    /// Rank <paramref name="rank"/>'s input for group <paramref name="group"/>: floats of magnitudes 1e-3 to 1e3
+    /// and both signs (so the order of the additions shows in the bits), integers over the full range (so sums wrap).
+    /// </summary>
+    public static Tensor Input(int seed, int rank, int group, DType dtype, int numel)
+    {
+        // Deterministic across processes (HashCode.Combine is seeded per process).
+        long mix = seed;
+        foreach (int part in (int[])[rank, group, (int)dtype, numel]) mix = unchecked(mix * 1_000_003 + part);
+        var rng = new Random((int)(mix & int.MaxValue));
+        var shape = new Shape(numel);
+        double Float() => (rng.NextDouble() * 2 - 1) * Math.Pow(10, rng.Next(-3, 4));
+        return dtype switch
+        {
+            DType.Float32 => Tensor.FromArray(Enumerable.Range(0, numel).Select(_ => (float)Float()).ToArray(), shape, CpuBackend.Instance),
+            DType.Float64 => Tensor.FromArray(Enumerable.Range(0, numel).Select(_ => Float()).ToArray(), shape, CpuBackend.Instance),
+            DType.Int32 => Tensor.FromArray(Enumerable.Range(0, numel).Select(_ => rng.Next(int.MinValue, int.MaxValue)).ToArray(), shape, CpuBackend.Instance),
+            _ => Tensor.FromArray(Enumerable.Range(0, numel).Select(_ => rng.NextInt64(long.MinValue, long.MaxValue)).ToArray(), shape, CpuBackend.Instance),
+        };
+    }
+
+    /// <summary>SHA-256 (hex) of a CPU tensor's raw bytes.</summary>
+    public static unsafe string Hash(Tensor t)
+    {
+        var cpu = (CpuStorage)t.Storage;
+        return Convert.ToHexString(SHA256.HashData(new ReadOnlySpan<byte>(cpu.Pointer + t.ByteOffset, checked((int)t.ByteLength))));
+    }
+
+    private static int Run(string dir, int seed, string fail, int abortRank)
+    {
+        if (fail is not ("none" or "mismatch" or "abort")) throw new UsageException($"--fail: expected none, mismatch or abort, got '{fail}'");
+        using var comm = MpiCommunicator.Create();
+        int rank = comm.Rank, w = comm.WorldSize;
+        Directory.CreateDirectory(dir);
+        var lines = new List<string> { $"rank {rank} size {w} thread {comm.ThreadLevel}" };
+        try
+        {
+            if (fail == "mismatch")
+            {
+                if (w < 3) throw new UsageException("--fail mismatch needs at least 3 ranks");
+                comm.CreateGroup(rank == 0 ? [0, 1] : [0, w - 1]);
+                throw new InvalidOperationException("CreateGroup accepted disagreeing lists");
+            }
+            if (fail == "abort")
+            {
+                comm.Barrier();
+                if (rank == abortRank) comm.Abort($"comm-check: deliberate abort by rank {rank}");
+                comm.Barrier(); // never completes: the aborting rank does not come
+                throw new InvalidOperationException("the barrier returned although a rank aborted");
+            }
+
+            var specs = Groups(w);
+            var groups = new ICommGroup?[specs.Count];
+            groups[0] = comm.World;
+            for (int g = 1; g < specs.Count; g++) groups[g] = comm.CreateGroup(specs[g]);
+            for (int g = 0; g < specs.Count; g++)
+            {
+                var group = groups[g];
+                if (group is null) continue;
+                string members = string.Join(",", group.Ranks);
+                foreach (var dtype in DTypes)
+                {
+                    foreach (int numel in AllReduceSizes)
+                    {
+                        using var t = Input(seed, rank, g, dtype, numel);
+                        group.AllReduceSum(t);
+                        lines.Add($"allreduce {g} {members} {dtype.Name()} {numel} {Hash(t)}");
+                    }
+                }
+                foreach (int root in group.Ranks)
+                {
+                    using var t = Input(seed, rank, g, DType.Float32, BroadcastSize);
+                    group.Broadcast(t, root);
+                    lines.Add($"broadcast {g} {members} {root} {Hash(t)}");
+                }
+            }
+            comm.Barrier();
+            var s = comm.Stats;
+            lines.Add(string.Create(CultureInfo.InvariantCulture, $"stats {s.BytesSent:R} {s.AllReduces} {s.Broadcasts} {s.Barriers} {s.GroupsCreated}"));
+            foreach (var group in groups.Skip(1)) group?.Dispose();
+            File.WriteAllLines(Path.Combine(dir, $"rank-{rank}.txt"), lines);
+            Console.WriteLine($"comm-check: rank {rank} of {w} ok ({lines.Count - 2} results)");
+            return 0;
+        }
+        catch (CollectiveMismatchException e)
+        {
+            // Thrown alike on every rank: report it and shut MPI down cleanly (the using's MPI_Finalize).
+            Console.Error.WriteLine($"sdp: rank {rank}: {e.Message}");
+            return 3;
+        }
+        catch (Exception e) when (e is not UsageException)
+        {
+            comm.Abort(e.Message);
+            return 1;
+        }
+    }
+}
