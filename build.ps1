@@ -39,6 +39,15 @@ function Install-Clang {
     Invoke-Checked 'apt-get install clang-14' { apt-get install -y -qq clang-14 }
 }
 
+# The MPI tests (tests/Sdp.Tests/Distributed/MpiCommunicatorTests.cs) run `sdp comm-check` under mpirun, and
+# the MPI bindings load Open MPI's libmpi.so.40; install Open MPI where mpirun is missing (Debian, as root).
+function Install-OpenMpi {
+    if (-not $IsLinux -or (Get-Command mpirun -ErrorAction SilentlyContinue)) { return }
+    if (-not (Get-Command apt-get -ErrorAction SilentlyContinue) -or (& id -u) -ne '0') { return }
+    Invoke-Checked 'apt-get update' { apt-get update -qq }
+    Invoke-Checked 'apt-get install openmpi-bin libopenmpi-dev' { apt-get install -y -qq openmpi-bin libopenmpi-dev }
+}
+
 function Invoke-Build {
     Invoke-Checked 'dotnet build' { dotnet build $solution -c $Configuration --nologo }
 }
@@ -130,6 +139,7 @@ function Invoke-GpuPack {
 }
 
 if ($Target -in 'build', 'test', 'pack', 'gpu-pack') { Install-Clang }
+if ($Target -in 'build', 'test') { Install-OpenMpi }
 
 switch ($Target) {
     'build' { Invoke-Build }
