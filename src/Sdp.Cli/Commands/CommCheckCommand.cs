@@ -34,9 +34,10 @@ public static class CommCheckCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the inputs", DefaultValueFactory = _ => 1 };
         var fail = new Option<string>("--fail") { Description = "none, mismatch or abort", DefaultValueFactory = _ => "none" };
         var abortRank = new Option<int>("--abort-rank") { Description = "The rank that aborts with --fail abort", DefaultValueFactory = _ => 1 };
-        var cmd = new Command("comm-check", "Check MpiCommunicator under mpirun (tests)") { output, seed, fail, abortRank };
+        var segment = new Option<int>("--segment") { Description = "MpiCommunicator's segment size in elements", DefaultValueFactory = _ => MpiCommunicator.DefaultSegmentElements };
+        var cmd = new Command("comm-check", "Check MpiCommunicator under mpirun (tests)") { output, seed, fail, abortRank, segment };
         cmd.Hidden = true;
-        cmd.SetAction(p => Run(p.GetValue(output)!, p.GetValue(seed), p.GetValue(fail)!, p.GetValue(abortRank)));
+        cmd.SetAction(p => Run(p.GetValue(output)!, p.GetValue(seed), p.GetValue(fail)!, p.GetValue(abortRank), p.GetValue(segment)));
         return cmd;
     }
 
@@ -77,10 +78,11 @@ public static class CommCheckCommand
         return Convert.ToHexString(SHA256.HashData(new ReadOnlySpan<byte>(cpu.Pointer + t.ByteOffset, checked((int)t.ByteLength))));
     }
 
-    private static int Run(string dir, int seed, string fail, int abortRank)
+    private static int Run(string dir, int seed, string fail, int abortRank, int segment)
     {
         if (fail is not ("none" or "mismatch" or "abort")) throw new UsageException($"--fail: expected none, mismatch or abort, got '{fail}'");
-        using var comm = MpiCommunicator.Create();
+        if (segment < 1) throw new UsageException($"--segment: expected a positive element count, got {segment}");
+        using var comm = MpiCommunicator.Create(segment);
         int rank = comm.Rank, w = comm.WorldSize;
         Directory.CreateDirectory(dir);
         var lines = new List<string> { $"rank {rank} size {w} thread {comm.ThreadLevel}" };

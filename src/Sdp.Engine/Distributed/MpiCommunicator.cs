@@ -36,8 +36,8 @@ namespace Sdp.Engine.Distributed;
 /// </summary>
 public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
 {
-    /// <summary>Elements per reduce-scatter/all-gather round (and per MPI_Bcast): 16 Mi.</summary>
-    public const int SegmentElements = 1 << 24;
+    /// <summary>The default of <see cref="SegmentElements"/>: 16 Mi elements.</summary>
+    public const int DefaultSegmentElements = 1 << 24;
 
     private readonly MpiComm _world;
     private readonly bool _ownsMpi;
@@ -45,9 +45,10 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
     private int _groupCalls;
     private bool _disposed;
 
-    private MpiCommunicator(MpiComm world, MpiThreadLevel threadLevel, bool ownsMpi)
+    private MpiCommunicator(MpiComm world, MpiThreadLevel threadLevel, bool ownsMpi, int segmentElements)
     {
         _world = world;
+        SegmentElements = segmentElements;
         _ownsMpi = ownsMpi;
         ThreadLevel = threadLevel;
         Rank = world.Rank;
@@ -60,14 +61,17 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
     /// Initialises MPI in this process (MPI_Init_thread asking for MPI_THREAD_MULTIPLE) unless already done, and
     /// returns this process's rank of MPI_COMM_WORLD. Throws when Open MPI is missing or provides less than
     /// MPI_THREAD_SERIALIZED. Disposing it frees its groups and, when it initialised MPI, calls MPI_Finalize.
+    /// <paramref name="segmentElements"/> (default <see cref="DefaultSegmentElements"/>) sets
+    /// <see cref="SegmentElements"/>; every rank must pass the same.
     /// </summary>
-    public static MpiCommunicator Create()
+    public static MpiCommunicator Create(int segmentElements = DefaultSegmentElements)
     {
+        if (segmentElements < 1) throw new ArgumentOutOfRangeException(nameof(segmentElements), $"MpiCommunicator: segment size must be at least 1 element, got {segmentElements}");
         bool wasInitialized = Mpi.IsInitialized;
         var level = Mpi.Init(MpiThreadLevel.Multiple);
         if (level < MpiThreadLevel.Serialized)
             throw new InvalidOperationException($"MpiCommunicator: MPI provides thread level {level}; Sdp needs at least MPI_THREAD_SERIALIZED (its collectives may run on any one thread at a time)");
-        return new MpiCommunicator(Mpi.World, level, ownsMpi: !wasInitialized);
+        return new MpiCommunicator(Mpi.World, level, ownsMpi: !wasInitialized, segmentElements);
     }
 
     public int Rank { get; }
@@ -77,6 +81,12 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
     public ICommGroup World { get; }
 
     public CommStats Stats { get; } = new();
+
+    /// <summary>
+    /// Elements per reduce-scatter/all-gather round and per MPI_Bcast: bounds the all-reduce's scratch (one
+    /// segment) and keeps MPI's int counts in range.
+    /// </summary>
+    public int SegmentElements { get; }
 
     /// <summary>The thread support MPI_Init_thread provided (asked: MPI_THREAD_MULTIPLE).</summary>
     public MpiThreadLevel ThreadLevel { get; }
@@ -208,9 +218,9 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
                 using var host = HostView.Of(buffer, readFirst: root == owner.Rank);
                 int size = buffer.DType.ElementSize();
                 var type = TypeOf(buffer.DType);
-                for (long start = 0; start < buffer.Numel; start += SegmentElements)
+                for (long start = 0; start < buffer.Numel; start += owner.SegmentElements)
                 {
-                    int count = (int)Math.Min(SegmentElements, buffer.Numel - start);
+                    int count = (int)Math.Min(owner.SegmentElements, buffer.Numel - start);
                     comm.Bcast(host.Pointer + start * size, count, type, rootPosition);
                 }
                 host.WriteBack();
@@ -227,13 +237,13 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
             var lengths = new int[n];
             var recvCounts = new int[n];
             var recvDispls = new int[n];
-            int maxChunk = (int)((Math.Min(numel, SegmentElements) + n - 1) / n);
+            int maxChunk = (int)((Math.Min(numel, owner.SegmentElements) + n - 1) / n);
             T* scratch = (T*)NativeMemory.Alloc((nuint)Math.Max(1, (long)maxChunk * n), (nuint)sizeof(T));
             try
             {
-                for (long segment = 0; segment < numel; segment += SegmentElements)
+                for (long segment = 0; segment < numel; segment += owner.SegmentElements)
                 {
-                    int m = (int)Math.Min(SegmentElements, numel - segment);
+                    int m = (int)Math.Min(owner.SegmentElements, numel - segment);
                     T* seg = (T*)data + segment;
                     for (int q = 0; q < n; q++)
                     {

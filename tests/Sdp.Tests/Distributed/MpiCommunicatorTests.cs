@@ -55,11 +55,16 @@ public class MpiCommunicatorTests
         Assert.That(Mpi.ErrorString(1), Is.EqualTo("MPI error 1"), "MPI_Error_string is refused before MPI_Init");
     }
 
-    [TestCase(3)]
-    [TestCase(4)]
-    public void AllReduceSum_and_Broadcast_are_bit_identical_on_every_rank_and_equal_the_in_process_results(int w)
+    /// <param name="segment">MpiCommunicator's segment: the default (one segment per buffer), or 100 elements, so a
+    /// 1001-element all-reduce takes 11 rounds, the last of 1 element (fewer than the ranks: empty chunks).</param>
+    [TestCase(3, 0)]
+    [TestCase(4, 0)]
+    [TestCase(3, 100)]
+    public void AllReduceSum_and_Broadcast_are_bit_identical_on_every_rank_and_equal_the_in_process_results(int w, int segment)
     {
-        var run = Mpirun(w, "comm-check", "--out", _dir, "--seed", Seed.ToString(CultureInfo.InvariantCulture));
+        string[] args = ["comm-check", "--out", _dir, "--seed", Seed.ToString(CultureInfo.InvariantCulture)];
+        if (segment > 0) args = [.. args, "--segment", segment.ToString(CultureInfo.InvariantCulture)];
+        var run = Mpirun(w, args);
         Assert.That(run.ExitCode, Is.EqualTo(0), run.ToString());
 
         var groups = CommCheckCommand.Groups(w);
