@@ -14,21 +14,8 @@ namespace Sdp.Tests.Cuda;
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable]
-public class BatchNormCrossCheckTests
+public class BatchNormCrossCheckTests(CudaImplementation implementation) : OpCrossCheckFixture(implementation)
 {
-    private readonly CudaImplementation _impl;
-    private CudaBackend _cuda = null!;
-
-    public BatchNormCrossCheckTests(CudaImplementation implementation) => _impl = implementation;
-
-    [OneTimeSetUp]
-    public void Open() => _cuda = CudaBackend.Open(0, CudaDevices.Load(_impl));
-
-    [OneTimeTearDown]
-    public void Close() => _cuda?.Dispose();
-
-    private static IBackend Cpu => CnnCheck.Cpu;
-
     // (N, C, H, W): planes smaller and larger than the 256-thread channel block, odd sizes, 1x1 planes.
     private static readonly object[] Shapes =
     [
@@ -48,14 +35,14 @@ public class BatchNormCrossCheckTests
     {
         var x = Tensor.Randn(new Shape(n, c, h, w), rng, 2.0, dtype, Cpu);
         Cpu.Unary(UnaryOp.AddScalar, x, x, 3.0);
-        return (x, x.To(_cuda));
+        return (x, x.To(Cuda));
     }
 
     /// <summary>Uniform values in [low, high) on the CPU and a copy on the device.</summary>
     private (Tensor Cpu, Tensor Device) Uniform(Rng rng, DType dtype, double low, double high, int c)
     {
         var t = Tensor.Uniform(new Shape(c), rng, low, high, dtype, Cpu);
-        return (t, t.To(_cuda));
+        return (t, t.To(Cuda));
     }
 
     [TestCaseSource(nameof(Cases))]
@@ -64,19 +51,19 @@ public class BatchNormCrossCheckTests
         using var scope = TensorScope.Begin();
         var rng = new Rng(5000 + (ulong)(n * 31 + c * 7 + h + w) + (training ? 1UL : 0));
         var (xc, xd) = Input(rng, dtype, n, c, h, w);
-        var (wc, wd) = CnnCheck.Random(_cuda, rng, dtype, c);
-        var (bc, bd) = CnnCheck.Random(_cuda, rng, dtype, c);
-        var (rmc, rmd) = CnnCheck.Random(_cuda, rng, dtype, c);
+        var (wc, wd) = CnnCheck.Random(Cuda, rng, dtype, c);
+        var (bc, bd) = CnnCheck.Random(Cuda, rng, dtype, c);
+        var (rmc, rmd) = CnnCheck.Random(Cuda, rng, dtype, c);
         var (rvc, rvd) = Uniform(rng, dtype, 0.5, 2.0, c);
         var yc = Tensor.Empty(new Shape(n, c, h, w), dtype, Cpu);
         var meanc = Tensor.Empty(new Shape(c), dtype, Cpu);
         var rstdc = Tensor.Empty(new Shape(c), dtype, Cpu);
-        var yd = CnnCheck.Poisoned(_cuda, dtype, n, c, h, w);
-        var meand = CnnCheck.Poisoned(_cuda, dtype, c);
-        var rstdd = CnnCheck.Poisoned(_cuda, dtype, c);
+        var yd = CnnCheck.Poisoned(Cuda, dtype, n, c, h, w);
+        var meand = CnnCheck.Poisoned(Cuda, dtype, c);
+        var rstdd = CnnCheck.Poisoned(Cuda, dtype, c);
         var runningBefore = rmd.ToDoubles();
         Cpu.BatchNorm2d(xc, wc, bc, rmc, rvc, yc, meanc, rstdc, training, 0.1, 1e-5);
-        _cuda.BatchNorm2d(xd, wd, bd, rmd, rvd, yd, meand, rstdd, training, 0.1, 1e-5);
+        Cuda.BatchNorm2d(xd, wd, bd, rmd, rvd, yd, meand, rstdd, training, 0.1, 1e-5);
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
         CnnCheck.AssertClose(yc, yd, rtol, atol, "y");
         CnnCheck.AssertClose(meanc, meand, rtol, atol, "mean");
@@ -93,12 +80,12 @@ public class BatchNormCrossCheckTests
         using var scope = TensorScope.Begin();
         var rng = new Rng(6000 + (ulong)(n * 31 + c * 7 + h + w) + (training ? 1UL : 0));
         var (xc, xd, wc, wd, meanc, meand, rstdc, rstdd) = Forward(rng, dtype, n, c, h, w, training);
-        var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (dxc, dxd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (dwc, dwd) = CnnCheck.Random(_cuda, rng, dtype, c);
-        var (dbc, dbd) = CnnCheck.Random(_cuda, rng, dtype, c);
+        var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (dxc, dxd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (dwc, dwd) = CnnCheck.Random(Cuda, rng, dtype, c);
+        var (dbc, dbd) = CnnCheck.Random(Cuda, rng, dtype, c);
         Cpu.BatchNorm2dBackward(xc, wc, meanc, rstdc, dyc, dxc, dwc, dbc, training);
-        _cuda.BatchNorm2dBackward(xd, wd, meand, rstdd, dyd, dxd, dwd, dbd, training);
+        Cuda.BatchNorm2dBackward(xd, wd, meand, rstdd, dyd, dxd, dwd, dbd, training);
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
         CnnCheck.AssertClose(dxc, dxd, rtol, atol, "dx");
         CnnCheck.AssertClose(dwc, dwd, rtol, atol, "dweight");
@@ -114,22 +101,22 @@ public class BatchNormCrossCheckTests
         using var scope = TensorScope.Begin();
         var rng = new Rng(7000 + (ulong)which);
         var (xc, xd, wc, wd, meanc, meand, rstdc, rstdd) = Forward(rng, dtype, n, c, h, w, training);
-        var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (gc, gd) = which == 0 ? CnnCheck.Random(_cuda, rng, dtype, n, c, h, w) : CnnCheck.Random(_cuda, rng, dtype, c);
+        var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (gc, gd) = which == 0 ? CnnCheck.Random(Cuda, rng, dtype, n, c, h, w) : CnnCheck.Random(Cuda, rng, dtype, c);
         var seed = gd.ToDoubles();
         switch (which)
         {
             case 0:
                 Cpu.BatchNorm2dBackward(xc, wc, meanc, rstdc, dyc, gc, null, null, training);
-                _cuda.BatchNorm2dBackward(xd, wd, meand, rstdd, dyd, gd, null, null, training);
+                Cuda.BatchNorm2dBackward(xd, wd, meand, rstdd, dyd, gd, null, null, training);
                 break;
             case 1:
                 Cpu.BatchNorm2dBackward(xc, null, meanc, rstdc, dyc, null, gc, null, training);
-                _cuda.BatchNorm2dBackward(xd, null, meand, rstdd, dyd, null, gd, null, training);
+                Cuda.BatchNorm2dBackward(xd, null, meand, rstdd, dyd, null, gd, null, training);
                 break;
             default:
                 Cpu.BatchNorm2dBackward(null, null, meanc, rstdc, dyc, null, null, gc, training);
-                _cuda.BatchNorm2dBackward(null, null, meand, rstdd, dyd, null, null, gd, training);
+                Cuda.BatchNorm2dBackward(null, null, meand, rstdd, dyd, null, null, gd, training);
                 break;
         }
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
@@ -141,7 +128,7 @@ public class BatchNormCrossCheckTests
     private (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor) Forward(Rng rng, DType dtype, int n, int c, int h, int w, bool training)
     {
         var (xc, xd) = Input(rng, dtype, n, c, h, w);
-        var (wc, wd) = CnnCheck.Random(_cuda, rng, dtype, c);
+        var (wc, wd) = CnnCheck.Random(Cuda, rng, dtype, c);
         var bias = Tensor.Randn(new Shape(c), rng, 1.0, dtype, Cpu);
         var rm = Tensor.Randn(new Shape(c), rng, 1.0, dtype, Cpu);
         var rv = Tensor.Uniform(new Shape(c), rng, 0.5, 2.0, dtype, Cpu);
@@ -149,6 +136,6 @@ public class BatchNormCrossCheckTests
         var meanc = Tensor.Empty(new Shape(c), dtype, Cpu);
         var rstdc = Tensor.Empty(new Shape(c), dtype, Cpu);
         Cpu.BatchNorm2d(xc, wc, bias, rm, rv, y, meanc, rstdc, training, 0.1, 1e-5);
-        return (xc, xd, wc, wd, meanc, meanc.To(_cuda), rstdc, rstdc.To(_cuda));
+        return (xc, xd, wc, wd, meanc, meanc.To(Cuda), rstdc, rstdc.To(Cuda));
     }
 }

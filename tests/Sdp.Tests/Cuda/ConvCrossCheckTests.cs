@@ -64,21 +64,8 @@ internal static class CnnCheck
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable]
-public class ConvCrossCheckTests
+public class ConvCrossCheckTests(CudaImplementation implementation) : OpCrossCheckFixture(implementation)
 {
-    private readonly CudaImplementation _impl;
-    private CudaBackend _cuda = null!;
-
-    public ConvCrossCheckTests(CudaImplementation implementation) => _impl = implementation;
-
-    [OneTimeSetUp]
-    public void Open() => _cuda = CudaBackend.Open(0, CudaDevices.Load(_impl));
-
-    [OneTimeTearDown]
-    public void Close() => _cuda?.Dispose();
-
-    private static IBackend Cpu => CnnCheck.Cpu;
-
     // (N, C, H, W, O, KH, KW, stride, padding): odd sizes; 1x1 stride 1 (GEMM on x directly), 1x1 stride 2,
     // non-square kernels, padding wider than the kernel's reach.
     private static readonly object[] Geometries =
@@ -110,13 +97,13 @@ public class ConvCrossCheckTests
         using var scope = TensorScope.Begin();
         var rng = new Rng(1000 + (ulong)(n * c * h + w * o + kh * 7 + kw * 3 + s + p));
         int oh = OutSize(h, kh, s, p), ow = OutSize(w, kw, s, p);
-        var (xc, xd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (wc, wd) = CnnCheck.Random(_cuda, rng, dtype, o, c, kh, kw);
-        var (bc, bd) = CnnCheck.Random(_cuda, rng, dtype, o);
+        var (xc, xd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (wc, wd) = CnnCheck.Random(Cuda, rng, dtype, o, c, kh, kw);
+        var (bc, bd) = CnnCheck.Random(Cuda, rng, dtype, o);
         var yc = Tensor.Empty(new Shape(n, o, oh, ow), dtype, Cpu);
-        var yd = CnnCheck.Poisoned(_cuda, dtype, n, o, oh, ow);
+        var yd = CnnCheck.Poisoned(Cuda, dtype, n, o, oh, ow);
         Cpu.Conv2d(xc, wc, withBias ? bc : null, yc, s, p);
-        _cuda.Conv2d(xd, wd, withBias ? bd : null, yd, s, p);
+        Cuda.Conv2d(xd, wd, withBias ? bd : null, yd, s, p);
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
         CnnCheck.AssertClose(yc, yd, rtol, atol, $"conv2d y {dtype}");
     }
@@ -127,14 +114,14 @@ public class ConvCrossCheckTests
         using var scope = TensorScope.Begin();
         var rng = new Rng(2000 + (ulong)(n * c * h + w * o + kh * 7 + kw * 3 + s + p));
         int oh = OutSize(h, kh, s, p), ow = OutSize(w, kw, s, p);
-        var (xc, xd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (wc, wd) = CnnCheck.Random(_cuda, rng, dtype, o, c, kh, kw);
-        var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dtype, n, o, oh, ow);
-        var (dxc, dxd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (dwc, dwd) = CnnCheck.Random(_cuda, rng, dtype, o, c, kh, kw);
-        var (dbc, dbd) = CnnCheck.Random(_cuda, rng, dtype, o);
+        var (xc, xd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (wc, wd) = CnnCheck.Random(Cuda, rng, dtype, o, c, kh, kw);
+        var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dtype, n, o, oh, ow);
+        var (dxc, dxd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (dwc, dwd) = CnnCheck.Random(Cuda, rng, dtype, o, c, kh, kw);
+        var (dbc, dbd) = CnnCheck.Random(Cuda, rng, dtype, o);
         Cpu.Conv2dBackward(xc, wc, dyc, dxc, dwc, dbc, s, p);
-        _cuda.Conv2dBackward(xd, wd, dyd, dxd, dwd, dbd, s, p);
+        Cuda.Conv2dBackward(xd, wd, dyd, dxd, dwd, dbd, s, p);
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
         CnnCheck.AssertClose(dxc, dxd, rtol, atol, $"conv2d dx {dtype}");
         CnnCheck.AssertClose(dwc, dwd, rtol, atol, $"conv2d dweight {dtype}");
@@ -149,29 +136,29 @@ public class ConvCrossCheckTests
         using var scope = TensorScope.Begin();
         var rng = new Rng(3000 + (ulong)which);
         int oh = OutSize(h, k, s, p), ow = OutSize(w, k, s, p);
-        var (xc, xd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
-        var (wc, wd) = CnnCheck.Random(_cuda, rng, dtype, o, c, k, k);
-        var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dtype, n, o, oh, ow);
+        var (xc, xd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
+        var (wc, wd) = CnnCheck.Random(Cuda, rng, dtype, o, c, k, k);
+        var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dtype, n, o, oh, ow);
         var (gc, gd) = which switch
         {
-            0 => CnnCheck.Random(_cuda, rng, dtype, n, c, h, w),
-            1 => CnnCheck.Random(_cuda, rng, dtype, o, c, k, k),
-            _ => CnnCheck.Random(_cuda, rng, dtype, o),
+            0 => CnnCheck.Random(Cuda, rng, dtype, n, c, h, w),
+            1 => CnnCheck.Random(Cuda, rng, dtype, o, c, k, k),
+            _ => CnnCheck.Random(Cuda, rng, dtype, o),
         };
         var seed = gd.ToDoubles();
         switch (which)
         {
             case 0:
                 Cpu.Conv2dBackward(null, wc, dyc, gc, null, null, s, p);
-                _cuda.Conv2dBackward(null, wd, dyd, gd, null, null, s, p);
+                Cuda.Conv2dBackward(null, wd, dyd, gd, null, null, s, p);
                 break;
             case 1:
                 Cpu.Conv2dBackward(xc, null, dyc, null, gc, null, s, p);
-                _cuda.Conv2dBackward(xd, null, dyd, null, gd, null, s, p);
+                Cuda.Conv2dBackward(xd, null, dyd, null, gd, null, s, p);
                 break;
             default:
                 Cpu.Conv2dBackward(null, null, dyc, null, null, gc, s, p);
-                _cuda.Conv2dBackward(null, null, dyd, null, null, gd, s, p);
+                Cuda.Conv2dBackward(null, null, dyd, null, null, gd, s, p);
                 break;
         }
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
@@ -193,18 +180,18 @@ public class ConvCrossCheckTests
             using var scope = TensorScope.Begin();
             var rng = new Rng(4000 + (ulong)imagesPerGroup);
             const DType dt = DType.Float32;
-            var (xc, xd) = CnnCheck.Random(_cuda, rng, dt, n, c, h, w);
-            var (wc, wd) = CnnCheck.Random(_cuda, rng, dt, o, c, k, k);
-            var (bc, bd) = CnnCheck.Random(_cuda, rng, dt, o);
-            var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dt, n, o, oh, ow);
-            var (dxc, dxd) = CnnCheck.Random(_cuda, rng, dt, n, c, h, w);
-            var (dwc, dwd) = CnnCheck.Random(_cuda, rng, dt, o, c, k, k);
+            var (xc, xd) = CnnCheck.Random(Cuda, rng, dt, n, c, h, w);
+            var (wc, wd) = CnnCheck.Random(Cuda, rng, dt, o, c, k, k);
+            var (bc, bd) = CnnCheck.Random(Cuda, rng, dt, o);
+            var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dt, n, o, oh, ow);
+            var (dxc, dxd) = CnnCheck.Random(Cuda, rng, dt, n, c, h, w);
+            var (dwc, dwd) = CnnCheck.Random(Cuda, rng, dt, o, c, k, k);
             var yc = Tensor.Empty(new Shape(n, o, oh, ow), dt, Cpu);
-            var yd = CnnCheck.Poisoned(_cuda, dt, n, o, oh, ow);
+            var yd = CnnCheck.Poisoned(Cuda, dt, n, o, oh, ow);
             Cpu.Conv2d(xc, wc, bc, yc, s, p);
-            _cuda.Conv2d(xd, wd, bd, yd, s, p);
+            Cuda.Conv2d(xd, wd, bd, yd, s, p);
             Cpu.Conv2dBackward(xc, wc, dyc, dxc, dwc, null, s, p);
-            _cuda.Conv2dBackward(xd, wd, dyd, dxd, dwd, null, s, p);
+            Cuda.Conv2dBackward(xd, wd, dyd, dxd, dwd, null, s, p);
             CnnCheck.AssertClose(yc, yd, 1e-5, 1e-5, "y");
             CnnCheck.AssertClose(dxc, dxd, 1e-5, 1e-5, "dx");
             CnnCheck.AssertClose(dwc, dwd, 1e-5, 1e-5, "dweight");

@@ -11,7 +11,7 @@ namespace Sdp.Tests.Cuda;
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable]
-public class DropoutCrossCheckTests(CudaImplementation implementation) : DeviceOpCrossCheck(implementation)
+public class DropoutCrossCheckTests(CudaImplementation implementation) : OpCrossCheckFixture(implementation)
 {
     [Test]
     public void Dropout_mask_and_output_are_the_cpus_bit_for_bit([Values(DType.Float32, DType.Float64)] DType dtype, [Values(0.0, 0.3, 0.999, 1.0)] double p)
@@ -24,8 +24,8 @@ public class DropoutCrossCheckTests(CudaImplementation implementation) : DeviceO
         Cpu.Dropout(x, p, seed, wantMask, wantY);
         var (gotMask, gotY) = (Poisoned(x.Shape, dtype), Poisoned(x.Shape, dtype));
         Cuda.Dropout(x.To(Cuda), p, seed, gotMask, gotY);
-        AssertIdentical(gotMask, wantMask, "mask");
-        AssertIdentical(gotY, wantY, "y");
+        AssertSame(wantMask, gotMask, "mask");
+        AssertSame(wantY, gotY, "y");
         if (p == 0.3)
             Assert.That(wantMask.ToDoubles().Count(m => m == 0), Is.GreaterThan(0).And.LessThan(3003), "some but not all dropped");
     }
@@ -42,7 +42,7 @@ public class DropoutCrossCheckTests(CudaImplementation implementation) : DeviceO
         var (want, got) = Seeded(rng, dtype, 2, 777);
         Cpu.DropoutBackward(dy, mask, want);
         Cuda.DropoutBackward(dy.To(Cuda), mask.To(Cuda), got);
-        if (Implementation == CudaImplementation.Emulated) AssertIdentical(got, want, "dx");
-        else AssertClose(got, want, Tol(dtype, 1e-6, 1e-15), 0, "dx");
+        if (Implementation == CudaImplementation.Emulated) AssertSame(want, got, "dx");
+        else AssertClose(want, got, Tol(dtype, 1e-6, 1e-15), 0, "dx");
     }
 }

@@ -90,4 +90,41 @@ public abstract class OpCrossCheckFixture(CudaImplementation implementation)
 
     /// <summary>Relative tolerance of a result computed in the CPU's order with the same formulas but other math libraries (or FMA): float32 1e-5, float64 1e-12.</summary>
     protected static double Rel(DType dtype) => dtype == DType.Float32 ? 1e-5 : 1e-12;
+
+    /// <summary>A CPU tensor of normal values (times <paramref name="std"/>).</summary>
+    protected static Tensor Random(Rng rng, DType dtype, int[] shape, double std = 1.0) => Tensor.Randn(new Shape(shape), rng, std, dtype, Cpu);
+
+    /// <summary>An index tensor (int32 or int64) on the CPU.</summary>
+    protected static Tensor Indices(long[] values, bool int64, params int[] shape) => int64
+        ? Tensor.FromArray(values, new Shape(shape), Cpu)
+        : Tensor.FromArray(Array.ConvertAll(values, v => (int)v), new Shape(shape), Cpu);
+
+    /// <summary>An output on the device, filled with NaN.</summary>
+    protected Tensor Poisoned(Shape shape, DType dtype)
+    {
+        var t = Tensor.Empty(shape, dtype, Cuda);
+        Cuda.Fill(t, double.NaN);
+        return t;
+    }
+
+    /// <summary>An output on the CPU for the reference, filled with NaN too (a reference that skips an element fails the comparison).</summary>
+    protected static Tensor CpuOutput(Shape shape, DType dtype)
+    {
+        var t = Tensor.Empty(shape, dtype, Cpu);
+        Cpu.Fill(t, double.NaN);
+        return t;
+    }
+
+    /// <summary>The same random accumulator on both backends (for the += contract).</summary>
+    protected (Tensor Cpu, Tensor Device) Seeded(Rng rng, DType dtype, params int[] shape)
+    {
+        var cpu = Random(rng, dtype, shape);
+        return (cpu, cpu.To(Cuda));
+    }
+
+    /// <summary>The largest |value| of a tensor: the scale for absolute tolerances of sums with cancellation.</summary>
+    protected static double MaxAbs(Tensor t) => t.ToDoubles().Select(Math.Abs).DefaultIfEmpty(0).Max();
+
+    /// <summary>Relative tolerance for a dtype: <paramref name="fp32"/> in float32, <paramref name="fp64"/> in float64.</summary>
+    protected static double Tol(DType dtype, double fp32, double fp64 = 1e-12) => dtype == DType.Float32 ? fp32 : fp64;
 }

@@ -15,21 +15,8 @@ namespace Sdp.Tests.Cuda;
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable]
-public class PoolCrossCheckTests
+public class PoolCrossCheckTests(CudaImplementation implementation) : OpCrossCheckFixture(implementation)
 {
-    private readonly CudaImplementation _impl;
-    private CudaBackend _cuda = null!;
-
-    public PoolCrossCheckTests(CudaImplementation implementation) => _impl = implementation;
-
-    [OneTimeSetUp]
-    public void Open() => _cuda = CudaBackend.Open(0, CudaDevices.Load(_impl));
-
-    [OneTimeTearDown]
-    public void Close() => _cuda?.Dispose();
-
-    private static IBackend Cpu => CnnCheck.Cpu;
-
     // (N, C, H, W, kernel, stride, padding): padded windows, non-overlapping, overlapping (stride 1), odd planes.
     private static readonly object[] MaxGeometries =
     [
@@ -64,21 +51,21 @@ public class PoolCrossCheckTests
         var rng = new Rng(8000 + (ulong)(n * 31 + c * 7 + h + w + k + s + p));
         int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
         var xc = PoolInput(rng, dtype, n, c, h, w);
-        var xd = xc.To(_cuda);
+        var xd = xc.To(Cuda);
         var yc = Tensor.Empty(new Shape(n, c, oh, ow), dtype, Cpu);
         var ac = Tensor.Empty(yc.Shape, argType, Cpu);
-        var yd = CnnCheck.Poisoned(_cuda, dtype, n, c, oh, ow);
-        var ad = CnnCheck.Poisoned(_cuda, argType, n, c, oh, ow); // fill casts NaN to an integer sentinel
+        var yd = CnnCheck.Poisoned(Cuda, dtype, n, c, oh, ow);
+        var ad = CnnCheck.Poisoned(Cuda, argType, n, c, oh, ow); // fill casts NaN to an integer sentinel
         Cpu.MaxPool2d(xc, yc, ac, k, s, p);
-        _cuda.MaxPool2d(xd, yd, ad, k, s, p);
+        Cuda.MaxPool2d(xd, yd, ad, k, s, p);
         Assert.That(yc.ToDoubles().Count(double.IsNaN), Is.GreaterThan(0), "the input's NaNs reach some window");
         CnnCheck.AssertEqual(yc, yd, "y");
         CnnCheck.AssertEqual(ac, ad, "argmax");
 
-        var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dtype, n, c, oh, ow);
-        var (dxc, dxd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
+        var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dtype, n, c, oh, ow);
+        var (dxc, dxd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
         Cpu.MaxPool2dBackward(dyc, ac, dxc);
-        _cuda.MaxPool2dBackward(dyd, ad, dxd);
+        Cuda.MaxPool2dBackward(dyd, ad, dxd);
         CnnCheck.AssertEqual(dxc, dxd, "dx");
     }
 
@@ -101,18 +88,18 @@ public class PoolCrossCheckTests
     {
         using var scope = TensorScope.Begin();
         var rng = new Rng(9000 + (ulong)(n * 31 + c * 7 + h + w + oh + ow));
-        var (xc, xd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
+        var (xc, xd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
         var yc = Tensor.Empty(new Shape(n, c, oh, ow), dtype, Cpu);
-        var yd = CnnCheck.Poisoned(_cuda, dtype, n, c, oh, ow);
+        var yd = CnnCheck.Poisoned(Cuda, dtype, n, c, oh, ow);
         Cpu.AdaptiveAvgPool2d(xc, yc);
-        _cuda.AdaptiveAvgPool2d(xd, yd);
+        Cuda.AdaptiveAvgPool2d(xd, yd);
         var (rtol, atol) = CnnCheck.Tolerance(dtype);
         CnnCheck.AssertClose(yc, yd, rtol, atol, "y");
 
-        var (dyc, dyd) = CnnCheck.Random(_cuda, rng, dtype, n, c, oh, ow);
-        var (dxc, dxd) = CnnCheck.Random(_cuda, rng, dtype, n, c, h, w);
+        var (dyc, dyd) = CnnCheck.Random(Cuda, rng, dtype, n, c, oh, ow);
+        var (dxc, dxd) = CnnCheck.Random(Cuda, rng, dtype, n, c, h, w);
         Cpu.AdaptiveAvgPool2dBackward(dyc, dxc);
-        _cuda.AdaptiveAvgPool2dBackward(dyd, dxd);
+        Cuda.AdaptiveAvgPool2dBackward(dyd, dxd);
         CnnCheck.AssertEqual(dxc, dxd, "dx");
     }
 }

@@ -13,7 +13,7 @@ namespace Sdp.Tests.Cuda;
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable]
-public class SoftmaxCrossCheckTests(CudaImplementation implementation) : DeviceOpCrossCheck(implementation)
+public class SoftmaxCrossCheckTests(CudaImplementation implementation) : OpCrossCheckFixture(implementation)
 {
     private static readonly int[][] Shapes = [[13, 37], [5, 300], [1, 1], [2, 3, 1], [4, 257]];
 
@@ -26,7 +26,7 @@ public class SoftmaxCrossCheckTests(CudaImplementation implementation) : DeviceO
         Cpu.Softmax(x, want, log);
         var got = Poisoned(x.Shape, dtype);
         Cuda.Softmax(x.To(Cuda), got, log);
-        AssertClose(got, want, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), log ? "log_softmax" : "softmax");
+        AssertClose(want, got, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), log ? "log_softmax" : "softmax");
     }
 
     [Test]
@@ -41,7 +41,7 @@ public class SoftmaxCrossCheckTests(CudaImplementation implementation) : DeviceO
         var (want, got) = Seeded(rng, dtype, shape);
         Cpu.SoftmaxBackward(y, dy, want, log);
         Cuda.SoftmaxBackward(y.To(Cuda), dy.To(Cuda), got, log);
-        AssertClose(got, want, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), log ? "log_softmax backward" : "softmax backward");
+        AssertClose(want, got, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), log ? "log_softmax backward" : "softmax backward");
     }
 
     /// <summary>Targets in [0, V), every third row ignored.</summary>
@@ -64,8 +64,8 @@ public class SoftmaxCrossCheckTests(CudaImplementation implementation) : DeviceO
         var got = Poisoned(lossShape, dtype);
         var gotLse = Poisoned(new Shape(rows), dtype);
         Cuda.CrossEntropy(logits.To(Cuda), targets.To(Cuda), ignore, reduction, got, gotLse);
-        AssertClose(gotLse, wantLse, Tol(dtype, 1e-6), 0, "lse");
-        AssertClose(got, want, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), $"loss ({reduction})");
+        AssertClose(wantLse, gotLse, Tol(dtype, 1e-6), 0, "lse");
+        AssertClose(want, got, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), $"loss ({reduction})");
     }
 
     [Test]
@@ -84,7 +84,7 @@ public class SoftmaxCrossCheckTests(CudaImplementation implementation) : DeviceO
         var (want, got) = Seeded(rng, dtype, rows, v);
         Cpu.CrossEntropyBackward(logits, targets, ignore, reduction, lse, dloss, want);
         Cuda.CrossEntropyBackward(logits.To(Cuda), targets.To(Cuda), ignore, reduction, lse.To(Cuda), dloss.To(Cuda), got);
-        AssertClose(got, want, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), $"dlogits ({reduction})");
+        AssertClose(want, got, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(want), $"dlogits ({reduction})");
     }
 
     [Test]
@@ -100,7 +100,7 @@ public class SoftmaxCrossCheckTests(CudaImplementation implementation) : DeviceO
         Assert.That(loss.ToDoubles(), Is.EqualTo(new[] { 0.0 }));
         var (want, got) = Seeded(rng, dtype, 4, 9);
         Cuda.CrossEntropyBackward(logits, targets, 7, CrossEntropyReduction.Mean, lse, Tensor.Full(Shape.Scalar, 1.0, dtype, Cuda), got);
-        AssertIdentical(got, want, "dlogits of fully ignored rows");
+        AssertSame(want, got, "dlogits of fully ignored rows");
     }
 
     // The report is CudaBackend.DeviceError's code 3 (kernels.cu SDP_ERR_CE_TARGET): ArgumentOutOfRangeException

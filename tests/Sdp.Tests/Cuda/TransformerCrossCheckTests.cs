@@ -18,7 +18,7 @@ namespace Sdp.Tests.Cuda;
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable]
-public class TransformerCrossCheckTests(CudaImplementation implementation) : DeviceOpCrossCheck(implementation)
+public class TransformerCrossCheckTests(CudaImplementation implementation) : OpCrossCheckFixture(implementation)
 {
     // ---- embedding --------------------------------------------------------------------------------
 
@@ -33,7 +33,7 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         Cpu.Embedding(weight, ids, want);
         var got = Poisoned(new Shape(21, 37), dtype);
         Cuda.Embedding(weight.To(Cuda), ids.To(Cuda), got);
-        AssertIdentical(got, want, "embedding");
+        AssertSame(want, got, "embedding");
     }
 
     [TestCase(45, 7)] // heavy repeats, one block
@@ -55,9 +55,9 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
             var idsDevice = ids.To(Cuda);
             var again = got.Clone();
             Cuda.EmbeddingBackward(dyDevice, idsDevice, got);
-            AssertIdentical(got, want, $"embedding backward {dtype} int64={int64}");
+            AssertSame(want, got, $"embedding backward {dtype} int64={int64}");
             Cuda.EmbeddingBackward(dyDevice, idsDevice, again);
-            AssertIdentical(again, got, "a second run");
+            AssertSame(got, again, "a second run");
         }
     }
 
@@ -98,8 +98,8 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         var got = Poisoned(x.Shape, dtype);
         var gotRstd = Poisoned(new Shape(13), dtype);
         Cuda.RmsNorm(x.To(Cuda), w.To(Cuda), gotRstd, got, 1e-5);
-        AssertClose(gotRstd, wantRstd, Tol(dtype, 1e-5), 0, "rstd");
-        AssertClose(got, want, Tol(dtype, 1e-5), 0, "y");
+        AssertClose(wantRstd, gotRstd, Tol(dtype, 1e-5), 0, "rstd");
+        AssertClose(want, got, Tol(dtype, 1e-5), 0, "y");
     }
 
     [Test]
@@ -118,8 +118,8 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         bool dx = wanted != "dweight", dw = wanted != "dx";
         Cpu.RmsNormBackward(dy, x, w, rstd, dx ? wantDx : null, dw ? wantDw : null);
         Cuda.RmsNormBackward(dy.To(Cuda), x.To(Cuda), w.To(Cuda), rstd.To(Cuda), dx ? gotDx : null, dw ? gotDw : null);
-        AssertClose(gotDx, wantDx, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(wantDx), "dx");
-        AssertClose(gotDw, wantDw, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(wantDw), "dweight");
+        AssertClose(wantDx, gotDx, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(wantDx), "dx");
+        AssertClose(wantDw, gotDw, Tol(dtype, 1e-5), Tol(dtype, 1e-6) * MaxAbs(wantDw), "dweight");
     }
 
     // ---- RoPE ---------------------------------------------------------------------------------------------
@@ -148,13 +148,13 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         var got = Poisoned(x.Shape, dtype);
         var (cosD, sinD, posD) = (cos.To(Cuda), sin.To(Cuda), positions?.To(Cuda));
         Cuda.Rope(x.To(Cuda), cosD, sinD, posD, offset, got);
-        AssertClose(got, want, Tol(dtype, 1e-6, 1e-14), Tol(dtype, 1e-6, 1e-14) * MaxAbs(want), "rope");
+        AssertClose(want, got, Tol(dtype, 1e-6, 1e-14), Tol(dtype, 1e-6, 1e-14) * MaxAbs(want), "rope");
 
         var dy = Random(rng, dtype, [b, t, h, d]);
         var (wantDx, gotDx) = Seeded(rng, dtype, b, t, h, d);
         Cpu.RopeBackward(dy, cos, sin, positions, offset, wantDx);
         Cuda.RopeBackward(dy.To(Cuda), cosD, sinD, posD, offset, gotDx);
-        AssertClose(gotDx, wantDx, Tol(dtype, 1e-6, 1e-14), Tol(dtype, 1e-6, 1e-14) * MaxAbs(wantDx), "rope backward");
+        AssertClose(wantDx, gotDx, Tol(dtype, 1e-6, 1e-14), Tol(dtype, 1e-6, 1e-14) * MaxAbs(wantDx), "rope backward");
     }
 
     [Test]
@@ -188,7 +188,7 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         var (want, got) = accumulate ? Seeded(rng, dtype, 2, 3, 5, 7) : (CpuOutput(new Shape(2, 3, 5, 7), dtype), Poisoned(new Shape(2, 3, 5, 7), dtype));
         Cpu.AttentionSwapHeads(src, want, 2, 5, 3, 7, accumulate);
         Cuda.AttentionSwapHeads(src.To(Cuda), got, 2, 5, 3, 7, accumulate);
-        AssertIdentical(got, want, "swap heads");
+        AssertSame(want, got, "swap heads");
     }
 
     // ---- causal attention ----------------------------------------------------------------------------
@@ -212,8 +212,8 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         var got = Poisoned(q.Shape, dtype);
         var gotLse = Poisoned(new Shape(b, h, t), dtype);
         Cuda.CausalAttention(q.To(Cuda), k.To(Cuda), v.To(Cuda), got, gotLse);
-        AssertClose(gotLse, wantLse, Tol(dtype, 1e-5, 1e-11), Tol(dtype, 1e-5, 1e-11), "lse");
-        AssertClose(got, want, Tol(dtype, 1e-4, 1e-11), Tol(dtype, 1e-5, 1e-11) * MaxAbs(want), "y");
+        AssertClose(wantLse, gotLse, Tol(dtype, 1e-5, 1e-11), Tol(dtype, 1e-5, 1e-11), "lse");
+        AssertClose(want, got, Tol(dtype, 1e-4, 1e-11), Tol(dtype, 1e-5, 1e-11) * MaxAbs(want), "y");
     }
 
     [Test]
@@ -237,9 +237,9 @@ public class TransformerCrossCheckTests(CudaImplementation implementation) : Dev
         Cpu.CausalAttentionBackward(q, k, v, lse, dy, dq ? wantDq : null, dk ? wantDk : null, dv ? wantDv : null);
         Cuda.CausalAttentionBackward(q.To(Cuda), k.To(Cuda), v.To(Cuda), lse.To(Cuda), dy.To(Cuda), dq ? gotDq : null, dk ? gotDk : null, dv ? gotDv : null);
         double rtol = Tol(dtype, 1e-4, 1e-11), atol = Tol(dtype, 1e-5, 1e-11);
-        AssertClose(gotDq, wantDq, rtol, atol * MaxAbs(wantDq), "dq");
-        AssertClose(gotDk, wantDk, rtol, atol * MaxAbs(wantDk), "dk");
-        AssertClose(gotDv, wantDv, rtol, atol * MaxAbs(wantDv), "dv");
+        AssertClose(wantDq, gotDq, rtol, atol * MaxAbs(wantDq), "dq");
+        AssertClose(wantDk, gotDk, rtol, atol * MaxAbs(wantDk), "dk");
+        AssertClose(wantDv, gotDv, rtol, atol * MaxAbs(wantDv), "dv");
     }
 
     [Test]
