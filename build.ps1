@@ -6,7 +6,8 @@
 #   build  - restore and build the solution
 #   test   - run the NUnit suite; prints "N passed, N failed, N skipped" from the TRX results
 #   bench  - `sdp bench gemm` (our GEMM vs OpenBLAS; needs libopenblas0-pthread)
-#   pack   - NuGet packages of the libraries into artifacts/packages
+#   pack   - NuGet packages into artifacts/packages (or -PackageOutput DIR): the libraries Sdp.Kernels,
+#            Sdp.Engine, Sdp.Models (with .snupkg symbols) and the sdp tool Sdp.Cli; a deterministic CI build
 #   gpu-pack  - self-contained linux-x64 test executable + sdp CLI + kernels.cu + tools/gpu-check.sh
 #               in .gpu/sdp-gpu.tar.xz (under 60 MB), for a GPU machine without .NET (docs/gpu-status.md)
 #   gpu-check - unpacks .gpu/sdp-gpu.tar.xz and runs its gpu-check.sh (on a GPU machine without .NET,
@@ -17,7 +18,9 @@ param(
     [string] $Target = 'build',
     [string] $Configuration = 'Release',
     # Extra arguments for `dotnet test`, e.g. -TestFilter "TestCategory!=Gpu"
-    [string] $TestFilter = ''
+    [string] $TestFilter = '',
+    # pack: where the packages go (default artifacts/packages)
+    [string] $PackageOutput = ''
 )
 
 $ErrorActionPreference = 'Stop'
@@ -154,9 +157,10 @@ switch ($Target) {
         Invoke-Checked 'sdp bench gemm' { dotnet run --project (Join-Path $root 'src/Sdp.Cli') -c $Configuration -- bench gemm }
     }
     'pack' {
-        $out = Join-Path $root 'artifacts/packages'
-        Invoke-Checked 'dotnet pack' { dotnet pack $solution -c $Configuration -o $out --nologo }
-        Get-ChildItem $out -Filter *.nupkg | ForEach-Object { Write-Host "packed $($_.Name)" }
+        $out = if ($PackageOutput) { $PackageOutput } else { Join-Path $root 'artifacts/packages' }
+        # ContinuousIntegrationBuild: source paths in the PDBs are mapped to /_/ (deterministic across machines).
+        Invoke-Checked 'dotnet pack' { dotnet pack $solution -c $Configuration -o $out --nologo -p:ContinuousIntegrationBuild=true }
+        Get-ChildItem $out -Filter *.*nupkg | ForEach-Object { Write-Host "packed $($_.Name)" }
     }
     'gpu-pack' { Invoke-GpuPack }
     'gpu-check' {

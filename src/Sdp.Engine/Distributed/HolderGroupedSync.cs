@@ -117,7 +117,7 @@ public sealed class HolderGroupedSync : IDisposable
     /// <summary>Bytes this worker sends per step under the ring model of <see cref="CommStats"/>.</summary>
     public double BytesPerStep => Buckets.Sum(b => CommStats.RingAllReduceBytes(b.Bytes, b.Holders.Length));
 
-    /// <summary>Bytes this sync keeps from construction to disposal (<see cref="MemoryCategory.EngineBuffers"/>): the staging buffers and holder counts.</summary>
+    /// <summary>Bytes this sync keeps from construction to disposal (<see cref="Memory.MemoryCategory.EngineBuffers"/>): the staging buffers and holder counts.</summary>
     public long StagingBytes => _staging.Bytes;
 
     /// <summary>

@@ -42,7 +42,7 @@ public sealed class UnitRefresh : IDisposable
     /// <summary>Elements this worker receives per refresh (the units it does not hold).</summary>
     public long ElementsReceived => Buckets.Where(b => Array.BinarySearch(b.Holders, Worker) < 0).Sum(b => b.Elements);
 
-    /// <summary>Bytes this refresh keeps from construction to disposal (<see cref="MemoryCategory.EngineBuffers"/>): its staging buffers.</summary>
+    /// <summary>Bytes this refresh keeps from construction to disposal (<see cref="Memory.MemoryCategory.EngineBuffers"/>): its staging buffers.</summary>
     public long StagingBytes => _staging.Bytes;
 
     /// <summary>Overwrites every unit this worker does not hold with its lowest holder's values. Collective.</summary>

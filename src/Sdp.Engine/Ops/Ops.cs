@@ -10,7 +10,7 @@ namespace Sdp.Engine;
 /// </summary>
 public static partial class Ops
 {
-    /// <summary>True when an op over <paramref name="inputs"/> must record a tape node.</summary>
+    /// <summary>True when an op over these inputs must record a tape node.</summary>
     internal static bool NeedsGrad(Tensor a) => GradMode.IsEnabled && a.RequiresGrad;
 
     internal static bool NeedsGrad(Tensor a, Tensor b) => GradMode.IsEnabled && (a.RequiresGrad || b.RequiresGrad);

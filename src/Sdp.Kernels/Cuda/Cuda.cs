@@ -75,7 +75,7 @@ public static unsafe class Cuda
         string? path = EmulatorPath();
         if (path is null)
         {
-            why = "libcudaemu.so was not found next to Sdp.Kernels (it is built on Linux by the solution build; SDP_CUDAEMU_LIB names another)";
+            why = $"libcudaemu.so was not found (looked at {string.Join(", ", EmulatorCandidates())}; it is built on Linux by the solution build and shipped for linux-x64 in the Sdp.Kernels package; SDP_CUDAEMU_LIB names another)";
             return null;
         }
         nint h = NativeLibrary.Load(path);
@@ -109,18 +109,34 @@ public static unsafe class Cuda
         return api;
     }
 
-    /// <summary>libcudaemu.so: <c>SDP_CUDAEMU_LIB</c>, else beside this assembly, else in the application's folder.</summary>
+    /// <summary>libcudaemu.so (with its cudaemu.h beside it): <c>SDP_CUDAEMU_LIB</c>, else the first found of
+    /// <c>libcudaemu.so</c> and <c>runtimes/linux-x64/native/libcudaemu.so</c> under this assembly's folder and
+    /// under the application's folder. These cover a build from the repository (the library beside the
+    /// assemblies), a portable app referencing the Sdp.Kernels package (NuGet copies the native asset to
+    /// <c>runtimes/linux-x64/native/</c> of its output), a RID-specific publish (flattened beside the app) and the
+    /// <c>sdp</c> tool.</summary>
     public static string? EmulatorPath()
     {
         string? env = Environment.GetEnvironmentVariable("SDP_CUDAEMU_LIB");
         if (!string.IsNullOrEmpty(env)) return File.Exists(env) ? Path.GetFullPath(env) : null;
+        foreach (string p in EmulatorCandidates())
+            if (File.Exists(p)) return Path.GetFullPath(p);
+        return null;
+    }
+
+    /// <summary>Where <see cref="EmulatorPath"/> looks, in order (without <c>SDP_CUDAEMU_LIB</c>).</summary>
+    public static IEnumerable<string> EmulatorCandidates()
+    {
+        string native = Path.Combine("runtimes", $"linux-{RuntimeInformation.OSArchitecture.ToString().ToLowerInvariant()}", "native");
+        var dirs = new List<string>();
         foreach (string? dir in new[] { Path.GetDirectoryName(typeof(Cuda).Assembly.Location), AppContext.BaseDirectory })
         {
             if (string.IsNullOrEmpty(dir)) continue;
-            string p = Path.Combine(dir, "libcudaemu.so");
-            if (File.Exists(p)) return p;
+            string full = Path.GetFullPath(dir);
+            if (!dirs.Contains(full)) dirs.Add(full);
         }
-        return null;
+        foreach (string dir in dirs) yield return Path.Combine(dir, "libcudaemu.so");
+        foreach (string dir in dirs) yield return Path.Combine(dir, native, "libcudaemu.so");
     }
 
     /// <summary>Folders searched for the real libraries after the loader's own search (which covers

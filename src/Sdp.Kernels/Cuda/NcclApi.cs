@@ -70,8 +70,6 @@ public sealed unsafe class NcclApi
             ? p
             : throw new EntryPointNotFoundException($"NCCL entry point {name} is missing from the loaded library");
 
-    /// <summary>Throws <see cref="NcclException"/> unless <paramref name="result"/> is success; the message names
-    /// the call, ncclGetErrorString and ncclGetLastError's detail.</summary>
     /// <summary>Bounds how long a collective waits for the other ranks: the emulator's extension (true), absent from real NCCL (false).</summary>
     public bool TrySetEmulatorTimeout(TimeSpan timeout)
     {
@@ -80,6 +78,8 @@ public sealed unsafe class NcclApi
         return true;
     }
 
+    /// <summary>Throws <see cref="NcclException"/> unless <paramref name="result"/> is success; the message names
+    /// the call, ncclGetErrorString and ncclGetLastError's detail.</summary>
     public void Check(NcclResult result, [CallerArgumentExpression(nameof(result))] string call = "")
     {
         if (result == NcclResult.Success) return;
