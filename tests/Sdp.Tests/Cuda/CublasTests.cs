@@ -6,7 +6,12 @@ namespace Sdp.Tests.Cuda;
 /// The emulated cuBLAS subset against a float64 loop over the same column-major operands: transposes, odd
 /// sizes, padded leading dimensions, alpha and beta, outputs NaN-poisoned when beta = 0 (C must not be read);
 /// then bad arguments, which must return cuBLAS's own status codes. Tolerance: 1e-6 of Σ|alpha·a·b| + |beta·c|
-/// per element (the emulator sums in double too); TF32 1e-3; Dgemm 1e-14 absolute (inputs below 1, k ≤ 19).
+/// per element (what a GPU's float accumulation meets at these sizes); TF32 1e-3; Dgemm 1e-14 absolute (inputs
+/// below 1, k ≤ 19). The emulator's GEMM is blocked and multi-threaded but sums every element in double in k order
+/// (chosen over float accumulation, which measured ~1.6x faster, for exactness and thread-count independence), so on
+/// the emulated device float GEMMs must equal a k-ordered float64 loop bit for bit, at sizes that span several
+/// tiles, k slices and threads; Dgemm there is within (k + 2)·2⁻⁵² of Σ|alpha·a·b| + |beta·c| (the AVX2 kernel fuses
+/// each multiply-add, the loop does not).
 /// </summary>
 [TestFixtureSource(typeof(CudaDevices), nameof(CudaDevices.Implementations))]
 [NonParallelizable] // the emulated device's state is process-wide
@@ -151,6 +156,72 @@ public unsafe class CublasTests
         Assert.That(_blas.Version, Is.GreaterThanOrEqualTo(110000));
     }
 
+    /// <summary>Rounds to TF32 (10 explicit mantissa bits), to nearest even; infinities and NaN unchanged.</summary>
+    private static float Tf32(float x)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(x);
+        if ((u & 0x7f800000u) == 0x7f800000u) return x;
+        u += 0x0fffu + ((u >> 13) & 1u);
+        return BitConverter.UInt32BitsToSingle(u & 0xffffe000u);
+    }
+
+    /// <summary>Sizes past one k slice (256), one tile and the threading threshold, with edge panels: the emulator's float
+    /// GEMM equals float(alpha·Σ_l a·b + beta·c), the sum in double with l increasing, bit for bit, TF32 included.</summary>
+    [Test]
+    public void Emulated_Sgemm_is_bit_identical_to_a_k_ordered_float64_loop_on_blocked_sizes(
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation ta,
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation tb,
+        [Values(false, true)] bool tf32)
+    {
+        CudaDevices.RequireEmulated(_impl, "the emulator's summation order (cuBLAS sums in float, in its own order)");
+        const int m = 203, n = 197, k = 601;
+        float alpha = -0.75f, beta = 0.5f;
+        var (ar, ac) = Shape(ta, m, k);
+        var (br, bc) = Shape(tb, k, n);
+        int lda = ar + 1, ldb = br + 2, ldc = m + 3;
+        float[] a = Random(lda * ac, 21), b = Random(ldb * bc, 22), c = Random(ldc * n, 23);
+        using DeviceBuffer da = Upload(a), db = Upload(b), dc = Upload(c);
+        if (tf32)
+            _blas.GemmEx(ta, tb, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc, CublasComputeType.Compute32FFastTf32);
+        else
+            _blas.Sgemm(ta, tb, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc);
+        float[] got = dc.ToArray<float>();
+        for (int j = 0; j < n; j++)
+        {
+            for (int i = 0; i < m; i++)
+            {
+                double acc = 0;
+                for (int l = 0; l < k; l++)
+                {
+                    float av = ta == CublasOperation.N ? a[i + l * lda] : a[l + i * lda];
+                    float bv = tb == CublasOperation.N ? b[l + j * ldb] : b[j + l * ldb];
+                    if (tf32) { av = Tf32(av); bv = Tf32(bv); }
+                    acc += (double)av * bv;
+                }
+                float expected = (float)((double)alpha * acc + (double)beta * c[i + j * ldc]);
+                if (BitConverter.SingleToInt32Bits(got[i + j * ldc]) != BitConverter.SingleToInt32Bits(expected))
+                    Assert.Fail($"{ta}{tb} tf32 {tf32}: C[{i},{j}] = {got[i + j * ldc]:R}, expected {expected:R}");
+            }
+            for (int i = m; i < ldc; i++)
+                Assert.That(BitConverter.SingleToInt32Bits(got[i + j * ldc]), Is.EqualTo(BitConverter.SingleToInt32Bits(c[i + j * ldc])));
+        }
+    }
+
+    /// <summary>alpha = 0 reads neither A nor B (NaN there changes nothing): C = beta·C, here on a GEMM big enough to be
+    /// split over threads; beta = 0 then writes zeros over a NaN C.</summary>
+    [Test]
+    public void Alpha_zero_reads_neither_A_nor_B([Values(0f, 0.5f)] float beta)
+    {
+        const int m = 150, n = 130, k = 140;
+        float[] nan = Enumerable.Repeat(float.NaN, m * k).ToArray();
+        float[] c = beta == 0 ? Enumerable.Repeat(float.NaN, m * n).ToArray() : Random(m * n, 24);
+        using DeviceBuffer da = Upload(nan), db = Upload(nan), dc = Upload(c);
+        _blas.Sgemm(CublasOperation.N, CublasOperation.T, m, n, k, 0f, da, m, db, n, beta, dc, m);
+        float[] got = dc.ToArray<float>();
+        for (int i = 0; i < m * n; i++)
+            Assert.That(got[i], Is.EqualTo(beta == 0 ? 0f : beta * c[i]), $"C[{i}]");
+    }
+
     /// <summary>C (m, n; ldc) = alpha·op(A)·op(B) + beta·C in a plain float64 loop, column-major, for the Dgemm tests.</summary>
     private static double[] ReferenceD(CublasOperation ta, CublasOperation tb, int m, int n, int k, double alpha,
         double[] a, int aOff, int lda, double[] b, int bOff, int ldb, double beta, double[] c, int cOff, int ldc)
@@ -223,6 +294,42 @@ public unsafe class CublasTests
             for (int col = 0; col < n; col++)
                 for (int row = 0; row < m; row++)
                     Assert.That(got[i * sC + row + col * ldc], Is.EqualTo(expected[row + col * m]).Within(1e-14), $"batch {i}: C[{row},{col}]");
+        }
+    }
+
+    /// <summary>Dgemm past one k slice, one tile and the threading threshold, batched (item 1 shares B with item 0 through
+    /// stride 0): within (k + 2)·2⁻⁵² of Σ|alpha·a·b| + |beta·c| of a k-ordered float64 loop, which any blocking mistake
+    /// (a lost or repeated slice, a misplaced tile) exceeds by far.</summary>
+    [Test]
+    public void Emulated_DgemmStridedBatched_matches_a_float64_loop_on_blocked_sizes(
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation ta,
+        [Values(CublasOperation.N, CublasOperation.T)] CublasOperation tb)
+    {
+        CudaDevices.RequireEmulated(_impl, "a tolerance tied to the emulator's summation order");
+        const int m = 131, n = 205, k = 530, batch = 2;
+        double alpha = 1.5, beta = -0.25;
+        var (ar, ac) = Shape(ta, m, k);
+        var (br, bc) = Shape(tb, k, n);
+        int lda = ar + 2, ldb = br + 1, ldc = m;
+        long sA = (long)lda * ac, sC = (long)ldc * n;
+        double[] a = RandomD((int)sA * batch, 25), b = RandomD(ldb * bc, 26), c = RandomD((int)sC * batch, 27);
+        using DeviceBuffer da = DeviceTestData.Upload(_ctx, a), db = DeviceTestData.Upload(_ctx, b), dc = DeviceTestData.Upload(_ctx, c);
+        _blas.DgemmStridedBatched(ta, tb, m, n, k, alpha, da, lda, sA, db, ldb, 0, beta, dc, ldc, sC, batch);
+        double[] got = dc.ToArray<double>();
+        for (int item = 0; item < batch; item++)
+        {
+            double[] expected = ReferenceD(ta, tb, m, n, k, alpha, a, (int)(item * sA), lda, b, 0, ldb, beta, c, (int)(item * sC), ldc);
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < m; i++)
+                {
+                    double scale = Math.Abs(beta * c[item * sC + i + j * ldc]);
+                    for (int l = 0; l < k; l++)
+                        scale += Math.Abs(alpha * (ta == CublasOperation.N ? a[item * sA + i + l * lda] : a[item * sA + l + i * lda])
+                            * (tb == CublasOperation.N ? b[l + j * ldb] : b[j + l * ldb]));
+                    double g = got[item * sC + i + j * ldc], e = expected[i + j * m];
+                    if (Math.Abs(g - e) > (k + 2) * Math.Pow(2, -52) * scale)
+                        Assert.Fail($"{ta}{tb} batch {item}: C[{i},{j}] = {g:R}, expected {e:R} (scale {scale})");
+                }
         }
     }
 
