@@ -252,9 +252,6 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private nint BoundStream() => _stream.Handle; // binds the context to this thread
 
-    /// <summary>An op family still being ported: fails loudly instead of computing anything.</summary>
-    private NotSupportedException Pending([CallerMemberName] string op = "") => new($"{op} is not implemented on {this} yet");
-
     public void Dispose()
     {
         if (_disposed) return;
