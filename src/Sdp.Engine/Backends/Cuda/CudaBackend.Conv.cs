@@ -59,7 +59,7 @@ public sealed unsafe partial class CudaBackend
         if (g.Direct)
         {
             // y_n (O, P) = W (O, C) · x_n (C, P) for every image in one batched GEMM.
-            ConvSgemmBatched("conv2d forward (1x1)", CublasOperation.N, CublasOperation.N, P, O, K, Ptr(x), P, (long)K * P, Ptr(weight), K, 0,
+            Blas.SgemmStridedBatched(CublasOperation.N, CublasOperation.N, P, O, K, 1f, Ptr(x), P, (long)K * P, Ptr(weight), K, 0,
                 0f, Ptr(y), P, (long)O * P, g.N);
         }
         else
@@ -71,7 +71,7 @@ public sealed unsafe partial class CudaBackend
                 int count = Math.Min(G, g.N - n0), ld = count * P;
                 Launch1D("conv2d_im2col_f32", (long)K * ld, g.AddTo(new KernelArgs().Add(Ptr(x)).Add(Ptr(cols)), n0, count));
                 // Column-major view: y_iᵀ (P, O) = cols_iᵀ (P, K; ld = count·P) · Wᵀ (K, O; ld K), image i at column offset i·P.
-                ConvSgemmBatched("conv2d forward", CublasOperation.N, CublasOperation.N, P, O, K, Ptr(cols), ld, P, Ptr(weight), K, 0,
+                Blas.SgemmStridedBatched(CublasOperation.N, CublasOperation.N, P, O, K, 1f, Ptr(cols), ld, P, Ptr(weight), K, 0,
                     0f, Ptr(y) + (long)n0 * O * P * sizeof(float), P, (long)O * P, count);
             }
         }
@@ -131,7 +131,7 @@ public sealed unsafe partial class CudaBackend
                 b = Ptr(cols!);
             }
             // Column-major view: dWᵀ (K, O; ld K) += cols_g (K × ld, stored as its transpose, ld = count·P) · dy_gᵀ (ld, O).
-            ConvSgemm("conv2d weight gradient", CublasOperation.T, CublasOperation.N, K, O, ld, b, ld, a, ld, 1f, Ptr(dw), K);
+            Blas.Sgemm(CublasOperation.T, CublasOperation.N, K, O, ld, 1f, b, ld, a, ld, 1f, Ptr(dw), K);
         }
     }
 
@@ -142,7 +142,7 @@ public sealed unsafe partial class CudaBackend
         if (g.Direct)
         {
             // dx_nᵀ (P, C) += dy_nᵀ (P, O) · W (O, C) for every image in one batched GEMM.
-            ConvSgemmBatched("conv2d input gradient (1x1)", CublasOperation.N, CublasOperation.T, P, K, O, Ptr(dy), P, (long)O * P, Ptr(w), K, 0,
+            Blas.SgemmStridedBatched(CublasOperation.N, CublasOperation.T, P, K, O, 1f, Ptr(dy), P, (long)O * P, Ptr(w), K, 0,
                 1f, Ptr(dx), P, (long)K * P, g.N);
             return;
         }
@@ -152,7 +152,7 @@ public sealed unsafe partial class CudaBackend
         {
             int count = Math.Min(G, g.N - n0), ld = count * P;
             // Column-major view: dcols_iᵀ (P, K; ld = count·P, column offset i·P) = dy_iᵀ (P, O; ld P) · W (O, K).
-            ConvSgemmBatched("conv2d input gradient", CublasOperation.N, CublasOperation.T, P, K, O, Ptr(dy) + (long)n0 * O * P * sizeof(float), P,
+            Blas.SgemmStridedBatched(CublasOperation.N, CublasOperation.T, P, K, O, 1f, Ptr(dy) + (long)n0 * O * P * sizeof(float), P,
                 (long)O * P, Ptr(w), K, 0, 0f, Ptr(dcols), ld, P, count);
             Launch1D("conv2d_col2im_f32", (long)count * g.C * g.H * g.W, g.AddTo(new KernelArgs().Add(Ptr(dcols)).Add(Ptr(dx)), n0, count));
         }
@@ -161,25 +161,4 @@ public sealed unsafe partial class CudaBackend
     /// <summary>A float or double scratch tensor on this device, charged as workspace; the caller disposes it once its kernels are queued.</summary>
     private Tensor ConvWorkspace(long elements, DType dtype) =>
         Tensor.Allocate(new Shape(checked((int)Math.Max(1, elements))), dtype, this, MemoryCategory.Workspace, registerInScope: false);
-
-    /// <summary>cublasSgemm on raw device addresses, alpha = 1, on this backend's stream (column-major, as cuBLAS).</summary>
-    private void ConvSgemm(string what, CublasOperation ta, CublasOperation tb, int m, int n, int k, CUdeviceptr a, int lda, CUdeviceptr b, int ldb,
-        float beta, CUdeviceptr c, int ldc)
-    {
-        CublasApi blas = Context.Api.Cublas;
-        Context.Bind();
-        float alpha = 1f;
-        blas.Check(blas.cublasSgemm_v2(Blas.DangerousGetHandle(), ta, tb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), $"cublasSgemm_v2 ({what})");
-    }
-
-    /// <summary>cublasSgemmStridedBatched on raw device addresses (element strides), alpha = 1, on this backend's stream.</summary>
-    private void ConvSgemmBatched(string what, CublasOperation ta, CublasOperation tb, int m, int n, int k, CUdeviceptr a, int lda, long strideA,
-        CUdeviceptr b, int ldb, long strideB, float beta, CUdeviceptr c, int ldc, long strideC, int batch)
-    {
-        CublasApi blas = Context.Api.Cublas;
-        Context.Bind();
-        float alpha = 1f;
-        blas.Check(blas.cublasSgemmStridedBatched(Blas.DangerousGetHandle(), ta, tb, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB, &beta, c, ldc,
-            strideC, batch), $"cublasSgemmStridedBatched ({what})");
-    }
 }
