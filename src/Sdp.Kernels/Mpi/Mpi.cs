@@ -127,6 +127,30 @@ public static unsafe class Mpi
         }
     }
 
+    /// <summary>
+    /// Environment variables through which launchers tell a process its rank among the job's processes on its node:
+    /// Open MPI's mpirun, Slurm's srun, MPICH/Intel MPI. The first that is set wins.
+    /// </summary>
+    public static readonly string[] LocalRankVariables = ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"];
+
+    /// <summary>
+    /// This process's rank among the job's processes on its node (the GPU it should use, modulo the node's GPU
+    /// count), from the launcher's environment (<see cref="LocalRankVariables"/>); null when no launcher set one.
+    /// Throws naming the variable when its value is not a non-negative integer.
+    /// </summary>
+    public static int? LocalRank()
+    {
+        foreach (string name in LocalRankVariables)
+        {
+            string? value = Environment.GetEnvironmentVariable(name);
+            if (string.IsNullOrEmpty(value)) continue;
+            return int.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int rank)
+                ? rank
+                : throw new FormatException($"MPI: environment variable {name} is '{value}', expected the process's local rank (a non-negative integer)");
+        }
+        return null;
+    }
+
     /// <summary>MPI_Finalize, when MPI is initialised and not yet finalised (collective: every rank calls it).</summary>
     public static void Shutdown()
     {
