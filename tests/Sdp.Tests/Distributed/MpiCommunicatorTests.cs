@@ -1,9 +1,9 @@
-using System.Diagnostics;
 using System.Globalization;
 using Sdp.Cli.Commands;
 using Sdp.Engine;
 using Sdp.Engine.Distributed;
 using Sdp.Kernels.Mpi;
+using Sdp.Tests.Support;
 using static Sdp.Tests.Distributed.CommTestSupport;
 
 namespace Sdp.Tests.Distributed;
@@ -29,7 +29,7 @@ public class MpiCommunicatorTests
     [SetUp]
     public void MakeDirectory()
     {
-        if (FindMpirun() is null) Assert.Ignore("mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; CI installs it)");
+        if (MpiJob.FindMpirun() is null) Assert.Ignore("mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; CI installs it)");
         _dir = Path.Combine(Path.GetTempPath(), "sdp-mpi-tests-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(_dir);
     }
@@ -198,62 +198,5 @@ public class MpiCommunicatorTests
         }
     }
 
-    private sealed record Run(int ExitCode, string Out, string Err, TimeSpan Elapsed)
-    {
-        public override string ToString() => $"exit {ExitCode} after {Elapsed.TotalSeconds:F1} s\n--- stdout\n{Out}--- stderr\n{Err}";
-    }
-
-    private static string? FindMpirun() =>
-        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
-            .Select(d => Path.Combine(d, "mpirun")).FirstOrDefault(File.Exists);
-
-    /// <summary>
-    /// mpirun -np <paramref name="np"/> sdp args…, killed (and the test failed) after <see cref="Timeout"/>.
-    /// --oversubscribe: more ranks than the CI machine's 2 cores. --allow-run-as-root only when running as root
-    /// (CI does). Shared memory (vader) without its single-copy mechanism, which needs ptrace rights that
-    /// containers often withhold; no TCP, so no network interfaces are probed.
-    /// </summary>
-    private static Run Mpirun(int np, params string[] args)
-    {
-        string sdp = Path.Combine(AppContext.BaseDirectory, "sdp");
-        Assert.That(File.Exists(sdp), Is.True, $"the sdp CLI is not next to the tests ({sdp})");
-        var psi = new ProcessStartInfo(FindMpirun()!)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
-        foreach (string a in new[] { "-np", np.ToString(CultureInfo.InvariantCulture), "--oversubscribe" }) psi.ArgumentList.Add(a);
-        if (IsRoot()) psi.ArgumentList.Add("--allow-run-as-root");
-        foreach (string a in new[] { "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none", sdp }) psi.ArgumentList.Add(a);
-        foreach (string a in args) psi.ArgumentList.Add(a);
-        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-
-        var clock = Stopwatch.StartNew();
-        using var process = Process.Start(psi)!;
-        process.StandardInput.Close();
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(Timeout))
-        {
-            process.Kill(entireProcessTree: true);
-            process.WaitForExit();
-            Assert.Fail($"mpirun -np {np} sdp {string.Join(' ', args)} did not finish within {Timeout.TotalSeconds} s and was killed\n--- stdout\n{stdout.Result}--- stderr\n{stderr.Result}");
-        }
-        process.WaitForExit();
-        return new Run(process.ExitCode, stdout.Result, stderr.Result, clock.Elapsed);
-    }
-
-    private static bool IsRoot()
-    {
-        try
-        {
-            return File.ReadAllLines("/proc/self/status").Any(l => l.StartsWith("Uid:", StringComparison.Ordinal) && l.Split('\t', StringSplitOptions.RemoveEmptyEntries)[1] == "0");
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
+    private static MpiJob.Result Mpirun(int np, params string[] args) => MpiJob.Run(np, Timeout, args);
 }
