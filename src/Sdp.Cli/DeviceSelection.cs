@@ -31,8 +31,13 @@ public sealed class DeviceSelection : IDisposable
 
     public bool IsCuda => Host is CudaBackend;
 
-    /// <summary>Opens the devices of <paramref name="spec"/> for <paramref name="workers"/> workers; <paramref name="option"/> names the option in errors.</summary>
-    public static DeviceSelection Open(string spec, int workers, string option = "--device")
+    /// <summary>
+    /// Opens the devices of <paramref name="spec"/> for <paramref name="workers"/> workers; <paramref name="option"/> names
+    /// the option in errors. <paramref name="localRank"/>: this process is one rank of a multi-process job, with that
+    /// rank among the job's processes on this node; its one worker and its host share one backend on device
+    /// (local rank mod the device count) under <c>cuda</c>.
+    /// </summary>
+    public static DeviceSelection Open(string spec, int workers, string option = "--device", int? localRank = null)
     {
         spec = spec.Trim().ToLowerInvariant();
         if (spec == "cpu") return new DeviceSelection(CpuBackend.Instance, spec);
@@ -63,10 +68,11 @@ public sealed class DeviceSelection : IDisposable
         try
         {
             var workerBackends = new CudaBackend[workers];
-            for (int w = 0; w < workers; w++) workerBackends[w] = selection.Track(CudaBackend.Open(pinned ?? w % count, api));
-            selection.Host = selection.Track(CudaBackend.Open(pinned ?? 0, api));
+            for (int w = 0; w < workers; w++) workerBackends[w] = selection.Track(CudaBackend.Open(pinned ?? (localRank ?? w) % count, api));
+            selection.Host = localRank is null ? selection.Track(CudaBackend.Open(pinned ?? 0, api)) : workerBackends[0];
             selection.Worker = w => workerBackends[w];
-            string placement = pinned is not null || count == 1 || workers == 1
+            string placement = localRank is not null ? $"local rank {localRank} on {workerBackends[0].Device}"
+                : pinned is not null || count == 1 || workers == 1
                 ? $"{(workers == 1 ? "the worker" : $"all {workers} workers")} on {workerBackends[0].Device}"
                 : $"worker w on cuda:(w mod {count})";
             selection.Banner = api.Implementation == CudaImplementation.Emulated

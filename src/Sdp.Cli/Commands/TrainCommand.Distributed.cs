@@ -1,4 +1,7 @@
 using System.CommandLine;
+using Sdp.Engine;
+using Sdp.Engine.Distributed;
+using Sdp.Kernels.Mpi;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
@@ -11,7 +14,7 @@ public static partial class TrainCommand
     /// <summary>The distributed options of `sdp train`.</summary>
     public sealed record DistributedOptions(
         int Workers, ParallelMode Mode, SubnetLevel Level, Masking Masking, double Coverage, ScheduleMatch ScheduleMatch,
-        SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate, int BnRecalibrateBatch)
+        SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate, int BnRecalibrateBatch, Launcher Launcher = Launcher.None, double CommTimeoutSeconds = DefaultCommTimeoutSeconds)
     {
         /// <summary>One worker in DP mode: plain single-process training (which also resumes the single-worker training state of earlier Sdp versions).</summary>
         public bool IsSingleWorkerDp => Workers == 1 && Mode == ParallelMode.Dp;
@@ -19,6 +22,61 @@ public static partial class TrainCommand
         /// <summary>Total and warm-up steps after --schedule-match (DP runs at coverage 1, so they are unchanged).</summary>
         public (long Steps, int Warmup) Matched(int steps, int warmup)
             => (SdpOptions.MatchedSteps(steps, Coverage, ScheduleMatch), (int)SdpOptions.MatchedSteps(warmup, Coverage, ScheduleMatch));
+    }
+
+    /// <summary>How the workers of a run are started.</summary>
+    public enum Launcher
+    {
+        /// <summary>Every worker is a thread of this process.</summary>
+        None,
+
+        /// <summary>This process is one rank of an MPI job (mpirun, srun): it runs the worker of its rank.</summary>
+        Mpi,
+    }
+
+    /// <summary>The default of --comm-timeout: the in-process communicator's wait, and a job's longest phase.</summary>
+    public const double DefaultCommTimeoutSeconds = 300;
+
+    /// <summary>
+    /// One rank of an MPI job (`mpirun -np W sdp train --launcher mpi ...`, or srun): this process runs worker
+    /// = its rank on its own device (CPU, or GPU local rank mod the node's GPU count), gradients travel by MPI
+    /// between CPU ranks (<see cref="MpiCommunicator"/>, staged through host memory for GPU tensors until NCCL is
+    /// wired in), and rank 0 alone prints, writes the metrics and the dense model and sdp.json of a checkpoint.
+    /// Any failure after MPI is up ends the whole job (MPI_Abort) with a message naming the rank, so no rank waits
+    /// for a peer that has gone: exit code 2 for bad input, 1 otherwise.
+    /// </summary>
+    private static int RunMpiRank(Options o, TextWriter output)
+    {
+        MpiCommunicator mpi;
+        try
+        {
+            mpi = MpiCommunicator.Create();
+        }
+        catch (Exception e) when (e is DllNotFoundException or MpiException or InvalidOperationException)
+        {
+            throw new UsageException($"--launcher mpi: {e.Message}");
+        }
+        using (mpi)
+        {
+            try
+            {
+                if (o.Distributed.Workers != mpi.WorldSize)
+                    throw new UsageException($"--workers ({o.Distributed.Workers}) must equal the job's {mpi.WorldSize} processes (mpirun -np {mpi.WorldSize}), or be left out");
+                using var devices = DeviceSelection.Open(o.Device, 1, localRank: Mpi.LocalRank() ?? 0);
+                bool leader = mpi.Rank == 0;
+                var rankOutput = leader ? output : TextWriter.Null;
+                if (devices.Banner is not null) rankOutput.WriteLine(devices.Banner);
+                using var host = DeviceScope.Use(devices.Host);
+                // Plain progress lines: mpirun forwards every rank's output, which a live progress bar would garble.
+                return Run(leader ? o : o with { Metrics = null }, devices, rankOutput, plain: true, new JobRank(mpi, mpi));
+            }
+            catch (Exception e)
+            {
+                bool usage = e is UsageException or ArgumentException or FileNotFoundException or InvalidDataException or DirectoryNotFoundException;
+                mpi.Abort(CliRunner.MessageOf(e), usage ? CliRunner.UsageError : 1);
+                throw; // MPI_Abort does not return
+            }
+        }
     }
 
     /// <summary>The command-line options behind <see cref="DistributedOptions"/>.</summary>
@@ -38,6 +96,8 @@ public static partial class TrainCommand
         private readonly Option<int> _bucketMb = new("--bucket-mb") { Description = "Cap on one gradient-sync buffer, MiB", DefaultValueFactory = _ => 25 };
         private readonly Option<int> _bnRecalibrate = new("--bn-recalibrate") { Description = "Before evaluation, re-estimate BatchNorm statistics of the dense model on this many training batches, a cumulative average as torch's update_bn (0 = off)", DefaultValueFactory = _ => 0 };
         private readonly Option<int> _bnRecalibrateBatch = new("--bn-recalibrate-batch") { Description = "Images per BatchNorm recalibration batch (independent of --batch)", DefaultValueFactory = _ => 64 };
+        private readonly Option<string> _launcher = new("--launcher") { Description = "none (workers are threads of this process) or mpi (this process is one rank of `mpirun -np W` or `srun -n W`, running worker = its rank; see `sdp launch`)", DefaultValueFactory = _ => "none" };
+        private readonly Option<double> _commTimeout = new("--comm-timeout") { Description = "Seconds a worker waits for the others at a collective; under --launcher mpi, the longest a step, evaluation or save may take before the job is aborted", DefaultValueFactory = _ => DefaultCommTimeoutSeconds };
 
         public static DistributedArguments Create()
         {
@@ -47,18 +107,22 @@ public static partial class TrainCommand
             a._masking.AcceptOnlyFromAmong("forward", "backward");
             a._scheduleMatch.AcceptOnlyFromAmong("same-steps", "flop-matched");
             a._neuronScale.AcceptOnlyFromAmong("none", "inverse-coverage");
+            a._launcher.AcceptOnlyFromAmong("none", "mpi");
             return a;
         }
 
         public void AddTo(Command cmd)
         {
-            foreach (var o in new Option[] { _workers, _mode, _subnet, _masking, _coverage, _scheduleMatch, _neuronScale, _maskHeads, _splitSublayers, _keepDownsample, _planSeed, _bucketMb, _bnRecalibrate, _bnRecalibrateBatch })
+            foreach (var o in new Option[] { _workers, _mode, _subnet, _masking, _coverage, _scheduleMatch, _neuronScale, _maskHeads, _splitSublayers, _keepDownsample, _planSeed, _bucketMb, _bnRecalibrate, _bnRecalibrateBatch, _launcher, _commTimeout })
                 cmd.Options.Add(o);
         }
 
         public DistributedOptions Parse(ParseResult p)
         {
             int workers = Check.Positive(p.GetValue(_workers), "--workers");
+            var launcher = p.GetValue(_launcher) == "mpi" ? Launcher.Mpi : Launcher.None;
+            // Under mpirun the job's size is the worker count; check the coverage against it, not the default of 1.
+            if (launcher == Launcher.Mpi && p.GetResult(_workers) is not { Implicit: false }) workers = JobSize() ?? workers;
             var mode = p.GetValue(_mode) == "sdp" ? ParallelMode.Sdp : ParallelMode.Dp;
             double coverage = p.GetValue(_coverage);
             if (mode == ParallelMode.Sdp)
@@ -77,7 +141,15 @@ public static partial class TrainCommand
                 p.GetValue(_masking) == "backward" ? Masking.Backward : Masking.Forward, mode == ParallelMode.Dp ? 1.0 : coverage,
                 p.GetValue(_scheduleMatch) == "flop-matched" ? ScheduleMatch.FlopMatched : ScheduleMatch.SameSteps,
                 subnet, planSeed, Check.Positive(p.GetValue(_bucketMb), "--bucket-mb"), Check.AtLeast(p.GetValue(_bnRecalibrate), 0, "--bn-recalibrate"),
-                Check.Positive(p.GetValue(_bnRecalibrateBatch), "--bn-recalibrate-batch"));
+                Check.Positive(p.GetValue(_bnRecalibrateBatch), "--bn-recalibrate-batch"), launcher, Check.PositiveReal(p.GetValue(_commTimeout), "--comm-timeout"));
+        }
+
+        /// <summary>The job's size from the launcher's environment (mpirun, srun), before MPI is initialised; null outside a job.</summary>
+        private static int? JobSize()
+        {
+            foreach (string name in (string[])["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"])
+                if (int.TryParse(Environment.GetEnvironmentVariable(name), out int size) && size > 0) return size;
+            return null;
         }
     }
 }

@@ -161,13 +161,15 @@ public static partial class TrainCommand
     /// </summary>
     public static int Run(Options o, TextWriter output, bool plain)
     {
+        if (o.Distributed.Launcher == Launcher.Mpi) return RunMpiRank(o, output);
         using var devices = DeviceSelection.Open(o.Device, o.Distributed.Workers);
         if (devices.Banner is not null) output.WriteLine(devices.Banner);
         using var host = DeviceScope.Use(devices.Host);
-        return Run(o, devices, output, plain);
+        return Run(o, devices, output, plain, job: null);
     }
 
-    private static int Run(Options o, DeviceSelection devices, TextWriter output, bool plain)
+    /// <param name="job">This process's rank of a multi-process job (it runs that worker only), or null: every worker here.</param>
+    private static int Run(Options o, DeviceSelection devices, TextWriter output, bool plain, JobRank? job)
     {
         var d = o.Distributed;
         // A resumed run takes the model configuration and the optimizer's kind and settings from the training state.
@@ -186,7 +188,7 @@ public static partial class TrainCommand
         var sdp = new SdpOptions
         {
             Workers = d.Workers, Mode = d.Mode, Level = d.Level, Masking = d.Masking, Coverage = d.Coverage, PlanSeed = d.PlanSeed,
-            BucketBytes = (long)d.BucketMb << 20,
+            BucketBytes = (long)d.BucketMb << 20, CollectiveTimeout = TimeSpan.FromSeconds(d.CommTimeoutSeconds),
         };
         Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer = resumed is not null ? resumed.Optimizer.Create
             : o.Optimizer == "sgd" ? parameters => new Sgd(parameters, o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
@@ -211,7 +213,7 @@ public static partial class TrainCommand
         Trainer trainer;
         try
         {
-            trainer = new Trainer(model, sdp, makeOptimizer, TrainData, options, eval, devices.Worker);
+            trainer = new Trainer(model, sdp, makeOptimizer, TrainData, options, eval, devices.Worker, job);
         }
         catch (ArgumentException e)
         {
@@ -244,14 +246,14 @@ public static partial class TrainCommand
         var inv = CultureInfo.InvariantCulture;
         var plan = trainer.Plan;
         string variant = plan is null ? "dp" : $"sdp, {SubnetworkPlan.LevelName(d.Level)} level, {(d.Masking == Masking.Forward ? "forward" : "backward")} masking, C = {d.Coverage.ToString("0.###", inv)}";
-        long parameters = plan?.TotalParams ?? trainer.WorkerModel(0).Module.ParameterCount;
+        long parameters = plan?.TotalParams ?? trainer.WorkerModel(trainer.LocalWorkers[0]).Module.ParameterCount;
         output.WriteLine($"sdp train: {o.Model} ({parameters:N0} parameters) on {dataDescription}");
         output.WriteLine($"  {d.Workers} {(d.Workers == 1 ? "worker" : "workers")} ({variant}), batch {o.Batch}{(d.Workers > 1 ? " per worker" : "")}{(o.Model == "llama" ? $" x {o.Seq} tokens" : "")}, " +
             $"{steps} steps{(steps != o.Steps ? $" (flop-matched: {o.Steps} ÷ C)" : "")}, seed {o.Seed}");
         string shrunk = !o.WarmupShrunk ? ""
             : warmup == o.WarmupSteps ? $" (default {DefaultWarmup} shrunk for a {o.Steps}-step run)"
             : $" (default {DefaultWarmup} shrunk to {o.WarmupSteps} for a {o.Steps}-step run, then flop-matched)";
-        output.WriteLine($"  {trainer.WorkerOptimizer(0).GetType().Name.ToLowerInvariant()}, lr {o.Lr} {o.Schedule}, warm-up {warmup}{shrunk}, clip {o.Clip}");
+        output.WriteLine($"  {trainer.WorkerOptimizer(trainer.LocalWorkers[0]).GetType().Name.ToLowerInvariant()}, lr {o.Lr} {o.Schedule}, warm-up {warmup}{shrunk}, clip {o.Clip}");
         if (plan is not null)
         {
             output.WriteLine(string.Create(inv, $"  plan: {plan.DistinctHolderGroups} holder sets, {(plan.IsConnected ? "connected" : "DISCONNECTED")}, algebraic connectivity {plan.AlgebraicConnectivity:0.####} (normalised {plan.NormalizedAlgebraicConnectivity:0.####})"));
@@ -260,8 +262,9 @@ public static partial class TrainCommand
         }
         if (d.Workers > 1)
         {
-            var (collectives, bytes) = trainer.GradientSyncCost(0);
-            output.WriteLine(string.Create(inv, $"  gradient sync (worker 0): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step, {trainer.CommunicatorKind}"));
+            int shown = trainer.LocalWorkers[0];
+            var (collectives, bytes) = trainer.GradientSyncCost(shown);
+            output.WriteLine(string.Create(inv, $"  gradient sync (worker {shown}): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step, {trainer.CommunicatorKind}"));
         }
         if (d.BnRecalibrate > 0) output.WriteLine($"  before each evaluation: BatchNorm statistics re-estimated on {d.BnRecalibrate} training batches of {d.BnRecalibrateBatch} (cumulative average)");
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
@@ -278,7 +281,7 @@ public static partial class TrainCommand
         string evaluated = trainer.Plan is null ? "" : " (assembled dense model)";
         // Only the final evaluation is at the last step; periodic ones stop before it.
         bool WholeSplit(EvalMetrics e) => finalOnWholeSplit && e.Step == steps;
-        string unit = trainer.WorkerModel(0).ItemUnit;
+        string unit = trainer.WorkerModel(trainer.LocalWorkers[0]).ItemUnit;
         string Extent(EvalMetrics e) => WholeSplit(e) ? $"{e.Count:N0} test {unit}, whole split" : $"sample of {e.Count:N0} {unit}";
         using var metricsFile = o.Metrics is null ? null : new MetricsWriter(new FileInfo(o.Metrics));
         metricsFile?.Write(new JsonObject { ["run"] = runOptions.DeepClone() });
@@ -323,19 +326,21 @@ public static partial class TrainCommand
             output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + $" ({scope})");
         }
         if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
-        output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(0).ItemUnit}/s over {(workers > 1 ? $"all {workers} workers, " : "")}{trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
+        output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(trainer.LocalWorkers[0]).ItemUnit}/s over {(workers > 1 ? $"all {workers} workers, " : "")}{trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
         if (workers > 1 && last is not null)
             output.WriteLine(string.Create(inv, $"  communication    {last.MaxCollectives} collectives per step (max worker), {MemorySnapshot.FormatBytes((long)last.Workers.Max(w => w.BytesSent))} sent per step (max worker)"));
         output.WriteLine(workers > 1 ? "  peak memory per worker" : "  peak memory");
         var categories = Enum.GetValues<MemoryCategory>();
         output.WriteLine("    worker " + string.Concat(categories.Select(c => $"{c,16}")) + $"{"total",16}");
+        // Collective in a job: every process reports its worker's account.
+        var memory = trainer.WorkerMemory();
         for (int w = 0; w < workers; w++)
         {
-            var snap = trainer.WorkerAccount(w).Snapshot();
+            var snap = memory[w];
             output.WriteLine($"    {w,-6} " + string.Concat(categories.Select(c => $"{MemorySnapshot.FormatBytes(snap.PeakBytes(c)),16}")) + $"{MemorySnapshot.FormatBytes(snap.PeakTotal),16}");
         }
         // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
-        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(0).Module)}");
+        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(trainer.LocalWorkers[0]).Module)}");
         return 0;
     }
 

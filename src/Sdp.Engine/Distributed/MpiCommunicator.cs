@@ -31,10 +31,10 @@ namespace Sdp.Engine.Distributed;
 /// buffers between GPUs belong to NCCL (issue 10's NcclCommunicator).</para>
 ///
 /// <para>Collectives must be called from one thread at a time (MPI_THREAD_SERIALIZED is required; MPI_THREAD_MULTIPLE
-/// is requested). <see cref="Abort"/> is MPI_Abort: it prints the reason naming the rank and ends every process of
+/// is requested). <see cref="Abort(string)"/> is MPI_Abort: it prints the reason naming the rank and ends every process of
 /// the job with a non-zero code.</para>
 /// </summary>
-public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
+public sealed unsafe class MpiCommunicator : ICommunicator, IProcessGroup, IDisposable
 {
     /// <summary>The default of <see cref="SegmentElements"/>: 16 Mi elements.</summary>
     public const int DefaultSegmentElements = 1 << 24;
@@ -81,6 +81,19 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
     public ICommGroup World { get; }
 
     public CommStats Stats { get; } = new();
+
+    int IProcessGroup.Size => WorldSize;
+
+    /// <summary>MPI_Allgather of doubles over the world (control-plane traffic: not counted in <see cref="Stats"/>).</summary>
+    public double[] AllGather(ReadOnlySpan<double> values)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var all = new double[values.Length * WorldSize];
+        fixed (double* send = values)
+        fixed (double* receive = all)
+            _world.Allgather(send, receive, values.Length, MpiDataType.Float64);
+        return all;
+    }
 
     /// <summary>
     /// Elements per reduce-scatter/all-gather round and per MPI_Bcast: bounds the all-reduce's scratch (one
@@ -151,12 +164,15 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IDisposable
     }
 
     /// <summary>Prints the reason to stderr naming this rank, then MPI_Abort(MPI_COMM_WORLD, 1): every process of the job ends. Does not return.</summary>
-    public void Abort(string reason)
+    public void Abort(string reason) => Abort(reason, 1);
+
+    /// <summary>Prints the reason to stderr naming this rank, then MPI_Abort(MPI_COMM_WORLD, <paramref name="exitCode"/>). Does not return.</summary>
+    public void Abort(string reason, int exitCode)
     {
         Console.Out.Flush();
         Console.Error.WriteLine($"sdp: rank {Rank} of {WorldSize} aborted the job: {reason}");
         Console.Error.Flush();
-        Mpi.Abort(1);
+        Mpi.Abort(exitCode);
     }
 
     /// <summary>Frees the groups (MPI_Comm_free) and, when <see cref="Create"/> initialised MPI, calls MPI_Finalize (collective).</summary>

@@ -53,7 +53,11 @@ public static class SubnetworkTensors
 
     /// <summary>
     /// Overwrites every tensor of <paramref name="dense"/> from the workers: shared tensors from worker 0,
-    /// each unit from the lowest-ranked worker that holds it (all holders agree, A13/A18).
+    /// each unit from the lowest-ranked worker that holds it (all holders agree, A13/A18). Worker i is
+    /// <paramref name="layouts"/>[i].Worker. The workers may be a subset, the ones a process of a multi-process job
+    /// runs: what none of them contributes is set to −0.0, the exact identity of addition (x + −0.0 = x for every x,
+    /// signed zeros included), so summing every process's partial assembly (an all-reduce) gives the assembled
+    /// model bit for bit.
     /// </summary>
     public static void AssembleDense(Module dense, IReadOnlyList<Module> workers, IReadOnlyList<WorkerLayout> layouts)
     {
@@ -62,6 +66,7 @@ public static class SubnetworkTensors
         if (workers.Count != layouts.Count || workers.Count == 0) throw new ArgumentException($"SubnetworkTensors.AssembleDense: {workers.Count} workers but {layouts.Count} layouts");
         var copies = workers.Select(Named).ToArray();
         var plan = layouts[0].Plan;
+        int LocalIndex(int worker) => layouts.Select(l => l.Worker).ToList().IndexOf(worker);
         using var noGrad = GradMode.Disable();
         foreach (var (name, target) in Named(dense))
         {
@@ -69,30 +74,37 @@ public static class SubnetworkTensors
             if (binding is null || binding.Unit is not null)
             {
                 int from = binding?.Unit is { } unit ? plan.HoldersOf(binding.Group, unit)[0] : 0;
-                using var source = Find(copies[from], name, from).ToDeviceOf(target);
+                int local = LocalIndex(from);
+                if (local < 0)
+                {
+                    target.Backend.Fill(target, -0.0);
+                    continue;
+                }
+                using var source = Find(copies[local], name, from).ToDeviceOf(target);
                 if (source.Shape != target.Shape) throw new ArgumentException($"SubnetworkTensors.AssembleDense: worker {from}'s {name} is {source.Shape}, the dense tensor {target.Shape}");
                 target.Backend.Copy(source, target);
                 continue;
             }
             int per = binding.SlicesPerUnit, units = layouts[0].Units.Groups[binding.Group].UnitCount;
-            target.Backend.Fill(target, 0);
-            for (int w = 0; w < workers.Count; w++)
+            target.Backend.Fill(target, -0.0);
+            for (int i = 0; i < workers.Count; i++)
             {
                 // The slices this worker contributes: units whose lowest holder it is, at their position in
                 // its own tensor (compact: rank among its held units; full: the dense index).
-                if (layouts[w].HeldUnits[binding.Group].Length == 0) continue;
-                using var source = Find(copies[w], name, w).ToDeviceOf(target);
+                int w = layouts[i].Worker;
+                var held = layouts[i].HeldUnits[binding.Group];
+                if (held.Length == 0) continue;
+                using var source = Find(copies[i], name, w).ToDeviceOf(target);
                 bool compact = source.Shape[binding.Axis] != units * per;
-                var held = layouts[w].HeldUnits[binding.Group];
                 var from = new List<int>();
                 var to = new List<int>();
-                for (int i = 0; i < held.Length; i++)
+                for (int h = 0; h < held.Length; h++)
                 {
-                    if (plan.HoldersOf(binding.Group, held[i])[0] != w) continue;
+                    if (plan.HoldersOf(binding.Group, held[h])[0] != w) continue;
                     for (int s = 0; s < per; s++)
                     {
-                        from.Add((compact ? i : held[i]) * per + s);
-                        to.Add(held[i] * per + s);
+                        from.Add((compact ? h : held[h]) * per + s);
+                        to.Add(held[h] * per + s);
                     }
                 }
                 if (from.Count == 0) continue;

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Sdp.Engine.Distributed;
 using Sdp.Engine.Nn;
 
 namespace Sdp.Models.Checkpoints;
@@ -45,36 +46,62 @@ public static class SdpCheckpoint
 
     public static void Save(string directory, Module dense, string? configJson, long step, RunDescription run, IReadOnlyList<WorkerState> workers)
     {
+        ArgumentNullException.ThrowIfNull(workers);
+        Save(directory, dense, configJson, step, run, [.. workers.Select((state, w) => (w, state))], processes: null);
+    }
+
+    /// <summary>
+    /// Saves the workers this process runs (<paramref name="workers"/>: world rank and state). In a multi-process job
+    /// (<paramref name="processes"/>) every process calls it with its own workers: rank 0 makes the temporary
+    /// directory (named after its process id, which every process learns), each process writes its workers' parts,
+    /// and after a barrier rank 0 writes the dense model and sdp.json and moves the directory into place; a last
+    /// barrier lets nobody go on before the checkpoint exists. The directory must be on a file system every
+    /// process sees (one node, or a shared file system across nodes).
+    /// </summary>
+    public static void Save(string directory, Module dense, string? configJson, long step, RunDescription run, IReadOnlyList<(int Worker, WorkerState State)> workers, IProcessGroup? processes)
+    {
         ArgumentNullException.ThrowIfNull(dense);
         ArgumentNullException.ThrowIfNull(run);
         ArgumentNullException.ThrowIfNull(workers);
+        bool leader = processes is null || processes.Rank == 0;
         string target = TrainingCheckpoint.FullDirectoryPath(directory);
-        if (File.Exists(target)) throw new IOException($"training checkpoint '{target}': a file is in the way of the checkpoint directory");
-        Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-        string temp = $"{target}.tmp-{Environment.ProcessId}";
-        TrainingCheckpoint.DeleteDirectory(temp);
-        Directory.CreateDirectory(temp);
+        long leaderId = processes is null ? Environment.ProcessId : (long)processes.AllGather([Environment.ProcessId])[0];
+        string temp = $"{target}.tmp-{leaderId}";
+        if (leader)
+        {
+            if (File.Exists(target)) throw new IOException($"training checkpoint '{target}': a file is in the way of the checkpoint directory");
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            TrainingCheckpoint.DeleteDirectory(temp);
+            Directory.CreateDirectory(temp);
+        }
+        processes?.Barrier();
         try
         {
-            var metadata = new Dictionary<string, string>();
-            if (configJson is not null) metadata[TrainingCheckpoint.ConfigMetadataKey] = configJson;
-            ModuleCheckpoint.Save(dense, Path.Combine(temp, TrainingCheckpoint.ModelFileName), metadata);
-            for (int w = 0; w < workers.Count; w++)
-                TrainingCheckpoint.Save(Path.Combine(temp, WorkerDirectory(w)), workers[w].Model, workers[w].Optimizer, workers[w].State);
-            var state = new JsonObject
+            foreach (var (w, state) in workers)
+                TrainingCheckpoint.Save(Path.Combine(temp, WorkerDirectory(w)), state.Model, state.Optimizer, state.State);
+            processes?.Barrier();
+            if (leader)
             {
-                ["format"] = StateFormat, ["version"] = StateVersion, ["step"] = step,
-                ["workers"] = run.Workers, ["mode"] = run.Mode, ["level"] = run.Level, ["masking"] = run.Masking,
-                ["coverage"] = run.Coverage, ["plan_seed"] = run.PlanSeed,
-            };
-            AtomicFile.Write(Path.Combine(temp, StateFileName), s => JsonSerializer.Serialize(s, state, new JsonSerializerOptions { WriteIndented = true }));
+                var metadata = new Dictionary<string, string>();
+                if (configJson is not null) metadata[TrainingCheckpoint.ConfigMetadataKey] = configJson;
+                ModuleCheckpoint.Save(dense, Path.Combine(temp, TrainingCheckpoint.ModelFileName), metadata);
+                var state = new JsonObject
+                {
+                    ["format"] = StateFormat, ["version"] = StateVersion, ["step"] = step,
+                    ["workers"] = run.Workers, ["mode"] = run.Mode, ["level"] = run.Level, ["masking"] = run.Masking,
+                    ["coverage"] = run.Coverage, ["plan_seed"] = run.PlanSeed,
+                };
+                AtomicFile.Write(Path.Combine(temp, StateFileName), s => JsonSerializer.Serialize(s, state, new JsonSerializerOptions { WriteIndented = true }));
+            }
         }
         catch
         {
-            TrainingCheckpoint.TryDeleteDirectory(temp);
+            // In a job, the failing process ends the job; the leader's next run cleans a stale temporary directory.
+            if (leader) TrainingCheckpoint.TryDeleteDirectory(temp);
             throw;
         }
-        TrainingCheckpoint.Swap(temp, target);
+        if (leader) TrainingCheckpoint.Swap(temp, target);
+        processes?.Barrier();
     }
 
     /// <summary>

@@ -42,7 +42,7 @@ namespace Sdp.Models.Training;
 /// which stay the caller's.
 /// </para>
 /// </summary>
-public sealed class Trainer : IDisposable
+public sealed partial class Trainer : IDisposable
 {
     private readonly SubnetworkModel? _model;
     private readonly TrainerOptions _options;
@@ -68,8 +68,13 @@ public sealed class Trainer : IDisposable
     /// worker w is GPU w). Null puts every worker on the device current where the trainer is built
     /// (<see cref="DeviceScope.Current"/>), which is also where the host's dense model always lives.
     /// </param>
+    /// <param name="job">
+    /// This process is one rank of a multi-process job (<see cref="JobRank"/>): it runs worker
+    /// <c>job.Processes.Rank</c> only, of <see cref="SdpOptions.Workers"/> = the job's size, and takes part in the
+    /// job's collectives. Null: every worker runs here, one thread each.
+    /// </param>
     public Trainer(SubnetworkModel model, SdpOptions sdp, Func<IReadOnlyList<Tensor>, Optimizer> optimizer, Func<int, IBatchSource> trainData, TrainerOptions options, IBatchSource? eval = null,
-        Func<int, IBackend>? devices = null)
+        Func<int, IBackend>? devices = null, JobRank? job = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(sdp);
@@ -79,7 +84,13 @@ public sealed class Trainer : IDisposable
         if (sdp.Workers < 1) throw new ArgumentException($"Trainer: workers must be at least 1, got {sdp.Workers}");
         (_model, Options, _options, _eval) = (model, sdp, CheckSteps(options), eval);
         _evalStart = eval?.State;
-        _hostDevice = DeviceScope.Current;
+        _job = job?.CheckFits(sdp.Workers);
+        int[] local = job is null ? [.. Enumerable.Range(0, sdp.Workers)] : [job.Processes.Rank];
+        var workerDevices = local.Select(w => devices?.Invoke(w) ?? DeviceScope.Current).ToArray();
+        // A process of a job keeps its dense model on its worker's device, where the job's collectives assemble it.
+        _hostDevice = job is null ? DeviceScope.Current : workerDevices[0];
+        _watchdog = job is null ? null : new Watchdog(sdp.CollectiveTimeout, reason => job.Processes.Abort(reason, 1));
+        using var setup = Watch("setting up the workers");
 
         if (sdp.Mode == ParallelMode.Sdp)
         {
@@ -87,17 +98,29 @@ public sealed class Trainer : IDisposable
             Plan = SubnetworkPlan.Create(model.Units, sdp.Workers, sdp.Coverage, sdp.PlanSeed);
             HostAccount = new MemoryAccount("host");
             using (HostAccount.Activate())
+            using (DeviceScope.Use(_hostDevice))
             using (MemoryAccount.Use(MemoryCategory.Parameters))
             {
                 _host = model.Build(null);
             }
         }
-        var workerDevices = Enumerable.Range(0, sdp.Workers).Select(w => devices?.Invoke(w) ?? _hostDevice).ToArray();
-        var comms = CreateCommunicators(workerDevices, sdp.CollectiveTimeout);
-        _workers = new Worker[sdp.Workers];
+        ICommunicator[] comms;
+        if (job is null)
+        {
+            comms = CreateCommunicators(workerDevices, sdp.CollectiveTimeout);
+        }
+        else
+        {
+            comms = [job.Communicator];
+            CommunicatorKind = job.Communicator is NcclCommunicator ? "NCCL, one process per worker" : "MPI, one process per worker";
+        }
+        _workers = new Worker[local.Length];
         try
         {
-            for (int w = 0; w < sdp.Workers; w++) _workers[w] = CreateWorker(w, workerDevices[w], comms[w], optimizer, trainData);
+            // Every worker starts from rank 0's weights whatever the factory does (SDP: the host's; DP: worker 0's).
+            if (_host is not null) BroadcastFromRankZero(_host.Module);
+            for (int i = 0; i < local.Length; i++) _workers[i] = CreateWorker(local[i], workerDevices[i], comms[i], optimizer, trainData);
+            if (_host is null) BroadcastFromRankZero(_workers[0].Model.Module);
         }
         catch
         {
@@ -166,25 +189,32 @@ public sealed class Trainer : IDisposable
     public MemoryAccount? HostAccount { get; }
 
     /// <summary>Worker w's memory account.</summary>
-    public MemoryAccount WorkerAccount(int worker) => _workers[worker].Account;
+    public MemoryAccount WorkerAccount(int worker) => Local(worker).Account;
 
     /// <summary>Worker w's model (its subnetwork under forward masking).</summary>
-    public ITrainable WorkerModel(int worker) => _workers[worker].Model;
+    public ITrainable WorkerModel(int worker) => Local(worker).Model;
 
     /// <summary>Worker w's optimizer.</summary>
-    public Optimizer WorkerOptimizer(int worker) => _workers[worker].Optimizer;
+    public Optimizer WorkerOptimizer(int worker) => Local(worker).Optimizer;
 
     /// <summary>Worker w's layout (null in DP mode).</summary>
-    public WorkerLayout? WorkerLayout(int worker) => _workers[worker].Layout;
+    public WorkerLayout? WorkerLayout(int worker) => Local(worker).Layout;
 
     /// <summary>Collectives and bytes per step of the gradient sync alone (A20), per worker.</summary>
-    public (int Collectives, double Bytes) GradientSyncCost(int worker) => (_workers[worker].GradSync.CollectivesPerStep, _workers[worker].GradSync.BytesPerStep);
+    public (int Collectives, double Bytes) GradientSyncCost(int worker) => (Local(worker).GradSync.CollectivesPerStep, Local(worker).GradSync.BytesPerStep);
 
     /// <summary>Worker w's communication counters (collectives, bytes, groups created).</summary>
-    public CommStats WorkerCommStats(int worker) => _workers[worker].Comm.Stats;
+    public CommStats WorkerCommStats(int worker) => Local(worker).Comm.Stats;
 
     /// <summary>Backward masking: parameter and buffer elements worker w receives per step from the holders of the units it lacks (0 otherwise).</summary>
-    public long RefreshElementsReceived(int worker) => _workers[worker].Refresh?.ElementsReceived ?? 0;
+    public long RefreshElementsReceived(int worker) => Local(worker).Refresh?.ElementsReceived ?? 0;
+
+    /// <summary>The workers this process runs: all of them, or its own rank in a multi-process job.</summary>
+    public IReadOnlyList<int> LocalWorkers => [.. _workers.Select(w => w.Rank)];
+
+    private Worker Local(int worker)
+        => _workers.FirstOrDefault(w => w.Rank == worker)
+            ?? throw new ArgumentOutOfRangeException(nameof(worker), worker, $"Trainer: worker {worker} is not run by this process (it runs {string.Join(", ", LocalWorkers)} of {Options.Workers})");
 
     /// <summary>Completed steps.</summary>
     public long Step { get; private set; }
@@ -217,7 +247,7 @@ public sealed class Trainer : IDisposable
         try
         {
             if (forward) RequireSharedTensors(model, layout!);
-            var source = _host ?? (rank > 0 ? _workers[0].Model : null);
+            var source = _host ?? (rank > 0 && _workers[0] is { } first ? first.Model : null);
             if (source is not null) SubnetworkTensors.CopyFromDense(source.Module, model.Module, layout);
             var trained = layout is not null && !forward
                 ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
@@ -255,7 +285,7 @@ public sealed class Trainer : IDisposable
         var groups = new HolderGroups(comm, Plan is null ? [] : Enumerable.Range(0, Plan.Groups.Count).SelectMany(g => Enumerable.Range(0, Plan.Groups[g].UnitCount).Select(u => Plan.HoldersOf(g, u))));
         var gradSync = new HolderGroupedSync(gradEntries, groups, Options.BucketBytes);
         var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, groups, Options.BucketBytes, SyncTarget.Value);
-        return new Worker(rank, layout, model, optimizer, account, device, comm, data, groups, gradSync, bufferSync, refresh, owned);
+        return new Worker(rank, layout, model, optimizer, account, device, comm, data, groups, gradSync, bufferSync, refresh, owned, ownsComm: _job is null);
     }
 
     /// <summary>
@@ -289,11 +319,14 @@ public sealed class Trainer : IDisposable
     /// <summary>One synchronous step of every worker.</summary>
     public StepMetrics TrainStep()
     {
+        using var watch = Watch($"step {Step + 1}");
         var clock = Stopwatch.StartNew();
         double lr = _options.Schedule.LearningRate(Step);
-        var results = new (double Loss, long Items, double Norm, double Bytes, int Collectives)[_workers.Length];
+        var results = new WorkerStepResult[Options.Workers];
         OnEveryWorker(w => results[w.Rank] = w.Step(lr, _options.Clip));
         Step++;
+        // Every process learns every worker's result (a job's processes each ran one).
+        results = ExchangeStepResults(results);
         double ms = clock.Elapsed.TotalMilliseconds;
         double loss = 0;
         long items = 0;
@@ -302,8 +335,8 @@ public sealed class Trainer : IDisposable
             loss += r.Loss;
             items += r.Items;
         }
-        loss /= _workers.Length;
-        var perWorker = _workers.Select(w => new WorkerStepMetrics(w.Rank, results[w.Rank].Loss, w.Account.Snapshot(), results[w.Rank].Bytes, results[w.Rank].Collectives)).ToArray();
+        loss /= results.Length;
+        var perWorker = results.Select((r, w) => new WorkerStepMetrics(w, r.Loss, r.Memory, r.Bytes, r.Collectives)).ToArray();
         var metrics = new StepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _workers[0].Model.ItemUnit, perWorker);
         StepCompleted?.Invoke(metrics);
         return metrics;
@@ -316,9 +349,16 @@ public sealed class Trainer : IDisposable
     public ITrainable AssembleDense()
     {
         if (_host is null) return _workers[0].Model;
+        using var watch = Watch("assembling the dense model");
         using var active = HostAccount!.Activate();
         using var device = DeviceScope.Use(_hostDevice);
         SubnetworkTensors.AssembleDense(_host.Module, [.. _workers.Select(w => w.Model.Module)], [.. _workers.Select(w => w.Layout!)]);
+        // A process of a job assembled its own workers' units (the rest −0.0): the job's sum is the whole model.
+        if (_job is not null)
+        {
+            foreach (var (_, t) in SubnetworkTensors.Named(_host.Module)) _job.Communicator.World.AllReduceSum(t);
+            _host.Module.TensorsReplaced();
+        }
         return _host;
     }
 
@@ -331,15 +371,26 @@ public sealed class Trainer : IDisposable
     /// <summary>Mean loss (and accuracy for classifiers) of the dense model over <paramref name="batches"/> batches, in eval mode.</summary>
     public EvalMetrics Evaluate(IBatchSource data, int batches)
     {
+        using var watch = Watch($"the evaluation at step {Step}");
         var dense = AssembleDense();
         using var active = DenseAccount.Activate();
         using var device = DeviceScope.Use(DenseDevice);
         using var recalibrated = _options.BnRecalibration is { } recalibration ? RecalibrateBatchNorm(dense, recalibration) : null;
-        return Evaluate(dense, data, batches, Step);
+        if (_job is null) return Evaluate(dense, data, batches, Step);
+        // A job shares the batches out (batch b to rank b mod W) and adds the results up in batch order, as one process would.
+        var mine = EvaluateBatches(dense, data, batches, b => b % Options.Workers == _job.Processes.Rank);
+        return Sum(GatherBatchResults(mine), Step);
     }
 
     /// <summary>Evaluates <paramref name="model"/> with grad mode off and the module in eval mode (restored afterwards).</summary>
     public static EvalMetrics Evaluate(ITrainable model, IBatchSource data, int batches, long step = 0)
+        => Sum(EvaluateBatches(model, data, batches, _ => true), step);
+
+    /// <summary>
+    /// Reads <paramref name="batches"/> batches and evaluates those <paramref name="mine"/> picks (null for the others),
+    /// with grad mode off and the module in eval mode (restored afterwards).
+    /// </summary>
+    private static BatchEvaluation?[] EvaluateBatches(ITrainable model, IBatchSource data, int batches, Func<int, bool> mine)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(data);
@@ -348,28 +399,39 @@ public sealed class Trainer : IDisposable
         model.Module.Eval();
         try
         {
-            double lossSum = 0;
-            long count = 0, correct = 0;
-            bool classifier = false;
+            var results = new BatchEvaluation?[batches];
             for (int b = 0; b < batches; b++)
             {
                 using var scope = TensorScope.Begin();
                 var (inputs, targets) = data.NextBatch();
-                var e = model.Evaluate(inputs, targets);
-                lossSum += e.LossSum;
-                count += e.Count;
-                if (e.Correct is { } c)
-                {
-                    classifier = true;
-                    correct += c;
-                }
+                if (mine(b)) results[b] = model.Evaluate(inputs, targets);
             }
-            return new EvalMetrics(step, lossSum / Math.Max(1, count), count, classifier ? correct / (double)Math.Max(1, count) : null);
+            return results;
         }
         finally
         {
             model.Module.Train(wasTraining);
         }
+    }
+
+    /// <summary>Mean loss (and accuracy) over the batches, added up in batch order.</summary>
+    private static EvalMetrics Sum(IEnumerable<BatchEvaluation?> batches, long step)
+    {
+        double lossSum = 0;
+        long count = 0, correct = 0;
+        bool classifier = false;
+        foreach (var e in batches)
+        {
+            if (e is not { } batch) continue;
+            lossSum += batch.LossSum;
+            count += batch.Count;
+            if (batch.Correct is { } c)
+            {
+                classifier = true;
+                correct += c;
+            }
+        }
+        return new EvalMetrics(step, lossSum / Math.Max(1, count), count, classifier ? correct / (double)Math.Max(1, count) : null);
     }
 
     private EvalMetrics EvaluateHeldOut(IBatchSource eval, int batches)
@@ -458,25 +520,30 @@ public sealed class Trainer : IDisposable
     /// <summary>
     /// Saves atomically: a *.safetensors path gets the dense model (config in the metadata); a directory gets
     /// the full training state (<see cref="SdpCheckpoint"/>: the dense model, every worker's model, optimizer
-    /// state and data position), from which <see cref="Resume"/> continues.
+    /// state and data position), from which <see cref="Resume"/> continues. In a multi-process job every process
+    /// calls it: each writes its worker's part, rank 0 the dense model and sdp.json (see <see cref="SdpCheckpoint"/>),
+    /// so the directory must be on a file system every process sees.
     /// </summary>
     public void Save(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
+        using var watch = Watch($"saving {path} at step {Step}");
         var dense = AssembleDense();
         using var active = DenseAccount.Activate();
         using var device = DeviceScope.Use(DenseDevice);
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
-            ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
+            if (_job is null || _job.Processes.Rank == 0)
+                ModuleCheckpoint.Save(dense.Module, path, new Dictionary<string, string> { [TrainingCheckpoint.ConfigMetadataKey] = dense.ConfigJson });
+            _job?.Processes.Barrier();
         }
         else
         {
-            var workers = _workers.Select(w => new SdpCheckpoint.WorkerState(w.Model.Module, w.Optimizer, new TrainingState
+            var workers = _workers.Select(w => (w.Rank, new SdpCheckpoint.WorkerState(w.Model.Module, w.Optimizer, new TrainingState
             {
                 Step = Step, LrSchedulePosition = Step, DataLoader = DataStateJson(w.Data.State), Options = _options.RunOptions?.DeepClone().AsObject(),
-            })).ToList();
-            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers);
+            }))).ToList();
+            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers, _job?.Processes);
         }
         Saved?.Invoke(path);
     }
@@ -497,12 +564,11 @@ public sealed class Trainer : IDisposable
                 ? $"training checkpoint '{saved.Directory}' is a single-worker training state from an earlier Sdp version; it resumes only into a run of one worker in DP mode, but this run has {expected}"
                 : $"training checkpoint '{saved.Directory}' was saved by a run with {saved.Run}, but this run has {expected}; resume with the same options");
         }
-        for (int w = 0; w < _workers.Length; w++)
+        foreach (var worker in _workers)
         {
-            var worker = _workers[w];
             using var active = worker.Account.Activate();
             using var device = DeviceScope.Use(worker.Device);
-            string dir = SdpCheckpoint.WorkerCheckpoint(saved.Directory, w);
+            string dir = SdpCheckpoint.WorkerCheckpoint(saved.Directory, worker.Rank);
             var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
             if (info.State.Step != saved.Step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {saved.Step}");
             if (info.State.DataLoader is { } data) worker.Data.State = DataStateFromJson(data, dir);
@@ -537,9 +603,9 @@ public sealed class Trainer : IDisposable
     /// </summary>
     private void OnEveryWorker(Action<Worker> work)
     {
-        void RunOn(int rank)
+        void RunOn(int index)
         {
-            var w = _workers[rank];
+            var w = _workers[index];
             using var active = w.Account.Activate();
             using var device = DeviceScope.Use(w.Device);
             try
@@ -548,7 +614,7 @@ public sealed class Trainer : IDisposable
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
-                w.Comm.Abort($"worker {rank} failed: {e.Message}");
+                w.Comm.Abort($"worker {w.Rank} failed: {e.Message}");
                 throw;
             }
         }
@@ -570,11 +636,12 @@ public sealed class Trainer : IDisposable
         _threads?.Dispose();
         foreach (var w in _workers) w?.Dispose();
         _host?.Dispose();
+        _watchdog?.Dispose();
     }
 
     /// <summary>One worker's model, optimizer, data, account and communication; <paramref name="owned"/>: the trainer built the model and optimizer and disposes them.</summary>
     private sealed class Worker(int rank, WorkerLayout? layout, ITrainable model, Optimizer optimizer, MemoryAccount account, IBackend device, ICommunicator comm, IBatchSource data,
-        HolderGroups groups, HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh, bool owned) : IDisposable
+        HolderGroups groups, HolderGroupedSync gradSync, HolderGroupedSync? bufferSync, UnitRefresh? refresh, bool owned, bool ownsComm) : IDisposable
     {
         public int Rank { get; } = rank;
 
@@ -598,7 +665,7 @@ public sealed class Trainer : IDisposable
         public ICommunicator Comm { get; } = comm;
 
         /// <summary>Forward, backward, gradient sync, clipping, update, buffer sync and (backward masking) refresh.</summary>
-        public (double Loss, long Items, double Norm, double Bytes, int Collectives) Step(double lr, double clip)
+        public WorkerStepResult Step(double lr, double clip)
         {
             var before = Comm.Stats.Clone();
             Optimizer.LearningRate = lr;
@@ -624,7 +691,7 @@ public sealed class Trainer : IDisposable
             bufferSync?.Synchronize();
             Refresh?.Refresh();
             var after = Comm.Stats;
-            return (loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives);
+            return new WorkerStepResult(loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives, Account.Snapshot());
         }
 
         /// <summary>The float64 scalar the gradient norm accumulates in, kept between steps (engine buffer).</summary>
@@ -653,7 +720,7 @@ public sealed class Trainer : IDisposable
             bufferSync?.Dispose();
             Refresh?.Dispose();
             groups.Dispose();
-            (Comm as IDisposable)?.Dispose();
+            if (ownsComm) (Comm as IDisposable)?.Dispose();
             if (!owned) return;
             Optimizer.Dispose();
             Model.Dispose();
