@@ -23,6 +23,7 @@ public static class SdpCli
             DoctorCommand.Create(),
             PlanCommand.Create(),
             MemoryCommand.Create(),
+            PlotCommand.Create(),
             LaunchCommand.Create(),
             CommCheckCommand.Create(),
         };

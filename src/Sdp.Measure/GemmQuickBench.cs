@@ -47,7 +47,9 @@ public static unsafe class GemmQuickBench
         }
 
         OpenBlas.EnsureLoaded();
-        output.WriteLine($"SGEMM C = A·B (row-major, float32). Sdp kernel: {Gemm.KernelName}; OpenBLAS: {OpenBlas.LibraryPath}");
+        output.WriteLine($"SGEMM C = A·B (row-major, float32). Sdp kernel: {Gemm.KernelName}");
+        output.WriteLine($"baseline  {OpenBlas.Describe()}");
+        output.WriteLine($"          {OpenBlasCoreCheck.Current().Describe()}");
         output.WriteLine($"{"n",6} {"threads",8} {"sdp GFLOP/s",12} {"openblas GFLOP/s",17} {"ratio",7}");
 
         var rows = new List<GemmBenchRow>();

@@ -51,6 +51,33 @@ public static unsafe class OpenBlas
     /// <summary>The path of the loaded library (throws <see cref="DllNotFoundException"/> when it is missing).</summary>
     public static string LibraryPath => s_library.Value.Path;
 
+    /// <summary>The build as <c>openblas_get_config()</c> describes it (version, flags, the core it runs).</summary>
+    public static OpenBlasBuildConfig Config
+    {
+        get
+        {
+            EnsureLoaded();
+            return OpenBlasBuildConfig.Parse(NativeString(() => (nint)OpenBlasNative.openblas_get_config()));
+        }
+    }
+
+    /// <summary>The core whose kernels run (<c>openblas_get_corename()</c>), fixed when the library loaded.</summary>
+    public static string CoreName
+    {
+        get
+        {
+            EnsureLoaded();
+            return NativeString(() => (nint)OpenBlasNative.openblas_get_corename());
+        }
+    }
+
+    /// <summary>One line for a benchmark header: version, running core, path and the raw configuration string.</summary>
+    public static string Describe()
+    {
+        var config = Config;
+        return $"OpenBLAS {config.Version ?? "(version not reported)"}, core {CoreName}, {LibraryPath} (openblas_get_config: \"{config.Raw}\")";
+    }
+
     /// <summary>Sets OpenBLAS's thread count (1 or more).</summary>
     public static void SetNumThreads(int threads)
     {
@@ -87,6 +114,19 @@ public static unsafe class OpenBlas
         int opA = transA ? OpenBlasNative.CblasTrans : OpenBlasNative.CblasNoTrans;
         int opB = transB ? OpenBlasNative.CblasTrans : OpenBlasNative.CblasNoTrans;
         OpenBlasNative.cblas_sgemm(OpenBlasNative.CblasRowMajor, opA, opB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    // Builds too old to export the getter report "unknown" rather than failing the benchmark they only label.
+    private static string NativeString(Func<nint> getter)
+    {
+        try
+        {
+            return Marshal.PtrToStringUTF8(getter()) ?? "unknown";
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return "unknown";
+        }
     }
 
     /// <summary>Loads the library (once) or throws one <see cref="DllNotFoundException"/> explaining how to install it.</summary>

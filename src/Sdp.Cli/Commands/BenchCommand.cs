@@ -1,10 +1,11 @@
 using System.CommandLine;
+using System.Globalization;
 using Sdp.Measure;
 using Sdp.Models.Llama;
 
 namespace Sdp.Cli.Commands;
 
-/// <summary>`sdp bench gemm`: quick GEMM benchmark, ours against OpenBLAS in the same run; `sdp bench masked`: masked GEMMs against dense.</summary>
+/// <summary>`sdp bench gemm`: quick GEMM benchmark, ours against OpenBLAS in the same run (on the CPU's best OpenBLAS core); `sdp bench masked`: masked GEMMs against dense.</summary>
 public static partial class BenchCommand
 {
     public static Command Create()
@@ -12,15 +13,44 @@ public static partial class BenchCommand
         var sizes = new Option<int[]>("--sizes") { Description = "Square sizes n (C = A·B, n x n)", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. GemmQuickBench.DefaultSizes] };
         var threads = new Option<int[]>("--threads") { Description = "Thread counts", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. GemmQuickBench.DefaultThreadCounts] };
         var seconds = new Option<double>("--seconds") { Description = "Target seconds of timing per cell", DefaultValueFactory = _ => 0.6 };
-        var gemm = new Command("gemm", "Sdp SGEMM against OpenBLAS sgemm: GFLOP/s and ratio (needs libopenblas0-pthread)") { sizes, threads, seconds };
+        var openblasCore = new Option<string>("--openblas-core")
+        {
+            Description = $"OpenBLAS core of the baseline when {OpenBlasCoreCheck.CoreTypeVariable} forces a weaker one than this CPU supports: " +
+                          $"{CoreBest} (run the baseline in a child process on the best core) or {CoreAsSet} (keep the forced core)",
+            DefaultValueFactory = _ => CoreBest,
+        };
+        openblasCore.AcceptOnlyFromAmong(CoreBest, CoreAsSet);
+        var gemm = new Command("gemm", "Sdp SGEMM against OpenBLAS sgemm: GFLOP/s and ratio (needs libopenblas0-pthread)") { sizes, threads, seconds, openblasCore };
         gemm.SetAction(p =>
         {
             var n = p.GetValue(sizes)!;
             var t = p.GetValue(threads)!;
+            double s = p.GetValue(seconds);
             if (n.Length == 0 || n.Any(v => v <= 0)) throw new UsageException("--sizes must be positive integers");
             if (t.Length == 0 || t.Any(v => v <= 0)) throw new UsageException("--threads must be positive integers");
+            if (!(s > 0)) throw new UsageException($"--seconds must be positive, got {s}");
             if (!OpenBlas.IsAvailable) throw new UsageException("OpenBLAS was not found; install it with `apt-get install libopenblas0-pthread` (looked in: " + string.Join(", ", OpenBlas.CandidatePaths) + ")");
-            GemmQuickBench.Run(Console.Out, n, t, p.GetValue(seconds));
+            var check = OpenBlasCoreCheck.Current();
+            if (check.ForcesWeaker)
+            {
+                Console.WriteLine($"warning: {check.Describe()}; a baseline on that core would flatter Sdp.");
+                if (p.GetValue(openblasCore) == CoreBest)
+                {
+                    Console.WriteLine($"         the baseline runs in a child process with {OpenBlasCoreCheck.CoreTypeVariable}={check.BestCore} and {OpenBlasCoreCheck.L2SizeVariable} unset " +
+                                      $"(--openblas-core {CoreAsSet} keeps {check.Forced})");
+                    string[] child =
+                    [
+                        "bench", "gemm", "--sizes", .. n.Select(v => v.ToString(CultureInfo.InvariantCulture)), "--threads", .. t.Select(v => v.ToString(CultureInfo.InvariantCulture)),
+                        "--seconds", s.ToString("R", CultureInfo.InvariantCulture), "--openblas-core", CoreAsSet,
+                    ];
+                    int code = RunWithOpenBlasCore(check.BestCore!, child, Console.Out, Console.Error);
+                    if (code != 0)
+                        Console.Error.WriteLine($"sdp: the baseline's child process ({OpenBlasCoreCheck.CoreTypeVariable}={check.BestCore}) exited with code {code}; --openblas-core {CoreAsSet} measures against {check.Forced} instead");
+                    return code;
+                }
+                Console.WriteLine($"         measuring against {check.Forced} as asked (--openblas-core {CoreAsSet})");
+            }
+            GemmQuickBench.Run(Console.Out, n, t, s);
             return 0;
         });
         var mSizes = new Option<int[]>("--sizes") { Description = "Square sizes n (tokens = in = out = n)", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.DefaultSizes] };

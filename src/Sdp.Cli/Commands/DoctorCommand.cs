@@ -5,6 +5,7 @@ using System.Runtime.Intrinsics.X86;
 using Sdp.Engine.Backends.Cpu;
 using Sdp.Engine.Memory;
 using Sdp.Kernels.Cuda;
+using Sdp.Measure;
 
 namespace Sdp.Cli.Commands;
 
@@ -36,6 +37,7 @@ public static class DoctorCommand
                 string? found = names.FirstOrDefault(n => NativeLibrary.TryLoad(n, out nint _));
                 Console.WriteLine($"{role,-26} {(found is null ? "not found" : "found: " + found)}");
             }
+            foreach (string line in OpenBlasLines()) Console.WriteLine(line);
             // Which CUDA entry points Sdp's bindings use (SDP_CUDA=auto|emu|real), with versions and devices.
             foreach (string line in CudaLines()) Console.WriteLine(line);
             return 0;
@@ -44,6 +46,23 @@ public static class DoctorCommand
     }
 
     private static string Flag(bool on) => on ? "yes" : "no";
+
+    /// <summary>
+    /// The OpenBLAS build and the core it runs, and whether OPENBLAS_CORETYPE forces a core weaker than this CPU
+    /// supports (the `sdp bench gemm` baseline then moves to a child process on the best core).
+    /// </summary>
+    public static IEnumerable<string> OpenBlasLines()
+    {
+        if (OpenBlas.IsAvailable)
+        {
+            var config = OpenBlas.Config;
+            yield return $"{"OpenBLAS build",-26} {config.Version ?? "version not reported"}, running core {OpenBlas.CoreName}" +
+                         $"{(config.DynamicArch ? " (DYNAMIC_ARCH: chosen at load time)" : "")}; openblas_get_config: \"{config.Raw}\"";
+        }
+        var check = OpenBlasCoreCheck.Current();
+        yield return $"{"OpenBLAS core choice",-26} {check.Describe()}" +
+                     (check.ForcesWeaker ? $"; `sdp bench gemm` measures its baseline on {check.BestCore} in a child process (--openblas-core as-set keeps {check.Forced})" : "");
+    }
 
     /// <summary>For the real driver and the emulated device: whether it loads (else why not), library versions, and each device.</summary>
     public static IEnumerable<string> CudaLines()

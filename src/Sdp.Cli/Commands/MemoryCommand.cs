@@ -16,7 +16,7 @@ namespace Sdp.Cli.Commands;
 /// of data parallelism and of an SDP variant (method reference §4.2, A19), or of every variant; with
 /// --measure one real training step (dp: a dense worker; sdp: the largest worker, run alone) is run and its peaks are compared.
 /// </summary>
-public static class MemoryCommand
+public static partial class MemoryCommand
 {
     /// <summary>The coverages that --all-variants tabulates.</summary>
     public static readonly double[] VariantCoverages = [0.75, 0.5, 0.25];
@@ -27,8 +27,9 @@ public static class MemoryCommand
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "llama:tiny, llama:130m, llama:1b, llama:<config.json>, resnet18 or resnet18:<width>", Required = true };
-        var workers = new Option<int>("--workers") { Description = "Workers W", Required = true };
+        // Required unless --report, which has its own fixed set of models and workers.
+        var model = new Option<string>("--model") { Description = "llama:tiny, llama:130m, llama:1b, llama:<config.json>, resnet18 or resnet18:<width> (required unless --report)" };
+        var workers = new Option<int>("--workers") { Description = "Workers W (required unless --report)" };
         var mode = new Option<string>("--mode") { Description = "dp or sdp", DefaultValueFactory = _ => "sdp" };
         mode.AcceptOnlyFromAmong("dp", "sdp");
         var subnet = new Option<string>("--subnet") { Description = "neuron or block", DefaultValueFactory = _ => "neuron" };
@@ -50,14 +51,26 @@ public static class MemoryCommand
         var json = new Option<bool>("--json") { Description = "Print JSON" };
         var measure = new Option<bool>("--measure") { Description = "Really allocate and run one training step at this scale (dp: a dense worker; sdp: the largest worker) and compare its peaks with the model" };
         var device = new Option<string>("--device") { Description = "Where --measure runs: cpu, cuda or cuda:K (then device memory is reported too)", DefaultValueFactory = _ => "cpu" };
+        var report = new Option<string?>("--report") { Description = $"Write {ReportMarkdown} and {ReportImage} into this directory: DP against every SDP variant for ResNet-18 and LLaMA tiny (measured) and ResNet-18, LLaMA 130m and 1b (analytical), W = 8" };
 
         var cmd = new Command("memory", "Per-worker memory of data parallelism and SDP: parameters, gradients, optimizer state, activations")
         {
             model, workers, mode, subnet, masking, coverage, batch, seq, imageSize, optimizer, momentum, seed,
-            maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device,
+            maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device, report,
         };
         cmd.SetAction(p =>
         {
+            if (p.GetValue(report) is { } dir)
+            {
+                // The report's models, workers and variants are fixed so its numbers can be reproduced by its one command.
+                Option[] fixedByReport = [model, workers, mode, subnet, masking, coverage, batch, seq, imageSize, optimizer, momentum, maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device];
+                if (fixedByReport.FirstOrDefault(o => p.GetResult(o) is { Implicit: false }) is { } given)
+                    throw new UsageException($"{given.Name}: --report writes a fixed set of models and variants; only --seed may be given with it");
+                ulong planSeed = p.GetValue(seed);
+                return Report(dir, planSeed, $"sdp memory --report {dir}{(planSeed == 0 ? "" : $" --seed {planSeed}")}", Console.Out);
+            }
+            if (p.GetValue(model) is null) throw new UsageException("--model is required (or --report DIR)");
+            if (p.GetResult(workers) is null or { Implicit: true }) throw new UsageException("--workers is required (or --report DIR)");
             int w = Check.Positive(p.GetValue(workers), "--workers");
             var (workload, label) = ParseModel(p.GetValue(model)!, p.GetValue(batch), Check.Positive(p.GetValue(seq), "--seq"), Check.Positive(p.GetValue(imageSize), "--image-size"));
             double c = p.GetValue(coverage);

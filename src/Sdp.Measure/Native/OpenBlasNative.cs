@@ -22,4 +22,11 @@ internal static unsafe partial class OpenBlasNative
 
     [LibraryImport(LibName)]
     internal static partial void openblas_set_num_threads(int threads);
+
+    // Both return a static NUL-terminated string owned by the library; never freed.
+    [LibraryImport(LibName)]
+    internal static partial byte* openblas_get_config();
+
+    [LibraryImport(LibName)]
+    internal static partial byte* openblas_get_corename();
 }

@@ -6,7 +6,7 @@ namespace Sdp.Models.Checkpoints;
 /// flushed to disk and then renamed over the target. On any failure the temporary file is deleted and
 /// the target is left as it was.
 /// </summary>
-internal static class AtomicFile
+public static class AtomicFile
 {
     public static void Write(string path, Action<FileStream> write)
     {
