@@ -24,7 +24,8 @@ namespace Sdp.Cli.Commands;
 /// raw bits of every result, and its <see cref="CommStats"/>. <c>--fail mismatch</c> makes rank 0 ask for a
 /// different group than the others; <c>--fail abort</c> makes <c>--abort-rank</c> abort while the others wait
 /// in a barrier, <c>--fail abort-collective</c> while they wait in a world all-reduce; <c>--fail hang</c> (nccl)
-/// makes it sleep while the others wait in the all-reduce until the emulated NCCL's <c>--timeout</c>.
+/// makes it sleep while the others wait in the all-reduce until the emulated NCCL's <c>--timeout</c>;
+/// <c>--fail mismatch-count</c> makes it all-reduce a buffer of another length than the others.
 /// </summary>
 public static class CommCheckCommand
 {
@@ -40,7 +41,7 @@ public static class CommCheckCommand
     {
         var output = new Option<string>("--out") { Description = "Directory for rank-R.txt", Required = true };
         var seed = new Option<int>("--seed") { Description = "Seed of the inputs", DefaultValueFactory = _ => 1 };
-        var fail = new Option<string>("--fail") { Description = "none, mismatch, abort, abort-collective or hang", DefaultValueFactory = _ => "none" };
+        var fail = new Option<string>("--fail") { Description = "none, mismatch, mismatch-count, abort, abort-collective or hang", DefaultValueFactory = _ => "none" };
         var abortRank = new Option<int>("--abort-rank") { Description = "The rank that aborts with --fail abort", DefaultValueFactory = _ => 1 };
         var segment = new Option<int>("--segment") { Description = "MpiCommunicator's segment size in elements", DefaultValueFactory = _ => MpiCommunicator.DefaultSegmentElements };
         var transport = new Option<string>("--transport") { Description = "mpi (MpiCommunicator on the CPU) or nccl (NcclCommunicator, one CUDA device per process)", DefaultValueFactory = _ => "mpi" };
@@ -97,8 +98,8 @@ public static class CommCheckCommand
 
     private static int Run(string dir, int seed, string fail, int abortRank, int segment, string transport, int timeoutSeconds, bool grouped)
     {
-        if (fail is not ("none" or "mismatch" or "abort" or "abort-collective" or "hang"))
-            throw new UsageException($"--fail: expected none, mismatch, abort, abort-collective or hang, got '{fail}'");
+        if (fail is not ("none" or "mismatch" or "mismatch-count" or "abort" or "abort-collective" or "hang"))
+            throw new UsageException($"--fail: expected none, mismatch, mismatch-count, abort, abort-collective or hang, got '{fail}'");
         if (grouped && transport != "nccl") throw new UsageException("--grouped needs --transport nccl (ncclGroupStart/ncclGroupEnd)");
         if (fail == "hang" && transport != "nccl") throw new UsageException("--fail hang needs --transport nccl (the emulated NCCL's timeout ends the wait)");
         if (segment < 1) throw new UsageException($"--segment: expected a positive element count, got {segment}");
@@ -185,6 +186,14 @@ public static class CommCheckCommand
                 if (rank == abortRank) comm.Abort($"comm-check: deliberate abort by rank {rank}");
                 comm.Barrier(); // never completes: the aborting rank does not come
                 throw new InvalidOperationException("the barrier returned although a rank aborted");
+            }
+            if (fail == "mismatch-count")
+            {
+                // Rank --abort-rank all-reduces a shorter buffer than the others: NCCL does not promise to notice;
+                // the emulated NCCL must fail every rank naming the difference instead of hanging.
+                using var t = OnDevice(Input(seed, rank, 0, DType.Float32, rank == abortRank ? AllReduceSizes[1] : AllReduceSizes[0]));
+                comm.World.AllReduceSum(t);
+                throw new InvalidOperationException("an all-reduce of different counts returned");
             }
             if (fail is "abort-collective" or "hang")
             {

@@ -68,6 +68,17 @@ public class NcclMultiProcessTests
             Assert.That(run.Err, Does.Contain($"sdp: rank {rank}: CreateGroup call 1: rank 1 asked for group [0, 2] but rank 0 asked for [0, 1]"), run.ToString());
     }
 
+    [Test]
+    public void Ranks_that_all_reduce_different_counts_all_fail_naming_the_difference_instead_of_hanging()
+    {
+        var run = CommCheck(3, "--fail", "mismatch-count", "--abort-rank", "1");
+        Assert.That(run.ExitCode, Is.Not.EqualTo(0), run.ToString());
+        Assert.That(run.Elapsed, Is.LessThan(FailFast), run.ToString());
+        // Every rank gets the same verdict from the gathered headers; whichever aborts first ends the job.
+        Assert.That(run.Err, Does.Match(@"sdp: rank \d of 3 aborted the job: ncclAllReduce\((1001|2) x Float32, rank \d of 3\) failed: InvalidUsage"), run.ToString());
+        Assert.That(run.Err, Does.Contain("ranks disagree on the count: rank 0 posted ncclAllReduce(count 1001, ncclFloat32, ncclSum, root 0), rank 1 posted ncclAllReduce(count 2, ncclFloat32, ncclSum, root 0)"), run.ToString());
+    }
+
     /// <param name="fail">abort: the others wait in the barrier (MPI); abort-collective: they wait inside a world
     /// ncclAllReduce, polling the emulator's MPI transport.</param>
     [TestCase("abort", 4)]
