@@ -8,11 +8,12 @@
 # Without an argument it uses the folder it sits in when that is an unpacked archive, else
 # .gpu/sdp-gpu.tar.xz beside the repository it belongs to. Logs go to $OUT (default ./gpu-out):
 #   gpu-check.log (everything), gpu-info.log, libraries.log, doctor.log, gpu-emu.log, gpu-tests.log,
-#   gpu-cross.log, memcheck.log, train.log, bench.log, summary.txt (one line per step with its exit status).
+#   gpu-cross.log, memcheck.log, nccl-1.log, nccl-2.log, train.log, bench.log, summary.txt (one line per step with its exit status).
 # Steps: nvidia-smi; find libcuda/libnvrtc/libcublas/libnccl (CUDA toolkit and pip nvidia/*/lib folders)
 # and export LD_LIBRARY_PATH; `sdp doctor`; the Cuda tests on the emulated device (with g++);
 # the Cuda tests with SDP_CUDA=real (category CudaReal); the real-against-emulated cross-check with
-# SDP_CUDA=both (category CudaCross); compute-sanitizer memcheck on the real KernelTests if present.
+# SDP_CUDA=both (category CudaCross); compute-sanitizer memcheck on the real KernelTests if present;
+# multi-process NCCL under mpirun when Open MPI is there (one rank, then two ranks sharing the card);
 # then the README's main job with --device cuda and `sdp bench kernels --device cuda`. Everything stays under
 # 8 minutes: each step's timeout is capped by what is left of a 7.5-minute budget.
 set -uo pipefail
@@ -132,6 +133,23 @@ if [ -n "$sanitizer" ]; then
     "$tests" "${topts[@]}" --filter 'TestCategory=CudaReal&FullyQualifiedName~KernelTests'
 else
   echo "compute-sanitizer: not found, memcheck skipped" | tee "$OUT/memcheck.log" | tee -a "$summary"
+fi
+
+# ---- NCCL across processes (NcclCommunicator.CreateForProcess), real NCCL on the one card ----
+# A one-rank NCCL world (the ranks of the multi-process form always call NCCL, even alone), then two processes
+# sharing the card. Real NCCL refuses two ranks of one communicator on one GPU ("Duplicate GPU detected"), unless
+# each rank claims its own host (NCCL_HOSTID) and they talk over loopback sockets: the second step tries that.
+# Needs Open MPI (mpirun, libmpi.so.40); the GPU image may lack it, then both steps are skipped and say so.
+if command -v mpirun > /dev/null 2>&1; then
+  mflags=(--oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none)
+  [ "$(id -u)" = 0 ] && mflags+=(--allow-run-as-root)
+  step "NCCL one process, one rank (mpirun -np 1 sdp comm-check --transport nccl)" 60 nccl-1.log env SDP_CUDA=real \
+    mpirun -np 1 "${mflags[@]}" "$sdp" comm-check --transport nccl --out "$OUT/nccl-1"
+  nccl2=(env SDP_CUDA=real NCCL_DEBUG=WARN NCCL_SOCKET_IFNAME=lo NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 "$sdp" comm-check --transport nccl --out "$OUT/nccl-2")
+  step "NCCL two processes sharing the card (mpirun -np 2, NCCL_HOSTID per rank)" 90 nccl-2.log \
+    mpirun "${mflags[@]}" -np 1 env NCCL_HOSTID=sdp-rank-0 "${nccl2[@]}" : -np 1 env NCCL_HOSTID=sdp-rank-1 "${nccl2[@]}"
+else
+  echo "NCCL multi-process: mpirun not found (apt-get install openmpi-bin), skipped" | tee "$OUT/nccl-1.log" | tee -a "$summary"
 fi
 
 # ---- the main job on the GPU, then the kernel benchmarks (masked matmul vs cuBLAS, accumulation vs copy) ----

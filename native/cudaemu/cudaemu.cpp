@@ -16,7 +16,9 @@
 //              do not depend on the thread count. Column-major, pointer mode host, cuBLAS's status codes.
 //   NCCL       communicators over the CUDAEMU_DEVICES emulated devices of this process (default 4):
 //              all-reduce and broadcast in fixed rank order, split, groups; mismatches and missing ranks
-//              are errors with a message, never hangs. Allocations are tagged with their device.
+//              are errors with a message, never hangs. Allocations are tagged with their device. Across
+//              processes (one emulated device each, under mpirun), communicators travel over the process's
+//              already-loaded Open MPI, with the same rank-ordered sums (CUDAEMU_NCCL_TRANSPORT).
 //   errors     a fault on a guard page (or anywhere) inside kernel code becomes CUDA_ERROR_ILLEGAL_ADDRESS
 //              naming kernel, block, thread and the allocation; barrier misuse and warp deadlocks become
 //              CUDA_ERROR_LAUNCH_FAILED. The detail is in cudaemuGetLastErrorMessage(), an extension the
@@ -29,6 +31,7 @@
 #include <ftw.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -2043,6 +2046,14 @@ EXPORT const char* cublasGetStatusString(cublasStatus_t s) {
 // op, root) fails every rank with ncclInvalidUsage; a rank that never posts fails the others after
 // the timeout (CUDAEMU_NCCL_TIMEOUT_MS, default 30000; cudaemuNcclSetTimeout overrides).
 // The detail of a failure is in ncclGetLastError (and cudaemuGetLastErrorMessage).
+//
+// Cross-process mode: when ncclGetUniqueId runs where MPI is initialised and MPI_COMM_WORLD has more than one
+// process (or CUDAEMU_NCCL_TRANSPORT=mpi; =inproc forces the in-process mode), the id is a cross-process id.
+// ncclCommInitRank with it is an MPI_Comm_split of MPI_COMM_WORLD (collective over the whole MPI world: every
+// process joins, one rank per process), ncclCommSplit an MPI_Comm_split of the communicator's MPI communicator,
+// and collectives move bytes over MPI with the same ascending-rank-order reductions (see "cross-process
+// transport over MPI" below). Inside a group they run at ncclGroupEnd in call order. ncclCommAbort cannot wake
+// the other processes: they end with the job (MPI_Abort), or fail at the timeout.
 // =================================================================================================
 typedef int ncclResult_t;
 enum : int { ncclSuccess = 0, ncclUnhandledCudaError = 1, ncclSystemError = 2, ncclInternalError = 3, ncclInvalidArgument = 4,
@@ -2086,9 +2097,11 @@ struct Clique {
     std::string aborted;        // why, once a member aborted
     std::condition_variable cv;
 };
+struct MpiLink;
 struct Comm {
     unsigned magic = 0xCC11u;
-    Clique* clique = nullptr;
+    Clique* clique = nullptr;            // in-process communicators
+    std::shared_ptr<MpiLink> mpi;        // cross-process communicators (then clique is null)
     int rank = 0, nranks = 0, device = 0;
     unsigned long long seq = 0;
     ncclResult_t async_error = ncclSuccess;
@@ -2100,7 +2113,8 @@ std::map<std::string, Clique*> g_pending_inits;  // ncclCommInitRank rendezvous,
 std::atomic<unsigned long long> g_id_counter{1};
 std::atomic<long> g_nccl_timeout_ms{-1};
 
-struct GroupItem { Comm* comm; unsigned long long seq; Post post; bool posted = false; bool init_wait = false; };
+// A collective queued by ncclGroupStart until ncclGroupEnd. Cross-process ones (mpi) run at ncclGroupEnd in call order.
+struct GroupItem { Comm* comm; unsigned long long seq; Post post; bool posted = false; bool init_wait = false; bool mpi = false; };
 thread_local int t_group_depth = 0;
 thread_local std::vector<GroupItem> t_group;
 thread_local ncclResult_t t_group_error = ncclSuccess;
@@ -2154,26 +2168,50 @@ ncclResult_t check_buffer(const Comm* c, const char* what, const char* name, con
     return ncclSuccess;
 }
 
+// acc[i] = acc[i] (op) b[i] in T: one step of the ascending-rank-order reduction both transports use.
 template <typename T>
-void reduce(const Slot& s, int op, int nranks) {
-    size_t n = s.posts[0].count;
-    std::vector<T> acc(n);
-    memcpy(acc.data(), s.posts[0].send, n * sizeof(T));
-    for (int r = 1; r < nranks; r++) {  // ascending rank order: ((b0 + b1) + b2) + ...
-        const T* b = (const T*)s.posts[r].send;
-        for (size_t i = 0; i < n; i++) {
-            switch (op) {
-            case ncclSum: case ncclAvg: acc[i] = (T)(acc[i] + b[i]); break;
-            case ncclProd: acc[i] = (T)(acc[i] * b[i]); break;
-            case ncclMax: acc[i] = std::max(acc[i], b[i]); break;
-            case ncclMin: acc[i] = std::min(acc[i], b[i]); break;
-            default: break;
-            }
-        }
+void combine(T* acc, const T* b, size_t n, int op) {
+    switch (op) {
+    case ncclSum: case ncclAvg: for (size_t i = 0; i < n; i++) acc[i] = (T)(acc[i] + b[i]); break;
+    case ncclProd: for (size_t i = 0; i < n; i++) acc[i] = (T)(acc[i] * b[i]); break;
+    case ncclMax: for (size_t i = 0; i < n; i++) acc[i] = std::max(acc[i], b[i]); break;
+    case ncclMin: for (size_t i = 0; i < n; i++) acc[i] = std::min(acc[i], b[i]); break;
+    default: break;
     }
-    if (op == ncclAvg)
-        for (size_t i = 0; i < n; i++) acc[i] = (T)(acc[i] / (T)nranks);
-    for (int r = 0; r < nranks; r++) memcpy(s.posts[r].recv, acc.data(), n * sizeof(T));
+}
+
+// ncclAvg's last step: the sum divided by the rank count, in T.
+template <typename T>
+void divide(T* acc, size_t n, int nranks) {
+    for (size_t i = 0; i < n; i++) acc[i] = (T)(acc[i] / (T)nranks);
+}
+
+// combine/divide on a datatype known only at run time (the types validated when posted).
+template <template <typename> class F, typename... A>
+void by_type(int type, A... args) {
+    switch (type) {
+    case ncclFloat32: F<float>::run(args...); break;
+    case ncclFloat64: F<double>::run(args...); break;
+    case ncclInt32: F<int32_t>::run(args...); break;
+    case ncclUint32: F<uint32_t>::run(args...); break;
+    case ncclInt64: F<int64_t>::run(args...); break;
+    case ncclUint64: F<uint64_t>::run(args...); break;
+    case ncclInt8: F<int8_t>::run(args...); break;
+    case ncclUint8: F<uint8_t>::run(args...); break;
+    default: break;  // rejected when posted
+    }
+}
+template <typename T> struct Combine { static void run(void* acc, const void* b, size_t n, int op) { combine<T>((T*)acc, (const T*)b, n, op); } };
+template <typename T> struct Divide { static void run(void* acc, size_t n, int nranks) { divide<T>((T*)acc, n, nranks); } };
+
+void reduce(const Slot& s, int type, int op, int nranks) {
+    size_t bytes = s.posts[0].count * type_size(type);
+    std::vector<char> acc(bytes);
+    memcpy(acc.data(), s.posts[0].send, bytes);
+    for (int r = 1; r < nranks; r++)  // ascending rank order: ((b0 + b1) + b2) + ...
+        by_type<Combine>(type, (void*)acc.data(), s.posts[r].send, s.posts[0].count, op);
+    if (op == ncclAvg) by_type<Divide>(type, (void*)acc.data(), s.posts[0].count, nranks);
+    for (int r = 0; r < nranks; r++) memcpy(s.posts[r].recv, acc.data(), bytes);
 }
 
 // Runs a slot every rank has posted; sets its result. Caller holds g_nccl_mutex.
@@ -2194,17 +2232,7 @@ void execute(Clique* q, Slot& s, unsigned long long seq) {
         }
     }
     if (p0.kind == COLL_ALLREDUCE) {
-        switch (p0.type) {
-        case ncclFloat32: reduce<float>(s, p0.op, q->nranks); break;
-        case ncclFloat64: reduce<double>(s, p0.op, q->nranks); break;
-        case ncclInt32: reduce<int32_t>(s, p0.op, q->nranks); break;
-        case ncclUint32: reduce<uint32_t>(s, p0.op, q->nranks); break;
-        case ncclInt64: reduce<int64_t>(s, p0.op, q->nranks); break;
-        case ncclUint64: reduce<uint64_t>(s, p0.op, q->nranks); break;
-        case ncclInt8: reduce<int8_t>(s, p0.op, q->nranks); break;
-        case ncclUint8: reduce<uint8_t>(s, p0.op, q->nranks); break;
-        default: break;  // rejected when posted
-        }
+        reduce(s, p0.type, p0.op, q->nranks);
     } else if (p0.kind == COLL_BROADCAST) {
         size_t bytes = p0.count * type_size(p0.type);
         const void* src = s.posts[p0.root].send;
@@ -2280,12 +2308,362 @@ ncclResult_t wait_slot(std::unique_lock<std::mutex>& lock, Comm* c, unsigned lon
     }
 }
 
+// ---- cross-process transport over MPI ------------------------------------------------------------
+// A communicator whose ranks are in different processes (one emulated device per process, as under
+// mpirun) carries its collectives over MPI between the processes' host memory, where the emulated
+// devices' memory lives. Open MPI is not linked: the emulator must load where MPI is absent, and a
+// process that uses MPI has already loaded libmpi.so.40 (Sdp's C# bindings open it RTLD_GLOBAL), so
+// its entry points are looked up in that copy (dlopen RTLD_NOLOAD) and its predefined handles by Open
+// MPI's symbol names (ompi_mpi_comm_world, ompi_mpi_byte, ...: in Open MPI, MPI_COMM_WORLD is
+// &ompi_mpi_comm_world). Values only ever move as bytes; no MPI reduction operator touches them, and
+// each rank combines the ranks' copies of its chunk in ascending rank order itself, so results are the
+// same bits on every rank and equal to the in-process mode's. Every collective first all-gathers each
+// rank's (kind, count, type, op, root), so ranks that disagree fail alike with a message instead of
+// hanging. Waits poll nonblocking MPI calls (MPI_Test) against the NCCL timeout and notice an abort.
+constexpr int kMpiUndefined = -32766;               // MPI_UNDEFINED (Open MPI's mpi.h)
+constexpr size_t kMpiSegmentElements = size_t(1) << 24;  // per reduce-scatter/all-gather round: bounds scratch, keeps int counts
+constexpr size_t kMpiBcastBytes = size_t(1) << 30;
+
+struct MpiApi {
+    void* lib = nullptr;
+    int (*Initialized)(int*);
+    int (*Finalized)(int*);
+    int (*Comm_size)(void*, int*);
+    int (*Comm_rank)(void*, int*);
+    int (*Comm_split)(void*, int, int, void**);
+    int (*Comm_free)(void**);
+    int (*Comm_set_errhandler)(void*, void*);
+    int (*Error_string)(int, char*, int*);
+    int (*Iallgather)(const void*, int, void*, void*, int, void*, void*, void**);
+    int (*Ialltoallv)(const void*, const int*, const int*, void*, void*, const int*, const int*, void*, void*, void**);
+    int (*Iallgatherv)(const void*, int, void*, void*, const int*, const int*, void*, void*, void**);
+    int (*Ibcast)(void*, int, void*, int, void*, void**);
+    int (*Test)(void**, int*, void*);
+    void* comm_world = nullptr;
+    void* comm_null = nullptr;
+    void* byte = nullptr;
+    void* errors_return = nullptr;
+};
+
+// One cross-process communicator's MPI side, shared by its Comm and by the threads inside its collectives,
+// so that an abort from another thread neither frees it under them nor waits for them.
+struct MpiLink {
+    void* comm = nullptr;              // MPI_Comm; null once freed
+    int rank = 0, size = 0;
+    unsigned long long seq = 0;        // collectives so far, for messages
+    std::atomic<bool> aborted{false};
+};
+
+std::mutex g_mpi_mutex;  // serializes the emulator's MPI calls (enough under MPI_THREAD_SERIALIZED); never held while waiting
+MpiApi g_mpi;
+bool g_mpi_loaded = false;
+
+// Open MPI's entry points from the copy already in this process, or null with the reason in *why.
+// Caller holds g_mpi_mutex. Only success is cached: MPI may be loaded after the first attempt.
+const MpiApi* mpi_api(std::string* why) {
+    if (g_mpi_loaded) return &g_mpi;
+    void* lib = dlopen("libmpi.so.40", RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) {
+        *why = "Open MPI (libmpi.so.40) is not loaded in this process";
+        return nullptr;
+    }
+    MpiApi a;
+    a.lib = lib;
+    const char* missing = nullptr;
+    auto sym = [&](const char* name) {
+        void* p = dlsym(lib, name);
+        if (!p && !missing) missing = name;
+        return p;
+    };
+    a.Initialized = (int (*)(int*))sym("MPI_Initialized");
+    a.Finalized = (int (*)(int*))sym("MPI_Finalized");
+    a.Comm_size = (int (*)(void*, int*))sym("MPI_Comm_size");
+    a.Comm_rank = (int (*)(void*, int*))sym("MPI_Comm_rank");
+    a.Comm_split = (int (*)(void*, int, int, void**))sym("MPI_Comm_split");
+    a.Comm_free = (int (*)(void**))sym("MPI_Comm_free");
+    a.Comm_set_errhandler = (int (*)(void*, void*))sym("MPI_Comm_set_errhandler");
+    a.Error_string = (int (*)(int, char*, int*))sym("MPI_Error_string");
+    a.Iallgather = (int (*)(const void*, int, void*, void*, int, void*, void*, void**))sym("MPI_Iallgather");
+    a.Ialltoallv = (int (*)(const void*, const int*, const int*, void*, void*, const int*, const int*, void*, void*, void**))sym("MPI_Ialltoallv");
+    a.Iallgatherv = (int (*)(const void*, int, void*, void*, const int*, const int*, void*, void*, void**))sym("MPI_Iallgatherv");
+    a.Ibcast = (int (*)(void*, int, void*, int, void*, void**))sym("MPI_Ibcast");
+    a.Test = (int (*)(void**, int*, void*))sym("MPI_Test");
+    a.comm_world = sym("ompi_mpi_comm_world");
+    a.comm_null = sym("ompi_mpi_comm_null");
+    a.byte = sym("ompi_mpi_byte");
+    a.errors_return = sym("ompi_mpi_errors_return");
+    if (missing) {
+        *why = std::string("libmpi.so.40 has no ") + missing + " (the emulator's MPI transport needs Open MPI 3 or later)";
+        dlclose(lib);
+        return nullptr;
+    }
+    g_mpi = a;
+    g_mpi_loaded = true;
+    return &g_mpi;
+}
+
+// The text of an MPI error code (MPI_Error_string is valid between MPI_Init and MPI_Finalize, where we are).
+std::string mpi_error_text(int status) {
+    char text[512] = {0};
+    int length = 0;
+    if (g_mpi_loaded && g_mpi.Error_string(status, text, &length) == 0 && length > 0) return std::string(text, std::min(length, 511));
+    return "unknown MPI error";
+}
+
+// Fails with ncclSystemError naming the MPI call (the formatted text) and MPI's description of status.
+ncclResult_t mpi_fail(int status, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+ncclResult_t mpi_fail(int status, const char* fmt, ...) {
+    char call[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call, sizeof call, fmt, ap);
+    va_end(ap);
+    return nccl_fail(ncclSystemError, "%s failed: MPI error %d (%s)", call, status, mpi_error_text(status).c_str());
+}
+
+// Whether MPI is usable here: loaded, initialised and not finalised; *world_size is MPI_COMM_WORLD's size.
+// Caller holds g_mpi_mutex. Returns the reason it is not, or "".
+std::string mpi_usable(int* world_size) {
+    std::string why;
+    const MpiApi* a = mpi_api(&why);
+    if (!a) return why;
+    int initialized = 0, finalized = 0;
+    if (a->Initialized(&initialized) != 0 || !initialized) return "MPI_Init has not been called in this process";
+    if (a->Finalized(&finalized) != 0 || finalized) return "MPI_Finalize has already run in this process";
+    if (int rc = a->Comm_size(a->comm_world, world_size)) return "MPI_Comm_size(MPI_COMM_WORLD) failed: " + mpi_error_text(rc);
+    return "";
+}
+
+// Waits for one nonblocking MPI call, polling MPI_Test: fails when the communicator is aborted meanwhile
+// or the NCCL timeout passes (the request is then abandoned; the communicator is unusable and should be
+// aborted, as NCCL asks after a failed collective).
+ncclResult_t mpi_wait(MpiLink& link, void*& request, const char* call, const char* what,
+                      std::chrono::steady_clock::time_point deadline) {
+    for (int polls = 0;; polls++) {
+        int done = 0;
+        {
+            std::lock_guard<std::mutex> lock(g_mpi_mutex);
+            if (int rc = g_mpi.Test(&request, &done, nullptr)) return mpi_fail(rc, "%s (rank %d of %d): MPI_Test of %s", what, link.rank, link.size, call);
+        }
+        if (done) return ncclSuccess;
+        if (link.aborted)
+            return nccl_fail(ncclRemoteError, "%s (rank %d of %d): the communicator was aborted (ncclCommAbort) during %s", what, link.rank, link.size, call);
+        if (std::chrono::steady_clock::now() > deadline)
+            return nccl_fail(ncclRemoteError, "%s (rank %d of %d, cross-process): timed out after %ld ms in %s: another process has not reached "
+                             "collective #%llu (it hangs, failed or posts something else); abort the job", what, link.rank, link.size, nccl_timeout_ms(),
+                             call, link.seq);
+        // Oversubscribed ranks (mpirun --oversubscribe) need the core: yield first, then sleep briefly.
+        if (polls < 2000) sched_yield(); else usleep(100);
+    }
+}
+
+// Starts one nonblocking MPI call (start(request) returns its status) unless the link is aborted or freed.
+template <typename Start>
+ncclResult_t mpi_start(MpiLink& link, void*& request, const char* call, const char* what, Start start) {
+    std::lock_guard<std::mutex> lock(g_mpi_mutex);
+    if (link.aborted || !link.comm) return nccl_fail(ncclRemoteError, "%s (rank %d of %d): the communicator was aborted (ncclCommAbort)", what, link.rank, link.size);
+    if (int rc = start(request)) return mpi_fail(rc, "%s (rank %d of %d): %s", what, link.rank, link.size, call);
+    return ncclSuccess;
+}
+
+#define MPI_STEP(link, call_text, what, deadline, ...)                                                                  \
+    do {                                                                                                            \
+        void* request_ = nullptr;                                                                                   \
+        if (ncclResult_t r_ = mpi_start(link, request_, call_text, what, [&](void*& req) { return __VA_ARGS__; })) return r_; \
+        if (ncclResult_t r_ = mpi_wait(link, request_, call_text, what, deadline)) return r_;                        \
+    } while (0)
+
+// Every rank's (kind, count, datatype, op, root) gathered and compared with rank 0's: ranks that disagree all
+// fail with the same message, as in the in-process mode.
+ncclResult_t mpi_agree(MpiLink& link, const Post& p, const char* what, std::chrono::steady_clock::time_point deadline) {
+    int64_t mine[5] = {p.kind, (int64_t)p.count, p.type, p.op, p.root};
+    if (p.kind == COLL_SPLIT) mine[1] = mine[2] = mine[3] = mine[4] = 0;  // colors and keys differ by design
+    std::vector<int64_t> all(5 * (size_t)link.size);
+    MPI_STEP(link, "MPI_Iallgather (the ranks' collective headers)", what, deadline,
+             g_mpi.Iallgather(mine, (int)sizeof mine, g_mpi.byte, all.data(), (int)sizeof mine, g_mpi.byte, link.comm, &req));
+    const int64_t* p0 = all.data();
+    for (int r = 1; r < link.size; r++) {
+        const int64_t* pr = all.data() + 5 * r;
+        const char* diff = pr[0] != p0[0] ? "collective" : pr[1] != p0[1] ? "count" : pr[2] != p0[2] ? "datatype"
+                         : (p0[0] == COLL_ALLREDUCE && pr[3] != p0[3]) ? "reduction op" : (p0[0] == COLL_BROADCAST && pr[4] != p0[4]) ? "root" : nullptr;
+        if (diff)
+            return nccl_fail(ncclInvalidUsage, "%s: collective #%llu of a %d-rank cross-process communicator: ranks disagree on the %s: rank 0 posted "
+                             "%s(count %lld, %s, %s, root %lld), rank %d posted %s(count %lld, %s, %s, root %lld)", what, link.seq, link.size, diff,
+                             kind_name((int)p0[0]), (long long)p0[1], type_name((int)p0[2]), op_text((int)p0[3]), (long long)p0[4], r,
+                             kind_name((int)pr[0]), (long long)pr[1], type_name((int)pr[2]), op_text((int)pr[3]), (long long)pr[4]);
+    }
+    return ncclSuccess;
+}
+
+// All-reduce as a reduce-scatter plus all-gather of bytes: chunk q of each segment belongs to rank q, which
+// receives every rank's copy (MPI_Ialltoallv), combines them in ascending rank order, and hands the result
+// to everyone (MPI_Iallgatherv). Each rank sends 2(n-1)/n of the buffer, the ring's volume.
+ncclResult_t mpi_allreduce(MpiLink& link, const Post& p, const char* what, std::chrono::steady_clock::time_point deadline) {
+    const int n = link.size, me = link.rank;
+    const size_t esz = type_size(p.type);
+    std::vector<int> starts(n), lengths(n), send_counts(n), send_displs(n), recv_counts(n), recv_displs(n);
+    size_t max_chunk = (std::min(p.count, kMpiSegmentElements) + n - 1) / n;
+    std::vector<char> scratch(std::max<size_t>(1, max_chunk * n * esz));
+    for (size_t segment = 0; segment < p.count; segment += kMpiSegmentElements) {
+        size_t m = std::min(kMpiSegmentElements, p.count - segment);
+        for (int q = 0; q < n; q++) {
+            starts[q] = (int)(q * m / n);
+            lengths[q] = (int)((q + 1) * m / n) - starts[q];
+            send_counts[q] = lengths[q] * (int)esz;
+            send_displs[q] = starts[q] * (int)esz;
+        }
+        const int mine = lengths[me];
+        for (int q = 0; q < n; q++) {
+            recv_counts[q] = mine * (int)esz;
+            recv_displs[q] = q * mine * (int)esz;
+        }
+        const char* send = (const char*)p.send + segment * esz;
+        char* recv = (char*)p.recv + segment * esz;
+        MPI_STEP(link, "MPI_Ialltoallv (reduce-scatter)", what, deadline,
+                 g_mpi.Ialltoallv(send, send_counts.data(), send_displs.data(), g_mpi.byte, scratch.data(), recv_counts.data(), recv_displs.data(),
+                                  g_mpi.byte, link.comm, &req));
+        for (int q = 1; q < n; q++)  // ascending rank order: ((c0 + c1) + c2) + ...
+            by_type<Combine>(p.type, (void*)scratch.data(), (const void*)(scratch.data() + (size_t)q * mine * esz), (size_t)mine, p.op);
+        if (p.op == ncclAvg) by_type<Divide>(p.type, (void*)scratch.data(), (size_t)mine, n);
+        MPI_STEP(link, "MPI_Iallgatherv (all-gather)", what, deadline,
+                 g_mpi.Iallgatherv(scratch.data(), mine * (int)esz, g_mpi.byte, recv, send_counts.data(), send_displs.data(), g_mpi.byte, link.comm, &req));
+    }
+    return ncclSuccess;
+}
+
+ncclResult_t mpi_broadcast(MpiLink& link, const Post& p, const char* what, std::chrono::steady_clock::time_point deadline) {
+    size_t bytes = p.count * type_size(p.type);
+    if (link.rank == p.root && p.send != p.recv) memmove(p.recv, p.send, bytes);
+    for (size_t done = 0; done < bytes; done += kMpiBcastBytes) {
+        int piece = (int)std::min(kMpiBcastBytes, bytes - done);
+        MPI_STEP(link, "MPI_Ibcast", what, deadline, g_mpi.Ibcast((char*)p.recv + done, piece, g_mpi.byte, p.root, link.comm, &req));
+    }
+    return ncclSuccess;
+}
+
+// A cross-process communicator over MPI communicator mpi_comm (already ERRORS_RETURN), for this thread's device.
+// Caller holds g_nccl_mutex.
+Comm* new_mpi_comm(void* mpi_comm, int rank, int size, int device) {
+    auto link = std::make_shared<MpiLink>();
+    link->comm = mpi_comm;
+    link->rank = rank;
+    link->size = size;
+    auto* c = new Comm();
+    c->mpi = link;
+    c->rank = rank;
+    c->nranks = size;
+    c->device = device;
+    g_comms.insert(c);
+    return c;
+}
+
+// MPI_Comm_split of parent (blocking: MPI has no nonblocking split), MPI_ERRORS_RETURN on the result, and its
+// rank and size; *out is null for MPI_UNDEFINED. Caller holds g_mpi_mutex.
+ncclResult_t mpi_split(void* parent, const char* parent_name, int color, int key, void** out, int* rank, int* size, const char* what) {
+    void* child = nullptr;
+    if (int rc = g_mpi.Comm_split(parent, color, key, &child)) return mpi_fail(rc, "%s: MPI_Comm_split(%s, color %d, key %d)", what, parent_name, color, key);
+    if (!child || child == g_mpi.comm_null) { *out = nullptr; return ncclSuccess; }
+    if (int rc = g_mpi.Comm_set_errhandler(child, g_mpi.errors_return)) return mpi_fail(rc, "%s: MPI_Comm_set_errhandler(MPI_ERRORS_RETURN)", what);
+    if (int rc = g_mpi.Comm_rank(child, rank)) return mpi_fail(rc, "%s: MPI_Comm_rank", what);
+    if (int rc = g_mpi.Comm_size(child, size)) return mpi_fail(rc, "%s: MPI_Comm_size", what);
+    *out = child;
+    return ncclSuccess;
+}
+
+// Frees a cross-process communicator's MPI communicator (Open MPI's MPI_Comm_free is local). An abort must not
+// block, so it only tries the lock: when another thread is inside an MPI call of the emulator, it leaves the
+// MPI communicator to the end of the job (MPI_Abort or MPI_Finalize).
+void mpi_release(MpiLink& link, bool abort) {
+    std::unique_lock<std::mutex> lock(g_mpi_mutex, std::defer_lock);
+    if (abort) {
+        if (!lock.try_lock()) return;
+    } else {
+        lock.lock();
+    }
+    if (!link.comm || !g_mpi_loaded) return;
+    int finalized = 0;
+    if (g_mpi.Finalized(&finalized) == 0 && !finalized) g_mpi.Comm_free(&link.comm);  // a failure here leaves nothing to act on
+    link.comm = nullptr;
+}
+
+// A validated collective on a cross-process communicator, run now. Called without g_nccl_mutex (waits must
+// not block the in-process communicators, nor an abort from another thread).
+ncclResult_t mpi_collective(Comm* comm, const Post& p, const char* what) {
+    std::shared_ptr<MpiLink> link;
+    int device;
+    {
+        std::lock_guard<std::mutex> lock(g_nccl_mutex);
+        Comm* c = live(comm);
+        if (!c) return nccl_fail(ncclInvalidArgument, "%s: comm %p is not a live communicator", what, (void*)comm);
+        link = c->mpi;
+        device = c->device;
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(nccl_timeout_ms());
+    link->seq++;
+    ncclResult_t r = mpi_agree(*link, p, what, deadline);
+    if (r == ncclSuccess) {
+        if (p.kind == COLL_ALLREDUCE) {
+            r = p.count ? mpi_allreduce(*link, p, what, deadline) : ncclSuccess;
+        } else if (p.kind == COLL_BROADCAST) {
+            r = p.count ? mpi_broadcast(*link, p, what, deadline) : ncclSuccess;
+        } else {
+            void* child = nullptr;
+            int rank = 0, size = 0;
+            {
+                std::lock_guard<std::mutex> lock(g_mpi_mutex);
+                r = link->comm ? mpi_split(link->comm, "the parent communicator", p.color == NCCL_SPLIT_NOCOLOR ? kMpiUndefined : p.color, p.key, &child,
+                                           &rank, &size, what)
+                               : nccl_fail(ncclRemoteError, "%s (rank %d of %d): the communicator was aborted (ncclCommAbort)", what, link->rank, link->size);
+            }
+            if (r == ncclSuccess) {
+                std::lock_guard<std::mutex> lock(g_nccl_mutex);
+                *p.newcomm = child ? new_mpi_comm(child, rank, size, device) : nullptr;
+            }
+        }
+    }
+    if (r != ncclSuccess && r != ncclInvalidArgument) {
+        std::lock_guard<std::mutex> lock(g_nccl_mutex);
+        if (Comm* c = live(comm)) c->async_error = r;
+    }
+    return r;
+}
+
+// ncclCommInitRank for a cross-process id: MPI_Comm_split of MPI_COMM_WORLD with a color derived from the id
+// and key = rank. It is collective over MPI_COMM_WORLD: every process of the MPI world must call it (for
+// this id or for another cross-process id) at the same point, which is how Sdp's processes make their world.
+ncclResult_t mpi_init_rank(Comm** comm, int nranks, const std::string& id, int rank) {
+    uint32_t hash = 2166136261u;  // FNV-1a of the id: the same color in every process that got this id
+    for (unsigned char ch : id) hash = (hash ^ ch) * 16777619u;
+    int color = (int)(hash & 0x7fffffff);
+    void* mpi_comm = nullptr;
+    int mpi_rank = 0, mpi_size = 0;
+    {
+        std::lock_guard<std::mutex> lock(g_mpi_mutex);
+        int world_size = 0;
+        std::string why = mpi_usable(&world_size);
+        if (!why.empty()) return nccl_fail(ncclInvalidUsage, "ncclCommInitRank (rank %d of %d): the id is for the cross-process (MPI) transport, but %s", rank, nranks, why.c_str());
+        if (ncclResult_t r = mpi_split(g_mpi.comm_world, "MPI_COMM_WORLD", color, rank, &mpi_comm, &mpi_rank, &mpi_size, "ncclCommInitRank")) return r;
+        if (mpi_size != nranks || mpi_rank != rank) {
+            g_mpi.Comm_free(&mpi_comm);
+            return nccl_fail(ncclInvalidUsage, "ncclCommInitRank (rank %d of %d): %d process(es) of MPI_COMM_WORLD joined this id and this one is their rank %d; "
+                             "every rank 0..%d must be one process, and every process of MPI_COMM_WORLD must call ncclCommInitRank at the same point",
+                             rank, nranks, mpi_size, mpi_rank, nranks - 1);
+        }
+    }
+    std::lock_guard<std::mutex> lock(g_nccl_mutex);
+    *comm = new_mpi_comm(mpi_comm, rank, nranks, t_current->device);
+    return ncclSuccess;
+}
+
+#undef MPI_STEP
+
 // A collective from the public entry points: validated now, posted now (or at ncclGroupEnd in a group).
 ncclResult_t collective(void* comm, const Post& p, const char* what) {
     std::unique_lock<std::mutex> lock(g_nccl_mutex);
     Comm* c = live(comm);
     if (!c) return nccl_fail(ncclInvalidArgument, "%s: comm %p is not a live communicator", what, comm);
-    if (!c->clique->aborted.empty()) return nccl_fail(ncclInvalidUsage, "%s (rank %d): %s", what, c->rank, c->clique->aborted.c_str());
+    if (c->mpi ? c->mpi->aborted.load() : !c->clique->aborted.empty())
+        return nccl_fail(ncclInvalidUsage, "%s (rank %d): %s", what, c->rank, c->mpi ? "the communicator was aborted (ncclCommAbort)" : c->clique->aborted.c_str());
     if (p.kind != COLL_SPLIT) {
         if (type_size(p.type) == 0) return nccl_fail(ncclInvalidArgument, "%s: datatype %d is not an ncclDataType_t", what, p.type);
         if (p.type == ncclFloat16 || p.type == ncclBfloat16)
@@ -2306,8 +2684,12 @@ ncclResult_t collective(void* comm, const Post& p, const char* what) {
     }
     unsigned long long seq = c->seq++;
     if (t_group_depth > 0) {
-        t_group.push_back(GroupItem{c, seq, p});
+        t_group.push_back(GroupItem{c, seq, p, false, false, c->mpi != nullptr});
         return ncclSuccess;
+    }
+    if (c->mpi) {
+        lock.unlock();
+        return mpi_collective(c, p, what);
     }
     post(c, seq, p);
     return wait_slot(lock, c, seq, what);
@@ -2321,10 +2703,27 @@ EXPORT ncclResult_t ncclGetVersion(int* version) {
     return ncclSuccess;
 }
 
+// The id says which transport its communicator uses: cross-process (MPI) when CUDAEMU_NCCL_TRANSPORT=mpi, or by
+// default when MPI is initialised in this process and MPI_COMM_WORLD has more than one process (the id is then
+// meant to travel to the other processes); in-process otherwise, or when CUDAEMU_NCCL_TRANSPORT=inproc.
 EXPORT ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
     if (!id) return nccl_fail(ncclInvalidArgument, "ncclGetUniqueId: null");
+    const char* transport = getenv("CUDAEMU_NCCL_TRANSPORT");
+    std::string choice = transport && *transport ? transport : "auto";
+    if (choice != "auto" && choice != "inproc" && choice != "mpi")
+        return nccl_fail(ncclInvalidArgument, "ncclGetUniqueId: CUDAEMU_NCCL_TRANSPORT=%s (expected inproc, mpi or auto)", choice.c_str());
+    bool cross = false;
+    if (choice != "inproc") {
+        std::lock_guard<std::mutex> lock(g_mpi_mutex);
+        int world_size = 0;
+        std::string why = mpi_usable(&world_size);
+        if (choice == "mpi" && !why.empty())
+            return nccl_fail(ncclInvalidUsage, "ncclGetUniqueId: CUDAEMU_NCCL_TRANSPORT=mpi, but %s", why.c_str());
+        cross = why.empty() && (choice == "mpi" || world_size > 1);
+    }
     memset(id, 0, sizeof *id);
-    snprintf(id->internal, sizeof id->internal, "cudaemu-nccl pid %d id %llu", (int)getpid(), g_id_counter.fetch_add(1));
+    snprintf(id->internal, sizeof id->internal, "%s pid %d id %llu", cross ? "cudaemu-nccl-mpi" : "cudaemu-nccl", (int)getpid(),
+             g_id_counter.fetch_add(1));
     return ncclSuccess;
 }
 
@@ -2363,6 +2762,8 @@ EXPORT ncclResult_t ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, i
     if (need_context()) return nccl_fail(ncclInvalidUsage, "ncclCommInitRank: no current CUDA context on this thread (bind the rank's device first)");
     std::string key(id.internal, strnlen(id.internal, sizeof id.internal));
     if (key.rfind("cudaemu-nccl", 0) != 0) return nccl_fail(ncclInvalidArgument, "ncclCommInitRank: the id was not made by ncclGetUniqueId");
+    // One process per rank: run now, also inside a group (a process holds one rank of a cross-process communicator).
+    if (key.rfind("cudaemu-nccl-mpi ", 0) == 0) return mpi_init_rank(comm, nranks, key, rank);
     std::unique_lock<std::mutex> lock(g_nccl_mutex);
     Clique*& q = g_pending_inits[key];
     if (!q) { q = new Clique(); q->nranks = nranks; q->ranks.assign(nranks, nullptr); }
@@ -2441,10 +2842,20 @@ EXPORT ncclResult_t ncclGroupEnd(void) {
     items.swap(t_group);
     std::unique_lock<std::mutex> lock(g_nccl_mutex);
     for (auto& it : items)
-        if (!it.init_wait) post(it.comm, it.seq, it.post);
+        if (!it.init_wait && !it.mpi) post(it.comm, it.seq, it.post);
     ncclResult_t first = ncclSuccess;
     std::string first_message;
+    // Cross-process collectives run now, in call order (every process issues them in the same order), without
+    // the lock; the in-process ones just posted complete meanwhile on the threads that post last.
+    lock.unlock();
     for (auto& it : items) {
+        if (!it.mpi) continue;
+        ncclResult_t r = first == ncclSuccess ? mpi_collective(it.comm, it.post, kind_name(it.post.kind)) : ncclSuccess;
+        if (r != ncclSuccess) { first = r; first_message = t_message; }
+    }
+    lock.lock();
+    for (auto& it : items) {
+        if (it.mpi) continue;
         ncclResult_t r;
         if (it.init_wait) {
             Clique* q = it.comm->clique;
@@ -2466,14 +2877,25 @@ ncclResult_t release(void* comm, bool abort, const char* what) {
     std::lock_guard<std::mutex> lock(g_nccl_mutex);
     Comm* c = live(comm);
     if (!c) return nccl_fail(ncclInvalidArgument, "%s: comm %p is not a live communicator", what, comm);
+    for (auto& it : t_group)  // a destroyed communicator's unposted group work is dropped
+        if (it.comm == c) it.comm = nullptr;
+    std::erase_if(t_group, [](const GroupItem& it) { return it.comm == nullptr; });
+    if (c->mpi) {
+        // The other processes cannot be woken from here: a rank waiting in a collective of this communicator on
+        // another thread of this process fails at its next poll, and the remote ones end with the job (MPI_Abort).
+        if (abort) c->mpi->aborted = true;
+        std::shared_ptr<MpiLink> link = c->mpi;
+        g_comms.erase(c);
+        c->magic = 0;
+        delete c;
+        mpi_release(*link, abort);
+        return ncclSuccess;
+    }
     Clique* q = c->clique;
     if (abort && q->aborted.empty()) {
         q->aborted = "rank " + std::to_string(c->rank) + " aborted the communicator (ncclCommAbort)";
         q->cv.notify_all();
     }
-    for (auto& it : t_group)  // a destroyed communicator's unposted group work is dropped
-        if (it.comm == c) it.comm = nullptr;
-    std::erase_if(t_group, [](const GroupItem& it) { return it.comm == nullptr; });
     g_comms.erase(c);
     q->ranks[c->rank] = nullptr;
     c->magic = 0;

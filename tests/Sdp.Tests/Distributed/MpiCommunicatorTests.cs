@@ -22,7 +22,7 @@ public class MpiCommunicatorTests
     /// <summary>How long a failing job may take to end on every rank.</summary>
     private static readonly TimeSpan FailFast = TimeSpan.FromSeconds(30);
 
-    private const int Seed = 7;
+    internal const int Seed = 7;
 
     private string _dir = "";
 
@@ -67,14 +67,25 @@ public class MpiCommunicatorTests
         var run = Mpirun(w, args);
         Assert.That(run.ExitCode, Is.EqualTo(0), run.ToString());
 
+        AssertEveryRankHasTheInProcessResults(w, _dir, rank => $"rank {rank} size {w} thread Multiple", run);
+    }
+
+    /// <summary>
+    /// What `sdp comm-check` wrote on every rank of a <paramref name="w"/>-rank job in <paramref name="dir"/>: the
+    /// first line <paramref name="header"/>(rank), then every result line of the groups the rank is in, in the
+    /// order the check runs them, with the in-process hash (<see cref="ExpectedHashes"/>), then its stats under
+    /// the ring byte model. Shared with the NCCL multi-process tests, which must give the same bits.
+    /// </summary>
+    internal static void AssertEveryRankHasTheInProcessResults(int w, string dir, Func<int, string> header, MpiJob.Result run)
+    {
         var groups = CommCheckCommand.Groups(w);
         var expected = ExpectedHashes(groups);
         for (int rank = 0; rank < w; rank++)
         {
-            string file = Path.Combine(_dir, $"rank-{rank}.txt");
+            string file = Path.Combine(dir, $"rank-{rank}.txt");
             Assert.That(File.Exists(file), Is.True, $"rank {rank} wrote no results\n{run}");
             var lines = File.ReadAllLines(file);
-            Assert.That(lines[0], Is.EqualTo($"rank {rank} size {w} thread Multiple"));
+            Assert.That(lines[0], Is.EqualTo(header(rank)));
 
             // Every result line of a group this rank is in, in the order the check runs them, with the in-process hash.
             var wanted = new List<string>();
@@ -153,7 +164,7 @@ public class MpiCommunicatorTests
     /// <see cref="InProcessCommunicator"/> on the members' inputs (the ascending-rank-order sum), integers (which
     /// it does not all-reduce) as the wrapping sum in ascending rank order.
     /// </summary>
-    private static Dictionary<(int, DType, int), string> ExpectedHashes(IReadOnlyList<int[]> groups)
+    internal static Dictionary<(int, DType, int), string> ExpectedHashes(IReadOnlyList<int[]> groups)
     {
         var hashes = new Dictionary<(int, DType, int), string>();
         for (int g = 0; g < groups.Count; g++)
