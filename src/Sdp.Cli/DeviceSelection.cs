@@ -70,7 +70,8 @@ public sealed class DeviceSelection : IDisposable
             var workerBackends = new CudaBackend[workers];
             for (int w = 0; w < workers; w++) workerBackends[w] = selection.Track(CudaBackend.Open(pinned ?? (localRank ?? w) % count, api));
             selection.Host = localRank is null ? selection.Track(CudaBackend.Open(pinned ?? 0, api)) : workerBackends[0];
-            selection.Worker = w => workerBackends[w];
+            // One rank of a job runs one worker, whatever its world rank.
+            selection.Worker = localRank is null ? w => workerBackends[w] : _ => workerBackends[0];
             string placement = localRank is not null ? $"local rank {localRank} on {workerBackends[0].Device}"
                 : pinned is not null || count == 1 || workers == 1
                 ? $"{(workers == 1 ? "the worker" : $"all {workers} workers")} on {workerBackends[0].Device}"

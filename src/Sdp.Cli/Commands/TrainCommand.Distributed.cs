@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Sdp.Engine;
+using Sdp.Engine.Backends.Cuda;
 using Sdp.Engine.Distributed;
 using Sdp.Kernels.Mpi;
 using Sdp.Engine.Subnetworks;
@@ -40,8 +41,8 @@ public static partial class TrainCommand
     /// <summary>
     /// One rank of an MPI job (`mpirun -np W sdp train --launcher mpi ...`, or srun): this process runs worker
     /// = its rank on its own device (CPU, or GPU local rank mod the node's GPU count), gradients travel by MPI
-    /// between CPU ranks (<see cref="MpiCommunicator"/>, staged through host memory for GPU tensors until NCCL is
-    /// wired in), and rank 0 alone prints, writes the metrics and the dense model and sdp.json of a checkpoint.
+    /// between CPU ranks (<see cref="MpiCommunicator"/>) and by NCCL between GPU ranks
+    /// (<see cref="NcclCommunicator.CreateForProcess"/>, its unique id broadcast over MPI), and rank 0 alone prints, writes the metrics and the dense model and sdp.json of a checkpoint.
     /// Any failure after MPI is up ends the whole job (MPI_Abort) with a message naming the rank, so no rank waits
     /// for a peer that has gone: exit code 2 for bad input, 1 otherwise.
     /// </summary>
@@ -66,9 +67,11 @@ public static partial class TrainCommand
                 bool leader = mpi.Rank == 0;
                 var rankOutput = leader ? output : TextWriter.Null;
                 if (devices.Banner is not null) rankOutput.WriteLine(devices.Banner);
+                // GPU ranks exchange gradients through NCCL, bootstrapped over MPI; CPU ranks through MPI itself.
+                using var nccl = devices.Host is CudaBackend cuda ? NcclCommunicator.CreateForProcess(cuda, Mpi.World, TimeSpan.FromSeconds(o.Distributed.CommTimeoutSeconds)) : null;
                 using var host = DeviceScope.Use(devices.Host);
                 // Plain progress lines: mpirun forwards every rank's output, which a live progress bar would garble.
-                return Run(leader ? o : o with { Metrics = null }, devices, rankOutput, plain: true, new JobRank(mpi, mpi));
+                return Run(leader ? o : o with { Metrics = null }, devices, rankOutput, plain: true, new JobRank(mpi, (ICommunicator?)nccl ?? mpi));
             }
             catch (Exception e)
             {

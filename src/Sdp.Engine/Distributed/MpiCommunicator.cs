@@ -109,7 +109,7 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IProcessGroup, IDisp
         ObjectDisposedException.ThrowIf(_disposed, this);
         int[] sorted = InProcessCommunicator.SortedMembers(ranks, WorldSize);
         int call = ++_groupCalls;
-        CheckAgreement(call, sorted);
+        GroupAgreement.Check(_world, call, sorted);
         bool member = Array.BinarySearch(sorted, Rank) >= 0;
         var comm = _world.Split(member ? 1 : null, key: Rank, $"group {InProcessCommunicator.Format(sorted)}");
         if (!member) return null;
@@ -119,41 +119,6 @@ public sealed unsafe class MpiCommunicator : ICommunicator, IProcessGroup, IDisp
         var group = new Group(this, comm, sorted, isWorld: false);
         _groups.Add(group);
         return group;
-    }
-
-    /// <summary>
-    /// Every rank's (call number, list) gathered on every rank; any difference from rank 0's throws
-    /// <see cref="CollectiveMismatchException"/> on every rank with the same message, naming the first
-    /// disagreeing rank's list and rank 0's.
-    /// </summary>
-    private void CheckAgreement(int call, int[] sorted)
-    {
-        int n = WorldSize;
-        var heads = new int[2 * n];
-        int* mine = stackalloc int[2] { call, sorted.Length };
-        fixed (int* h = heads) _world.Allgather(mine, h, 2, MpiDataType.Int32);
-        var counts = new int[n];
-        var displs = new int[n];
-        int total = 0;
-        for (int r = 0; r < n; r++)
-        {
-            counts[r] = heads[2 * r + 1];
-            displs[r] = total;
-            total += counts[r];
-        }
-        var all = new int[total];
-        fixed (int* s = sorted)
-        fixed (int* a = all)
-            _world.Allgatherv(s, sorted.Length, a, counts, displs, MpiDataType.Int32);
-        var first = all.AsSpan(0, counts[0]);
-        for (int r = 1; r < n; r++)
-        {
-            var theirs = all.AsSpan(displs[r], counts[r]);
-            if (heads[2 * r] != heads[0])
-                throw new CollectiveMismatchException($"CreateGroup: rank {r} is at its call {heads[2 * r]} but rank 0 at its call {heads[0]}; every rank must call CreateGroup for every group, member or not");
-            if (!theirs.SequenceEqual(first))
-                throw new CollectiveMismatchException($"CreateGroup call {call}: rank {r} asked for group {InProcessCommunicator.Format(theirs.ToArray())} but rank 0 asked for {InProcessCommunicator.Format(first.ToArray())}; every rank must create the same groups in the same order");
-        }
     }
 
     public void Barrier()

@@ -198,7 +198,7 @@ public sealed class NcclCommunicator : ICommunicator, IDisposable
 
     /// <summary>
     /// In-process: fails every pending and later collective of the world (ncclCommAbort). One process per rank:
-    /// prints the reason naming this rank (as <see cref="MpiCommunicator.Abort"/> does), aborts this rank's
+    /// prints the reason naming this rank (as <see cref="MpiCommunicator.Abort(string)"/> does), aborts this rank's
     /// communicators, then MPI_Abort ends every process of the job. Does not return in that form.
     /// </summary>
     public void Abort(string reason)

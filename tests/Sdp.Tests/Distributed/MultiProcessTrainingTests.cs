@@ -78,6 +78,22 @@ public class MultiProcessTrainingTests
     }
 
     [Test]
+    public void A_two_rank_CUDA_job_syncs_through_NCCL_over_MPI_and_equals_the_in_process_NCCL_run()
+    {
+        if (Sdp.Kernels.Cuda.Cuda.TryLoad(Sdp.Kernels.Cuda.CudaImplementation.Emulated, out string why) is null) Assert.Ignore($"no emulated CUDA device: {why}");
+        // The emulated device: one NCCL rank per process, its collectives carried over MPI (the emulator's cross-process
+        // mode), against two emulated devices driven by one process through the in-process NCCL.
+        string[] run = ["train", "--device", "cuda", "--batch", "1", "--seq", "8", "--eval-batches", "1", "--steps", "2", "--mode", "sdp", "--subnet", "neuron", "--masking", "backward", "--coverage", "0.5"];
+        var job = MpiJob.RunProcess(MpiJob.FindMpirun()!, MpiJob.Arguments(2, [run[0], "--launcher", "mpi", .. run[1..], "--save", In("job.safetensors")], "SDP_CUDA=emu"), Timeout);
+        Assert.That(job.ExitCode, Is.EqualTo(0), job.ToString());
+        Assert.That(job.Out, Does.Contain("NCCL, one process per worker"), job.ToString());
+        var threads = MpiJob.RunProcess(MpiJob.Sdp, [.. run, "--workers", "2", "--save", In("threads.safetensors")], Timeout, ("SDP_CUDA", "emu"));
+        Assert.That(threads.ExitCode, Is.EqualTo(0), threads.ToString());
+        Assert.That(threads.Out, Does.Contain(", NCCL"), threads.ToString());
+        Assert.That(File.ReadAllBytes(In("job.safetensors")), Is.EqualTo(File.ReadAllBytes(In("threads.safetensors"))), "the assembled dense model, bit for bit");
+    }
+
+    [Test]
     public void Holders_stay_bit_identical_across_processes_over_50_steps_and_every_worker_state_equals_the_in_process_one()
     {
         // Backward masking refreshes every unit a worker lacks from its holders, so after each step every worker's
@@ -276,8 +292,7 @@ public class MultiProcessTrainingTests
         public RunningJob(string[] args)
         {
             var psi = new ProcessStartInfo(MpiJob.FindMpirun()!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (string a in (string[])["-np", "4", "--oversubscribe", .. MpiJob.IsRoot() ? ["--allow-run-as-root"] : Array.Empty<string>(),
-                "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none", MpiJob.Sdp, .. args]) psi.ArgumentList.Add(a);
+            foreach (string a in MpiJob.Arguments(4, args)) psi.ArgumentList.Add(a);
             _mpirun = new Process { StartInfo = psi };
             _mpirun.OutputDataReceived += (_, e) => Append(_out, e.Data);
             _mpirun.ErrorDataReceived += (_, e) => Append(_err, e.Data);

@@ -111,10 +111,7 @@ public class NcclMultiProcessTests
     /// </summary>
     private MpiJob.Result CommCheck(int np, params string[] args)
     {
-        string[] mpirun = ["-np", np.ToString(CultureInfo.InvariantCulture), "--oversubscribe", .. MpiJob.IsRoot() ? ["--allow-run-as-root"] : Array.Empty<string>(),
-            "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none",
-            "-x", "SDP_CUDA=emu", "-x", "CUDAEMU_NCCL_TRANSPORT=mpi",
-            MpiJob.Sdp, "comm-check", "--transport", "nccl", "--out", _dir, .. args];
+        string[] mpirun = MpiJob.Arguments(np, ["comm-check", "--transport", "nccl", "--out", _dir, .. args], "SDP_CUDA=emu", "CUDAEMU_NCCL_TRANSPORT=mpi");
         return MpiJob.RunProcess(MpiJob.FindMpirun()!, mpirun, Timeout);
     }
 }

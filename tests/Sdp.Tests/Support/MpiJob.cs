@@ -30,19 +30,21 @@ public static class MpiJob
 
     /// <summary>
     /// mpirun -np <paramref name="np"/> sdp args…, killed (and the test failed) after <paramref name="timeout"/>.
-    /// --oversubscribe: more ranks than the CI machine's 2 cores. --allow-run-as-root only when running as root
-    /// (CI does). Shared memory (vader) without its single-copy mechanism, which needs ptrace rights that
-    /// containers often withhold; no TCP, so no network interfaces are probed.
     /// </summary>
-    public static Result Run(int np, TimeSpan timeout, params string[] args)
-    {
-        string[] mpirun = ["-np", np.ToString(CultureInfo.InvariantCulture), "--oversubscribe", .. IsRoot() ? ["--allow-run-as-root"] : Array.Empty<string>(),
-            "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none", Sdp, .. args];
-        return RunProcess(FindMpirun()!, mpirun, timeout);
-    }
+    public static Result Run(int np, TimeSpan timeout, params string[] args) => RunProcess(FindMpirun()!, Arguments(np, args), timeout);
 
-    /// <summary>Runs <paramref name="file"/> with <paramref name="args"/>, killing its whole process tree (and failing the test) after <paramref name="timeout"/>.</summary>
-    public static Result RunProcess(string file, IEnumerable<string> args, TimeSpan timeout)
+    /// <summary>
+    /// mpirun's arguments for <c>-np <paramref name="np"/> sdp args…</c>, exporting <paramref name="exports"/> (NAME=VALUE,
+    /// with -x) to every rank. --oversubscribe: more ranks than the CI machine's 2 cores. --allow-run-as-root only
+    /// when running as root (CI does). Shared memory (vader) without its single-copy mechanism, which needs ptrace
+    /// rights that containers often withhold; no TCP, so no network interfaces are probed.
+    /// </summary>
+    public static string[] Arguments(int np, IEnumerable<string> args, params string[] exports)
+        => ["-np", np.ToString(CultureInfo.InvariantCulture), "--oversubscribe", .. IsRoot() ? ["--allow-run-as-root"] : Array.Empty<string>(),
+            "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none", .. exports.SelectMany(e => (string[])["-x", e]), Sdp, .. args];
+
+    /// <summary>Runs <paramref name="file"/> with <paramref name="args"/> (and <paramref name="environment"/> set), killing its whole process tree (and failing the test) after <paramref name="timeout"/>.</summary>
+    public static Result RunProcess(string file, IEnumerable<string> args, TimeSpan timeout, params (string Name, string Value)[] environment)
     {
         var psi = new ProcessStartInfo(file)
         {
@@ -53,6 +55,7 @@ public static class MpiJob
         };
         foreach (string a in args) psi.ArgumentList.Add(a);
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        foreach (var (name, value) in environment) psi.Environment[name] = value;
 
         var clock = Stopwatch.StartNew();
         using var process = Process.Start(psi)!;
