@@ -148,7 +148,7 @@ public static class CommCheckCommand
         try
         {
             return Check(comm!, $"nccl {(backend!.IsEmulated ? "emulated" : "real")}", backend, dir, seed, fail, abortRank,
-                grouped ? comm!.AllReduceSumGrouped : null);
+                grouped ? (group, buffers) => comm!.AllReduceSum([.. buffers.Select(b => (group, b))]) : null);
         }
         finally
         {

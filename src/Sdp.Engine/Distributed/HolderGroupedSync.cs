@@ -138,6 +138,8 @@ public sealed class HolderGroupedSync : IDisposable
                 if (Source(piece) is { } source) SyncBuckets.Pack(source, views[i], piece);
                 else buffer.Backend.Fill(views[i], 0);
             }
+            // One bucket at a time: every bucket is staged in the same bucket-sized buffer (memory is the point of
+            // SDP), so the buckets cannot be posted together in one ncclGroupStart/End as separate buffers could.
             group.AllReduceSum(buffer);
             buffer.Backend.Binary(BinaryOp.Div, buffer, holderCount, buffer);
             for (int i = 0; i < views.Length; i++)

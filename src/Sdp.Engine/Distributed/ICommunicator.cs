@@ -27,6 +27,18 @@ public interface ICommunicator
     /// </summary>
     ICommGroup? CreateGroup(IReadOnlyList<int> ranks);
 
+    /// <summary>
+    /// All-reduces (sums) each buffer on its group, as <see cref="ICommGroup.AllReduceSum"/> would one after another in
+    /// the list's order; every group must be this communicator's, and every member must pass its groups' buffers in
+    /// the same relative order. NCCL posts them inside one ncclGroupStart/ncclGroupEnd, so a step's gradient
+    /// buckets launch together.
+    /// </summary>
+    void AllReduceSum(IReadOnlyList<(ICommGroup Group, Tensor Buffer)> buffers)
+    {
+        ArgumentNullException.ThrowIfNull(buffers);
+        foreach (var (group, buffer) in buffers) group.AllReduceSum(buffer);
+    }
+
     /// <summary>Blocks until every rank of the world has reached the barrier.</summary>
     void Barrier();
 

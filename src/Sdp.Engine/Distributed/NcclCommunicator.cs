@@ -216,24 +216,28 @@ public sealed class NcclCommunicator : ICommunicator, IDisposable
     }
 
     /// <summary>
-    /// <see cref="ICommGroup.AllReduceSum"/> of every buffer of <paramref name="buffers"/> on <paramref name="group"/>
-    /// (one of this communicator's), posted inside one ncclGroupStart/ncclGroupEnd so NCCL launches them together
-    /// (gradient buckets); each buffer is summed on its own, as if all-reduced alone, in the list's order on every rank.
+    /// All-reduces each buffer on its group (groups of this communicator), posted inside one
+    /// ncclGroupStart/ncclGroupEnd so NCCL launches them together (a step's gradient buckets); each buffer is
+    /// summed on its own, as if all-reduced alone.
     /// </summary>
-    public void AllReduceSumGrouped(ICommGroup group, IReadOnlyList<Tensor> buffers)
+    public void AllReduceSum(IReadOnlyList<(ICommGroup Group, Tensor Buffer)> buffers)
     {
         ArgumentNullException.ThrowIfNull(buffers);
-        if (group is not Group mine || !ReferenceEquals(mine.Owner, this))
-            throw new ArgumentException($"AllReduceSumGrouped: {group} is not a group of {this}");
-        foreach (var b in buffers) mine.CheckBuffer("AllReduceSumGrouped", b);
-        if (buffers.Count == 0) return;
-        NcclApi nccl = _backend.Context.Api.Nccl;
-        if (mine.CallsNccl)
-            Collective("AllReduceSumGrouped", () => NcclComm.Group(nccl, () =>
+        var posts = new List<(Group Group, Tensor Buffer)>(buffers.Count);
+        foreach (var (group, buffer) in buffers)
+        {
+            if (group is not Group mine || !ReferenceEquals(mine.Owner, this))
+                throw new ArgumentException($"AllReduceSum: {group} is not a group of {this}");
+            mine.CheckBuffer("AllReduceSum", buffer);
+            posts.Add((mine, buffer));
+        }
+        var called = posts.Where(p => p.Group.CallsNccl).ToList();
+        if (called.Count > 0)
+            Collective("AllReduceSum (grouped)", () => NcclComm.Group(_backend.Context.Api.Nccl, () =>
             {
-                foreach (var b in buffers) mine.PostAllReduce(b);
+                foreach (var (group, buffer) in called) group.PostAllReduce(buffer);
             }));
-        foreach (var b in buffers) Stats.AddAllReduce(b.ByteLength, mine.Ranks.Count);
+        foreach (var (group, buffer) in posts) Stats.AddAllReduce(buffer.ByteLength, group.Ranks.Count);
     }
 
     public override string ToString() => $"NCCL rank {Rank} of {WorldSize}{(IsMultiProcess ? " (one process per rank)" : "")}";

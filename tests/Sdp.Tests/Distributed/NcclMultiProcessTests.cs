@@ -46,7 +46,7 @@ public class NcclMultiProcessTests
     }
 
     /// <param name="grouped">Each group's eight all-reduces in one ncclGroupStart/ncclGroupEnd
-    /// (NcclCommunicator.AllReduceSumGrouped): the emulator runs them at ncclGroupEnd in call order.</param>
+    /// (NcclCommunicator.AllReduceSum of a list): the emulator runs them at ncclGroupEnd in call order.</param>
     [TestCase(3, false)]
     [TestCase(4, false)]
     [TestCase(3, true)]
