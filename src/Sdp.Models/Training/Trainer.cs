@@ -89,7 +89,8 @@ public sealed partial class Trainer : IDisposable
         var workerDevices = local.Select(w => devices?.Invoke(w) ?? DeviceScope.Current).ToArray();
         // A process of a job keeps its dense model on its worker's device, where the job's collectives assemble it.
         _hostDevice = job is null ? DeviceScope.Current : workerDevices[0];
-        _watchdog = job is null ? null : new Watchdog(sdp.CollectiveTimeout, reason => job.Processes.Abort(reason, 1));
+        // Through the data communicator: NCCL's Abort releases its communicators (ncclCommAbort) before MPI_Abort.
+        _watchdog = job is null ? null : new Watchdog(sdp.CollectiveTimeout, reason => job.Communicator.Abort(reason));
         using var setup = Watch("setting up the workers");
 
         if (sdp.Mode == ParallelMode.Sdp)
