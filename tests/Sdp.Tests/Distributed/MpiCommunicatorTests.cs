@@ -15,7 +15,7 @@ namespace Sdp.Tests.Distributed;
 /// <see cref="Timeout"/>, so nothing can hang CI.
 /// </summary>
 [Category("Mpi")]
-public class MpiCommunicatorTests
+public class MpiCommunicatorTests : MpiJobFixture
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
@@ -24,27 +24,6 @@ public class MpiCommunicatorTests
 
     internal const int Seed = 7;
 
-    private string _dir = "";
-
-    [SetUp]
-    public void MakeDirectory()
-    {
-        if (MpiJob.FindMpirun() is null) Assert.Ignore("mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; CI installs it)");
-        _dir = Path.Combine(Path.GetTempPath(), "sdp-mpi-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(_dir);
-    }
-
-    [TearDown]
-    public void RemoveDirectory()
-    {
-        try
-        {
-            if (_dir != "") Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
 
     [Test]
     public void The_bindings_load_Open_MPI_and_resolve_its_handles()
@@ -62,12 +41,12 @@ public class MpiCommunicatorTests
     [TestCase(3, 100)]
     public void AllReduceSum_and_Broadcast_are_bit_identical_on_every_rank_and_equal_the_in_process_results(int w, int segment)
     {
-        string[] args = ["comm-check", "--out", _dir, "--seed", Seed.ToString(CultureInfo.InvariantCulture)];
+        string[] args = ["comm-check", "--out", Dir, "--seed", Seed.ToString(CultureInfo.InvariantCulture)];
         if (segment > 0) args = [.. args, "--segment", segment.ToString(CultureInfo.InvariantCulture)];
         var run = Mpirun(w, args);
         Assert.That(run.ExitCode, Is.EqualTo(0), run.ToString());
 
-        AssertEveryRankHasTheInProcessResults(w, _dir, rank => $"rank {rank} size {w} thread Multiple", run);
+        AssertEveryRankHasTheInProcessResults(w, Dir, rank => $"rank {rank} size {w} thread Multiple", run);
     }
 
     /// <summary>
@@ -142,7 +121,7 @@ public class MpiCommunicatorTests
     [Test]
     public void Mismatched_CreateGroup_fails_on_every_rank_naming_both_lists()
     {
-        var run = Mpirun(3, "comm-check", "--out", _dir, "--fail", "mismatch");
+        var run = Mpirun(3, "comm-check", "--out", Dir, "--fail", "mismatch");
         Assert.That(run.ExitCode, Is.Not.EqualTo(0), run.ToString());
         Assert.That(run.Elapsed, Is.LessThan(FailFast), run.ToString());
         for (int rank = 0; rank < 3; rank++)
@@ -152,11 +131,11 @@ public class MpiCommunicatorTests
     [Test]
     public void Abort_from_one_rank_ends_every_rank_naming_it()
     {
-        var run = Mpirun(4, "comm-check", "--out", _dir, "--fail", "abort", "--abort-rank", "2");
+        var run = Mpirun(4, "comm-check", "--out", Dir, "--fail", "abort", "--abort-rank", "2");
         Assert.That(run.ExitCode, Is.Not.EqualTo(0), run.ToString());
         Assert.That(run.Elapsed, Is.LessThan(FailFast), run.ToString());
         Assert.That(run.Err, Does.Contain("sdp: rank 2 of 4 aborted the job: comm-check: deliberate abort by rank 2"), run.ToString());
-        Assert.That(Directory.GetFiles(_dir), Is.Empty, "no rank got past the barrier");
+        Assert.That(Directory.GetFiles(Dir), Is.Empty, "no rank got past the barrier");
     }
 
     /// <summary>

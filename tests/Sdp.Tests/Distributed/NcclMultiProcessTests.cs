@@ -15,34 +15,17 @@ namespace Sdp.Tests.Distributed;
 /// <see cref="Timeout"/>.
 /// </summary>
 [Category("Mpi")]
-public class NcclMultiProcessTests
+public class NcclMultiProcessTests : MpiJobFixture
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
     /// <summary>How long a failing job may take to end on every rank.</summary>
     private static readonly TimeSpan FailFast = TimeSpan.FromSeconds(20);
 
-    private string _dir = "";
-
     [SetUp]
-    public void MakeDirectory()
+    public void RequireEmulator()
     {
-        if (MpiJob.FindMpirun() is null) Assert.Ignore("mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; CI installs it)");
         if (Sdp.Kernels.Cuda.Cuda.TryLoad(CudaImplementation.Emulated, out string why) is null) Assert.Ignore($"no emulated CUDA device: {why}");
-        _dir = Path.Combine(Path.GetTempPath(), "sdp-nccl-mp-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(_dir);
-    }
-
-    [TearDown]
-    public void RemoveDirectory()
-    {
-        try
-        {
-            if (_dir != "") Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
     }
 
     /// <param name="grouped">Each group's eight all-reduces in one ncclGroupStart/ncclGroupEnd
@@ -55,7 +38,7 @@ public class NcclMultiProcessTests
         string[] args = ["--seed", MpiCommunicatorTests.Seed.ToString(CultureInfo.InvariantCulture)];
         var run = CommCheck(w, grouped ? [.. args, "--grouped"] : args);
         Assert.That(run.ExitCode, Is.EqualTo(0), run.ToString());
-        MpiCommunicatorTests.AssertEveryRankHasTheInProcessResults(w, _dir, rank => $"rank {rank} size {w} nccl emulated", run);
+        MpiCommunicatorTests.AssertEveryRankHasTheInProcessResults(w, Dir, rank => $"rank {rank} size {w} nccl emulated", run);
     }
 
     [Test]
@@ -89,7 +72,7 @@ public class NcclMultiProcessTests
         Assert.That(run.ExitCode, Is.Not.EqualTo(0), run.ToString());
         Assert.That(run.Elapsed, Is.LessThan(FailFast), run.ToString());
         Assert.That(run.Err, Does.Contain($"sdp: rank 2 of {w} aborted the job: comm-check: deliberate abort by rank 2"), run.ToString());
-        Assert.That(Directory.GetFiles(_dir), Is.Empty, "no rank got past the barrier");
+        Assert.That(Directory.GetFiles(Dir), Is.Empty, "no rank got past the barrier");
     }
 
     [Test]
@@ -111,7 +94,7 @@ public class NcclMultiProcessTests
     /// </summary>
     private MpiJob.Result CommCheck(int np, params string[] args)
     {
-        string[] mpirun = MpiJob.Arguments(np, ["comm-check", "--transport", "nccl", "--out", _dir, .. args], "SDP_CUDA=emu", "CUDAEMU_NCCL_TRANSPORT=mpi");
+        string[] mpirun = MpiJob.Arguments(np, ["comm-check", "--transport", "nccl", "--out", Dir, .. args], "SDP_CUDA=emu", "CUDAEMU_NCCL_TRANSPORT=mpi");
         return MpiJob.RunProcess(MpiJob.FindMpirun()!, mpirun, Timeout);
     }
 }

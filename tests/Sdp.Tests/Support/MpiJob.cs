@@ -84,3 +84,33 @@ public static class MpiJob
         }
     }
 }
+
+/// <summary>
+/// A fixture of tests that run MPI jobs: each test gets a fresh scratch directory (<see cref="Dir"/>), removed
+/// afterwards, and is ignored, saying why, on a machine without mpirun.
+/// </summary>
+public abstract class MpiJobFixture
+{
+    /// <summary>This test's scratch directory.</summary>
+    protected string Dir { get; private set; } = "";
+
+    [SetUp]
+    public void MakeScratchDirectory()
+    {
+        if (MpiJob.FindMpirun() is null) Assert.Ignore("mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; CI installs it)");
+        Dir = Path.Combine(Path.GetTempPath(), $"sdp-{GetType().Name}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(Dir);
+    }
+
+    [TearDown]
+    public void RemoveScratchDirectory()
+    {
+        try
+        {
+            if (Dir != "") Directory.Delete(Dir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
