@@ -19,7 +19,11 @@ namespace Sdp.Tests.Distributed;
 [NonParallelizable]
 public class MultiProcessTrainingTests : MpiJobFixture
 {
-    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(240);
+    /// <summary>
+    /// The limit of one process (a job or an in-process reference run). A test runs at most three in a row, so it
+    /// ends, pass or fail, before the CI's 5-minute hang detector would abort the whole test run.
+    /// </summary>
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(90);
 
     /// <summary>How long a failing job may take to end on every rank, once the fault is there.</summary>
     private static readonly TimeSpan FailFast = TimeSpan.FromSeconds(40);
