@@ -23,8 +23,11 @@ public static partial class TrainCommand
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
         ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed,
-        string Device = "cpu")
+        string Device = "cpu", int KeepLast = 1)
     {
+        /// <summary>The options given on the command line (by name: "--config"), as opposed to left at their defaults; a resumed run checks these against its checkpoint.</summary>
+        public IReadOnlySet<string> Given { get; init; } = new HashSet<string>();
+
         /// <summary>Warm-up steps before --schedule-match: --warmup when given (<see cref="Warmup"/>), else <see cref="DefaultWarmupFor"/>.</summary>
         public int WarmupSteps => Warmup ?? DefaultWarmupFor(Steps);
 
@@ -68,7 +71,8 @@ public static partial class TrainCommand
         var initFrom = new Option<string?>("--init-from") { Description = "Initial weights: a .safetensors file or a training-state directory" };
         var save = new Option<string?>("--save") { Description = "Save at the end: a *.safetensors path (weights) or a directory (full training state)" };
         var saveEvery = new Option<int>("--save-every") { Description = "Also save every K steps (needs --save)", DefaultValueFactory = _ => 0 };
-        var resume = new Option<string?>("--resume") { Description = "Continue the training state saved in this directory" };
+        var keepLast = new Option<int>("--keep-last") { Description = "With --save DIR: keep the last K checkpoints, DIR (the latest) and DIR.step-N beside it", DefaultValueFactory = _ => 1 };
+        var resume = new Option<string?>("--resume") { Description = "Continue the training state saved in this directory (options given again must match it)" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every K steps (and at the end)", DefaultValueFactory = _ => 0 };
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation data (default: a held-out synthetic stream, or the test split of --data)" };
         var evalBatches = new Option<int>("--eval-batches") { Description = "Batches per periodic evaluation (the same sample each time), and per final one without a test split", DefaultValueFactory = _ => 8 };
@@ -80,7 +84,7 @@ public static partial class TrainCommand
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
             model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
-            initFrom, save, saveEvery, resume, evalEvery, evalData, evalBatches, finalEval, metrics,
+            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
@@ -93,7 +97,10 @@ public static partial class TrainCommand
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p),
-                p.GetValue(device)!);
+                p.GetValue(device)!, Check.Positive(p.GetValue(keepLast), "--keep-last"))
+            {
+                Given = cmd.Options.Where(option => p.GetResult(option) is { Implicit: false }).Select(option => option.Name).ToHashSet(),
+            };
             Validate(o);
             return Run(o, Console.Out, Console.IsOutputRedirected);
         });
@@ -103,8 +110,9 @@ public static partial class TrainCommand
     private static void Validate(Options o)
     {
         if (o.Resume is not null && o.InitFrom is not null) throw new UsageException("--resume and --init-from are contradictory: a resumed run takes its weights from the training state");
-        if (o.Resume is not null && o.Config is not null) throw new UsageException("--resume takes the model configuration from the checkpoint; drop --config");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
+        if (o.KeepLast > 1 && (o.Save is null || o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)))
+            throw new UsageException($"--keep-last ({o.KeepLast}) keeps training-state checkpoints; it needs --save DIR (a directory, not a *.safetensors file)");
         if (o.Augment is not null && o.Model != "resnet18") throw new UsageException("--augment applies to image data (--model resnet18)");
         var (steps, warmup) = o.Distributed.Matched(o.Steps, o.WarmupSteps);
         if (o.Schedule == "cosine" && (o.WarmupSteps >= o.Steps || warmup >= steps))
@@ -115,7 +123,7 @@ public static partial class TrainCommand
         }
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
         if (o.Resume is not null && !Directory.Exists(o.Resume)) throw new UsageException($"--resume: '{o.Resume}' is not a directory");
-        if (o.Resume is not null) CheckResumable(o.Resume, o.Distributed);
+        if (o.Resume is not null) CheckResumable(o);
         if (o.Metrics is not null && Directory.Exists(o.Metrics)) throw new UsageException($"--metrics: '{o.Metrics}' is a directory, expected a .jsonl file path");
         if (o.Metrics is not null) RequireParentDirectory(o.Metrics, "--metrics");
         RunSetup.CheckConfig(o.Model, o.Config);
@@ -135,9 +143,14 @@ public static partial class TrainCommand
         }
     }
 
-    /// <summary>A training state of this version, or, for one DP worker, the single-worker training state of an earlier one.</summary>
-    private static void CheckResumable(string resume, DistributedOptions d)
+    /// <summary>
+    /// A training state of this version, or, for one DP worker, the single-worker training state of an earlier one;
+    /// every option given again must match what the checkpoint was saved with (see <see cref="CheckMatchesCheckpoint"/>).
+    /// </summary>
+    private static void CheckResumable(Options o)
     {
+        string resume = o.Resume!;
+        var d = o.Distributed;
         if (SdpCheckpoint.IsSingleWorkerState(resume))
         {
             if (!d.IsSingleWorkerDp) throw new UsageException($"--resume: '{resume}' is a single-worker training state from an earlier Sdp version; it resumes only with --workers 1 --mode dp");
@@ -146,6 +159,7 @@ public static partial class TrainCommand
         {
             throw new UsageException($"--resume: '{resume}' has no {SdpCheckpoint.StateFileName} (nor the {TrainingCheckpoint.StateFileName} of an earlier single-worker Sdp version); it is not a training state saved by `sdp train --save DIR`");
         }
+        CheckMatchesCheckpoint(o, SdpCheckpoint.ReadInfo(resume));
     }
 
     private static void RequireParentDirectory(string path, string option)
@@ -208,7 +222,7 @@ public static partial class TrainCommand
         {
             Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, FinalEvalBatches = (int?)testSplit?.BatchesPerEpoch,
             BnRecalibration = recalibration,
-            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = runOptions,
+            SavePath = o.Save, SaveEvery = o.SaveEvery, KeepLast = o.KeepLast, RunOptions = runOptions,
         };
         Trainer trainer;
         try

@@ -544,7 +544,7 @@ public sealed partial class Trainer : IDisposable
             {
                 Step = Step, LrSchedulePosition = Step, DataLoader = DataStateJson(w.Data.State), Options = _options.RunOptions?.DeepClone().AsObject(),
             }))).ToList();
-            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers, _job?.Processes);
+            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers, _job?.Processes, _options.KeepLast);
         }
         Saved?.Invoke(path);
     }

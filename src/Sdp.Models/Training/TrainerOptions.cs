@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
+using Sdp.Models.Checkpoints;
 
 namespace Sdp.Models.Training;
 
@@ -38,6 +39,9 @@ public sealed record TrainerOptions
 
     /// <summary>Save every K steps as well as at the end (0 = only at the end).</summary>
     public int SaveEvery { get; init; }
+
+    /// <summary>Training-state directories: keep this many checkpoints, the latest as <see cref="SavePath"/> and the ones before it beside it (<see cref="SdpCheckpoint.HistoryPath"/>).</summary>
+    public int KeepLast { get; init; } = 1;
 
     /// <summary>Opaque options stored with every worker's state in a training-state directory.</summary>
     public JsonObject? RunOptions { get; init; }
