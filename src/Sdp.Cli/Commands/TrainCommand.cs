@@ -23,7 +23,7 @@ public static partial class TrainCommand
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
         ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed,
-        string Device = "cpu", int KeepLast = 1)
+        string Device = "cpu", int KeepLast = 1, NonFinitePolicy OnNonFinite = NonFinitePolicy.Abort, double SkipSpikes = 0)
     {
         /// <summary>The options given on the command line (by name: "--config"), as opposed to left at their defaults; a resumed run checks these against its checkpoint.</summary>
         public IReadOnlySet<string> Given { get; init; } = new HashSet<string>();
@@ -33,6 +33,20 @@ public static partial class TrainCommand
 
         /// <summary>True when --warmup was not given and the default was shrunk for a short run.</summary>
         public bool WarmupShrunk => Warmup is null && WarmupSteps != DefaultWarmup;
+    }
+
+    /// <summary>The exit code of a run stopped by a non-finite loss or gradient norm (--on-nonfinite abort).</summary>
+    public const int NonFiniteExitCode = 3;
+
+    /// <summary>
+    /// Where an abort on a non-finite value writes its record: beside the metrics (m.jsonl: m.nonfinite.json), else beside
+    /// the checkpoint (DIR: DIR.nonfinite.json, w.safetensors: w.nonfinite.json); null when the run writes neither.
+    /// </summary>
+    public static string? DiagnosticsPath(Options o)
+    {
+        if (o.Metrics is not null) return Path.ChangeExtension(o.Metrics, ".nonfinite.json");
+        if (o.Save is null) return null;
+        return o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? Path.ChangeExtension(o.Save, ".nonfinite.json") : Path.TrimEndingDirectorySeparator(o.Save) + ".nonfinite.json";
     }
 
     /// <summary>The warm-up of a run of 200 steps or more when --warmup is not given.</summary>
@@ -78,13 +92,16 @@ public static partial class TrainCommand
         var evalBatches = new Option<int>("--eval-batches") { Description = "Batches per periodic evaluation (the same sample each time), and per final one without a test split", DefaultValueFactory = _ => 8 };
         var finalEval = new Option<string>("--final-eval") { Description = "split (the whole test split of image data) or sample (--eval-batches batches)", DefaultValueFactory = _ => "split" };
         finalEval.AcceptOnlyFromAmong("split", "sample");
+        var onNonFinite = new Option<string>("--on-nonfinite") { Description = $"A step whose loss or gradient norm is NaN or infinite: abort (exit {NonFiniteExitCode}, with a diagnostic record beside --metrics or --save) or skip its update", DefaultValueFactory = _ => "abort" };
+        onNonFinite.AcceptOnlyFromAmong("abort", "skip");
+        var skipSpikes = new Option<double>("--skip-spikes") { Description = "Skip the update of a step whose loss is Z standard deviations above the mean of the last 128 (as llm.c; 0 = off)", DefaultValueFactory = _ => 0 };
         var metrics = new Option<string?>("--metrics") { Description = "Write one JSON object per step (and per evaluation) to this .jsonl file" };
         var distributed = DistributedArguments.Create();
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
             model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
-            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics,
+            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics, onNonFinite, skipSpikes,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
@@ -97,7 +114,8 @@ public static partial class TrainCommand
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p),
-                p.GetValue(device)!, Check.Positive(p.GetValue(keepLast), "--keep-last"))
+                p.GetValue(device)!, Check.Positive(p.GetValue(keepLast), "--keep-last"),
+                p.GetValue(onNonFinite) == "skip" ? NonFinitePolicy.Skip : NonFinitePolicy.Abort, Check.NonNegativeReal(p.GetValue(skipSpikes), "--skip-spikes"))
             {
                 Given = cmd.Options.Where(option => p.GetResult(option) is { Implicit: false }).Select(option => option.Name).ToHashSet(),
             };
@@ -223,6 +241,7 @@ public static partial class TrainCommand
             Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, FinalEvalBatches = (int?)testSplit?.BatchesPerEpoch,
             BnRecalibration = recalibration,
             SavePath = o.Save, SaveEvery = o.SaveEvery, KeepLast = o.KeepLast, RunOptions = runOptions,
+            OnNonFinite = o.OnNonFinite, SkipSpikes = o.SkipSpikes, DiagnosticsPath = job is { Processes.Rank: > 0 } ? null : DiagnosticsPath(o),
         };
         Trainer trainer;
         try
@@ -325,7 +344,17 @@ public static partial class TrainCommand
         trainer.Saved += path => progress.Note($"saved {path} at step {trainer.Step}");
 
         var clock = Stopwatch.StartNew();
-        progress.Run(trainer.Run);
+        try
+        {
+            progress.Run(trainer.Run);
+        }
+        catch (NonFiniteException e)
+        {
+            // Every worker stopped at the same step; the metrics up to it are what the record is read against.
+            metricsFile?.Commit();
+            if (trainer.LocalWorkers[0] == 0) Console.Error.WriteLine($"sdp: {e.Message}");
+            return NonFiniteExitCode;
+        }
         clock.Stop();
         metricsFile?.Commit();
 
@@ -374,6 +403,8 @@ public static partial class TrainCommand
             ["eval_batches"] = o.EvalBatches, ["final_eval"] = finalOnWholeSplit ? "split" : "sample",
         };
         if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);
+        if (o.OnNonFinite != NonFinitePolicy.Abort) json["on_nonfinite"] = "skip";
+        if (o.SkipSpikes > 0) json["skip_spikes"] = o.SkipSpikes;
         if (o.Distributed.BnRecalibrate > 0) json["bn_recalibrate"] = new JsonObject { ["batches"] = o.Distributed.BnRecalibrate, ["batch"] = o.Distributed.BnRecalibrateBatch };
         return json;
     }
@@ -389,22 +420,29 @@ public static partial class TrainCommand
         {
             workers.Add(new JsonObject
             {
-                ["worker"] = w.Worker, ["loss"] = w.Loss, ["memory"] = MemoryJson(w.Memory),
+                ["worker"] = w.Worker, ["loss"] = JsonNumbers.Of(w.Loss), ["memory"] = MemoryJson(w.Memory),
                 ["comm"] = new JsonObject { ["bytes_sent"] = w.BytesSent, ["collectives"] = w.Collectives },
             });
         }
-        return new JsonObject
+        var record = new JsonObject
         {
-            ["step"] = m.Step, ["loss"] = m.Loss, ["lr"] = m.LearningRate, ["grad_norm"] = m.GradNorm, ["step_ms"] = m.StepMs,
+            ["step"] = m.Step, ["loss"] = JsonNumbers.Of(m.Loss), ["lr"] = m.LearningRate, ["grad_norm"] = JsonNumbers.Of(m.GradNorm), ["step_ms"] = m.StepMs,
             [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["memory"] = MemoryJson(m.Workers.MaxBy(w => w.Memory.PeakTotal)!.Memory), ["workers"] = workers,
         };
+        // Present once a step has been skipped, so runs that never skip keep their records as they were.
+        if (m.SkippedSteps > 0)
+        {
+            record["skipped"] = m.Skipped;
+            record["skipped_steps"] = m.SkippedSteps;
+        }
+        return record;
     }
 
     private static JsonObject EvalRecord(EvalMetrics e, bool wholeSplit)
     {
-        var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = e.MeanLoss, ["count"] = e.Count, ["whole_split"] = wholeSplit };
+        var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = JsonNumbers.Of(e.MeanLoss), ["count"] = e.Count, ["whole_split"] = wholeSplit };
         if (e.Accuracy is { } a) o["accuracy"] = a;
-        else o["perplexity"] = e.Perplexity;
+        else o["perplexity"] = JsonNumbers.Of(e.Perplexity);
         return o;
     }
 

@@ -277,6 +277,12 @@ public static class TrainingCheckpoint
         WriteObject(w, state.DataLoader);
         w.WritePropertyName("options");
         WriteObject(w, state.Options);
+        if (state.LossWindow is { } window)
+        {
+            w.WriteStartArray("loss_window");
+            foreach (double loss in window) w.WriteNumberValue(loss);
+            w.WriteEndArray();
+        }
         w.WriteEndObject();
     }
 
@@ -329,6 +335,12 @@ public static class TrainingCheckpoint
                 RngStates = rngStates,
                 DataLoader = OptionalObject(obj, "data_loader", path),
                 Options = OptionalObject(obj, "options", path),
+                LossWindow = obj["loss_window"] switch
+                {
+                    null => null,
+                    JsonArray losses => [.. losses.Select(l => l is JsonValue v && v.TryGetValue(out double d) && double.IsFinite(d) ? d : throw BadState(path, $"loss_window holds {l?.ToJsonString() ?? "null"}, not a finite number"))],
+                    var other => throw BadState(path, $"\"loss_window\" is a {other.GetValueKind().ToString().ToLowerInvariant()}, expected an array of numbers"),
+                },
             };
             if (state.Step < 0 || state.LrSchedulePosition < 0 || snapshot.StepCount < 0) throw BadState(path, "step counts must be >= 0");
             return (state, snapshot);
