@@ -8,6 +8,7 @@ using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
+using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli.Commands;
@@ -23,7 +24,7 @@ public static partial class TrainCommand
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
         ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed,
-        string Device = "cpu", int KeepLast = 1, NonFinitePolicy OnNonFinite = NonFinitePolicy.Abort, double SkipSpikes = 0)
+        string Device = "cpu", int KeepLast = 1, NonFinitePolicy OnNonFinite = NonFinitePolicy.Abort, double SkipSpikes = 0, long? MaxMemory = null)
     {
         /// <summary>The options given on the command line (by name: "--config"), as opposed to left at their defaults; a resumed run checks these against its checkpoint.</summary>
         public IReadOnlySet<string> Given { get; init; } = new HashSet<string>();
@@ -95,13 +96,14 @@ public static partial class TrainCommand
         var onNonFinite = new Option<string>("--on-nonfinite") { Description = $"A step whose loss or gradient norm is NaN or infinite: abort (exit {NonFiniteExitCode}, with a diagnostic record beside --metrics or --save) or skip its update", DefaultValueFactory = _ => "abort" };
         onNonFinite.AcceptOnlyFromAmong("abort", "skip");
         var skipSpikes = new Option<double>("--skip-spikes") { Description = "Skip the update of a step whose loss is Z standard deviations above the mean of the last 128 (as llm.c; 0 = off)", DefaultValueFactory = _ => 0 };
+        var maxMemory = new Option<string?>(MemoryBudget.Option) { Description = MemoryBudget.Description + $"; a worker whose accounted memory passes it during the run stops the run (exit {MemoryBudgetExitCode}) with the memory report" };
         var metrics = new Option<string?>("--metrics") { Description = "Write one JSON object per step (and per evaluation) to this .jsonl file" };
         var distributed = DistributedArguments.Create();
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
             model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
-            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics, onNonFinite, skipSpikes,
+            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics, onNonFinite, skipSpikes, maxMemory,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
@@ -115,7 +117,8 @@ public static partial class TrainCommand
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p),
                 p.GetValue(device)!, Check.Positive(p.GetValue(keepLast), "--keep-last"),
-                p.GetValue(onNonFinite) == "skip" ? NonFinitePolicy.Skip : NonFinitePolicy.Abort, Check.NonNegativeReal(p.GetValue(skipSpikes), "--skip-spikes"))
+                p.GetValue(onNonFinite) == "skip" ? NonFinitePolicy.Skip : NonFinitePolicy.Abort, Check.NonNegativeReal(p.GetValue(skipSpikes), "--skip-spikes"),
+                p.GetValue(maxMemory) is { } size ? MemoryBudget.Parse(size) : null)
             {
                 Given = cmd.Options.Where(option => p.GetResult(option) is { Implicit: false }).Select(option => option.Name).ToHashSet(),
             };
@@ -212,6 +215,8 @@ public static partial class TrainCommand
         (config, string? vocabNote) = RunSetup.ShardVocabulary(o.Model, config, probe);
         if (vocabNote is not null) dataDescription += $"; {vocabNote}";
         var (channels, classes) = ImageShape(probe);
+        // Before the model and the workers allocate anything.
+        if (o.MaxMemory is { } budget) MemoryBudget.Require(EstimateMemory(o, config, probe, resumed), budget);
         var model = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom, resumed is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
         int? vocab = RunSetup.VocabSize(o.Model, config);
         eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
@@ -241,7 +246,7 @@ public static partial class TrainCommand
             Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, FinalEvalBatches = (int?)testSplit?.BatchesPerEpoch,
             BnRecalibration = recalibration,
             SavePath = o.Save, SaveEvery = o.SaveEvery, KeepLast = o.KeepLast, RunOptions = runOptions,
-            OnNonFinite = o.OnNonFinite, SkipSpikes = o.SkipSpikes, DiagnosticsPath = job is { Processes.Rank: > 0 } ? null : DiagnosticsPath(o),
+            MaxMemoryBytes = o.MaxMemory, OnNonFinite = o.OnNonFinite, SkipSpikes = o.SkipSpikes, DiagnosticsPath = job is { Processes.Rank: > 0 } ? null : DiagnosticsPath(o),
         };
         Trainer trainer;
         try
@@ -348,6 +353,15 @@ public static partial class TrainCommand
         {
             progress.Run(trainer.Run);
         }
+        catch (MemoryBudgetExceededException e)
+        {
+            metricsFile?.Commit();
+            if (trainer.LocalWorkers[0] != 0) return MemoryBudgetExitCode;
+            Console.Error.WriteLine($"sdp: {e.Message}");
+            output.WriteLine($"memory per worker at step {e.Step} ({MemoryBudget.Option} {MemorySnapshot.FormatBytes(e.Budget)})");
+            PrintMemory(e.Workers, output);
+            return MemoryBudgetExitCode;
+        }
         catch (NonFiniteException e)
         {
             // Every worker stopped at the same step; the metrics up to it are what the record is read against.
@@ -373,18 +387,41 @@ public static partial class TrainCommand
         if (workers > 1 && last is not null)
             output.WriteLine(string.Create(inv, $"  communication    {last.MaxCollectives} collectives per step (max worker), {MemorySnapshot.FormatBytes((long)last.Workers.Max(w => w.BytesSent))} sent per step (max worker)"));
         output.WriteLine(workers > 1 ? "  peak memory per worker" : "  peak memory");
+        // Collective in a job: every process reports its worker's account.
+        PrintMemory(trainer.WorkerMemory(), output);
+        // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
+        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(trainer.LocalWorkers[0]).Module)}");
+        return 0;
+    }
+
+    /// <summary>Peak bytes per category and in total, one row per worker.</summary>
+    private static void PrintMemory(IReadOnlyList<MemorySnapshot> memory, TextWriter output)
+    {
         var categories = Enum.GetValues<MemoryCategory>();
         output.WriteLine("    worker " + string.Concat(categories.Select(c => $"{c,16}")) + $"{"total",16}");
-        // Collective in a job: every process reports its worker's account.
-        var memory = trainer.WorkerMemory();
-        for (int w = 0; w < workers; w++)
+        for (int w = 0; w < memory.Count; w++)
         {
             var snap = memory[w];
             output.WriteLine($"    {w,-6} " + string.Concat(categories.Select(c => $"{MemorySnapshot.FormatBytes(snap.PeakBytes(c)),16}")) + $"{MemorySnapshot.FormatBytes(snap.PeakTotal),16}");
         }
-        // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
-        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(trainer.LocalWorkers[0]).Module)}");
-        return 0;
+    }
+
+    /// <summary>The exit code of a run stopped because a worker's accounted memory passed --max-memory.</summary>
+    public const int MemoryBudgetExitCode = 4;
+
+    /// <summary>The memory model's estimate of this run's workers (the model as it will be built, the optimizer as it will be made).</summary>
+    private static MemoryEstimate EstimateMemory(Options o, string? config, IBatchSource probe, SdpCheckpoint.Info? resumed)
+    {
+        var d = o.Distributed;
+        MemoryWorkload workload = o.Model == "llama"
+            ? new LlamaWorkload(RunSetup.LlamaConfigFrom(config ?? RunSetup.DefaultLlamaPreset, "--config"), o.Batch, o.Seq)
+            : new ResNetWorkload(RunSetup.ResNetConfigFrom(config, ImageShape(probe).Channels, ImageShape(probe).Classes, "--config"), o.Batch,
+                probe is ImageBatches images ? images.Loader.Dataset.Height : 32);
+        string kind = resumed?.Optimizer.Kind.ToLowerInvariant() ?? o.Optimizer;
+        double momentum = resumed?.Optimizer.Hyperparameters.GetValueOrDefault("momentum") ?? o.Momentum;
+        var optimizer = kind == "adamw" ? OptimizerMemory.AdamW : momentum > 0 ? OptimizerMemory.SgdMomentum : OptimizerMemory.Sgd;
+        var variant = d.Mode == ParallelMode.Sdp ? new SdpVariant(d.Level, d.Masking, d.Coverage, d.PlanSeed, d.Subnet) : null;
+        return MemoryModel.Estimate(workload, optimizer, d.Workers, variant);
     }
 
     private static (int Channels, int Classes) ImageShape(IBatchSource source)

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
+using Sdp.Engine.Memory;
 using Sdp.Models.Checkpoints;
 
 namespace Sdp.Models.Training;
@@ -113,7 +114,19 @@ public static class JsonNumbers
     public static JsonNode Of(double value) => double.IsFinite(value) ? JsonValue.Create(value) : JsonValue.Create(value.ToString(CultureInfo.InvariantCulture));
 }
 
-/// <summary>The trainer's handling of non-finite values and loss spikes.</summary>
+/// <summary>A worker's accounted memory passed <see cref="TrainerOptions.MaxMemoryBytes"/>; every worker's account is attached.</summary>
+public sealed class MemoryBudgetExceededException(string message, long step, long budget, IReadOnlyList<MemorySnapshot> workers) : Exception(message)
+{
+    /// <summary>The step after which the budget was found passed.</summary>
+    public long Step { get; } = step;
+
+    public long Budget { get; } = budget;
+
+    /// <summary>Every worker's account (current and peak bytes per category), by worker.</summary>
+    public IReadOnlyList<MemorySnapshot> Workers { get; } = workers;
+}
+
+/// <summary>The trainer's handling of non-finite values, loss spikes and memory budgets.</summary>
 public sealed partial class Trainer
 {
     /// <summary>Steps whose update was skipped (non-finite values under <see cref="NonFinitePolicy.Skip"/>, or loss spikes).</summary>
@@ -121,6 +134,23 @@ public sealed partial class Trainer
 
     /// <summary>The last checkpoint saved or resumed from, and its step; null before there is one.</summary>
     public (string Path, long Step)? LastCheckpoint { get; private set; }
+
+    /// <summary>
+    /// Stops the run when any worker's accounted peak passed the budget: every process holds every worker's account
+    /// after the step's exchange, so every process stops at the same step.
+    /// </summary>
+    private void CheckMemoryBudget(WorkerStepResult[] results)
+    {
+        if (_options.MaxMemoryBytes is not { } budget) return;
+        int worst = Array.FindIndex(results, r => r.Memory.PeakTotal > budget);
+        if (worst < 0) return;
+        var memory = results.Select(r => r.Memory).ToList();
+        var peak = memory[worst];
+        var largest = Enum.GetValues<MemoryCategory>().MaxBy(peak.PeakBytes);
+        throw new MemoryBudgetExceededException(
+            $"step {Step}: worker {worst}'s accounted memory peaked at {MemorySnapshot.FormatBytes(peak.PeakTotal)}, over the budget of {MemorySnapshot.FormatBytes(budget)} per worker (largest category: {largest}, {MemorySnapshot.FormatBytes(peak.PeakBytes(largest))})",
+            Step, budget, memory);
+    }
 
     private static string? SkipReason(StepDecision decision) => decision switch
     {

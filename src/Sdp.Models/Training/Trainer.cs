@@ -335,6 +335,7 @@ public sealed partial class Trainer : IDisposable
         Step++;
         // Every process learns every worker's result (a job's processes each ran one).
         results = ExchangeStepResults(results);
+        CheckMemoryBudget(results);
         double ms = clock.Elapsed.TotalMilliseconds;
         double loss = 0;
         long items = 0;

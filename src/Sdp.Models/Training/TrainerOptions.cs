@@ -43,6 +43,12 @@ public sealed record TrainerOptions
     /// <summary>Training-state directories: keep this many checkpoints, the latest as <see cref="SavePath"/> and the ones before it beside it (<see cref="SdpCheckpoint.HistoryPath"/>).</summary>
     public int KeepLast { get; init; } = 1;
 
+    /// <summary>
+    /// A worker's memory budget in bytes: a step after which any worker's accounted peak exceeds it stops the run with a
+    /// <see cref="MemoryBudgetExceededException"/> holding every worker's account (null: no budget).
+    /// </summary>
+    public long? MaxMemoryBytes { get; init; }
+
     /// <summary>What a step whose loss or gradient norm is not finite does (on every worker alike).</summary>
     public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Abort;
 
