@@ -11,7 +11,7 @@ using static Sdp.Tests.SdpTraining.SdpTestSupport;
 namespace Sdp.Tests.Reliability;
 
 /// <summary>
-/// NaN and infinities injected into the data, the weights or the gradients of one worker (W = 1, and worker 2 of an
+/// NaN and infinities injected into the data, the weights, the gradients or the loss of one worker (W = 1, and worker 2 of an
 /// SDP run of W = 4) at step 2: under --on-nonfinite abort the run stops at that step with a record naming the first
 /// non-finite tensors; under skip that step's update is skipped; either way every worker takes the same decision (their
 /// optimizers have stepped equally often). Loss spikes are skipped as llm.c skips them.
@@ -29,6 +29,9 @@ public sealed class NonFiniteTests
 
         /// <summary>The loss is unchanged, but one parameter's gradient is NaN (0·∞ through √0).</summary>
         Gradient,
+
+        /// <summary>The loss is +∞ but every gradient stays finite: only the loss check catches it.</summary>
+        InfiniteLoss,
     }
 
     private const int PoisonedStep = 2;
@@ -61,6 +64,9 @@ public sealed class NonFiniteTests
         /// <summary>Null: a NaN gradient through √0; otherwise the loss is multiplied by this factor (a spike).</summary>
         public double? Scale { get; set; }
 
+        /// <summary>Adds +∞ to the loss through a constant, so the gradients are untouched.</summary>
+        public bool AddInfinity { get; set; }
+
         public string PoisonedParameter => inner.Module.NamedParameters().First().Name;
 
         public Engine.Nn.Module Module => inner.Module;
@@ -76,6 +82,7 @@ public sealed class NonFiniteTests
             var loss = inner.Loss(inputs, targets);
             if (++_calls != Step) return loss;
             if (Scale is { } factor) return Ops.Scale(loss, factor);
+            if (AddInfinity) return Ops.Add(loss, Tensor.FromArray([float.PositiveInfinity], loss.Shape, loss.Backend));
             var p = inner.Module.NamedParameters().First().Tensor;
             // Forward: + 0 (the loss is unchanged); backward: d√x/dx at 0 is infinite, times 0 is NaN.
             return Ops.Add(loss, Ops.Scale(Ops.Sum(Ops.Sqrt(Ops.Scale(p, 0))), 0));
@@ -122,7 +129,8 @@ public sealed class NonFiniteTests
         IBatchSource Data(int w) => poison == Poison.Data && w == target ? new NaNImages(Images(w, workers), PoisonedStep) : Images(w, workers);
         using var trainer = new Trainer(Wrapped(ResNetModel(SubnetLevel.Block)), sdp, AdamW, Data, options);
         var poisoned = (Poisoned)trainer.WorkerModel(target);
-        if (poison == Poison.Gradient) poisoned.Step = PoisonedStep;
+        if (poison is Poison.Gradient or Poison.InfiniteLoss) poisoned.Step = PoisonedStep;
+        poisoned.AddInfinity = poison == Poison.InfiniteLoss;
         string weight = poisoned.PoisonedParameter;
         var skipped = new List<string?>();
         trainer.StepCompleted += m =>
@@ -139,13 +147,22 @@ public sealed class NonFiniteTests
             Assert.That(trainer.Step, Is.EqualTo(PoisonedStep - 1));
             var json = JsonNode.Parse(File.ReadAllText(record))!;
             Assert.That(json["step"]!.GetValue<long>(), Is.EqualTo(PoisonedStep));
-            var first = json["non_finite_tensors"]!.AsArray()[0]!;
-            string kind = poison switch { Poison.Data => "data", Poison.Weight => "weight", _ => "gradient" };
-            Assert.That(first["kind"]!.GetValue<string>(), Is.EqualTo(kind), json.ToJsonString());
-            if (poison != Poison.Gradient) Assert.That(first["worker"]!.GetValue<int>(), Is.EqualTo(target), json.ToJsonString());
-            if (poison != Poison.Data) Assert.That(first["name"]!.GetValue<string>(), Is.EqualTo(weight), json.ToJsonString());
-            if (poison == Poison.Gradient)
-                Assert.That(json["losses"]!.AsArray().Select(l => l!["loss"]!.GetValueKind()), Has.All.EqualTo(System.Text.Json.JsonValueKind.Number), "the loss stayed finite");
+            if (poison == Poison.InfiniteLoss)
+            {
+                Assert.That(json["losses"]!.AsArray().Single(l => l!["worker"]!.GetValue<int>() == target)!["loss"]!.GetValue<string>(), Is.EqualTo("Infinity"));
+                Assert.That(json["non_finite_tensors"]!.AsArray(), Is.Empty, "the data, weights and gradients are finite");
+                Assert.That(e.Message, Does.Contain($"worker {target} loss Infinity"));
+            }
+            else
+            {
+                var first = json["non_finite_tensors"]!.AsArray()[0]!;
+                string kind = poison switch { Poison.Data => "data", Poison.Weight => "weight", _ => "gradient" };
+                Assert.That(first["kind"]!.GetValue<string>(), Is.EqualTo(kind), json.ToJsonString());
+                if (poison is Poison.Data or Poison.Weight) Assert.That(first["worker"]!.GetValue<int>(), Is.EqualTo(target), json.ToJsonString());
+                if (poison is Poison.Weight or Poison.Gradient) Assert.That(first["name"]!.GetValue<string>(), Is.EqualTo(weight), json.ToJsonString());
+                if (poison == Poison.Gradient)
+                    Assert.That(json["losses"]!.AsArray().Select(l => l!["loss"]!.GetValueKind()), Has.All.EqualTo(System.Text.Json.JsonValueKind.Number), "the loss stayed finite");
+            }
         }
         else
         {
