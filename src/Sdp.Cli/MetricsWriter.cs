@@ -4,7 +4,8 @@ namespace Sdp.Cli;
 
 /// <summary>
 /// JSON-lines metrics, written to a temporary file beside the target and renamed over it only by
-/// <see cref="Commit"/>, so a run that fails leaves no half-written metrics file behind.
+/// <see cref="Commit"/>, so a run that fails leaves no half-written metrics file behind (a killed run's temporary
+/// file is removed by the next writer of the same target).
 /// </summary>
 public sealed class MetricsWriter : IDisposable
 {
@@ -17,6 +18,8 @@ public sealed class MetricsWriter : IDisposable
         _target = target.FullName;
         var dir = Path.GetDirectoryName(_target)!;
         if (!Directory.Exists(dir)) throw new UsageException($"--metrics: directory {dir} does not exist");
+        // A run that was killed left its temporary file; one run writes a metrics file at a time, so it is nobody's now.
+        foreach (string stale in Directory.EnumerateFiles(dir, $".{Path.GetFileName(_target)}.*.tmp")) File.Delete(stale);
         _temp = Path.Combine(dir, $".{Path.GetFileName(_target)}.{Environment.ProcessId}.tmp");
         _writer = new StreamWriter(_temp);
     }

@@ -23,7 +23,7 @@ public static partial class MemoryCommand
 
     public sealed record Options(
         MemoryWorkload Workload, string ModelLabel, int Workers, bool Sdp, SdpVariant Variant, OptimizerMemory Optimizer,
-        bool AllVariants, bool Json, bool Measure, string Device = "cpu");
+        bool AllVariants, bool Json, bool Measure, string Device = "cpu", long? MaxMemory = null);
 
     public static Command Create()
     {
@@ -51,19 +51,20 @@ public static partial class MemoryCommand
         var json = new Option<bool>("--json") { Description = "Print JSON" };
         var measure = new Option<bool>("--measure") { Description = "Really allocate and run one training step at this scale (dp: a dense worker; sdp: the largest worker) and compare its peaks with the model" };
         var device = new Option<string>("--device") { Description = "Where --measure runs: cpu, cuda or cuda:K (then device memory is reported too)", DefaultValueFactory = _ => "cpu" };
+        var maxMemory = new Option<string?>(MemoryBudget.Option) { Description = MemoryBudget.Description };
         var report = new Option<string?>("--report") { Description = $"Write {ReportMarkdown} and {ReportImage} into this directory: DP against every SDP variant for ResNet-18 and LLaMA tiny (measured) and ResNet-18, LLaMA 130m and 1b (analytical), W = 8" };
 
         var cmd = new Command("memory", "Per-worker memory of data parallelism and SDP: parameters, gradients, optimizer state, activations")
         {
             model, workers, mode, subnet, masking, coverage, batch, seq, imageSize, optimizer, momentum, seed,
-            maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device, report,
+            maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device, report, maxMemory,
         };
         cmd.SetAction(p =>
         {
             if (p.GetValue(report) is { } dir)
             {
                 // The report's models, workers and variants are fixed so its numbers can be reproduced by its one command.
-                Option[] fixedByReport = [model, workers, mode, subnet, masking, coverage, batch, seq, imageSize, optimizer, momentum, maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device];
+                Option[] fixedByReport = [model, workers, mode, subnet, masking, coverage, batch, seq, imageSize, optimizer, momentum, maskHeads, splitSublayers, keepDownsample, allVariants, json, measure, device, maxMemory];
                 if (fixedByReport.FirstOrDefault(o => p.GetResult(o) is { Implicit: false }) is { } given)
                     throw new UsageException($"{given.Name}: --report writes a fixed set of models and variants; only --seed may be given with it");
                 ulong planSeed = p.GetValue(seed);
@@ -94,7 +95,9 @@ public static partial class MemoryCommand
             if (measureStep && all) throw new UsageException("--measure runs one step of one variant; it cannot be combined with --all-variants");
             string where = p.GetValue(device)!;
             if (where != "cpu" && !measureStep) throw new UsageException("--device chooses where --measure runs; pass --measure too");
-            return Run(new Options(workload, label, w, sdp, variant, opt, all, p.GetValue(json), measureStep, where), Console.Out);
+            long? budget = p.GetValue(maxMemory) is { } size ? MemoryBudget.Parse(size) : null;
+            if (budget is not null && all) throw new UsageException($"{MemoryBudget.Option} checks one configuration; it cannot be combined with --all-variants");
+            return Run(new Options(workload, label, w, sdp, variant, opt, all, p.GetValue(json), measureStep, where, budget), Console.Out);
         });
         return cmd;
     }
@@ -150,6 +153,8 @@ public static partial class MemoryCommand
         {
             throw new UsageException($"--coverage: {CliRunner.MessageOf(e)}");
         }
+        // Before --measure allocates anything.
+        if (o.MaxMemory is { } budget) MemoryBudget.Require(sdp ?? dp, budget);
         // SDP: the worker the model says is the largest is built and stepped for real, on the chosen device.
         MeasuredMemory? measured = null;
         string? deviceLine = null;

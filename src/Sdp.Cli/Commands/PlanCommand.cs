@@ -22,8 +22,11 @@ public static class PlanCommand
         var maskHeads = new Option<bool>("--mask-heads") { Description = "llama neuron level: also mask attention heads (per key/value head group)" };
         var splitSublayers = new Option<bool>("--split-sublayers") { Description = "llama block level: attention and MLP sub-blocks are separate units" };
         var json = new Option<bool>("--json") { Description = "Print the plan as JSON" };
+        var maxMemory = new Option<string?>(MemoryBudget.Option) { Description = MemoryBudget.Description + " (AdamW, forward masking, with --batch and --seq)" };
+        var batch = new Option<int?>("--batch") { Description = "With --max-memory: per-worker batch, sequences (llama, default 8) or 32x32 images (resnet18, default 64)" };
+        var seq = new Option<int>("--seq") { Description = "With --max-memory: tokens per sequence (llama)", DefaultValueFactory = _ => 1024 };
         var cmd = new Command("plan", "Show the SDP subnetwork plan: holders per unit, per-worker parameters, connectivity")
-            { model, config, workers, coverage, subnet, seed, keepDownsample, maskHeads, splitSublayers, json };
+            { model, config, workers, coverage, subnet, seed, keepDownsample, maskHeads, splitSublayers, json, maxMemory, batch, seq };
         cmd.SetAction(p =>
         {
             string modelKind = p.GetValue(model)!;
@@ -31,10 +34,20 @@ public static class PlanCommand
             double c = p.GetValue(coverage);
             var level = SubnetworkPlan.ParseLevel(p.GetValue(subnet)!);
             Check.Coverage(w, c);
-            var units = modelKind == "llama"
-                ? ModelUnits.Llama(RunSetup.LlamaConfigFrom(p.GetValue(config) ?? "tiny", "--config"), level, p.GetValue(maskHeads), p.GetValue(splitSublayers))
-                : ModelUnits.ResNet18(RunSetup.ResNetConfigFrom(p.GetValue(config), null, null, "--config"), level,
-                    p.GetValue(keepDownsample) ? DownsampleBlocks.AlwaysKeep : DownsampleBlocks.DropBranchKeepShortcut);
+            var subnetOptions = new SubnetOptions
+            {
+                MaskHeads = p.GetValue(maskHeads), SplitSublayers = p.GetValue(splitSublayers),
+                Downsample = p.GetValue(keepDownsample) ? DownsampleBlocks.AlwaysKeep : DownsampleBlocks.DropBranchKeepShortcut,
+            };
+            MemoryWorkload workload = modelKind == "llama"
+                ? new LlamaWorkload(RunSetup.LlamaConfigFrom(p.GetValue(config) ?? "tiny", "--config"), Check.Positive(p.GetValue(batch) ?? 8, "--batch"), Check.Positive(p.GetValue(seq), "--seq"))
+                : new ResNetWorkload(RunSetup.ResNetConfigFrom(p.GetValue(config), null, null, "--config"), Check.Positive(p.GetValue(batch) ?? 64, "--batch"), 32);
+            if (p.GetValue(maxMemory) is { } size)
+            {
+                var variant = new SdpVariant(level, Masking.Forward, c, p.GetValue(seed), subnetOptions);
+                MemoryBudget.Require(MemoryModel.Estimate(workload, OptimizerMemory.AdamW, w, variant), MemoryBudget.Parse(size));
+            }
+            var units = workload.Units(level, subnetOptions);
             var plan = SubnetworkPlan.Create(units, w, c, p.GetValue(seed));
             if (p.GetValue(json)) Console.WriteLine(plan.ToJson());
             else Print(plan, modelKind);

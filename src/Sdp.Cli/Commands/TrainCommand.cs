@@ -8,6 +8,7 @@ using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Checkpoints;
 using Sdp.Models.Data;
+using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
 
 namespace Sdp.Cli.Commands;
@@ -23,13 +24,30 @@ public static partial class TrainCommand
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
         ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed,
-        string Device = "cpu")
+        string Device = "cpu", int KeepLast = 1, NonFinitePolicy OnNonFinite = NonFinitePolicy.Abort, double SkipSpikes = 0, long? MaxMemory = null)
     {
+        /// <summary>The options given on the command line (by name: "--config"), as opposed to left at their defaults; a resumed run checks these against its checkpoint.</summary>
+        public IReadOnlySet<string> Given { get; init; } = new HashSet<string>();
+
         /// <summary>Warm-up steps before --schedule-match: --warmup when given (<see cref="Warmup"/>), else <see cref="DefaultWarmupFor"/>.</summary>
         public int WarmupSteps => Warmup ?? DefaultWarmupFor(Steps);
 
         /// <summary>True when --warmup was not given and the default was shrunk for a short run.</summary>
         public bool WarmupShrunk => Warmup is null && WarmupSteps != DefaultWarmup;
+    }
+
+    /// <summary>The exit code of a run stopped by a non-finite loss or gradient norm (--on-nonfinite abort).</summary>
+    public const int NonFiniteExitCode = 3;
+
+    /// <summary>
+    /// Where an abort on a non-finite value writes its record: beside the metrics (m.jsonl: m.nonfinite.json), else beside
+    /// the checkpoint (DIR: DIR.nonfinite.json, w.safetensors: w.nonfinite.json); null when the run writes neither.
+    /// </summary>
+    public static string? DiagnosticsPath(Options o)
+    {
+        if (o.Metrics is not null) return Path.ChangeExtension(o.Metrics, ".nonfinite.json");
+        if (o.Save is null) return null;
+        return o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? Path.ChangeExtension(o.Save, ".nonfinite.json") : Path.TrimEndingDirectorySeparator(o.Save) + ".nonfinite.json";
     }
 
     /// <summary>The warm-up of a run of 200 steps or more when --warmup is not given.</summary>
@@ -68,19 +86,24 @@ public static partial class TrainCommand
         var initFrom = new Option<string?>("--init-from") { Description = "Initial weights: a .safetensors file or a training-state directory" };
         var save = new Option<string?>("--save") { Description = "Save at the end: a *.safetensors path (weights) or a directory (full training state)" };
         var saveEvery = new Option<int>("--save-every") { Description = "Also save every K steps (needs --save)", DefaultValueFactory = _ => 0 };
-        var resume = new Option<string?>("--resume") { Description = "Continue the training state saved in this directory" };
+        var keepLast = new Option<int>("--keep-last") { Description = "With --save DIR: keep the last K checkpoints, DIR (the latest) and DIR.step-N beside it", DefaultValueFactory = _ => 1 };
+        var resume = new Option<string?>("--resume") { Description = "Continue the training state saved in this directory (options given again must match it)" };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every K steps (and at the end)", DefaultValueFactory = _ => 0 };
         var evalData = new Option<string?>("--eval-data") { Description = "Evaluation data (default: a held-out synthetic stream, or the test split of --data)" };
         var evalBatches = new Option<int>("--eval-batches") { Description = "Batches per periodic evaluation (the same sample each time), and per final one without a test split", DefaultValueFactory = _ => 8 };
         var finalEval = new Option<string>("--final-eval") { Description = "split (the whole test split of image data) or sample (--eval-batches batches)", DefaultValueFactory = _ => "split" };
         finalEval.AcceptOnlyFromAmong("split", "sample");
+        var onNonFinite = new Option<string>("--on-nonfinite") { Description = $"A step whose loss or gradient norm is NaN or infinite: abort (exit {NonFiniteExitCode}, with a diagnostic record beside --metrics or --save) or skip its update", DefaultValueFactory = _ => "abort" };
+        onNonFinite.AcceptOnlyFromAmong("abort", "skip");
+        var skipSpikes = new Option<double>("--skip-spikes") { Description = "Skip the update of a step whose loss is Z standard deviations above the mean of the last 128 (as llm.c; 0 = off)", DefaultValueFactory = _ => 0 };
+        var maxMemory = new Option<string?>(MemoryBudget.Option) { Description = MemoryBudget.Description + $"; a worker whose accounted memory passes it during the run stops the run (exit {MemoryBudgetExitCode}) with the memory report" };
         var metrics = new Option<string?>("--metrics") { Description = "Write one JSON object per step (and per evaluation) to this .jsonl file" };
         var distributed = DistributedArguments.Create();
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
             model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
-            initFrom, save, saveEvery, resume, evalEvery, evalData, evalBatches, finalEval, metrics,
+            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics, onNonFinite, skipSpikes, maxMemory,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
@@ -93,7 +116,12 @@ public static partial class TrainCommand
                 Check.NonNegativeReal(p.GetValue(clip), "--clip"), p.GetValue(seed), p.GetValue(initFrom), p.GetValue(save),
                 Check.AtLeast(p.GetValue(saveEvery), 0, "--save-every"), p.GetValue(resume), Check.AtLeast(p.GetValue(evalEvery), 0, "--eval-every"),
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p),
-                p.GetValue(device)!);
+                p.GetValue(device)!, Check.Positive(p.GetValue(keepLast), "--keep-last"),
+                p.GetValue(onNonFinite) == "skip" ? NonFinitePolicy.Skip : NonFinitePolicy.Abort, Check.NonNegativeReal(p.GetValue(skipSpikes), "--skip-spikes"),
+                p.GetValue(maxMemory) is { } size ? MemoryBudget.Parse(size) : null)
+            {
+                Given = cmd.Options.Where(option => p.GetResult(option) is { Implicit: false }).Select(option => option.Name).ToHashSet(),
+            };
             Validate(o);
             return Run(o, Console.Out, Console.IsOutputRedirected);
         });
@@ -103,8 +131,9 @@ public static partial class TrainCommand
     private static void Validate(Options o)
     {
         if (o.Resume is not null && o.InitFrom is not null) throw new UsageException("--resume and --init-from are contradictory: a resumed run takes its weights from the training state");
-        if (o.Resume is not null && o.Config is not null) throw new UsageException("--resume takes the model configuration from the checkpoint; drop --config");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
+        if (o.KeepLast > 1 && (o.Save is null || o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)))
+            throw new UsageException($"--keep-last ({o.KeepLast}) keeps training-state checkpoints; it needs --save DIR (a directory, not a *.safetensors file)");
         if (o.Augment is not null && o.Model != "resnet18") throw new UsageException("--augment applies to image data (--model resnet18)");
         var (steps, warmup) = o.Distributed.Matched(o.Steps, o.WarmupSteps);
         if (o.Schedule == "cosine" && (o.WarmupSteps >= o.Steps || warmup >= steps))
@@ -115,7 +144,7 @@ public static partial class TrainCommand
         }
         if (o.Model == "resnet18" && o.Data != "synthetic" && !Directory.Exists(o.Data) && !File.Exists(o.Data)) throw new UsageException($"--data: '{o.Data}' does not exist");
         if (o.Resume is not null && !Directory.Exists(o.Resume)) throw new UsageException($"--resume: '{o.Resume}' is not a directory");
-        if (o.Resume is not null) CheckResumable(o.Resume, o.Distributed);
+        if (o.Resume is not null) CheckResumable(o);
         if (o.Metrics is not null && Directory.Exists(o.Metrics)) throw new UsageException($"--metrics: '{o.Metrics}' is a directory, expected a .jsonl file path");
         if (o.Metrics is not null) RequireParentDirectory(o.Metrics, "--metrics");
         RunSetup.CheckConfig(o.Model, o.Config);
@@ -135,9 +164,14 @@ public static partial class TrainCommand
         }
     }
 
-    /// <summary>A training state of this version, or, for one DP worker, the single-worker training state of an earlier one.</summary>
-    private static void CheckResumable(string resume, DistributedOptions d)
+    /// <summary>
+    /// A training state of this version, or, for one DP worker, the single-worker training state of an earlier one;
+    /// every option given again must match what the checkpoint was saved with (see <see cref="CheckMatchesCheckpoint"/>).
+    /// </summary>
+    private static void CheckResumable(Options o)
     {
+        string resume = o.Resume!;
+        var d = o.Distributed;
         if (SdpCheckpoint.IsSingleWorkerState(resume))
         {
             if (!d.IsSingleWorkerDp) throw new UsageException($"--resume: '{resume}' is a single-worker training state from an earlier Sdp version; it resumes only with --workers 1 --mode dp");
@@ -146,6 +180,7 @@ public static partial class TrainCommand
         {
             throw new UsageException($"--resume: '{resume}' has no {SdpCheckpoint.StateFileName} (nor the {TrainingCheckpoint.StateFileName} of an earlier single-worker Sdp version); it is not a training state saved by `sdp train --save DIR`");
         }
+        CheckMatchesCheckpoint(o, SdpCheckpoint.ReadInfo(resume));
     }
 
     private static void RequireParentDirectory(string path, string option)
@@ -180,6 +215,8 @@ public static partial class TrainCommand
         (config, string? vocabNote) = RunSetup.ShardVocabulary(o.Model, config, probe);
         if (vocabNote is not null) dataDescription += $"; {vocabNote}";
         var (channels, classes) = ImageShape(probe);
+        // Before the model and the workers allocate anything.
+        if (o.MaxMemory is { } budget) MemoryBudget.Require(EstimateMemory(o, config, probe, resumed), budget);
         var model = RunSetup.BuildSubnetworkModel(o.Model, config, o.Seed, channels, classes, d.Level, d.Subnet, o.InitFrom, resumed is null ? "--config" : $"--resume checkpoint '{o.Resume}'");
         int? vocab = RunSetup.VocabSize(o.Model, config);
         eval = RunSetup.CheckTokenIds(eval, vocab, o.EvalData is null ? "--data" : "--eval-data", o.EvalData ?? o.Data);
@@ -208,7 +245,8 @@ public static partial class TrainCommand
         {
             Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, FinalEvalBatches = (int?)testSplit?.BatchesPerEpoch,
             BnRecalibration = recalibration,
-            SavePath = o.Save, SaveEvery = o.SaveEvery, RunOptions = runOptions,
+            SavePath = o.Save, SaveEvery = o.SaveEvery, KeepLast = o.KeepLast, RunOptions = runOptions,
+            MaxMemoryBytes = o.MaxMemory, OnNonFinite = o.OnNonFinite, SkipSpikes = o.SkipSpikes, DiagnosticsPath = job is { Processes.Rank: > 0 } ? null : DiagnosticsPath(o),
         };
         Trainer trainer;
         try
@@ -311,7 +349,26 @@ public static partial class TrainCommand
         trainer.Saved += path => progress.Note($"saved {path} at step {trainer.Step}");
 
         var clock = Stopwatch.StartNew();
-        progress.Run(trainer.Run);
+        try
+        {
+            progress.Run(trainer.Run);
+        }
+        catch (MemoryBudgetExceededException e)
+        {
+            metricsFile?.Commit();
+            if (trainer.LocalWorkers[0] != 0) return MemoryBudgetExitCode;
+            Console.Error.WriteLine($"sdp: {e.Message}");
+            output.WriteLine($"memory per worker at step {e.Step} ({MemoryBudget.Option} {MemorySnapshot.FormatBytes(e.Budget)})");
+            PrintMemory(e.Workers, output);
+            return MemoryBudgetExitCode;
+        }
+        catch (NonFiniteException e)
+        {
+            // Every worker stopped at the same step; the metrics up to it are what the record is read against.
+            metricsFile?.Commit();
+            if (trainer.LocalWorkers[0] == 0) Console.Error.WriteLine($"sdp: {e.Message}");
+            return NonFiniteExitCode;
+        }
         clock.Stop();
         metricsFile?.Commit();
 
@@ -330,18 +387,41 @@ public static partial class TrainCommand
         if (workers > 1 && last is not null)
             output.WriteLine(string.Create(inv, $"  communication    {last.MaxCollectives} collectives per step (max worker), {MemorySnapshot.FormatBytes((long)last.Workers.Max(w => w.BytesSent))} sent per step (max worker)"));
         output.WriteLine(workers > 1 ? "  peak memory per worker" : "  peak memory");
+        // Collective in a job: every process reports its worker's account.
+        PrintMemory(trainer.WorkerMemory(), output);
+        // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
+        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(trainer.LocalWorkers[0]).Module)}");
+        return 0;
+    }
+
+    /// <summary>Peak bytes per category and in total, one row per worker.</summary>
+    private static void PrintMemory(IReadOnlyList<MemorySnapshot> memory, TextWriter output)
+    {
         var categories = Enum.GetValues<MemoryCategory>();
         output.WriteLine("    worker " + string.Concat(categories.Select(c => $"{c,16}")) + $"{"total",16}");
-        // Collective in a job: every process reports its worker's account.
-        var memory = trainer.WorkerMemory();
-        for (int w = 0; w < workers; w++)
+        for (int w = 0; w < memory.Count; w++)
         {
             var snap = memory[w];
             output.WriteLine($"    {w,-6} " + string.Concat(categories.Select(c => $"{MemorySnapshot.FormatBytes(snap.PeakBytes(c)),16}")) + $"{MemorySnapshot.FormatBytes(snap.PeakTotal),16}");
         }
-        // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
-        output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(trainer.LocalWorkers[0]).Module)}");
-        return 0;
+    }
+
+    /// <summary>The exit code of a run stopped because a worker's accounted memory passed --max-memory.</summary>
+    public const int MemoryBudgetExitCode = 4;
+
+    /// <summary>The memory model's estimate of this run's workers (the model as it will be built, the optimizer as it will be made).</summary>
+    private static MemoryEstimate EstimateMemory(Options o, string? config, IBatchSource probe, SdpCheckpoint.Info? resumed)
+    {
+        var d = o.Distributed;
+        MemoryWorkload workload = o.Model == "llama"
+            ? new LlamaWorkload(RunSetup.LlamaConfigFrom(config ?? RunSetup.DefaultLlamaPreset, "--config"), o.Batch, o.Seq)
+            : new ResNetWorkload(RunSetup.ResNetConfigFrom(config, ImageShape(probe).Channels, ImageShape(probe).Classes, "--config"), o.Batch,
+                probe is ImageBatches images ? images.Loader.Dataset.Height : 32);
+        string kind = resumed?.Optimizer.Kind.ToLowerInvariant() ?? o.Optimizer;
+        double momentum = resumed?.Optimizer.Hyperparameters.GetValueOrDefault("momentum") ?? o.Momentum;
+        var optimizer = kind == "adamw" ? OptimizerMemory.AdamW : momentum > 0 ? OptimizerMemory.SgdMomentum : OptimizerMemory.Sgd;
+        var variant = d.Mode == ParallelMode.Sdp ? new SdpVariant(d.Level, d.Masking, d.Coverage, d.PlanSeed, d.Subnet) : null;
+        return MemoryModel.Estimate(workload, optimizer, d.Workers, variant);
     }
 
     private static (int Channels, int Classes) ImageShape(IBatchSource source)
@@ -360,6 +440,8 @@ public static partial class TrainCommand
             ["eval_batches"] = o.EvalBatches, ["final_eval"] = finalOnWholeSplit ? "split" : "sample",
         };
         if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);
+        if (o.OnNonFinite != NonFinitePolicy.Abort) json["on_nonfinite"] = "skip";
+        if (o.SkipSpikes > 0) json["skip_spikes"] = o.SkipSpikes;
         if (o.Distributed.BnRecalibrate > 0) json["bn_recalibrate"] = new JsonObject { ["batches"] = o.Distributed.BnRecalibrate, ["batch"] = o.Distributed.BnRecalibrateBatch };
         return json;
     }
@@ -375,22 +457,29 @@ public static partial class TrainCommand
         {
             workers.Add(new JsonObject
             {
-                ["worker"] = w.Worker, ["loss"] = w.Loss, ["memory"] = MemoryJson(w.Memory),
+                ["worker"] = w.Worker, ["loss"] = JsonNumbers.Of(w.Loss), ["memory"] = MemoryJson(w.Memory),
                 ["comm"] = new JsonObject { ["bytes_sent"] = w.BytesSent, ["collectives"] = w.Collectives },
             });
         }
-        return new JsonObject
+        var record = new JsonObject
         {
-            ["step"] = m.Step, ["loss"] = m.Loss, ["lr"] = m.LearningRate, ["grad_norm"] = m.GradNorm, ["step_ms"] = m.StepMs,
+            ["step"] = m.Step, ["loss"] = JsonNumbers.Of(m.Loss), ["lr"] = m.LearningRate, ["grad_norm"] = JsonNumbers.Of(m.GradNorm), ["step_ms"] = m.StepMs,
             [$"{m.ItemUnit}_per_s"] = m.ItemsPerSecond, ["memory"] = MemoryJson(m.Workers.MaxBy(w => w.Memory.PeakTotal)!.Memory), ["workers"] = workers,
         };
+        // Present once a step has been skipped, so runs that never skip keep their records as they were.
+        if (m.SkippedSteps > 0)
+        {
+            record["skipped"] = m.Skipped;
+            record["skipped_steps"] = m.SkippedSteps;
+        }
+        return record;
     }
 
     private static JsonObject EvalRecord(EvalMetrics e, bool wholeSplit)
     {
-        var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = e.MeanLoss, ["count"] = e.Count, ["whole_split"] = wholeSplit };
+        var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = JsonNumbers.Of(e.MeanLoss), ["count"] = e.Count, ["whole_split"] = wholeSplit };
         if (e.Accuracy is { } a) o["accuracy"] = a;
-        else o["perplexity"] = e.Perplexity;
+        else o["perplexity"] = JsonNumbers.Of(e.Perplexity);
         return o;
     }
 

@@ -14,7 +14,11 @@ namespace Sdp.Models.Checkpoints;
 /// worker-{w}/            each worker's training checkpoint (its own, possibly compact, model; its optimizer
 ///                        state over what it holds; its data position), as <see cref="TrainingCheckpoint"/> writes it
 /// </code>
-/// Written into a temporary directory and moved into place, like every checkpoint. Earlier Sdp versions
+/// Written into <c>DIR.tmp-&lt;pid&gt;</c> and exchanged with DIR atomically (see <see cref="TrainingCheckpoint.Swap"/>),
+/// so DIR always names a complete checkpoint, the latest; with a history of K (<c>--keep-last K</c>) the K - 1
+/// before it stay beside it as complete checkpoints <c>DIR.step-&lt;step&gt;</c> (six digits at least). Leftovers
+/// of a save that was killed (<c>DIR.tmp-*</c>, <c>DIR.old-*</c>) are never read, and the next save removes
+/// them: one run saves to a DIR at a time. Earlier Sdp versions
 /// saved single-worker runs as one <see cref="TrainingCheckpoint"/> at the top of the directory (no sdp.json):
 /// <see cref="IsSingleWorkerState"/> recognises that format, which <see cref="ReadInfo"/> and
 /// <see cref="WorkerCheckpoint"/> read as worker 0 of a one-worker DP run.
@@ -37,9 +41,10 @@ public static class SdpCheckpoint
     /// <summary>
     /// What a training state holds besides the tensors: the run, the step, the dense model's configuration and
     /// worker 0's optimizer kind and settings (every worker's optimizer is made the same way), enough to
-    /// rebuild the model and the optimizers before resuming.
+    /// rebuild the model and the optimizers before resuming, and the run options worker 0's state holds (those
+    /// `sdp train` stores: model, data, batch, ...; null when the saver gave none).
     /// </summary>
-    public sealed record Info(string Directory, RunDescription Run, long Step, string? ModelConfig, OptimizerSnapshot Optimizer);
+    public sealed record Info(string Directory, RunDescription Run, long Step, string? ModelConfig, OptimizerSnapshot Optimizer, JsonObject? RunOptions = null);
 
     /// <summary>One worker's part: its model copy, optimizer and state.</summary>
     public sealed record WorkerState(Module Model, Engine.Optim.Optimizer Optimizer, TrainingState State);
@@ -56,10 +61,12 @@ public static class SdpCheckpoint
     /// directory (named after its process id, which every process learns), each process writes its workers' parts,
     /// and after a barrier rank 0 writes the dense model and sdp.json and moves the directory into place; a last
     /// barrier lets nobody go on before the checkpoint exists. The directory must be on a file system every
-    /// process sees (one node, or a shared file system across nodes).
+    /// process sees (one node, or a shared file system across nodes). <paramref name="keepLast"/>: how many checkpoints
+    /// to keep, DIR and the latest keepLast - 1 DIR.step-N before it.
     /// </summary>
-    public static void Save(string directory, Module dense, string? configJson, long step, RunDescription run, IReadOnlyList<(int Worker, WorkerState State)> workers, IProcessGroup? processes)
+    public static void Save(string directory, Module dense, string? configJson, long step, RunDescription run, IReadOnlyList<(int Worker, WorkerState State)> workers, IProcessGroup? processes, int keepLast = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(keepLast, 1);
         ArgumentNullException.ThrowIfNull(dense);
         ArgumentNullException.ThrowIfNull(run);
         ArgumentNullException.ThrowIfNull(workers);
@@ -71,7 +78,7 @@ public static class SdpCheckpoint
         {
             if (File.Exists(target)) throw new IOException($"training checkpoint '{target}': a file is in the way of the checkpoint directory");
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-            TrainingCheckpoint.DeleteDirectory(temp);
+            RemoveLeftovers(target);
             Directory.CreateDirectory(temp);
         }
         processes?.Barrier();
@@ -100,8 +107,66 @@ public static class SdpCheckpoint
             if (leader) TrainingCheckpoint.TryDeleteDirectory(temp);
             throw;
         }
-        if (leader) TrainingCheckpoint.Swap(temp, target);
+        if (leader)
+        {
+            long? previous = keepLast > 1 ? SavedStep(target) : null;
+            TrainingCheckpoint.Swap(temp, target, previous is { } p && p < step ? HistoryPath(target, p) : null);
+            PruneHistory(target, step, keepLast - 1);
+        }
         processes?.Barrier();
+    }
+
+    /// <summary>Where the checkpoint of <paramref name="step"/> is kept once a later one has replaced it as <paramref name="target"/>.</summary>
+    public static string HistoryPath(string target, long step)
+        => $"{TrainingCheckpoint.FullDirectoryPath(target)}.step-{step.ToString("D6", CultureInfo.InvariantCulture)}";
+
+    /// <summary>The kept checkpoints before <paramref name="target"/> (DIR.step-N), newest first.</summary>
+    public static IReadOnlyList<(long Step, string Directory)> History(string target)
+    {
+        string full = TrainingCheckpoint.FullDirectoryPath(target);
+        string parent = Path.GetDirectoryName(full)!;
+        if (!Directory.Exists(parent)) return [];
+        string prefix = Path.GetFileName(full) + ".step-";
+        var kept = new List<(long, string)>();
+        foreach (string dir in Directory.EnumerateDirectories(parent, prefix + "*"))
+        {
+            if (long.TryParse(Path.GetFileName(dir).AsSpan(prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out long s)) kept.Add((s, dir));
+        }
+        return [.. kept.OrderByDescending(k => k.Item1)];
+    }
+
+    /// <summary>Keeps the <paramref name="keep"/> newest kept checkpoints before <paramref name="step"/>; later ones belong to an earlier, longer run and go too.</summary>
+    private static void PruneHistory(string target, long step, int keep)
+    {
+        int kept = 0;
+        foreach (var (s, dir) in History(target))
+        {
+            if (s < step && kept < keep) kept++;
+            else TrainingCheckpoint.TryDeleteDirectory(dir);
+        }
+    }
+
+    /// <summary>Removes what killed saves leave beside <paramref name="target"/>: DIR.tmp-* being written, DIR.old-* being replaced.</summary>
+    private static void RemoveLeftovers(string target)
+    {
+        string parent = Path.GetDirectoryName(target)!;
+        string name = Path.GetFileName(target);
+        foreach (string pattern in (string[])[name + ".tmp-*", name + ".old-*"])
+            foreach (string dir in Directory.EnumerateDirectories(parent, pattern)) TrainingCheckpoint.DeleteDirectory(dir);
+    }
+
+    /// <summary>The step of the checkpoint in <paramref name="directory"/>, or null when there is none or it cannot be read.</summary>
+    private static long? SavedStep(string directory)
+    {
+        if (!Directory.Exists(directory)) return null;
+        try
+        {
+            return ReadInfo(directory).Step;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     /// <summary>
@@ -126,7 +191,7 @@ public static class SdpCheckpoint
         if (IsSingleWorkerState(dir))
         {
             var single = TrainingCheckpoint.ReadInfo(dir);
-            return new Info(dir, RunDescription.Dp(1), single.State.Step, single.ModelConfig, single.Optimizer);
+            return new Info(dir, RunDescription.Dp(1), single.State.Step, single.ModelConfig, single.Optimizer, single.State.Options);
         }
         string path = Path.Combine(dir, StateFileName);
         if (!File.Exists(path))
@@ -156,6 +221,6 @@ public static class SdpCheckpoint
         var run = new RunDescription(Field<int>("workers"), Field<string>("mode"), Field<string>("level"), Field<string>("masking"), Field<double>("coverage"), Field<ulong>("plan_seed"));
         var worker = TrainingCheckpoint.ReadInfo(Path.Combine(dir, WorkerDirectory(0)));
         using var model = SafeTensorsFile.Read(Path.Combine(dir, TrainingCheckpoint.ModelFileName));
-        return new Info(dir, run, Field<long>("step"), model.Metadata.GetValueOrDefault(TrainingCheckpoint.ConfigMetadataKey), worker.Optimizer);
+        return new Info(dir, run, Field<long>("step"), model.Metadata.GetValueOrDefault(TrainingCheckpoint.ConfigMetadataKey), worker.Optimizer, worker.State.Options);
     }
 }

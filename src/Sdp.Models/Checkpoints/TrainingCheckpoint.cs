@@ -18,9 +18,9 @@ namespace Sdp.Models.Checkpoints;
 /// learning-rate schedule position, RNG states, and the caller's data-loader position and training options.</item>
 /// </list>
 /// <see cref="Save"/> replaces the directory atomically: everything is written (and flushed) into
-/// <c>DIR.tmp-&lt;pid&gt;</c>, an existing DIR is renamed to <c>DIR.old-&lt;pid&gt;</c>, the new directory is renamed
-/// to DIR, and only then is the old one deleted. A failure before the final rename deletes the
-/// temporary directory and leaves DIR as it was. Resume: <see cref="ReadInfo"/> to rebuild the model
+/// <c>DIR.tmp-&lt;pid&gt;</c>, then exchanged with an existing DIR in one atomic rename where the system allows
+/// (Linux's RENAME_EXCHANGE), else by two renames through <c>DIR.old-&lt;pid&gt;</c>; only then is the old one
+/// deleted. A failure before the final rename deletes the temporary directory and leaves DIR as it was. Resume: <see cref="ReadInfo"/> to rebuild the model
 /// (from <see cref="TrainingCheckpointInfo.ModelConfig"/>) and the optimizer
 /// (<see cref="OptimizerSnapshot.Create"/>), then <see cref="Load"/>, then restore the RNGs and the data loader.
 /// </summary>
@@ -277,6 +277,12 @@ public static class TrainingCheckpoint
         WriteObject(w, state.DataLoader);
         w.WritePropertyName("options");
         WriteObject(w, state.Options);
+        if (state.LossWindow is { } window)
+        {
+            w.WriteStartArray("loss_window");
+            foreach (double loss in window) w.WriteNumberValue(loss);
+            w.WriteEndArray();
+        }
         w.WriteEndObject();
     }
 
@@ -329,6 +335,12 @@ public static class TrainingCheckpoint
                 RngStates = rngStates,
                 DataLoader = OptionalObject(obj, "data_loader", path),
                 Options = OptionalObject(obj, "options", path),
+                LossWindow = obj["loss_window"] switch
+                {
+                    null => null,
+                    JsonArray losses => [.. losses.Select(l => l is JsonValue v && v.TryGetValue(out double d) && double.IsFinite(d) ? d : throw BadState(path, $"loss_window holds {l?.ToJsonString() ?? "null"}, not a finite number"))],
+                    var other => throw BadState(path, $"\"loss_window\" is a {other.GetValueKind().ToString().ToLowerInvariant()}, expected an array of numbers"),
+                },
             };
             if (state.Step < 0 || state.LrSchedulePosition < 0 || snapshot.StepCount < 0) throw BadState(path, "step counts must be >= 0");
             return (state, snapshot);
@@ -376,37 +388,56 @@ public static class TrainingCheckpoint
         throw new DirectoryNotFoundException(message);
     }
 
-    /// <summary>Makes <paramref name="temp"/> the directory <paramref name="target"/>, keeping the old one until the rename succeeded.</summary>
-    /// <summary>Moves a fully written temporary directory into place, replacing <paramref name="target"/> only once the new one is there.</summary>
-    internal static void Swap(string temp, string target)
+    /// <summary>
+    /// Moves a fully written temporary directory into place as <paramref name="target"/>. An existing target is
+    /// exchanged with the new one atomically where the system allows (<see cref="DirectoryExchange"/>), so the
+    /// target names a complete checkpoint at every instant; elsewhere it is renamed to <c>target.old-&lt;pid&gt;</c>
+    /// first, and a kill between the two renames leaves the previous checkpoint there. The previous directory is
+    /// then moved to <paramref name="keepPreviousAs"/> (null: deleted).
+    /// </summary>
+    internal static void Swap(string temp, string target, string? keepPreviousAs = null)
     {
         if (!Directory.Exists(target))
         {
             MoveOrCleanUp(temp, target);
             return;
         }
-        string old = $"{target}.old-{Environment.ProcessId}";
-        DeleteDirectory(old);
-        try
+        string previous;
+        if (DirectoryExchange.TryExchange(temp, target))
         {
-            Directory.Move(target, old);
+            previous = temp;
         }
-        catch
+        else
         {
-            TryDeleteDirectory(temp);
-            throw;
+            previous = $"{target}.old-{Environment.ProcessId}";
+            DeleteDirectory(previous);
+            try
+            {
+                Directory.Move(target, previous);
+            }
+            catch
+            {
+                TryDeleteDirectory(temp);
+                throw;
+            }
+            try
+            {
+                Directory.Move(temp, target);
+            }
+            catch
+            {
+                Directory.Move(previous, target);
+                TryDeleteDirectory(temp);
+                throw;
+            }
         }
-        try
+        if (keepPreviousAs is null)
         {
-            Directory.Move(temp, target);
+            TryDeleteDirectory(previous);
+            return;
         }
-        catch
-        {
-            Directory.Move(old, target);
-            TryDeleteDirectory(temp);
-            throw;
-        }
-        TryDeleteDirectory(old);
+        DeleteDirectory(keepPreviousAs);
+        Directory.Move(previous, keepPreviousAs);
     }
 
     private static void MoveOrCleanUp(string temp, string target)

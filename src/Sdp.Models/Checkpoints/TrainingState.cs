@@ -25,6 +25,9 @@ public sealed class TrainingState
 
     /// <summary>The training options the run was started with.</summary>
     public JsonObject? Options { get; init; }
+
+    /// <summary>The losses the trainer's spike detector remembers, oldest first (null: it keeps none), so a resumed run judges spikes as the uninterrupted one.</summary>
+    public IReadOnlyList<double>? LossWindow { get; init; }
 }
 
 /// <summary>

@@ -25,8 +25,12 @@ public sealed record JobRank(IProcessGroup Processes, ICommunicator Communicator
     }
 }
 
-/// <summary>What one worker's step produced: its loss, items, the global gradient norm, its communication and its memory.</summary>
-internal readonly record struct WorkerStepResult(double Loss, long Items, double Norm, double Bytes, int Collectives, MemorySnapshot Memory);
+/// <summary>
+/// What one worker's step produced: its loss, items, the global gradient norm, its communication and its memory; what
+/// it decided (the same on every worker) and, when it aborts, the non-finite tensors it found (this process only).
+/// </summary>
+internal readonly record struct WorkerStepResult(double Loss, long Items, double Norm, double Bytes, int Collectives, MemorySnapshot Memory,
+    StepDecision Decision = StepDecision.Update, IReadOnlyList<NonFiniteTensor>? NonFinite = null);
 
 /// <summary>
 /// The trainer's multi-process parts. Every process runs the same loop over the same steps, so every collective

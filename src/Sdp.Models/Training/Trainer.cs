@@ -286,7 +286,10 @@ public sealed partial class Trainer : IDisposable
         var groups = new HolderGroups(comm, Plan is null ? [] : Enumerable.Range(0, Plan.Groups.Count).SelectMany(g => Enumerable.Range(0, Plan.Groups[g].UnitCount).Select(u => Plan.HoldersOf(g, u))));
         var gradSync = new HolderGroupedSync(gradEntries, groups, Options.BucketBytes);
         var bufferSync = bufferEntries.Count == 0 ? null : new HolderGroupedSync(bufferEntries, groups, Options.BucketBytes, SyncTarget.Value);
-        return new Worker(rank, layout, model, optimizer, account, device, comm, data, groups, gradSync, bufferSync, refresh, owned, ownsComm: _job is null);
+        return new Worker(rank, layout, model, optimizer, account, device, comm, data, groups, gradSync, bufferSync, refresh, owned, ownsComm: _job is null)
+        {
+            Spikes = _options.SkipSpikes > 0 ? new LossSpikeDetector(_options.SpikeWindow) : null,
+        };
     }
 
     /// <summary>
@@ -324,10 +327,15 @@ public sealed partial class Trainer : IDisposable
         var clock = Stopwatch.StartNew();
         double lr = _options.Schedule.LearningRate(Step);
         var results = new WorkerStepResult[Options.Workers];
-        OnEveryWorker(w => results[w.Rank] = w.Step(lr, _options.Clip));
+        OnEveryWorker(w => results[w.Rank] = w.Step(lr, _options));
+        // Every worker decided alike, from the all-reduced norm (and mean loss): this process's first worker speaks for all.
+        var decision = results[_workers[0].Rank].Decision;
+        if (decision == StepDecision.Abort) throw AbortOnNonFinite(results, lr);
+        if (decision != StepDecision.Update) SkippedSteps++;
         Step++;
         // Every process learns every worker's result (a job's processes each ran one).
         results = ExchangeStepResults(results);
+        CheckMemoryBudget(results);
         double ms = clock.Elapsed.TotalMilliseconds;
         double loss = 0;
         long items = 0;
@@ -338,7 +346,10 @@ public sealed partial class Trainer : IDisposable
         }
         loss /= results.Length;
         var perWorker = results.Select((r, w) => new WorkerStepMetrics(w, r.Loss, r.Memory, r.Bytes, r.Collectives)).ToArray();
-        var metrics = new StepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _workers[0].Model.ItemUnit, perWorker);
+        var metrics = new StepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _workers[0].Model.ItemUnit, perWorker)
+        {
+            Skipped = SkipReason(decision), SkippedSteps = SkippedSteps,
+        };
         StepCompleted?.Invoke(metrics);
         return metrics;
     }
@@ -543,9 +554,11 @@ public sealed partial class Trainer : IDisposable
             var workers = _workers.Select(w => (w.Rank, new SdpCheckpoint.WorkerState(w.Model.Module, w.Optimizer, new TrainingState
             {
                 Step = Step, LrSchedulePosition = Step, DataLoader = DataStateJson(w.Data.State), Options = _options.RunOptions?.DeepClone().AsObject(),
+                LossWindow = w.Spikes?.Values,
             }))).ToList();
-            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers, _job?.Processes);
+            SdpCheckpoint.Save(path, dense.Module, dense.ConfigJson, Step, Describe(), workers, _job?.Processes, _options.KeepLast);
         }
+        LastCheckpoint = (path, Step);
         Saved?.Invoke(path);
     }
 
@@ -573,8 +586,10 @@ public sealed partial class Trainer : IDisposable
             var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
             if (info.State.Step != saved.Step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {saved.Step}");
             if (info.State.DataLoader is { } data) worker.Data.State = DataStateFromJson(data, dir);
+            worker.Spikes?.Restore(info.State.LossWindow ?? []);
         }
         Step = saved.Step;
+        LastCheckpoint = (saved.Directory, Step);
     }
 
     private static JsonObject DataStateJson(DataLoaderState s) => new() { ["epoch"] = s.Epoch, ["shard"] = s.Shard, ["batch"] = s.Batch };
@@ -665,35 +680,75 @@ public sealed partial class Trainer : IDisposable
 
         public ICommunicator Comm { get; } = comm;
 
-        /// <summary>Forward, backward, gradient sync, clipping, update, buffer sync and (backward masking) refresh.</summary>
-        public WorkerStepResult Step(double lr, double clip)
+        /// <summary>Watches the mean loss for spikes (--skip-spikes); null when spikes are not skipped.</summary>
+        public LossSpikeDetector? Spikes { get; init; }
+
+        /// <summary>
+        /// Forward, backward, gradient sync, the update decision (<see cref="Decide"/>), clipping, update, buffer sync and
+        /// (backward masking) refresh. A step that is not applied still syncs buffers and refreshes, so every worker
+        /// reaches the same collectives whatever it decided.
+        /// </summary>
+        public WorkerStepResult Step(double lr, TrainerOptions options)
         {
             var before = Comm.Stats.Clone();
             Optimizer.LearningRate = lr;
             double loss;
             long items;
+            List<NonFiniteTensor>? found = null;
             using (TensorScope.Begin())
             {
                 var (inputs, targets) = Data.NextBatch();
                 items = Model.ItemsIn(inputs);
                 var lossTensor = Model.Loss(inputs, targets);
                 loss = lossTensor.Item();
+                // The batch is gone after this scope: look at it now, only when the loss already failed.
+                if (!double.IsFinite(loss)) found = NonFiniteTensor.Find(Rank, "data", [("inputs", inputs)]);
                 lossTensor.Backward();
             }
             GradSync.Synchronize();
-            double norm = Math.Sqrt(SquaredGradNorm());
+            double norm = Math.Sqrt(SquaredGradNorm(loss));
+            var decision = Decide(norm, loss, options);
             var parameters = Optimizer.Parameters;
-            if (double.IsFinite(norm))
+            if (decision == StepDecision.Update)
             {
-                if (clip > 0) GradClip.ScaleToNorm(parameters, norm, clip);
+                if (options.Clip > 0) GradClip.ScaleToNorm(parameters, norm, options.Clip);
                 Optimizer.Step();
+            }
+            else if (decision == StepDecision.Abort)
+            {
+                found ??= [];
+                found.AddRange(NonFiniteTensor.Find(Rank, "weight", Model.Module.NamedParameters()));
+                found.AddRange(NonFiniteTensor.Find(Rank, "gradient", Model.Module.NamedParameters().Where(p => p.Tensor.Grad is not null).Select(p => (p.Name, p.Tensor.Grad!))));
             }
             Optimizer.ZeroGrad();
             bufferSync?.Synchronize();
             Refresh?.Refresh();
             var after = Comm.Stats;
-            return new WorkerStepResult(loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives, Account.Snapshot());
+            return new WorkerStepResult(loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives, Account.Snapshot(), decision, found);
         }
+
+        /// <summary>
+        /// Apply the update, skip it or abort, from values every worker shares: the all-reduced norm, which is NaN
+        /// when any worker's loss or any gradient is not finite, and, for spikes, the mean loss over the workers
+        /// (one more all-reduce of a scalar, only with <see cref="TrainerOptions.SkipSpikes"/>).
+        /// </summary>
+        private StepDecision Decide(double norm, double loss, TrainerOptions options)
+        {
+            if (!double.IsFinite(norm)) return options.OnNonFinite == NonFinitePolicy.Skip ? StepDecision.SkipNonFinite : StepDecision.Abort;
+            if (Spikes is null) return StepDecision.Update;
+            double mean = loss;
+            if (Comm.WorldSize > 1)
+            {
+                _lossSum ??= EngineScalar(Device);
+                _lossSum.Backend.Fill(_lossSum, loss);
+                Comm.World.AllReduceSum(_lossSum);
+                mean = _lossSum.Item() / Comm.WorldSize;
+            }
+            return Spikes.Update(mean) > options.SkipSpikes ? StepDecision.SkipSpike : StepDecision.Update;
+        }
+
+        /// <summary>The float64 scalar the mean loss is all-reduced in (engine buffer), made by the first step that needs it.</summary>
+        private Tensor? _lossSum;
 
         /// <summary>The float64 scalar the gradient norm accumulates in, kept between steps (engine buffer).</summary>
         private readonly Tensor _squaredNorm = EngineScalar(device);
@@ -703,11 +758,15 @@ public sealed partial class Trainer : IDisposable
             using (MemoryAccount.Use(MemoryCategory.EngineBuffers)) return Tensor.Zeros(Shape.Scalar, DType.Float64, device);
         }
 
-        /// <summary>‖ĝ‖²: every worker's share (A14) summed over the workers in rank order on the device, then read once.</summary>
-        private double SquaredGradNorm()
+        /// <summary>
+        /// ‖ĝ‖²: every worker's share (A14) summed over the workers in rank order on the device, then read once. A worker
+        /// whose <paramref name="loss"/> is not finite starts its share at NaN, so every worker reads NaN: the loss is
+        /// checked by the collective the step makes anyway.
+        /// </summary>
+        private double SquaredGradNorm(double loss)
         {
             using var noGrad = GradMode.Disable();
-            _squaredNorm.Backend.Fill(_squaredNorm, 0);
+            _squaredNorm.Backend.Fill(_squaredNorm, double.IsFinite(loss) ? 0 : double.NaN);
             GradSync.AddSquaredNormShare(_squaredNorm);
             if (Comm.WorldSize > 1) Comm.World.AllReduceSum(_squaredNorm);
             return _squaredNorm.Item();
@@ -717,6 +776,7 @@ public sealed partial class Trainer : IDisposable
         {
             using var active = Account.Activate();
             _squaredNorm.Dispose();
+            _lossSum?.Dispose();
             GradSync.Dispose();
             bufferSync?.Dispose();
             Refresh?.Dispose();

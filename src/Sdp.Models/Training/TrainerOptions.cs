@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
+using Sdp.Models.Checkpoints;
 
 namespace Sdp.Models.Training;
 
@@ -38,6 +39,30 @@ public sealed record TrainerOptions
 
     /// <summary>Save every K steps as well as at the end (0 = only at the end).</summary>
     public int SaveEvery { get; init; }
+
+    /// <summary>Training-state directories: keep this many checkpoints, the latest as <see cref="SavePath"/> and the ones before it beside it (<see cref="SdpCheckpoint.HistoryPath"/>).</summary>
+    public int KeepLast { get; init; } = 1;
+
+    /// <summary>
+    /// A worker's memory budget in bytes: a step after which any worker's accounted peak exceeds it stops the run with a
+    /// <see cref="MemoryBudgetExceededException"/> holding every worker's account (null: no budget).
+    /// </summary>
+    public long? MaxMemoryBytes { get; init; }
+
+    /// <summary>What a step whose loss or gradient norm is not finite does (on every worker alike).</summary>
+    public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Abort;
+
+    /// <summary>
+    /// Skip the update of a step whose mean loss is this many standard deviations above the mean of the last
+    /// <see cref="SpikeWindow"/> losses (the step's own included, as llm.c's outlier detector); 0 = never.
+    /// </summary>
+    public double SkipSpikes { get; init; }
+
+    /// <summary>Losses the spike detector remembers; it judges no step before its window is full.</summary>
+    public int SpikeWindow { get; init; } = 128;
+
+    /// <summary>Where an abort on a non-finite value writes its diagnostic record (JSON); null: no record.</summary>
+    public string? DiagnosticsPath { get; init; }
 
     /// <summary>Opaque options stored with every worker's state in a training-state directory.</summary>
     public JsonObject? RunOptions { get; init; }
@@ -91,6 +116,12 @@ public sealed record WorkerStepMetrics(int Worker, double Loss, MemorySnapshot M
 /// </summary>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double GradNorm, double StepMs, double ItemsPerSecond, string ItemUnit, IReadOnlyList<WorkerStepMetrics> Workers)
 {
+    /// <summary>Why the update of this step was skipped ("non-finite", "spike"), or null when it was applied.</summary>
+    public string? Skipped { get; init; }
+
+    /// <summary>Steps skipped so far by this trainer, this one included.</summary>
+    public long SkippedSteps { get; init; }
+
     public double BytesSent => Workers.Sum(w => w.BytesSent);
 
     public int MaxCollectives => Workers.Max(w => w.Collectives);

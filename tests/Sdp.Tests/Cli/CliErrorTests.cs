@@ -236,7 +236,6 @@ public sealed class CliErrorTests : CliTestBase
         yield return Case("--device cuda:9", "--device", "cuda:9", "device(s)");
         yield return Case("--save-every 2", "--save-every", "--save");
         yield return Case("--resume ck --init-from x.safetensors", "--resume", "--init-from");
-        yield return Case("--resume ck --config tiny", "--resume", "--config");
         yield return Case("--resume no_such_dir", "--resume", "no_such_dir");
         yield return Case("--resume empty_dir", "empty_dir", "state.json");
         yield return Case("--init-from no_such.safetensors", "--init-from", "no_such.safetensors");
