@@ -15,7 +15,8 @@ public static partial class TrainCommand
     /// <summary>The distributed options of `sdp train`.</summary>
     public sealed record DistributedOptions(
         int Workers, ParallelMode Mode, SubnetLevel Level, Masking Masking, double Coverage, ScheduleMatch ScheduleMatch,
-        SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate, int BnRecalibrateBatch, Launcher Launcher = Launcher.None, double CommTimeoutSeconds = DefaultCommTimeoutSeconds)
+        SubnetOptions Subnet, ulong PlanSeed, int BucketMb, int BnRecalibrate, int BnRecalibrateBatch, Launcher Launcher = Launcher.None, double CommTimeoutSeconds = DefaultCommTimeoutSeconds,
+        EvalRule EvalRule = EvalRule.Dense)
     {
         /// <summary>One worker in DP mode: plain single-process training (which also resumes the single-worker training state of earlier Sdp versions).</summary>
         public bool IsSingleWorkerDp => Workers == 1 && Mode == ParallelMode.Dp;
@@ -23,6 +24,20 @@ public static partial class TrainCommand
         /// <summary>Total and warm-up steps after --schedule-match (DP runs at coverage 1, so they are unchanged).</summary>
         public (long Steps, int Warmup) Matched(int steps, int warmup)
             => (SdpOptions.MatchedSteps(steps, Coverage, ScheduleMatch), (int)SdpOptions.MatchedSteps(warmup, Coverage, ScheduleMatch));
+    }
+
+    /// <summary>BatchNorm recalibration batches when the evaluation rule recalibrates and --bn-recalibrate does not say how many.</summary>
+    public const int DefaultRecalibrationBatches = 16;
+
+    /// <summary>What an evaluation of <paramref name="trainer"/> scores, for its lines: the assembled model under its rule, or the ensemble.</summary>
+    private static string EvaluatedModel(Trainer trainer)
+    {
+        var rule = trainer.EvaluationRule;
+        if (rule.HasFlag(EvalRule.Ensemble))
+            return $"ensemble of the {trainer.Options.Workers} subnetworks{(rule.HasFlag(EvalRule.Recalibrate) ? ", BatchNorm recalibrated" : "")}";
+        string model = trainer.Plan is null ? "" : "assembled dense model";
+        string how = rule == EvalRule.Dense ? "" : $"eval rule {EvaluationRules.Name(rule)}";
+        return string.Join(", ", new[] { model, how }.Where(p => p.Length > 0));
     }
 
     /// <summary>How the workers of a run are started.</summary>
@@ -100,6 +115,13 @@ public static partial class TrainCommand
         private readonly Option<int> _bnRecalibrate = new("--bn-recalibrate") { Description = "Before evaluation, re-estimate BatchNorm statistics of the dense model on this many training batches, a cumulative average as torch's update_bn (0 = off)", DefaultValueFactory = _ => 0 };
         private readonly Option<int> _bnRecalibrateBatch = new("--bn-recalibrate-batch") { Description = "Images per BatchNorm recalibration batch (independent of --batch)", DefaultValueFactory = _ => 64 };
         private readonly Option<string> _launcher = new("--launcher") { Description = "none (workers are threads of this process) or mpi (this process is one rank of `mpirun -np W` or `srun -n W`, running worker = its rank; see `sdp launch`)", DefaultValueFactory = _ => "none" };
+        private readonly Option<string> _evalRule = new("--eval-rule")
+        {
+            Description = "How the run is evaluated: auto (block-level forward-masked SDP: scale+recalibrate, or scale without BatchNorm; otherwise dense), dense, " +
+                "or parts joined by '+': scale (test time: residual branches × their coverage), inverse-scale (training: branches × 1/coverage on their holders), " +
+                "recalibrate (BatchNorm statistics re-estimated, --bn-recalibrate batches, default 16), ensemble (the mean of the W subnetworks' logits)",
+            DefaultValueFactory = _ => "auto",
+        };
         private readonly Option<double> _commTimeout = new("--comm-timeout") { Description = "Seconds a worker waits for the others at a collective; under --launcher mpi, the longest a step, evaluation or save may take before the job is aborted", DefaultValueFactory = _ => DefaultCommTimeoutSeconds };
 
         public static DistributedArguments Create()
@@ -116,7 +138,7 @@ public static partial class TrainCommand
 
         public void AddTo(Command cmd)
         {
-            foreach (var o in new Option[] { _workers, _mode, _subnet, _masking, _coverage, _scheduleMatch, _neuronScale, _maskHeads, _splitSublayers, _keepDownsample, _planSeed, _bucketMb, _bnRecalibrate, _bnRecalibrateBatch, _launcher, _commTimeout })
+            foreach (var o in new Option[] { _workers, _mode, _subnet, _masking, _coverage, _scheduleMatch, _neuronScale, _maskHeads, _splitSublayers, _keepDownsample, _planSeed, _bucketMb, _bnRecalibrate, _bnRecalibrateBatch, _launcher, _commTimeout, _evalRule })
                 cmd.Options.Add(o);
         }
 
@@ -140,11 +162,53 @@ public static partial class TrainCommand
                 NeuronScale = p.GetValue(_neuronScale) == "inverse-coverage" ? NeuronScale.InverseCoverage : NeuronScale.None,
             };
             ulong planSeed = p.GetValue(_planSeed) ?? p.GetValue<ulong>("--seed");
-            return new DistributedOptions(workers, mode, SubnetworkPlan.ParseLevel(p.GetValue(_subnet)!),
-                p.GetValue(_masking) == "backward" ? Masking.Backward : Masking.Forward, mode == ParallelMode.Dp ? 1.0 : coverage,
+            var level = SubnetworkPlan.ParseLevel(p.GetValue(_subnet)!);
+            var masking = p.GetValue(_masking) == "backward" ? Masking.Backward : Masking.Forward;
+            int recalibrate = Check.AtLeast(p.GetValue(_bnRecalibrate), 0, "--bn-recalibrate");
+            int recalibrationBatch = Check.Positive(p.GetValue(_bnRecalibrateBatch), "--bn-recalibrate-batch");
+            var rule = EvalRuleOf(p, mode, level, masking, recalibrate, launcher);
+            if (rule.HasFlag(EvalRule.Recalibrate) && recalibrate == 0) recalibrate = DefaultRecalibrationBatches;
+            return new DistributedOptions(workers, mode, level, masking, mode == ParallelMode.Dp ? 1.0 : coverage,
                 p.GetValue(_scheduleMatch) == "flop-matched" ? ScheduleMatch.FlopMatched : ScheduleMatch.SameSteps,
-                subnet, planSeed, Check.Positive(p.GetValue(_bucketMb), "--bucket-mb"), Check.AtLeast(p.GetValue(_bnRecalibrate), 0, "--bn-recalibrate"),
-                Check.Positive(p.GetValue(_bnRecalibrateBatch), "--bn-recalibrate-batch"), launcher, Check.PositiveReal(p.GetValue(_commTimeout), "--comm-timeout"));
+                subnet, planSeed, Check.Positive(p.GetValue(_bucketMb), "--bucket-mb"), recalibrate,
+                recalibrationBatch, launcher, Check.PositiveReal(p.GetValue(_commTimeout), "--comm-timeout"), rule);
+        }
+
+        /// <summary>
+        /// --eval-rule: auto resolves to the variant's default (<see cref="EvaluationRules.DefaultFor"/>); --bn-recalibrate N
+        /// adds recalibration to auto, and contradicts a named rule that leaves it out. Every rule is checked against the run.
+        /// </summary>
+        private EvalRule EvalRuleOf(ParseResult p, ParallelMode mode, SubnetLevel level, Masking masking, int recalibrate, Launcher launcher)
+        {
+            string text = p.GetValue(_evalRule)!;
+            string model = p.GetValue<string>("--model") ?? "";
+            bool batchNorm = model == "resnet18";
+            EvalRule rule;
+            if (text == "auto")
+            {
+                rule = EvaluationRules.DefaultFor(mode, level, masking, batchNorm);
+                if (recalibrate > 0)
+                {
+                    if (!batchNorm) throw new UsageException($"--bn-recalibrate re-estimates BatchNorm statistics, and {model} has no BatchNorm; drop it");
+                    rule |= EvalRule.Recalibrate;
+                }
+            }
+            else
+            {
+                try
+                {
+                    rule = EvaluationRules.Parse(text);
+                }
+                catch (FormatException e)
+                {
+                    throw new UsageException($"--eval-rule '{text}': {e.Message}");
+                }
+                if (recalibrate > 0 && !rule.HasFlag(EvalRule.Recalibrate))
+                    throw new UsageException($"--bn-recalibrate {recalibrate} asks for BatchNorm recalibration, but --eval-rule {text} leaves it out; add +recalibrate to the rule or drop --bn-recalibrate");
+            }
+            if (EvaluationRules.Check(rule, mode, level, masking, batchNorm, residualBranches: true, logits: true, multiProcess: launcher == Launcher.Mpi) is { } why)
+                throw new UsageException($"--eval-rule {why}");
+            return rule;
         }
 
         /// <summary>The job's size from the launcher's environment (mpirun, srun), before MPI is initialised; null outside a job.</summary>

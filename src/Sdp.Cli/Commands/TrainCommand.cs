@@ -225,7 +225,7 @@ public static partial class TrainCommand
         var sdp = new SdpOptions
         {
             Workers = d.Workers, Mode = d.Mode, Level = d.Level, Masking = d.Masking, Coverage = d.Coverage, PlanSeed = d.PlanSeed,
-            BucketBytes = (long)d.BucketMb << 20, CollectiveTimeout = TimeSpan.FromSeconds(d.CommTimeoutSeconds),
+            BucketBytes = (long)d.BucketMb << 20, CollectiveTimeout = TimeSpan.FromSeconds(d.CommTimeoutSeconds), EvalRule = d.EvalRule,
         };
         Func<IReadOnlyList<Tensor>, Optimizer> makeOptimizer = resumed is not null ? resumed.Optimizer.Create
             : o.Optimizer == "sgd" ? parameters => new Sgd(parameters, o.Lr, momentum: o.Momentum, weightDecay: o.WeightDecay)
@@ -304,6 +304,7 @@ public static partial class TrainCommand
             var (collectives, bytes) = trainer.GradientSyncCost(shown);
             output.WriteLine(string.Create(inv, $"  gradient sync (worker {shown}): {collectives} collectives, {MemorySnapshot.FormatBytes((long)bytes)} sent per step, {trainer.CommunicatorKind}"));
         }
+        if (d.EvalRule != EvalRule.Dense) output.WriteLine($"  evaluation rule: {EvaluationRules.Name(d.EvalRule)} (--eval-rule)");
         if (d.BnRecalibrate > 0) output.WriteLine($"  before each evaluation: BatchNorm statistics re-estimated on {d.BnRecalibrate} training batches of {d.BnRecalibrateBatch} (cumulative average)");
         if (floor is { } f) output.WriteLine($"  loss floor (entropy rate of the source): {f:F4} nats/token");
     }
@@ -316,7 +317,7 @@ public static partial class TrainCommand
     {
         int workers = o.Distributed.Workers;
         // In DP the evaluated model is worker 0's; in SDP it is assembled from the holders.
-        string evaluated = trainer.Plan is null ? "" : " (assembled dense model)";
+        string evaluated = EvaluatedModel(trainer) is { Length: > 0 } what ? $" ({what})" : "";
         // Only the final evaluation is at the last step; periodic ones stop before it.
         bool WholeSplit(EvalMetrics e) => finalOnWholeSplit && e.Step == steps;
         string unit = trainer.WorkerModel(trainer.LocalWorkers[0]).ItemUnit;
@@ -379,8 +380,10 @@ public static partial class TrainCommand
         output.WriteLine($"  train loss       {trainLoss:F4} (mean {(workers > 1 ? "over workers " : "")}of the last {recent.Count} steps)");
         if (lastEval is { } le)
         {
-            string scope = trainer.Plan is null ? Extent(le) : $"assembled dense model, {Extent(le)}";
+            string scope = EvaluatedModel(trainer) is { Length: > 0 } model ? $"{model}, {Extent(le)}" : Extent(le);
             output.WriteLine($"  eval loss        {le.MeanLoss:F4}" + (le.Accuracy is { } acc ? $", accuracy {acc:P2}" : $", perplexity {le.Perplexity:F3}") + $" ({scope})");
+            if (trainer.LastSubnetworkMetrics is { } own)
+                output.WriteLine("  subnetworks      " + string.Join(", ", own.Select((m, w) => $"worker {w} " + (m.Accuracy is { } a ? $"{a:P2}" : $"loss {m.MeanLoss:F4}"))));
         }
         if (floor is { } fl) output.WriteLine($"  entropy floor    {fl:F4}; gap {(lastEval?.MeanLoss ?? trainLoss) - fl:F4} nats/token");
         output.WriteLine($"  throughput       {items / Math.Max(1e-9, clock.Elapsed.TotalSeconds):N0} {trainer.WorkerModel(trainer.LocalWorkers[0]).ItemUnit}/s over {(workers > 1 ? $"all {workers} workers, " : "")}{trainer.Step - firstStep} steps ({clock.Elapsed.TotalSeconds:F1} s)");
@@ -442,6 +445,7 @@ public static partial class TrainCommand
         if (train is ImageBatches images) json["augment"] = ImageAugment.NameOf(images.Loader.Augmentation);
         if (o.OnNonFinite != NonFinitePolicy.Abort) json["on_nonfinite"] = "skip";
         if (o.SkipSpikes > 0) json["skip_spikes"] = o.SkipSpikes;
+        json["eval_rule"] = EvaluationRules.Name(o.Distributed.EvalRule);
         if (o.Distributed.BnRecalibrate > 0) json["bn_recalibrate"] = new JsonObject { ["batches"] = o.Distributed.BnRecalibrate, ["batch"] = o.Distributed.BnRecalibrateBatch };
         return json;
     }

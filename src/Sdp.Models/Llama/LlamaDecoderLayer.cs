@@ -45,6 +45,29 @@ public sealed class LlamaDecoderLayer : Module
     /// <summary>Whether the MLP sub-block exists (always, except in a forward-masked subnetwork).</summary>
     public bool HasMlp => _mlp is not null;
 
+    /// <summary>
+    /// Factor on the attention branch, x + s·self_attn(input_layernorm(x)): 1 by default; the stochastic-depth
+    /// evaluation rules set it (the branch's coverage at test time, or its inverse in training).
+    /// </summary>
+    public double AttentionBranchScale
+    {
+        get => _attentionBranchScale;
+        set => _attentionBranchScale = CheckScale(value);
+    }
+
+    /// <summary>Factor on the MLP branch, h + s·mlp(post_attention_layernorm(h)); see <see cref="AttentionBranchScale"/>.</summary>
+    public double MlpBranchScale
+    {
+        get => _mlpBranchScale;
+        set => _mlpBranchScale = CheckScale(value);
+    }
+
+    private double _attentionBranchScale = 1.0;
+    private double _mlpBranchScale = 1.0;
+
+    private static double CheckScale(double value) => double.IsFinite(value) && value > 0 ? value
+        : throw new ArgumentOutOfRangeException(nameof(value), value, $"LlamaDecoderLayer: branch scale must be a positive finite number, got {value}");
+
     /// <summary>The attention pre-norm; throws when the attention sub-block is absent (<see cref="HasAttention"/>).</summary>
     public RmsNorm InputLayernorm => _inputLayernorm ?? throw Absent("input_layernorm");
 
@@ -69,20 +92,27 @@ public sealed class LlamaDecoderLayer : Module
         return MlpResidual(h);
     }
 
-    /// <summary>x + self_attn(input_layernorm(x)): (B, T, C) -> (B, T, C).</summary>
+    /// <summary>x + s·self_attn(input_layernorm(x)), s = <see cref="AttentionBranchScale"/>: (B, T, C) -> (B, T, C).</summary>
     public Tensor AttentionResidual(Tensor x, LlamaRotary rope)
     {
         using var normed = InputLayernorm.Forward(x);
         using var attended = SelfAttn.Forward(normed, rope);
-        return Ops.Add(x, attended);
+        return AddBranch(x, attended, AttentionBranchScale);
     }
 
-    /// <summary>h + mlp(post_attention_layernorm(h)): (B, T, C) -> (B, T, C).</summary>
+    /// <summary>h + s·mlp(post_attention_layernorm(h)), s = <see cref="MlpBranchScale"/>: (B, T, C) -> (B, T, C).</summary>
     public Tensor MlpResidual(Tensor h)
     {
         using var normed = PostAttentionLayernorm.Forward(h);
         using var mixed = Mlp.Forward(normed);
-        return Ops.Add(h, mixed);
+        return AddBranch(h, mixed, MlpBranchScale);
+    }
+
+    /// <summary>stream + scale·branch; scale 1 adds no op, so an unscaled layer computes exactly what it did before branch scaling existed.</summary>
+    private static Tensor AddBranch(Tensor stream, Tensor branch, double scale)
+    {
+        using var scaled = scale == 1.0 ? null : Ops.Scale(branch, scale);
+        return Ops.Add(stream, scaled ?? branch);
     }
 
     private static InvalidOperationException Absent(string name)

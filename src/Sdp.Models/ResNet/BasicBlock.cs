@@ -69,6 +69,19 @@ public sealed class BasicBlock : Module
     /// <summary>Whether the residual branch exists (always, except in a forward-masked subnetwork).</summary>
     public bool HasBranch => _bn2 is not null;
 
+    /// <summary>
+    /// Factor s on the residual branch's output, y = relu(s·<see cref="Residual"/>(x) + shortcut(x)): 1 by default;
+    /// the stochastic-depth evaluation rules set it (the branch's coverage at test time, or its inverse in training).
+    /// </summary>
+    public double BranchScale
+    {
+        get => _branchScale;
+        set => _branchScale = double.IsFinite(value) && value > 0 ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, $"BasicBlock: branch scale must be a positive finite number, got {value}");
+    }
+
+    private double _branchScale = 1.0;
+
     /// <summary>The first 3x3 conv; throws when it is not allocated (<see cref="InternalWidth"/> 0).</summary>
     public Conv2d Conv1 => _conv1 ?? throw Absent("conv1");
 
@@ -92,8 +105,10 @@ public sealed class BasicBlock : Module
     {
         if (!HasBranch) return Skip(x);
         using var residual = Residual(x);
+        // Scale 1 adds no op, so an unscaled block computes exactly what it did before branch scaling existed.
+        using var scaled = BranchScale == 1.0 ? null : Ops.Scale(residual, BranchScale);
         using var projected = Downsample?.Forward(x);
-        using var sum = Ops.Add(residual, projected ?? x);
+        using var sum = Ops.Add(scaled ?? residual, projected ?? x);
         return Ops.Relu(sum);
     }
 

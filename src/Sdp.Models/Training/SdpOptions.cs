@@ -46,6 +46,12 @@ public sealed record SdpOptions
     public TimeSpan CollectiveTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
     /// <summary>
+    /// How the run is evaluated (<see cref="Training.EvalRule"/>); null: <see cref="EvaluationRules.DefaultFor"/> the
+    /// variant. Rule (b), <see cref="EvalRule.InverseScale"/>, also changes training.
+    /// </summary>
+    public EvalRule? EvalRule { get; init; }
+
+    /// <summary>
     /// Steps to run for a DP-equivalent <paramref name="steps"/> (A17): unchanged, or steps ÷ C rounded to the
     /// nearest whole step (at least one, unless there are none).
     /// </summary>

@@ -122,6 +122,7 @@ public sealed partial class Trainer : IDisposable
             if (_host is not null) BroadcastFromRankZero(_host.Module);
             for (int i = 0; i < local.Length; i++) _workers[i] = CreateWorker(local[i], workerDevices[i], comms[i], optimizer, trainData);
             if (_host is null) BroadcastFromRankZero(_workers[0].Model.Module);
+            SetUpEvaluation(job);
         }
         catch
         {
@@ -380,14 +381,22 @@ public sealed partial class Trainer : IDisposable
     /// <summary>The device the dense model lives on: the host's in SDP, worker 0's in DP.</summary>
     private IBackend DenseDevice => _host is null ? _workers[0].Device : _hostDevice;
 
-    /// <summary>Mean loss (and accuracy for classifiers) of the dense model over <paramref name="batches"/> batches, in eval mode.</summary>
+    /// <summary>
+    /// Mean loss (and accuracy for classifiers) over <paramref name="batches"/> batches, in eval mode, under
+    /// <see cref="EvaluationRule"/>: of the dense model (its residual branches scaled by their coverage, its
+    /// BatchNorm statistics recalibrated, as the rule says), or of the ensemble of the workers' subnetworks.
+    /// </summary>
     public EvalMetrics Evaluate(IBatchSource data, int batches)
     {
         using var watch = Watch($"the evaluation at step {Step}");
+        var rule = EvaluationRule;
+        if (rule.HasFlag(EvalRule.Ensemble)) return EvaluateEnsemble(data, batches);
         var dense = AssembleDense();
         using var active = DenseAccount.Activate();
         using var device = DeviceScope.Use(DenseDevice);
-        using var recalibrated = _options.BnRecalibration is { } recalibration ? RecalibrateBatchNorm(dense, recalibration) : null;
+        // Scaled first, so a recalibration measures the statistics of the model that is evaluated.
+        using var scaled = rule.HasFlag(EvalRule.Scale) ? ScaleBranchesByCoverage(dense) : null;
+        using var recalibrated = rule.HasFlag(EvalRule.Recalibrate) ? RecalibrateBatchNorm(dense, _options.BnRecalibration!) : null;
         if (_job is null) return Evaluate(dense, data, batches, Step);
         // A job shares the batches out (batch b to rank b mod W) and adds the results up in batch order, as one process would.
         var mine = EvaluateBatches(dense, data, batches, b => b % Options.Workers == _job.Processes.Rank);

@@ -21,7 +21,7 @@ public sealed class TrainDistributedTests : CliTestBase
         var r = Sdp(WithConfig("--workers 4 --mode sdp --subnet block --masking forward --coverage 0.5 --metrics m.jsonl --save dense.safetensors"));
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("4 workers (sdp, block level, forward masking, C = 0.5)"));
-        Assert.That(r.Out, Does.Contain("(assembled dense model)"));
+        Assert.That(r.Out, Does.Contain("(assembled dense model, eval rule scale)"), "block-level forward masking: branches x coverage by default");
         Assert.That(r.Out, Does.Contain("GEMM packing buffers (per process, all threads): "));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "m.jsonl", "dense.safetensors" }));
 
@@ -72,7 +72,7 @@ public sealed class TrainDistributedTests : CliTestBase
     {
         var r = Sdp(Args("train --model resnet18 --config {\"width\":4} --steps 2 --warmup 0 --batch 2 --eval-batches 1 --workers 4 --mode sdp --subnet neuron --masking backward --coverage 0.5 --bn-recalibrate 2 --final-eval sample --metrics m.jsonl"));
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
-        Assert.That(r.Out, Does.Contain("accuracy").And.Contain("(assembled dense model)"));
+        Assert.That(r.Out, Does.Contain("accuracy").And.Contain("(assembled dense model, eval rule recalibrate)"));
         Assert.That(r.Out, Does.Contain("BatchNorm statistics re-estimated on 2 training batches of 64 (cumulative average)"));
         var recalibration = JsonNode.Parse(File.ReadLines("m.jsonl").First())!["run"]!["bn_recalibrate"]!;
         Assert.That((recalibration["batches"]!.GetValue<int>(), recalibration["batch"]!.GetValue<int>()), Is.EqualTo((2, 64)));
