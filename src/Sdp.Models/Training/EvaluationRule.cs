@@ -48,12 +48,15 @@ public static class EvaluationRules
 
     /// <summary>
     /// The rule of a run that names none: <see cref="BlockForwardDefault"/> for block-level forward-masked SDP
-    /// (without recalibration when the model has no BatchNorm), else <see cref="EvalRule.Dense"/>.
+    /// (without recalibration when the model has no BatchNorm, without scaling when its block units are not
+    /// residual branches it can scale, as in a program's own model without <see cref="IResidualBranches"/>),
+    /// else <see cref="EvalRule.Dense"/>.
     /// </summary>
-    public static EvalRule DefaultFor(ParallelMode mode, SubnetLevel level, Masking masking, bool hasBatchNorm)
+    public static EvalRule DefaultFor(ParallelMode mode, SubnetLevel level, Masking masking, bool hasBatchNorm, bool residualBranches = true)
     {
         if (mode != ParallelMode.Sdp || level != SubnetLevel.Block || masking != Masking.Forward) return EvalRule.Dense;
-        return hasBatchNorm ? BlockForwardDefault : BlockForwardDefault & ~EvalRule.Recalibrate;
+        var rule = hasBatchNorm ? BlockForwardDefault : BlockForwardDefault & ~EvalRule.Recalibrate;
+        return residualBranches ? rule : rule & ~EvalRule.Scale;
     }
 
     /// <summary>"dense", or the parts joined by '+' (scale+recalibrate).</summary>

@@ -37,7 +37,7 @@ public sealed partial class Trainer
         bool hasBatchNorm = probe.Module.NamedModules().Any(m => m.Module is BatchNorm2d);
         var recalibration = _options.BnRecalibration;
         var rule = Options.EvalRule
-            ?? EvaluationRules.DefaultFor(Options.Mode, Options.Level, Options.Masking, hasBatchNorm) & (recalibration is null ? ~EvalRule.Recalibrate : ~EvalRule.Dense);
+            ?? EvaluationRules.DefaultFor(Options.Mode, Options.Level, Options.Masking, hasBatchNorm, probe is IResidualBranches) & (recalibration is null ? ~EvalRule.Recalibrate : ~EvalRule.Dense);
         if (recalibration is not null) rule |= EvalRule.Recalibrate;
         string name = EvaluationRules.Name(rule);
         if (rule.HasFlag(EvalRule.Recalibrate) && recalibration is null)

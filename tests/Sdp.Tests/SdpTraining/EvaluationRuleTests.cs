@@ -232,6 +232,7 @@ public sealed class EvaluationRuleTests
     {
         Assert.That(EvaluationRules.DefaultFor(ParallelMode.Sdp, SubnetLevel.Block, Masking.Forward, hasBatchNorm: true), Is.EqualTo(EvalRule.Scale | EvalRule.Recalibrate));
         Assert.That(EvaluationRules.DefaultFor(ParallelMode.Sdp, SubnetLevel.Block, Masking.Forward, hasBatchNorm: false), Is.EqualTo(EvalRule.Scale));
+        Assert.That(EvaluationRules.DefaultFor(ParallelMode.Sdp, SubnetLevel.Block, Masking.Forward, hasBatchNorm: true, residualBranches: false), Is.EqualTo(EvalRule.Recalibrate), "a model without scalable branches keeps them unscaled");
         Assert.That(EvaluationRules.DefaultFor(ParallelMode.Sdp, SubnetLevel.Neuron, Masking.Forward, hasBatchNorm: true), Is.EqualTo(EvalRule.Dense));
         Assert.That(EvaluationRules.DefaultFor(ParallelMode.Sdp, SubnetLevel.Block, Masking.Backward, hasBatchNorm: true), Is.EqualTo(EvalRule.Dense));
         Assert.That(EvaluationRules.DefaultFor(ParallelMode.Dp, SubnetLevel.Block, Masking.Forward, hasBatchNorm: true), Is.EqualTo(EvalRule.Dense));
