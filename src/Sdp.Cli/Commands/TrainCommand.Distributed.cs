@@ -147,7 +147,7 @@ public static partial class TrainCommand
             int workers = Check.Positive(p.GetValue(_workers), "--workers");
             var launcher = p.GetValue(_launcher) == "mpi" ? Launcher.Mpi : Launcher.None;
             // Under mpirun the job's size is the worker count; check the coverage against it, not the default of 1.
-            if (launcher == Launcher.Mpi && p.GetResult(_workers) is not { Implicit: false }) workers = JobSize() ?? workers;
+            if (launcher == Launcher.Mpi && p.GetResult(_workers) is not { Implicit: false }) workers = Mpi.JobSize() ?? workers;
             var mode = p.GetValue(_mode) == "sdp" ? ParallelMode.Sdp : ParallelMode.Dp;
             double coverage = p.GetValue(_coverage);
             if (mode == ParallelMode.Sdp)
@@ -209,14 +209,6 @@ public static partial class TrainCommand
             if (EvaluationRules.Check(rule, mode, level, masking, batchNorm, residualBranches: true, logits: true, multiProcess: launcher == Launcher.Mpi) is { } why)
                 throw new UsageException($"--eval-rule {why}");
             return rule;
-        }
-
-        /// <summary>The job's size from the launcher's environment (mpirun, srun), before MPI is initialised; null outside a job.</summary>
-        private static int? JobSize()
-        {
-            foreach (string name in (string[])["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"])
-                if (int.TryParse(Environment.GetEnvironmentVariable(name), out int size) && size > 0) return size;
-            return null;
         }
     }
 }

@@ -66,7 +66,8 @@ public static class SubnetworkTensors
         if (workers.Count != layouts.Count || workers.Count == 0) throw new ArgumentException($"SubnetworkTensors.AssembleDense: {workers.Count} workers but {layouts.Count} layouts");
         var copies = workers.Select(Named).ToArray();
         var plan = layouts[0].Plan;
-        int LocalIndex(int worker) => layouts.Select(l => l.Worker).ToList().IndexOf(worker);
+        var ranks = layouts.Select(l => l.Worker).ToArray();
+        int LocalIndex(int worker) => Array.IndexOf(ranks, worker);
         using var noGrad = GradMode.Disable();
         foreach (var (name, target) in Named(dense))
         {

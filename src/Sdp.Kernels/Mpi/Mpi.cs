@@ -151,6 +151,17 @@ public static unsafe class Mpi
         return null;
     }
 
+    /// <summary>Environment variables through which launchers tell a process the job's size: mpirun, PMI (MPICH, srun), Slurm.</summary>
+    public static readonly string[] JobSizeVariables = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"];
+
+    /// <summary>The job's size from the launcher's environment (<see cref="JobSizeVariables"/>), readable before MPI is initialised; null outside a job.</summary>
+    public static int? JobSize()
+    {
+        foreach (string name in JobSizeVariables)
+            if (int.TryParse(Environment.GetEnvironmentVariable(name), out int size) && size > 0) return size;
+        return null;
+    }
+
     /// <summary>MPI_Finalize, when MPI is initialised and not yet finalised (collective: every rank calls it).</summary>
     public static void Shutdown()
     {
