@@ -24,7 +24,7 @@ public static partial class TrainCommand
         string Model, string? Config, string Data, bool Shuffle, ImageAugmentation? Augment, int Steps, int Batch, int Seq,
         string Optimizer, double Lr, double Momentum, double WeightDecay, int? Warmup, string Schedule, double Clip,
         ulong Seed, string? InitFrom, string? Save, int SaveEvery, string? Resume, int EvalEvery, string? EvalData, int EvalBatches, bool FinalEvalOnSample, string? Metrics, DistributedOptions Distributed,
-        string Device = "cpu", int KeepLast = 1, NonFinitePolicy OnNonFinite = NonFinitePolicy.Abort, double SkipSpikes = 0, long? MaxMemory = null)
+        string Device = "cpu", int KeepLast = 1, NonFinitePolicy OnNonFinite = NonFinitePolicy.Abort, double SkipSpikes = 0, long? MaxMemory = null, bool Profile = false)
     {
         /// <summary>The options given on the command line (by name: "--config"), as opposed to left at their defaults; a resumed run checks these against its checkpoint.</summary>
         public IReadOnlySet<string> Given { get; init; } = new HashSet<string>();
@@ -98,12 +98,13 @@ public static partial class TrainCommand
         var skipSpikes = new Option<double>("--skip-spikes") { Description = "Skip the update of a step whose loss is Z standard deviations above the mean of the last 128 (as llm.c; 0 = off)", DefaultValueFactory = _ => 0 };
         var maxMemory = new Option<string?>(MemoryBudget.Option) { Description = MemoryBudget.Description + $"; a worker whose accounted memory passes it during the run stops the run (exit {MemoryBudgetExitCode}) with the memory report" };
         var metrics = new Option<string?>("--metrics") { Description = "Write one JSON object per step (and per evaluation) to this .jsonl file" };
+        var profile = new Option<bool>("--profile") { Description = "Time every step's phases and every CPU kernel per worker, with GC pauses and managed allocation; print the table at the end" };
         var distributed = DistributedArguments.Create();
 
         var cmd = new Command("train", "Train LLaMA or ResNet-18 (default: tiny LLaMA on the synthetic Markov source)")
         {
             model, config, data, noShuffle, augment, steps, batch, seq, optimizer, lr, momentum, weightDecay, warmup, schedule, clip, seed, device,
-            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics, onNonFinite, skipSpikes, maxMemory,
+            initFrom, save, saveEvery, keepLast, resume, evalEvery, evalData, evalBatches, finalEval, metrics, onNonFinite, skipSpikes, maxMemory, profile,
         };
         distributed.AddTo(cmd);
         cmd.SetAction(p =>
@@ -118,7 +119,7 @@ public static partial class TrainCommand
                 p.GetValue(evalData), Check.Positive(p.GetValue(evalBatches), "--eval-batches"), p.GetValue(finalEval) == "sample", p.GetValue(metrics), distributed.Parse(p),
                 p.GetValue(device)!, Check.Positive(p.GetValue(keepLast), "--keep-last"),
                 p.GetValue(onNonFinite) == "skip" ? NonFinitePolicy.Skip : NonFinitePolicy.Abort, Check.NonNegativeReal(p.GetValue(skipSpikes), "--skip-spikes"),
-                p.GetValue(maxMemory) is { } size ? MemoryBudget.Parse(size) : null)
+                p.GetValue(maxMemory) is { } size ? MemoryBudget.Parse(size) : null, p.GetValue(profile))
             {
                 Given = cmd.Options.Where(option => p.GetResult(option) is { Implicit: false }).Select(option => option.Name).ToHashSet(),
             };
@@ -130,6 +131,7 @@ public static partial class TrainCommand
 
     private static void Validate(Options o)
     {
+        if (o.Profile && o.Device != "cpu") throw new UsageException($"--profile times the CPU backend's kernels; --device {o.Device} is not profiled (on a GPU use Nsight Systems)");
         if (o.Resume is not null && o.InitFrom is not null) throw new UsageException("--resume and --init-from are contradictory: a resumed run takes its weights from the training state");
         if (o.SaveEvery > 0 && o.Save is null) throw new UsageException("--save-every needs --save");
         if (o.KeepLast > 1 && (o.Save is null || o.Save.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)))
@@ -246,7 +248,7 @@ public static partial class TrainCommand
             Steps = steps, Schedule = schedule, Clip = o.Clip, EvalEvery = o.EvalEvery, EvalBatches = o.EvalBatches, FinalEvalBatches = (int?)testSplit?.BatchesPerEpoch,
             BnRecalibration = recalibration,
             SavePath = o.Save, SaveEvery = o.SaveEvery, KeepLast = o.KeepLast, RunOptions = runOptions,
-            MaxMemoryBytes = o.MaxMemory, OnNonFinite = o.OnNonFinite, SkipSpikes = o.SkipSpikes, DiagnosticsPath = job is { Processes.Rank: > 0 } ? null : DiagnosticsPath(o),
+            Profile = o.Profile, MaxMemoryBytes = o.MaxMemory, OnNonFinite = o.OnNonFinite, SkipSpikes = o.SkipSpikes, DiagnosticsPath = job is { Processes.Rank: > 0 } ? null : DiagnosticsPath(o),
         };
         Trainer trainer;
         try
@@ -394,6 +396,11 @@ public static partial class TrainCommand
         PrintMemory(trainer.WorkerMemory(), output);
         // What the backend holds per process (the CPU: GEMM packing panels) belongs to no worker's account.
         output.WriteLine($"  {BackendReport.ProcessWorkspace(trainer.WorkerModel(trainer.LocalWorkers[0]).Module)}");
+        if (trainer.Profile is { } timings)
+        {
+            output.WriteLine();
+            foreach (string line in timings.Report()) output.WriteLine(line);
+        }
         return 0;
     }
 

@@ -5,7 +5,9 @@ using Sdp.Engine;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Backends;
 using Sdp.Engine.Distributed;
+using Sdp.Engine.Backends.Cpu;
 using Sdp.Engine.Memory;
+using Sdp.Engine.Profiling;
 using Sdp.Engine.Nn;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
@@ -87,6 +89,12 @@ public sealed partial class Trainer : IDisposable
         _job = job?.CheckFits(sdp.Workers);
         int[] local = job is null ? [.. Enumerable.Range(0, sdp.Workers)] : [job.Processes.Rank];
         var workerDevices = local.Select(w => devices?.Invoke(w) ?? DeviceScope.Current).ToArray();
+        if (options.Profile)
+        {
+            workerDevices = [.. workerDevices.Select((d, i) => d is CpuBackend ? new ProfilingBackend(new StepProfile()) : throw new ArgumentException(
+                $"Trainer: profiling times CPU kernels, but worker {local[i]} runs on {d}"))];
+            Profile = new TrainingProfile([.. workerDevices.Cast<ProfilingBackend>().Select(d => d.Profile)]);
+        }
         // A process of a job keeps its dense model on its worker's device, where the job's collectives assemble it.
         _hostDevice = job is null ? DeviceScope.Current : workerDevices[0];
         // Through the data communicator: NCCL's Abort releases its communicators (ncclCommAbort) before MPI_Abort.
@@ -147,6 +155,9 @@ public sealed partial class Trainer : IDisposable
         return InProcessCommunicator.Create(workerDevices.Length, timeout);
     }
 
+    /// <summary>Where this process's workers spent their steps (<see cref="TrainerOptions.Profile"/>), or null when not profiling.</summary>
+    public TrainingProfile? Profile { get; }
+
     /// <summary>How the workers exchange gradients: "in-process", "NCCL", or "in-process (why not NCCL)".</summary>
     public string CommunicatorKind { get; private set; } = "in-process";
 
@@ -170,6 +181,7 @@ public sealed partial class Trainer : IDisposable
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(account);
+        if (options.Profile) throw new ArgumentException("Trainer: profiling needs the trainer to build the model on a profiled device (the SubnetworkModel constructor)");
         (Options, _options, _eval) = (new SdpOptions(), CheckSteps(options), eval);
         _evalStart = eval?.State;
         // The model was built where it will train: its parameters name the device.
@@ -347,6 +359,7 @@ public sealed partial class Trainer : IDisposable
         }
         loss /= results.Length;
         var perWorker = results.Select((r, w) => new WorkerStepMetrics(w, r.Loss, r.Memory, r.Bytes, r.Collectives)).ToArray();
+        Profile?.StepDone(ms);
         var metrics = new StepMetrics(Step, loss, lr, results[0].Norm, ms, items / (ms / 1000), _workers[0].Model.ItemUnit, perWorker)
         {
             Skipped = SkipReason(decision), SkippedSteps = SkippedSteps,
@@ -692,6 +705,9 @@ public sealed partial class Trainer : IDisposable
         /// <summary>Watches the mean loss for spikes (--skip-spikes); null when spikes are not skipped.</summary>
         public LossSpikeDetector? Spikes { get; init; }
 
+        /// <summary>Times this phase of the step when the worker's device is profiled.</summary>
+        private StepProfile.PhaseScope Phase(StepPhase phase) => StepProfile.Enter((Device as ProfilingBackend)?.Profile, phase);
+
         /// <summary>
         /// Forward, backward, gradient sync, the update decision (<see cref="Decide"/>), clipping, update, buffer sync and
         /// (backward masking) refresh. A step that is not applied still syncs buffers and refreshes, so every worker
@@ -706,32 +722,47 @@ public sealed partial class Trainer : IDisposable
             List<NonFiniteTensor>? found = null;
             using (TensorScope.Begin())
             {
-                var (inputs, targets) = Data.NextBatch();
+                Tensor inputs, targets, lossTensor;
+                using (Phase(StepPhase.Data)) (inputs, targets) = Data.NextBatch();
                 items = Model.ItemsIn(inputs);
-                var lossTensor = Model.Loss(inputs, targets);
-                loss = lossTensor.Item();
+                using (Phase(StepPhase.Forward))
+                {
+                    lossTensor = Model.Loss(inputs, targets);
+                    loss = lossTensor.Item();
+                }
                 // The batch is gone after this scope: look at it now, only when the loss already failed.
                 if (!double.IsFinite(loss)) found = NonFiniteTensor.Find(Rank, "data", [("inputs", inputs)]);
-                lossTensor.Backward();
+                using (Phase(StepPhase.Backward)) lossTensor.Backward();
             }
-            GradSync.Synchronize();
-            double norm = Math.Sqrt(SquaredGradNorm(loss));
-            var decision = Decide(norm, loss, options);
+            double norm;
+            StepDecision decision;
+            using (Phase(StepPhase.Sync))
+            {
+                GradSync.Synchronize();
+                norm = Math.Sqrt(SquaredGradNorm(loss));
+                decision = Decide(norm, loss, options);
+            }
             var parameters = Optimizer.Parameters;
-            if (decision == StepDecision.Update)
+            using (Phase(StepPhase.Optimizer))
             {
-                if (options.Clip > 0) GradClip.ScaleToNorm(parameters, norm, options.Clip);
-                Optimizer.Step();
+                if (decision == StepDecision.Update)
+                {
+                    if (options.Clip > 0) GradClip.ScaleToNorm(parameters, norm, options.Clip);
+                    Optimizer.Step();
+                }
+                else if (decision == StepDecision.Abort)
+                {
+                    found ??= [];
+                    found.AddRange(NonFiniteTensor.Find(Rank, "weight", Model.Module.NamedParameters()));
+                    found.AddRange(NonFiniteTensor.Find(Rank, "gradient", Model.Module.NamedParameters().Where(p => p.Tensor.Grad is not null).Select(p => (p.Name, p.Tensor.Grad!))));
+                }
+                Optimizer.ZeroGrad();
             }
-            else if (decision == StepDecision.Abort)
+            using (Phase(StepPhase.Sync))
             {
-                found ??= [];
-                found.AddRange(NonFiniteTensor.Find(Rank, "weight", Model.Module.NamedParameters()));
-                found.AddRange(NonFiniteTensor.Find(Rank, "gradient", Model.Module.NamedParameters().Where(p => p.Tensor.Grad is not null).Select(p => (p.Name, p.Tensor.Grad!))));
+                bufferSync?.Synchronize();
+                Refresh?.Refresh();
             }
-            Optimizer.ZeroGrad();
-            bufferSync?.Synchronize();
-            Refresh?.Refresh();
             var after = Comm.Stats;
             return new WorkerStepResult(loss, items, norm, after.BytesSent - before.BytesSent, after.Collectives - before.Collectives, Account.Snapshot(), decision, found);
         }

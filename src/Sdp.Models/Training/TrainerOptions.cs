@@ -49,6 +49,12 @@ public sealed record TrainerOptions
     /// </summary>
     public long? MaxMemoryBytes { get; init; }
 
+    /// <summary>
+    /// Time every step's phases and every CPU kernel per worker (<see cref="Trainer.Profile"/>): each worker's device
+    /// becomes a <see cref="Sdp.Engine.Profiling.ProfilingBackend"/>. CPU workers of a trainer that builds its models only.
+    /// </summary>
+    public bool Profile { get; init; }
+
     /// <summary>What a step whose loss or gradient norm is not finite does (on every worker alike).</summary>
     public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Abort;
 
