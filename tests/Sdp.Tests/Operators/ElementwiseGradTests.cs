@@ -7,7 +7,8 @@ namespace Sdp.Tests.Operators;
 /// <summary>Float64 finite-difference checks for the elementwise, reduction and matmul families.</summary>
 public class ElementwiseGradTests
 {
-    private static readonly int[][] Shapes = [[1], [7], [3, 5], [2, 1, 4]];
+    // [2, 600]: more than one block of the vectorised kernels (SiLU backward works in blocks of 512), and a tail.
+    private static readonly int[][] Shapes = [[1], [7], [3, 5], [2, 1, 4], [2, 600]];
 
     [TestCaseSource(nameof(Shapes))]
     public void Unary_ops_match_finite_differences(int[] shape)

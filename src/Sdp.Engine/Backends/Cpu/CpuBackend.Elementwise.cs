@@ -35,7 +35,11 @@ public sealed unsafe partial class CpuBackend
                 case UnaryOp.Scale: TensorPrimitives.Multiply(x, pt, y); break;
                 case UnaryOp.AddScalar: TensorPrimitives.Add(x, pt, y); break;
                 case UnaryOp.Silu:
-                    for (int i = 0; i < x.Length; i++) y[i] = x[i] / (T.One + T.Exp(-x[i]));
+                    // x / (1 + exp(-x)), in vectorised passes over the chunk.
+                    TensorPrimitives.Negate(x, y);
+                    TensorPrimitives.Exp(y, y);
+                    TensorPrimitives.Add(y, T.One, y);
+                    TensorPrimitives.Divide(x, y, y);
                     break;
                 case UnaryOp.Gelu:
                     for (int i = 0; i < x.Length; i++) y[i] = Gelu(x[i]);
@@ -91,7 +95,6 @@ public sealed unsafe partial class CpuBackend
                     UnaryOp.Sigmoid => y[i] * (T.One - y[i]),
                     UnaryOp.Scale => pt,
                     UnaryOp.AddScalar => T.One,
-                    UnaryOp.Silu => SiluDerivative(x[i]),
                     UnaryOp.Gelu => GeluDerivative(x[i]),
                     _ => throw new NotSupportedException($"unary op {op}"),
                 };
@@ -100,7 +103,7 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    /// <summary>SIMD paths for the hot derivatives that are linear in dy: dx += dy·(const | y | [x &gt; 0]).</summary>
+    /// <summary>SIMD paths for the hot derivatives: dx += dy·(const | y | [x &gt; 0] | SiLU'(x)).</summary>
     private static bool LinearBackward<T>(UnaryOp op, T p, T* x, T* y, T* dy, T* dx, int n) where T : unmanaged, IFloatingPointIeee754<T>
     {
         var dys = new ReadOnlySpan<T>(dy, n);
@@ -111,6 +114,7 @@ public sealed unsafe partial class CpuBackend
             case UnaryOp.Neg: TensorPrimitives.Subtract(dxs, dys, dxs); return true;
             case UnaryOp.Scale: TensorPrimitives.MultiplyAdd(dys, p, dxs, dxs); return true;
             case UnaryOp.Exp: TensorPrimitives.MultiplyAdd(dys, new ReadOnlySpan<T>(y, n), dxs, dxs); return true;
+            case UnaryOp.Silu: SiluBackward(new ReadOnlySpan<T>(x, n), dys, dxs); return true;
             case UnaryOp.Relu:
                 int i = 0;
                 if (Vector.IsHardwareAccelerated)
@@ -131,10 +135,30 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    private static T SiluDerivative<T>(T x) where T : IFloatingPointIeee754<T>
+    /// <summary>Elements per block of the vectorised SiLU backward (two stack buffers of this size).</summary>
+    private const int SiluBlock = 512;
+
+    /// <summary>dx += dy · σ(x)·(1 + x·(1 − σ(x))), σ(x) = 1 / (1 + exp(−x)), a block at a time in vectorised passes.</summary>
+    private static void SiluBackward<T>(ReadOnlySpan<T> x, ReadOnlySpan<T> dy, Span<T> dx) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        T sig = T.One / (T.One + T.Exp(-x));
-        return sig * (T.One + x * (T.One - sig));
+        Span<T> sigmoid = stackalloc T[SiluBlock];
+        Span<T> slope = stackalloc T[SiluBlock];
+        for (int b = 0; b < x.Length; b += SiluBlock)
+        {
+            int len = Math.Min(SiluBlock, x.Length - b);
+            var xs = x.Slice(b, len);
+            var sig = sigmoid[..len];
+            var d = slope[..len];
+            TensorPrimitives.Negate(xs, sig);
+            TensorPrimitives.Exp(sig, sig);
+            TensorPrimitives.Add(sig, T.One, sig);
+            TensorPrimitives.Divide(T.One, sig, sig);
+            TensorPrimitives.Subtract(T.One, sig, d);
+            TensorPrimitives.MultiplyAdd(xs, d, T.One, d);
+            TensorPrimitives.Multiply(sig, d, d);
+            var dxs = dx.Slice(b, len);
+            TensorPrimitives.MultiplyAdd(dy.Slice(b, len), d, dxs, dxs);
+        }
     }
 
     public void Binary(BinaryOp op, Tensor a, Tensor b, Tensor y)
