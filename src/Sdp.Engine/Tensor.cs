@@ -185,6 +185,7 @@ public sealed class Tensor : IDisposable
     /// <summary>Standard-normal values times <paramref name="std"/>, drawn from <paramref name="rng"/>.</summary>
     public static Tensor Randn(Shape shape, Rng rng, double std = 1.0, DType dtype = DType.Float32, IBackend? backend = null)
     {
+        if (OnMeta(backend)) return Empty(shape, dtype, backend);
         var values = new double[shape.Numel];
         for (int i = 0; i < values.Length; i++) values[i] = rng.NextNormal() * std;
         return FromDoubles(values, shape, dtype, backend);
@@ -193,10 +194,14 @@ public sealed class Tensor : IDisposable
     /// <summary>Uniform values in [low, high), drawn from <paramref name="rng"/>.</summary>
     public static Tensor Uniform(Shape shape, Rng rng, double low, double high, DType dtype = DType.Float32, IBackend? backend = null)
     {
+        if (OnMeta(backend)) return Empty(shape, dtype, backend);
         var values = new double[shape.Numel];
         for (int i = 0; i < values.Length; i++) values[i] = low + (high - low) * rng.NextDouble();
         return FromDoubles(values, shape, dtype, backend);
     }
+
+    /// <summary>True when a tensor made on <paramref name="backend"/> (null: the current device) would be a meta tensor, which holds no values to draw.</summary>
+    private static bool OnMeta(IBackend? backend) => (backend ?? DeviceScope.Current).Device.Kind == DeviceKind.Meta;
 
     public static Tensor FromDoubles(double[] values, Shape shape, DType dtype = DType.Float32, IBackend? backend = null) => dtype switch
     {

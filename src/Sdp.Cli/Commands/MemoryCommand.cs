@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Sdp.Engine;
 using Sdp.Engine.Backends.Cuda;
+using Sdp.Engine.Backends.Meta;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
@@ -50,7 +51,7 @@ public static partial class MemoryCommand
         var allVariants = new Option<bool>("--all-variants") { Description = "One row per variant (neuron/block x forward/backward) and C in {0.75, 0.5, 0.25}" };
         var json = new Option<bool>("--json") { Description = "Print JSON" };
         var measure = new Option<bool>("--measure") { Description = "Really allocate and run one training step at this scale (dp: a dense worker; sdp: the largest worker) and compare its peaks with the model" };
-        var device = new Option<string>("--device") { Description = "Where --measure runs: cpu, cuda or cuda:K (then device memory is reported too)", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = "Where --measure runs: cpu, cuda or cuda:K (then device memory is reported too), or meta (accounting only, no storage or compute: any model size)", DefaultValueFactory = _ => "cpu" };
         var maxMemory = new Option<string?>(MemoryBudget.Option) { Description = MemoryBudget.Description };
         var report = new Option<string?>("--report") { Description = $"Write {ReportMarkdown} and {ReportImage} into this directory: DP against every SDP variant for ResNet-18 and LLaMA tiny (measured) and ResNet-18, LLaMA 130m and 1b (analytical), W = 8" };
 
@@ -160,9 +161,11 @@ public static partial class MemoryCommand
         string? deviceLine = null;
         if (o.Measure)
         {
-            using var devices = DeviceSelection.Open(o.Device, workers: 1);
-            if (devices.Banner is not null && !o.Json) output.WriteLine(devices.Banner);
-            var worker = devices.Worker(0);
+            // The meta device runs the step's bookkeeping without storage or compute: any scale fits in a few MB.
+            using var devices = o.Device == "meta" ? null : DeviceSelection.Open(o.Device, workers: 1);
+            string? banner = devices is null ? MetaBanner : devices.Banner;
+            if (banner is not null && !o.Json) output.WriteLine(banner);
+            var worker = devices?.Worker(0) ?? new MetaBackend(readsAsZeros: true);
             using (DeviceScope.Use(worker))
             {
                 measured = sdp is null ? MemoryMeasurement.MeasureDenseStep(o.Workload, o.Optimizer)
@@ -223,6 +226,9 @@ public static partial class MemoryCommand
         }
         return 0;
     }
+
+    private const string MetaBanner = "device: meta (shapes, dtypes and memory accounting; no storage, no compute): the step's parameters, gradients, " +
+        "optimizer state and activations are accounted as on a real device, at no cost; kernel scratch (workspace) is each real backend's own and is not";
 
     private static int AllVariants(Options o, TextWriter output)
     {

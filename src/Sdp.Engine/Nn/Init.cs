@@ -21,6 +21,8 @@ public static class Init
 
     private static Tensor Upload(Tensor t, Func<long, double> value)
     {
+        // A meta tensor holds no values: nothing is drawn (a model of billions of parameters builds at no cost).
+        if (t.Device.Kind == DeviceKind.Meta) return t;
         var values = new double[t.Numel];
         for (long i = 0; i < values.Length; i++) values[i] = value(i);
         if (t.DType == DType.Float64) t.Backend.Upload<double>(values, t);

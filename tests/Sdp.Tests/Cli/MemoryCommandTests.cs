@@ -118,4 +118,21 @@ public sealed class MemoryCommandTests : CliTestBase
         Assert.That(text.Out, Does.Contain("measured: one dense training step"));
         Assert.That(text.OutLines.Single(l => l.TrimStart().StartsWith("activations", StringComparison.Ordinal)), Does.EndWith("0.0%"));
     }
+
+    [Test]
+    public void Measure_on_meta_steps_llama_1b_and_an_sdp_worker_of_it_at_no_cost()
+    {
+        foreach (string variant in new[] { "--mode dp", "--subnet neuron --masking forward --coverage 0.5" })
+        {
+            var r = Sdp(Args($"memory --model llama:1b --workers 4 --batch 2 --seq 256 {variant} --measure --device meta"));
+            Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+            Assert.That(r.OutLines[0], Does.StartWith("device: meta (shapes, dtypes and memory accounting; no storage, no compute)"));
+            Assert.That(r.Out, Does.Contain(variant == "--mode dp" ? "measured: one dense training step" : "measured: one training step of SDP worker"));
+            foreach (string category in new[] { "parameters", "gradients", "optimizer", "activations" })
+            {
+                string row = r.OutLines.Last(l => l.TrimStart().StartsWith(category, StringComparison.Ordinal));
+                Assert.That(row, Does.EndWith("0.0%"), $"{variant}: {category}: the measured step agrees with the memory model at 1b");
+            }
+        }
+    }
 }
