@@ -1,5 +1,6 @@
 using Sdp.Engine;
 using Sdp.Engine.Nn;
+using Sdp.Models.Training;
 
 namespace Sdp.Models.Llama;
 
@@ -18,7 +19,7 @@ namespace Sdp.Models.Llama;
 /// logits = lm_head(norm(x))                              // (B, T, V)
 /// </code>
 /// </summary>
-public sealed class LlamaForCausalLM : Module
+public sealed class LlamaForCausalLM : Module, IModuleConfig
 {
     public LlamaForCausalLM(LlamaConfig config, Rng rng, DType dtype = DType.Float32, LlamaSubnetShape? shape = null)
     {
@@ -35,6 +36,9 @@ public sealed class LlamaForCausalLM : Module
     }
 
     public LlamaConfig Config { get; }
+
+    /// <summary>The configuration stored in checkpoints.</summary>
+    public string ConfigJson => Config.ToJson();
 
     /// <summary>Element type of every parameter and activation.</summary>
     public DType DType { get; }

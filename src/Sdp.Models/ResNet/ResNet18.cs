@@ -1,5 +1,6 @@
 using Sdp.Engine;
 using Sdp.Engine.Nn;
+using Sdp.Models.Training;
 
 namespace Sdp.Models.ResNet;
 
@@ -13,7 +14,7 @@ namespace Sdp.Models.ResNet;
 /// forward-masked subnetwork (narrower or branchless blocks, same names); without one the model and its
 /// draws from the generator are the dense ones.
 /// </summary>
-public sealed class ResNet18 : Module
+public sealed class ResNet18 : Module, IModuleConfig
 {
     private readonly List<ResNetStage> _stages = [];
     private readonly List<BasicBlock> _blocks = [];
@@ -46,6 +47,9 @@ public sealed class ResNet18 : Module
     }
 
     public ResNetConfig Config { get; }
+
+    /// <summary>The configuration stored in checkpoints.</summary>
+    public string ConfigJson => Config.ToJson();
 
     public DType DType { get; }
 

@@ -13,8 +13,6 @@ public sealed class LlamaTrainable(LlamaForCausalLM model) : ITrainable, ILogitM
 
     public Module Module => Model;
 
-    public string ConfigJson => Model.Config.ToJson();
-
     public string ItemUnit => "tokens";
 
     public long ItemsIn(Tensor inputs) => inputs.Numel;
@@ -84,46 +82,16 @@ public sealed class ResNetTrainable(ResNet18 model) : ITrainable, ILogitModel, I
 
     public Module Module => Model;
 
-    public string ConfigJson => Model.Config.ToJson();
-
     public string ItemUnit => "images";
-
-    public long ItemsIn(Tensor inputs) => inputs.Shape[0];
 
     /// <summary>x (N, C, H, W), labels (N) -> mean cross-entropy.</summary>
     public Tensor Loss(Tensor inputs, Tensor targets) => Model.Loss(inputs, targets);
-
-    public BatchEvaluation Evaluate(Tensor inputs, Tensor targets)
-    {
-        using var _ = GradMode.Disable();
-        using var logits = Model.Forward(inputs);
-        return Score(logits, targets);
-    }
 
     /// <summary>x (N, C, H, W) -> logits (N, classes).</summary>
     public Tensor Logits(Tensor inputs) => Model.Forward(inputs);
 
     /// <summary>logits (N, classes), labels (N) -> summed cross-entropy and correct top-1 predictions.</summary>
-    public BatchEvaluation Score(Tensor logits, Tensor targets)
-    {
-        using var _ = GradMode.Disable();
-        using var loss = Ops.CrossEntropy(logits, targets);
-        var values = logits.ToDoubles();
-        var labels = targets.ToDoubles();
-        int classes = logits.Shape[1];
-        long correct = 0;
-        for (int i = 0; i < labels.Length; i++)
-        {
-            var row = values.AsSpan(i * classes, classes);
-            int best = 0;
-            for (int c = 1; c < classes; c++)
-            {
-                if (row[c] > row[best]) best = c;
-            }
-            if (best == (int)labels[i]) correct++;
-        }
-        return new BatchEvaluation(loss.Item() * labels.Length, labels.Length, correct);
-    }
+    public BatchEvaluation Score(Tensor logits, Tensor targets) => Classifier.TopOne(logits, targets);
 
     /// <summary>Unit layer{s}.{i}: BasicBlock i of stage s; a block whose branch this subnetwork lacks is left alone.</summary>
     public void ScaleBranch(string unit, double factor)
@@ -145,4 +113,50 @@ public sealed class ResNetTrainable(ResNet18 model) : ITrainable, ILogitModel, I
     }
 
     public void Dispose() => Model.Dispose();
+}
+
+/// <summary>
+/// Any module that maps inputs (N, ...) to class logits (N, classes), trained on mean cross-entropy against class
+/// ids (N); evaluation adds top-1 accuracy. Owns the module. For a user's own model:
+/// <c>new Classifier(net, net.Forward)</c>.
+/// </summary>
+public sealed class Classifier(Module module, Func<Tensor, Tensor> logits) : ITrainable, ILogitModel
+{
+    public Module Module { get; } = module ?? throw new ArgumentNullException(nameof(module));
+
+    /// <summary>inputs (N, ...), class ids (N) -> mean cross-entropy.</summary>
+    public Tensor Loss(Tensor inputs, Tensor targets)
+    {
+        using var z = Logits(inputs);
+        return Ops.CrossEntropy(z, targets);
+    }
+
+    /// <summary>inputs (N, ...) -> logits (N, classes).</summary>
+    public Tensor Logits(Tensor inputs) => logits(inputs);
+
+    public BatchEvaluation Score(Tensor logits, Tensor targets) => TopOne(logits, targets);
+
+    /// <summary>logits (N, classes), class ids (N) -> summed cross-entropy and correct top-1 predictions (ties to the lowest class).</summary>
+    public static BatchEvaluation TopOne(Tensor logits, Tensor targets)
+    {
+        using var _ = GradMode.Disable();
+        using var loss = Ops.CrossEntropy(logits, targets);
+        var values = logits.ToDoubles();
+        var labels = targets.ToDoubles();
+        int classes = logits.Shape[1];
+        long correct = 0;
+        for (int i = 0; i < labels.Length; i++)
+        {
+            var row = values.AsSpan(i * classes, classes);
+            int best = 0;
+            for (int c = 1; c < classes; c++)
+            {
+                if (row[c] > row[best]) best = c;
+            }
+            if (best == (int)labels[i]) correct++;
+        }
+        return new BatchEvaluation(loss.Item() * labels.Length, labels.Length, correct);
+    }
+
+    public void Dispose() => Module.Dispose();
 }

@@ -134,11 +134,7 @@ public sealed class MemoryModelTests
     {
         public Module Module => inner.Module;
 
-        public string ConfigJson => inner.ConfigJson;
-
         public string ItemUnit => inner.ItemUnit;
-
-        public long ItemsIn(Tensor inputs) => inner.ItemsIn(inputs);
 
         public Tensor Loss(Tensor inputs, Tensor targets)
         {
@@ -146,7 +142,7 @@ public sealed class MemoryModelTests
             return inner.Model.Loss(inputs, targets, b => dropped.Contains(names[b]));
         }
 
-        public BatchEvaluation Evaluate(Tensor inputs, Tensor targets) => inner.Evaluate(inputs, targets);
+        public BatchEvaluation Evaluate(Tensor inputs, Tensor targets) => ((ITrainable)inner).Evaluate(inputs, targets);
 
         public void Dispose() => inner.Dispose();
     }
