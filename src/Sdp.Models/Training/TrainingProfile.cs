@@ -12,7 +12,7 @@ namespace Sdp.Models.Training;
 public sealed class TrainingProfile
 {
     private readonly StepProfile[] _workers;
-    private double _stepMs;
+    private readonly List<double> _stepMs = [];
     private TimeSpan _gcPauseAtStart;
     private long _allocatedAtStart;
     private int[] _collectionsAtStart = [];
@@ -40,7 +40,7 @@ public sealed class TrainingProfile
             return;
         }
         Steps++;
-        _stepMs += stepMs;
+        _stepMs.Add(stepMs);
     }
 
     private bool _warmUp = true;
@@ -67,7 +67,11 @@ public sealed class TrainingProfile
         var phases = Enum.GetValues<StepPhase>().Where(p => p != StepPhase.None).ToList();
         double phaseTotal = phases.Sum(p => _workers.Sum(w => PerStep(w.PhaseTime(p))));
         string workers = _workers.Length == 1 ? "one worker" : $"{_workers.Length} workers' times summed";
-        yield return $"profile: {Steps} steps after the warm-up step, {workers}; the step's wall time {Ms(_stepMs / Steps)} ms";
+        var sorted = _stepMs.Order().ToArray();
+        double Quantile(double q) => sorted[(int)Math.Round(q * (sorted.Length - 1))];
+        double median = Quantile(0.5);
+        yield return $"profile: {Steps} steps after the warm-up step, {workers}; the step's wall time: mean {Ms(sorted.Average())} ms, " +
+                     $"median {Ms(median)} ms, p10–p90 {Ms(Quantile(0.1))}–{Ms(Quantile(0.9))} ms (spread {Percent(Quantile(0.9) - Quantile(0.1), median)} of the median)";
         yield return $"  {"phase",-10} {"ms/step",10} {"in kernels",11} {"outside",9} {"share",6}";
         foreach (var p in phases)
         {
