@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
+using Sdp.Models.Training;
 
 namespace Sdp.Cli;
 
@@ -22,7 +23,7 @@ public static class CliRunner
         {
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception ex) when (ex is UsageException or ArgumentException or FileNotFoundException or InvalidDataException or DirectoryNotFoundException)
+        catch (Exception ex) when (IsBadInput(ex))
         {
             Console.Error.WriteLine($"sdp: {MessageOf(ex)}");
             if (parse.GetValue(verbose)) Console.Error.WriteLine(ex);
@@ -35,6 +36,14 @@ public static class CliRunner
             return 1;
         }
     }
+
+    /// <summary>
+    /// Whether <paramref name="ex"/> is the user's input at fault (options, files, data), reported in one line with exit
+    /// code 2; a worker's failure (<see cref="WorkerFailedException"/>) is judged by the worker's own error.
+    /// </summary>
+    public static bool IsBadInput(Exception ex)
+        => (ex is WorkerFailedException failed ? failed.Cause : ex)
+            is UsageException or ArgumentException or FileNotFoundException or InvalidDataException or DirectoryNotFoundException or UnauthorizedAccessException;
 
     /// <summary>
     /// A parse error on one line, naming the option it belongs to ("--model: Argument 'x' not recognized.
@@ -59,6 +68,7 @@ public static class CliRunner
     /// </summary>
     public static string MessageOf(Exception ex)
     {
+        if (ex is WorkerFailedException failed) return $"worker {failed.Worker}: {MessageOf(failed.Cause)}";
         string message = ex.Message;
         if (ex is ArgumentException { ParamName: { } name })
         {

@@ -46,7 +46,7 @@ public static class RunSetup
     public static string? ConfigFromCheckpoint(string checkpoint)
     {
         using var file = SafeTensorsFile.Read(ModelFile(checkpoint));
-        return file.Metadata.GetValueOrDefault(TrainingCheckpoint.ConfigMetadataKey);
+        return TrainingCheckpoint.ModelConfigOf(file);
     }
 
     /// <summary>A .safetensors file as given, or the model file inside a training-state directory; <paramref name="option"/> names the option in errors.</summary>
@@ -81,15 +81,13 @@ public static class RunSetup
     {
         if (config is null || config == "cifar") return new ResNetConfig(64, classes ?? 10, channels ?? 3);
         bool inline = config.TrimStart().StartsWith('{');
-        string json = inline ? config
-            : File.Exists(config) ? File.ReadAllText(config)
-            : throw new UsageException($"{source} for resnet18 must be 'cifar' or a ResNet config JSON file; '{config}' does not exist");
+        if (!inline && !Path.Exists(config)) throw new UsageException($"{source} for resnet18 must be 'cifar' or a ResNet config JSON file; '{config}' does not exist");
         string where = inline ? source : $"{source} '{config}'";
         try
         {
-            var c = ResNetConfig.FromJson(json);
-            c.Validate();
-            var keys = JsonNode.Parse(json) as JsonObject;
+            // Load refuses a file that is not strict UTF-8 JSON (no key twice); the keys it states are then looked up in its text.
+            var c = inline ? ResNetConfig.FromJson(config, source) : ResNetConfig.Load(config, where);
+            var keys = channels is null && classes is null ? null : JsonNode.Parse(inline ? config : File.ReadAllText(config)) as JsonObject;
             if (channels is { } ch)
             {
                 if (keys?.ContainsKey("in_channels") != true) c = c with { InChannels = ch };

@@ -90,8 +90,7 @@ public static partial class TrainCommand
             }
             catch (Exception e)
             {
-                bool usage = e is UsageException or ArgumentException or FileNotFoundException or InvalidDataException or DirectoryNotFoundException;
-                mpi.Abort(CliRunner.MessageOf(e), usage ? CliRunner.UsageError : 1);
+                mpi.Abort(CliRunner.MessageOf(e), CliRunner.IsBadInput(e) ? CliRunner.UsageError : 1);
                 throw; // MPI_Abort does not return
             }
         }

@@ -23,10 +23,7 @@ public sealed class AdamW : Optimizer
     public AdamW(IReadOnlyList<Tensor> parameters, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0.01)
         : base(parameters, lr)
     {
-        if (!(beta1 >= 0 && beta1 < 1)) throw new ArgumentOutOfRangeException(nameof(beta1), beta1, "AdamW: beta1 must be in [0, 1)");
-        if (!(beta2 >= 0 && beta2 < 1)) throw new ArgumentOutOfRangeException(nameof(beta2), beta2, "AdamW: beta2 must be in [0, 1)");
-        if (!double.IsFinite(eps) || eps < 0) throw new ArgumentOutOfRangeException(nameof(eps), eps, "AdamW: eps must be finite and >= 0");
-        if (!double.IsFinite(weightDecay) || weightDecay < 0) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "AdamW: weight decay must be finite and >= 0");
+        CheckHyperparameters(beta1, beta2, eps, weightDecay);
         Beta1 = beta1;
         Beta2 = beta2;
         Eps = eps;
@@ -34,6 +31,15 @@ public sealed class AdamW : Optimizer
         _m = new Tensor?[parameters.Count];
         _v = new Tensor?[parameters.Count];
         _steps = new long[parameters.Count];
+    }
+
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first hyperparameter AdamW does not take (also used to check a saved optimizer before it is rebuilt).</summary>
+    public static void CheckHyperparameters(double beta1, double beta2, double eps, double weightDecay)
+    {
+        if (!(beta1 >= 0 && beta1 < 1)) throw new ArgumentOutOfRangeException(nameof(beta1), beta1, "AdamW: beta1 must be in [0, 1)");
+        if (!(beta2 >= 0 && beta2 < 1)) throw new ArgumentOutOfRangeException(nameof(beta2), beta2, "AdamW: beta2 must be in [0, 1)");
+        if (!double.IsFinite(eps) || eps < 0) throw new ArgumentOutOfRangeException(nameof(eps), eps, "AdamW: eps must be finite and >= 0");
+        if (!double.IsFinite(weightDecay) || weightDecay < 0) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "AdamW: weight decay must be finite and >= 0");
     }
 
     public double Beta1 { get; }

@@ -49,9 +49,15 @@ public abstract class Optimizer : IDisposable
         get => _learningRate;
         set
         {
-            if (!double.IsFinite(value) || value < 0) throw new ArgumentOutOfRangeException(nameof(value), value, $"{GetType().Name}: the learning rate must be finite and >= 0");
+            CheckLearningRate(value, GetType().Name);
             _learningRate = value;
         }
+    }
+
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> unless <paramref name="lr"/> is a learning rate an optimizer takes (finite, &gt;= 0).</summary>
+    public static void CheckLearningRate(double lr, string owner)
+    {
+        if (!double.IsFinite(lr) || lr < 0) throw new ArgumentOutOfRangeException("value", lr, $"{owner}: the learning rate must be finite and >= 0");
     }
 
     /// <summary>Number of completed <see cref="Step"/> calls (whether or not any parameter had a gradient).</summary>

@@ -22,6 +22,18 @@ public sealed class Sgd : Optimizer
     public Sgd(IReadOnlyList<Tensor> parameters, double lr, double momentum = 0, double dampening = 0, bool nesterov = false, double weightDecay = 0)
         : base(parameters, lr)
     {
+        CheckHyperparameters(momentum, dampening, nesterov, weightDecay);
+        Momentum = momentum;
+        Dampening = dampening;
+        Nesterov = nesterov;
+        WeightDecay = weightDecay;
+        _buffers = new Tensor?[parameters.Count];
+        _steps = new long[parameters.Count];
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first hyperparameter (or combination) Sgd does not take (also used to check a saved optimizer before it is rebuilt).</summary>
+    public static void CheckHyperparameters(double momentum, double dampening, bool nesterov, double weightDecay)
+    {
         if (!double.IsFinite(momentum) || momentum < 0) throw new ArgumentOutOfRangeException(nameof(momentum), momentum, "Sgd: momentum must be finite and >= 0");
         if (!double.IsFinite(dampening)) throw new ArgumentOutOfRangeException(nameof(dampening), dampening, "Sgd: dampening must be finite");
         if (!double.IsFinite(weightDecay) || weightDecay < 0) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "Sgd: weight decay must be finite and >= 0");
@@ -29,12 +41,6 @@ public sealed class Sgd : Optimizer
         {
             throw new ArgumentException($"Sgd: Nesterov momentum requires momentum > 0 and dampening = 0, got momentum {momentum}, dampening {dampening}", nameof(nesterov));
         }
-        Momentum = momentum;
-        Dampening = dampening;
-        Nesterov = nesterov;
-        WeightDecay = weightDecay;
-        _buffers = new Tensor?[parameters.Count];
-        _steps = new long[parameters.Count];
     }
 
     public double Momentum { get; }

@@ -62,21 +62,31 @@ public sealed partial class SubnetworkPlan
     /// <summary>
     /// Reads <see cref="ToJson"/>'s format and checks it is a valid plan: k = C·W a whole number in [1, W],
     /// neuron units 0..n−1 in order, block units distinct names, every unit with exactly k distinct sorted
-    /// holders in [0, W). When <paramref name="units"/> is given, the groups must match it by name and unit
+    /// holders in [0, W), and every worker holding at least one unit (a worker the file never names is not
+    /// taken on trust, so W is bounded by the file's contents). When <paramref name="units"/> is given, the groups must match it by name and unit
     /// (costs and shared parameters are taken from it); otherwise unit costs are zero. Errors
     /// (<see cref="InvalidDataException"/>) name the field.
     /// </summary>
     public static SubnetworkPlan FromJson(string json, MaskableUnits? units = null)
     {
         ArgumentNullException.ThrowIfNull(json);
+        return FromJson(Encoding.UTF8.GetBytes(json), units, source: null);
+    }
+
+    /// <summary>Reads a plan file written from <see cref="ToJson"/> (`sdp plan --json`) as <see cref="FromJson(string, MaskableUnits?)"/> does; errors name the file.</summary>
+    public static SubnetworkPlan Load(string path, MaskableUnits? units = null)
+        => FromJson(InputFile.ReadUtf8(path, "subnetwork plan"), units, path);
+
+    private static SubnetworkPlan FromJson(ReadOnlyMemory<byte> json, MaskableUnits? units, string? source)
+    {
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(json);
+            doc = JsonDocument.Parse(json, InputFile.StrictJson());
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"subnetwork plan: not valid JSON: {e.Message}", e);
+            throw new InvalidDataException($"subnetwork plan{(source is null ? "" : $" '{source}'")}: not valid JSON: {e.Message}", e);
         }
         using (doc)
         {
@@ -179,14 +189,23 @@ public sealed partial class SubnetworkPlan
                 gi++;
             }
             if (gi == 0) throw Bad("\"groups\" is empty");
+            // Checked before the plan is built, whose per-worker tables grow with W (and W² for the overlap): a worker
+            // that holds nothing can only be claimed, never shown, so W stays bounded by what the file lists.
+            var holding = new bool[Math.Min(workers, holders.Sum(g => g.Sum(set => set.Length)) + 1)];
+            foreach (var group in holders)
+                foreach (int[] set in group)
+                    foreach (int w in set) if (w < holding.Length) holding[w] = true;
+            int idle = Array.IndexOf(holding, false);
+            if (idle >= 0 || holding.Length < workers)
+                throw Bad($"worker {(idle >= 0 ? idle : holding.Length)} of {workers} holds no unit; every worker of a plan holds at least one");
             if (units is not null && gi != units.Groups.Count) throw Bad($"the plan has {gi} groups but the model has {units.Groups.Count}");
             if (groups.Select(g => g.Name).Distinct(StringComparer.Ordinal).Count() != groups.Count) throw Bad("group names must be distinct");
             return new SubnetworkPlan(groups, workers, k, level, null, units?.SharedParams ?? 0, [.. holders]);
         }
 
-        static InvalidDataException Bad(string message) => new($"subnetwork plan: {message}");
+        InvalidDataException Bad(string message) => new($"subnetwork plan{(source is null ? "" : $" '{source}'")}: {message}");
 
-        static JsonElement Prop(JsonElement obj, string name, JsonValueKind kind, string prefix)
+        JsonElement Prop(JsonElement obj, string name, JsonValueKind kind, string prefix)
         {
             if (!obj.TryGetProperty(name, out var e)) throw Bad($"missing \"{prefix}{name}\"");
             if (e.ValueKind != kind) throw Bad($"\"{prefix}{name}\" must be {(kind == JsonValueKind.Array ? "an array" : "a " + kind.ToString().ToLowerInvariant())}, got {e.GetRawText()}");

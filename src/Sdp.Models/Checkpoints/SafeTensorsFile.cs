@@ -73,6 +73,8 @@ public sealed partial class SafeTensorsFile : IDisposable
         ArgumentException.ThrowIfNullOrEmpty(path);
         RequireLittleEndian();
         string full = System.IO.Path.GetFullPath(path);
+        // Before opening: a pipe in the file's place would block the open forever, a device never ends.
+        if (File.Exists(full) || Directory.Exists(full)) InputFile.RequireRegularFile(full, "safetensors file");
         var handle = File.OpenHandle(full, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
         try
         {
@@ -184,7 +186,8 @@ public sealed partial class SafeTensorsFile : IDisposable
         }
         else
         {
-            var buffer = ArrayPool<byte>.Shared.Rent(ChunkBytes);
+            // A conversion buffer no larger than the tensor: a scalar does not need a megabyte.
+            var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkBytes, Math.Max(1, info.Numel * size)));
             try
             {
                 for (int i = 0; i < values.Length; i += perChunk)
@@ -269,6 +272,12 @@ public sealed partial class SafeTensorsFile : IDisposable
     {
         string where = $"tensor '{name}'";
         if (entry.ValueKind != JsonValueKind.Object) throw Bad(path, $"{where}: the entry is a JSON {Kind(entry)}, expected an object with dtype, shape and data_offsets");
+        var keys = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var field in entry.EnumerateObject())
+        {
+            // Which of two "dtype"s would count is up to the reader; refuse rather than guess.
+            if (!keys.Add(field.Name)) throw Bad(path, $"{where}: the entry names \"{field.Name}\" more than once");
+        }
 
         if (!entry.TryGetProperty("dtype", out var dtypeElement) || dtypeElement.ValueKind != JsonValueKind.String)
         {

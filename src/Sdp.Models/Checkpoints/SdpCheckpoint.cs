@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Sdp.Engine;
 using Sdp.Engine.Distributed;
 using Sdp.Engine.Nn;
 
@@ -199,7 +200,7 @@ public static class SdpCheckpoint
         JsonObject o;
         try
         {
-            o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"'{path}': expected a JSON object");
+            o = JsonNode.Parse(InputFile.ReadUtf8(path, "training state").Span, null, InputFile.StrictJson()) as JsonObject ?? throw new InvalidDataException($"'{path}': expected a JSON object");
         }
         catch (JsonException e)
         {
@@ -221,6 +222,6 @@ public static class SdpCheckpoint
         var run = new RunDescription(Field<int>("workers"), Field<string>("mode"), Field<string>("level"), Field<string>("masking"), Field<double>("coverage"), Field<ulong>("plan_seed"));
         var worker = TrainingCheckpoint.ReadInfo(Path.Combine(dir, WorkerDirectory(0)));
         using var model = SafeTensorsFile.Read(Path.Combine(dir, TrainingCheckpoint.ModelFileName));
-        return new Info(dir, run, Field<long>("step"), model.Metadata.GetValueOrDefault(TrainingCheckpoint.ConfigMetadataKey), worker.Optimizer, worker.State.Options);
+        return new Info(dir, run, Field<long>("step"), TrainingCheckpoint.ModelConfigOf(model), worker.Optimizer, worker.State.Options);
     }
 }

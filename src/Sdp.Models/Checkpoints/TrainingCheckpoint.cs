@@ -89,7 +89,7 @@ public static class TrainingCheckpoint
         string dir = RequireDirectory(directory);
         var (state, snapshot) = ReadState(Path.Combine(dir, StateFileName));
         using var modelFile = SafeTensorsFile.Read(Path.Combine(dir, ModelFileName));
-        return new TrainingCheckpointInfo(dir, state, snapshot, modelFile.Metadata.GetValueOrDefault(ConfigMetadataKey));
+        return new TrainingCheckpointInfo(dir, state, snapshot, ModelConfigOf(modelFile));
     }
 
     /// <summary>
@@ -142,7 +142,28 @@ public static class TrainingCheckpoint
         }
         optimizer.RestoreStepCount(snapshot.StepCount);
         optimizer.LearningRate = snapshot.LearningRate;
-        return new TrainingCheckpointInfo(dir, state, snapshot, modelFile.Metadata.GetValueOrDefault(ConfigMetadataKey));
+        return new TrainingCheckpointInfo(dir, state, snapshot, ModelConfigOf(modelFile));
+    }
+
+    /// <summary>
+    /// The model configuration a checkpoint stores in its metadata ("config"), or null when it stores none. It must be a
+    /// JSON object: a checkpoint never names a preset or a file for the reader to open, so anything else (a name, a path
+    /// such as "/etc/passwd", broken JSON) is refused here, before a caller could mistake it for a --config value.
+    /// </summary>
+    public static string? ModelConfigOf(SafeTensorsFile file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (!file.Metadata.TryGetValue(ConfigMetadataKey, out var config)) return null;
+        try
+        {
+            using var doc = JsonDocument.Parse(config, InputFile.StrictJson());
+            if (doc.RootElement.ValueKind == JsonValueKind.Object) return config;
+        }
+        catch (JsonException)
+        {
+        }
+        string shown = config.Length <= 60 ? config : config[..60] + "...";
+        throw new InvalidDataException($"checkpoint '{file.Path}': the \"{ConfigMetadataKey}\" metadata is not a JSON object (the model configuration is stored inline; a name or path there is never followed): '{shown}'");
     }
 
     // ---- optimizer file -------------------------------------------------------------------------------
@@ -297,7 +318,7 @@ public static class TrainingCheckpoint
         JsonNode? root;
         try
         {
-            root = JsonNode.Parse(File.ReadAllBytes(path));
+            root = JsonNode.Parse(InputFile.ReadUtf8(path, "training state").Span, null, InputFile.StrictJson());
         }
         catch (JsonException e)
         {
@@ -322,6 +343,8 @@ public static class TrainingCheckpoint
             var hyperparameters = new Dictionary<string, double>();
             foreach (var (key, _) in hyper) hyperparameters[key] = Get<double>(hyper, key, path);
             var snapshot = new OptimizerSnapshot(Get<string>(opt, "kind", path), Get<double>(opt, "learning_rate", path), Get<long>(opt, "step_count", path), hyperparameters);
+            // Checked here, so that a bad value is refused naming this file rather than when the optimizer is rebuilt or loaded.
+            if (snapshot.Problem() is { } problem) throw BadState(path, $"\"optimizer\": {problem}");
             var rngStates = new Dictionary<string, ulong[]>();
             foreach (var (name, node) in Object(obj, "rng", path))
             {

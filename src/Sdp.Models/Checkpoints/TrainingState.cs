@@ -74,6 +74,43 @@ public sealed record OptimizerSnapshot(string Kind, double LearningRate, long St
 
     private double Get(string key)
         => Hyperparameters.TryGetValue(key, out var v) ? v : throw new KeyNotFoundException($"{Kind} snapshot has no hyperparameter '{key}'");
+
+    /// <summary>
+    /// Why <see cref="Create"/> and a checkpoint load would refuse this snapshot (a kind other than AdamW or Sgd, a
+    /// hyperparameter missing or out of the optimizer's range, a learning rate that is not finite and &gt;= 0, a negative
+    /// step count), in one line; null when they would not. Readers of saved snapshots call it, so a bad value is reported
+    /// against the file it came from.
+    /// </summary>
+    public string? Problem()
+    {
+        string[]? keys = Kind switch
+        {
+            nameof(AdamW) => ["beta1", "beta2", "eps", "weight_decay"],
+            nameof(Sgd) => ["momentum", "dampening", "nesterov", "weight_decay"],
+            _ => null,
+        };
+        if (keys is null) return $"kind '{Kind}' is not {nameof(AdamW)} or {nameof(Sgd)}";
+        foreach (string key in keys)
+        {
+            if (!Hyperparameters.ContainsKey(key)) return $"{Kind} hyperparameter '{key}' is missing";
+        }
+        if (StepCount < 0) return $"step count {StepCount} is negative";
+        if (Kind == nameof(Sgd) && Get("nesterov") is not (0 or 1)) return $"Sgd hyperparameter 'nesterov' is {Get("nesterov")}, expected 1 (on) or 0 (off)";
+        try
+        {
+            Optimizer.CheckLearningRate(LearningRate, Kind);
+            if (Kind == nameof(AdamW)) AdamW.CheckHyperparameters(Get("beta1"), Get("beta2"), Get("eps"), Get("weight_decay"));
+            else Sgd.CheckHyperparameters(Get("momentum"), Get("dampening"), Get("nesterov") != 0, Get("weight_decay"));
+        }
+        catch (ArgumentException e)
+        {
+            // One line: the rule, without the runtime's "(Parameter 'x')" and "Actual value was" lines, and the value.
+            string rule = e.Message.Split('\n')[0];
+            if (e.ParamName is { } name && rule.IndexOf($" (Parameter '{name}')", StringComparison.Ordinal) is var at and >= 0) rule = rule[..at];
+            return e is ArgumentOutOfRangeException { ActualValue: { } value } ? $"{rule}, got {value}" : rule;
+        }
+        return null;
+    }
 }
 
 /// <summary>What a training checkpoint holds besides the tensors.</summary>

@@ -1,3 +1,5 @@
+using Sdp.Engine;
+
 namespace Sdp.Models.Data;
 
 /// <summary>
@@ -51,9 +53,9 @@ public static class Cifar10
         long total = 0;
         foreach (var f in files)
         {
-            if (!File.Exists(f)) throw new FileNotFoundException($"CIFAR-10: batch file '{f}' does not exist", f);
-            long length = new FileInfo(f).Length;
-            if (length == 0 || length % RecordBytes != 0)
+            if (!File.Exists(f) && !Directory.Exists(f)) throw new FileNotFoundException($"CIFAR-10: batch file '{f}' does not exist", f);
+            long length = InputFile.RequireRegularFile(f, "CIFAR-10 batch");
+            if (length % RecordBytes != 0)
                 throw new InvalidDataException($"CIFAR-10 batch '{f}': file is {length} bytes, expected a positive multiple of {RecordBytes} (1 label byte + 3072 pixel bytes per record; the standard files hold 10000 records = {10000L * RecordBytes} bytes)");
             records.Add((f, length / RecordBytes));
             total += length / RecordBytes;

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
 using Parquet;
+using Sdp.Engine;
 using Parquet.Schema;
 
 namespace Sdp.Models.Data;
@@ -71,6 +72,8 @@ public sealed class ShardTokenizer
         var files = new List<string>();
         foreach (var input in inputs) files.AddRange(TokenShard.ResolvePaths(input, "*", "tokenizer input"));
         if (files.Count == 0) throw new ArgumentException("tokenizer: no input files given");
+        // Before anything is opened: a pipe would block the tokenizer forever, a device never ends, an empty file holds nothing.
+        foreach (var file in files) InputFile.RequireRegularFile(file, "tokenizer input");
         long bytesTotal = files.Sum(f => new FileInfo(f).Length);
 
         var sink = new ShardSink(outputPrefix, (int)MaxTokensPerShard);
@@ -99,6 +102,10 @@ public sealed class ShardTokenizer
 
     private static async Task TokenizeParquetAsync(string path, Tokenizer tokenizer, ShardSink sink, long length, Action<long> report, CancellationToken ct)
     {
+        // The library trusts the file; its framing, footer and page headers are checked first (see ParquetInput), and
+        // whatever it still throws on a corrupt file is reported as this file's fault, in one error naming it.
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        long footerStart = ParquetInput.CheckFooter(path, handle);
         ParquetReader reader;
         try
         {
@@ -110,20 +117,38 @@ public sealed class ShardTokenizer
         }
         await using (reader.ConfigureAwait(false))
         {
-            var fields = reader.Schema.DataFields;
+            DataField[] fields;
+            try
+            {
+                fields = reader.Schema.DataFields;
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw ParquetInput.Bad(path, $"its schema cannot be read: {e.Message}");
+            }
             var text = fields.FirstOrDefault(f => f.Name == "text");
             if (text is null)
                 throw new InvalidDataException($"parquet file '{path}': no 'text' column; columns found: {string.Join(", ", fields.Select(f => $"'{f.Name}'"))}");
             if (text.IsArray || (text.ClrType != typeof(string) && text.ClrType != typeof(ReadOnlyMemory<char>)))
                 throw new InvalidDataException($"parquet file '{path}': column 'text' holds {(text.IsArray ? "lists of " : "")}{text.ClrType.Name}, expected strings");
+            var groups = reader.Metadata?.RowGroups ?? [];
+            if (groups.Count != reader.RowGroupCount) throw ParquetInput.Bad(path, $"{reader.RowGroupCount} row groups, {groups.Count} described");
             for (int g = 0; g < reader.RowGroupCount; g++)
             {
                 ct.ThrowIfCancellationRequested();
+                var column = groups[g].Columns?.FirstOrDefault(c => c.MetaData?.PathInSchema is ["text"])
+                    ?? throw ParquetInput.Bad(path, $"row group {g} has no chunk of the 'text' column");
+                ParquetInput.CheckColumnChunk(path, handle, footerStart, groups[g], g, column);
                 string?[] docs;
-                using (var group = reader.OpenRowGroupReader(g))
+                try
                 {
+                    using var group = reader.OpenRowGroupReader(g);
                     docs = new string?[group.RowCount];
                     await group.ReadAsync(text, docs.AsMemory(), cancellationToken: ct).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException and not OutOfMemoryException)
+                {
+                    throw ParquetInput.Bad(path, $"row group {g} cannot be read: {e.Message}");
                 }
                 var encoded = new IReadOnlyList<int>?[docs.Length];
                 Parallel.For(0, docs.Length, new ParallelOptions { CancellationToken = ct }, i =>
@@ -146,7 +171,8 @@ public sealed class ShardTokenizer
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
         using var reader = new StreamReader(stream, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);
         sink.Add(EndOfText);
-        var buffer = new char[TextChunkChars];
+        // No larger than the file: a small document needs no megabyte buffer.
+        var buffer = new char[(int)Math.Min(TextChunkChars, Math.Max(1, stream.Length))];
         var pending = new StringBuilder();
         int read;
         while ((read = reader.Read(buffer, 0, buffer.Length)) > 0)

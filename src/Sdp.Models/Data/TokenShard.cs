@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.IO.Enumeration;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using Sdp.Engine;
 
 namespace Sdp.Models.Data;
 
@@ -34,7 +35,9 @@ public sealed class TokenShard : IDisposable
     /// <summary>Opens and validates a shard; every problem is one exception naming the file.</summary>
     public static TokenShard Open(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"token shard '{path}' does not exist", path);
+        if (!File.Exists(path) && !Directory.Exists(path)) throw new FileNotFoundException($"token shard '{path}' does not exist", path);
+        // Before opening: a pipe in the shard's place would block the open forever, a device never ends.
+        InputFile.RequireRegularFile(path, "token shard");
         var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         try
         {
@@ -204,14 +207,15 @@ public static class TokenShardWriter
         string temp = System.IO.Path.Combine(directory, $".{System.IO.Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
+            // Buffers no larger than the shard: a shard of a few tokens needs no 64K-token staging area.
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, (int)Math.Min(1 << 16, TokenShard.HeaderBytes + 2 * count)))
             {
                 var header = new byte[TokenShard.HeaderBytes];
                 BinaryPrimitives.WriteInt32LittleEndian(header.AsSpan(0), TokenShard.Magic);
                 BinaryPrimitives.WriteInt32LittleEndian(header.AsSpan(4), TokenShard.Version);
                 BinaryPrimitives.WriteInt32LittleEndian(header.AsSpan(8), (int)count);
                 stream.Write(header);
-                const int chunkTokens = 1 << 16;
+                int chunkTokens = (int)Math.Min(1 << 16, Math.Max(1, count));
                 var chunk = new ushort[chunkTokens];
                 for (long start = 0; start < count; start += chunkTokens)
                 {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Sdp.Engine;
 
 namespace Sdp.Models.Llama;
 
@@ -161,7 +162,12 @@ public sealed record LlamaConfig
         if (PresetNames.Contains(presetOrPath, StringComparer.OrdinalIgnoreCase)) return Preset(presetOrPath);
         if (File.Exists(presetOrPath)) return Load(presetOrPath);
         string inFolder = Path.Combine(presetOrPath, "config.json");
-        if (Directory.Exists(presetOrPath) && File.Exists(inFolder)) return Load(inFolder);
+        // A folder's config.json is read whatever stands there, so that a directory or a pipe in its place is reported as such.
+        if (Directory.Exists(presetOrPath))
+        {
+            return Path.Exists(inFolder) ? Load(inFolder)
+                : throw new FileNotFoundException($"LLaMA config: folder '{presetOrPath}' has no config.json", inFolder);
+        }
         throw new ArgumentException(
             $"\"{presetOrPath}\" is neither a LLaMA preset ({string.Join(", ", PresetNames)}) nor a config.json file or a folder containing one",
             nameof(presetOrPath));
@@ -170,16 +176,16 @@ public sealed record LlamaConfig
     /// <summary>Reads a Hugging Face config.json; errors (<see cref="InvalidDataException"/>) name the file and the field.</summary>
     public static LlamaConfig Load(string path)
     {
-        string json;
+        ReadOnlyMemory<byte> utf8;
         try
         {
-            json = File.ReadAllText(path);
+            utf8 = InputFile.ReadUtf8(path, "LLaMA config");
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException and not FileNotFoundException or UnauthorizedAccessException)
         {
             throw new FileNotFoundException($"{path}: cannot read the LLaMA config: {e.Message}", path, e);
         }
-        return FromJson(json, path);
+        return FromJson(utf8, path);
     }
 
     /// <summary>
@@ -189,10 +195,16 @@ public sealed record LlamaConfig
     public static LlamaConfig FromJson(string json, string source = "config.json")
     {
         ArgumentNullException.ThrowIfNull(json);
+        return FromJson(Encoding.UTF8.GetBytes(json), source);
+    }
+
+    /// <summary>As <see cref="FromJson(string, string)"/>, from UTF-8 text (a file's bytes are parsed where they lie).</summary>
+    private static LlamaConfig FromJson(ReadOnlyMemory<byte> json, string source)
+    {
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(json, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            doc = JsonDocument.Parse(json, InputFile.StrictJson(commentsAndTrailingCommas: true));
         }
         catch (JsonException e)
         {
@@ -234,7 +246,7 @@ public sealed record LlamaConfig
         }
     }
 
-    /// <summary>Validating constructor for <see cref="FromJson"/>: problems are reported against <paramref name="source"/>.</summary>
+    /// <summary>Validating constructor for <see cref="FromJson(string, string)"/>: problems are reported against <paramref name="source"/>.</summary>
     private LlamaConfig(int vocabSize, int hiddenSize, int intermediateSize, int numHiddenLayers, int numAttentionHeads, int numKeyValueHeads,
         double rmsNormEps, double ropeTheta, bool tieWordEmbeddings, int maxPositionEmbeddings, double initializerRange, string source)
     {
@@ -283,6 +295,14 @@ public sealed record LlamaConfig
             return $"\"num_attention_heads\" {NumAttentionHeads} is not a multiple of \"num_key_value_heads\" {NumKeyValueHeads} (each key/value head must serve the same number of query heads)";
         if (HeadDim % 2 != 0)
             return $"head_dim = \"hidden_size\" {HiddenSize} / \"num_attention_heads\" {NumAttentionHeads} = {HeadDim} must be even for rotary embeddings";
+        try
+        {
+            _ = ParameterCount;
+        }
+        catch (OverflowException)
+        {
+            return $"{NumHiddenLayers} layers of width {HiddenSize} (intermediate {IntermediateSize}) and a vocabulary of {VocabSize} make more than 2^63 parameters";
+        }
         return null;
     }
 

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Sdp.Engine;
 
 namespace Sdp.Models.ResNet;
 
@@ -7,7 +8,7 @@ namespace Sdp.Models.ResNet;
 /// Shape of a CIFAR-style <see cref="ResNet18"/>: stage widths are Width·{1, 2, 4, 8}. Saved with
 /// checkpoints as JSON: <c>{"model": "resnet18", "width": 64, "num_classes": 10, "in_channels": 3}</c>.
 /// Construction does not validate (so <c>with</c> works freely); <see cref="Validate"/>, the model
-/// constructor and <see cref="FromJson"/> do.
+/// constructor and <see cref="FromJson(string, string)"/> do.
 /// </summary>
 public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InChannels = 3)
 {
@@ -65,6 +66,15 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
         get
         {
             Validate();
+            return CountParameters();
+        }
+    }
+
+    /// <summary>The count of <see cref="ParameterCount"/>, in checked arithmetic: a width so large that it overflows throws.</summary>
+    private long CountParameters()
+    {
+        checked
+        {
             long w = Width;
             long total = 9L * InChannels * w + 2 * w; // stem conv + BN
             long inC = w;
@@ -79,7 +89,7 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
                 }
                 inC = outC;
             }
-            return total + (long)Features * NumClasses + NumClasses; // fc
+            return total + 8L * Width * NumClasses + NumClasses; // fc
         }
     }
 
@@ -89,6 +99,14 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
         Check(Width, nameof(Width), "width", MaxWidth);
         Check(NumClasses, nameof(NumClasses), "num_classes", int.MaxValue);
         Check(InChannels, nameof(InChannels), "in_channels", int.MaxValue);
+        try
+        {
+            CountParameters();
+        }
+        catch (OverflowException)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Width), Width, $"ResNetConfig: Width (width) {Width} with {InChannels} input channels and {NumClasses} classes makes more than 2^63 parameters");
+        }
 
         static void Check(int value, string field, string key, int max)
         {
@@ -116,25 +134,31 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
 
     /// <summary>
     /// Parses <see cref="ToJson"/>'s format. Missing keys take the defaults; "model", when present,
-    /// must be "resnet18"; unknown keys, non-integer values and out-of-range values are errors that
-    /// name the key.
+    /// must be "resnet18"; unknown keys, a key given twice, non-integer values and out-of-range values are
+    /// <see cref="InvalidDataException"/>s that name <paramref name="source"/> and the key.
     /// </summary>
-    public static ResNetConfig FromJson(string json)
+    public static ResNetConfig FromJson(string json, string source = "ResNetConfig")
     {
         ArgumentNullException.ThrowIfNull(json);
+        return FromJson(Encoding.UTF8.GetBytes(json), source);
+    }
+
+    /// <summary>As <see cref="FromJson(string, string)"/>, from UTF-8 text (a file's bytes are parsed where they lie).</summary>
+    private static ResNetConfig FromJson(ReadOnlyMemory<byte> json, string source)
+    {
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(json);
+            doc = JsonDocument.Parse(json, InputFile.StrictJson());
         }
         catch (JsonException e)
         {
-            throw new FormatException($"ResNetConfig: not valid JSON: {e.Message}", e);
+            throw new InvalidDataException($"{source}: not valid JSON: {e.Message}", e);
         }
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
-                throw new FormatException($"ResNetConfig: JSON must be an object, got {doc.RootElement.ValueKind}");
+                throw new InvalidDataException($"{source}: JSON must be an object, got {doc.RootElement.ValueKind}");
             var config = new ResNetConfig();
             foreach (var field in doc.RootElement.EnumerateObject())
             {
@@ -142,32 +166,46 @@ public sealed record ResNetConfig(int Width = 64, int NumClasses = 10, int InCha
                 {
                     case "model":
                         if (field.Value.ValueKind != JsonValueKind.String || field.Value.GetString() != ModelName)
-                            throw new FormatException($"ResNetConfig: model must be \"{ModelName}\", got {field.Value.GetRawText()}");
+                            throw new InvalidDataException($"{source}: model must be \"{ModelName}\", got {field.Value.GetRawText()}");
                         break;
                     case "width":
-                        config = config with { Width = Int(field) };
+                        config = config with { Width = Int(field, source) };
                         break;
                     case "num_classes":
-                        config = config with { NumClasses = Int(field) };
+                        config = config with { NumClasses = Int(field, source) };
                         break;
                     case "in_channels":
-                        config = config with { InChannels = Int(field) };
+                        config = config with { InChannels = Int(field, source) };
                         break;
                     default:
-                        throw new FormatException($"ResNetConfig: unknown key \"{field.Name}\" (expected model, width, num_classes, in_channels)");
+                        throw new InvalidDataException($"{source}: unknown key \"{field.Name}\" (expected model, width, num_classes, in_channels)");
                 }
             }
-            config.Validate();
+            try
+            {
+                config.Validate();
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                throw new InvalidDataException($"{source}: {e.Message.Split('\n')[0].Replace($" (Parameter '{e.ParamName}')", "", StringComparison.Ordinal)}", e);
+            }
             return config;
         }
 
-        static int Int(JsonProperty field)
+        static int Int(JsonProperty field, string source)
         {
             if (field.Value.ValueKind != JsonValueKind.Number || !field.Value.TryGetInt32(out int value))
-                throw new FormatException($"ResNetConfig: {field.Name} must be an integer, got {field.Value.GetRawText()}");
+                throw new InvalidDataException($"{source}: {field.Name} must be an integer, got {field.Value.GetRawText()}");
             return value;
         }
     }
+
+    /// <summary>
+    /// Reads a ResNet config JSON file (UTF-8) as <see cref="FromJson(string, string)"/> does; errors name the file, or start with
+    /// <paramref name="source"/> when given (an option and the file: "--config 'r.json'").
+    /// </summary>
+    public static ResNetConfig Load(string path, string? source = null)
+        => FromJson(InputFile.ReadUtf8(path, "ResNetConfig"), source ?? $"ResNetConfig '{path}'");
 }
 
 /// <summary>One BasicBlock of <see cref="ResNetConfig.Blocks"/>: name, channels, input/output pixels per image, projection shortcut or not.</summary>

@@ -607,7 +607,19 @@ public sealed partial class Trainer : IDisposable
             string dir = SdpCheckpoint.WorkerCheckpoint(saved.Directory, worker.Rank);
             var info = TrainingCheckpoint.Load(dir, worker.Model.Module, worker.Optimizer);
             if (info.State.Step != saved.Step) throw new InvalidDataException($"training checkpoint '{dir}': step {info.State.Step}, but the run saved step {saved.Step}");
-            if (info.State.DataLoader is { } data) worker.Data.State = DataStateFromJson(data, dir);
+            if (info.State.DataLoader is { } data)
+            {
+                var position = DataStateFromJson(data, dir);
+                try
+                {
+                    worker.Data.State = position;
+                }
+                catch (ArgumentException e)
+                {
+                    // The loader refuses a position outside its data: that is the state file's fault, so name it.
+                    throw new InvalidDataException($"training checkpoint '{Path.Combine(dir, TrainingCheckpoint.StateFileName)}': data_loader {position} does not fit this run's data: {e.Message}", e);
+                }
+            }
             worker.Spikes?.Restore(info.State.LossWindow ?? []);
         }
         Step = saved.Step;
@@ -636,8 +648,9 @@ public sealed partial class Trainer : IDisposable
     /// Runs <paramref name="work"/> on every worker at once, each on its own long-lived thread (collectives
     /// need all of them running; the tape and the GEMM packing buffers are per thread, so a worker keeps
     /// its thread). A single worker waits for nobody and runs on the caller's thread, as single-process
-    /// training does. A worker that fails aborts the group, so the others stop waiting at their collectives;
-    /// the failure is rethrown (a worker's timeout or abort is reported only when nothing else failed).
+    /// training does, and its failure is rethrown as it is. Of several workers, one that fails aborts the group, so
+    /// the others stop waiting at their collectives; the failure is thrown as a <see cref="WorkerFailedException"/>
+    /// naming the worker (a worker's timeout or abort is reported only when nothing else failed).
     /// </summary>
     private void OnEveryWorker(Action<Worker> work)
     {
@@ -663,8 +676,9 @@ public sealed partial class Trainer : IDisposable
         }
         _threads ??= new WorkerThreads(_workers.Length);
         var errors = _threads.Run(RunOn);
-        var cause = errors.FirstOrDefault(e => e is not null and not TimeoutException and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
-        if (cause is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
+        int failed = Array.FindIndex(errors, e => e is not null and not TimeoutException and not OperationCanceledException);
+        if (failed < 0) failed = Array.FindIndex(errors, e => e is not null);
+        if (failed >= 0) throw new WorkerFailedException(_workers[failed].Rank, errors[failed]!);
     }
 
     private WorkerThreads? _threads;

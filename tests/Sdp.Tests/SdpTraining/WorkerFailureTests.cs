@@ -1,3 +1,4 @@
+using Sdp.Cli;
 using Sdp.Engine.Autograd;
 using Sdp.Engine.Backends;
 using Sdp.Engine.Distributed;
@@ -29,17 +30,46 @@ public class WorkerFailureTests(IBackend backend) : DeviceFixture(backend)
             => ++_batches == failAt ? throw new InvalidDataException("shard 3: truncated batch") : inner.NextBatch();
     }
 
-    [Test]
-    public void A_failing_worker_aborts_the_group_and_its_error_is_rethrown()
+    [TestCase(2)]
+    [TestCase(0)]
+    public void A_failing_worker_aborts_the_group_and_its_error_names_it(int failing)
     {
         var sdp = SdpRun(4, SubnetLevel.Block, Masking.Forward, 0.5) with { CollectiveTimeout = TimeSpan.FromMinutes(10) };
-        using var trainer = new Trainer(LlamaModel(SubnetLevel.Block), sdp, AdamW, w => w == 2 ? new FailingSource(Tokens(w, 4), 2) : Tokens(w, 4), Options(3));
+        using var trainer = new Trainer(LlamaModel(SubnetLevel.Block), sdp, AdamW, w => w == failing ? new FailingSource(Tokens(w, 4), 2) : Tokens(w, 4), Options(3));
         trainer.TrainStep();
         var clock = Stopwatch.StartNew();
+        var e = Assert.Throws<WorkerFailedException>(() => trainer.TrainStep());
+        Assert.Multiple(() =>
+        {
+            Assert.That(e!.Message, Is.EqualTo($"worker {failing}: shard 3: truncated batch"));
+            Assert.That(e.Worker, Is.EqualTo(failing));
+            // The worker's own error is kept whole, so callers classify it as before: bad input stays bad input.
+            Assert.That(e.Cause, Is.TypeOf<InvalidDataException>().And.Message.EqualTo("shard 3: truncated batch"));
+            Assert.That(CliRunner.IsBadInput(e), Is.True);
+            Assert.That(CliRunner.MessageOf(e), Is.EqualTo($"worker {failing}: shard 3: truncated batch"));
+            // The other workers were released by the abort, not by the 10-minute collective timeout.
+            Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromMinutes(2)));
+        });
+    }
+
+    [Test]
+    public void A_failing_single_worker_throws_its_own_error()
+    {
+        // One worker waits for nobody: its error is the step's error, with nothing to name.
+        using var trainer = new Trainer(LlamaModel(SubnetLevel.Block), Dp(1), AdamW, w => new FailingSource(Tokens(w, 1), 1), Options(3));
         var e = Assert.Throws<InvalidDataException>(() => trainer.TrainStep());
-        Assert.That(e!.Message, Does.Contain("truncated batch"));
-        // The other workers were released by the abort, not by the 10-minute collective timeout.
-        Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromMinutes(2)));
+        Assert.That(e!.Message, Is.EqualTo("shard 3: truncated batch"));
+    }
+
+    [Test]
+    public void A_worker_that_fails_with_an_internal_error_is_not_bad_input()
+    {
+        var failed = new WorkerFailedException(1, new InvalidOperationException("buffer overrun"));
+        Assert.Multiple(() =>
+        {
+            Assert.That(failed.Message, Is.EqualTo("worker 1: buffer overrun"));
+            Assert.That(CliRunner.IsBadInput(failed), Is.False);
+        });
     }
 
     [Test]
