@@ -96,9 +96,12 @@ public sealed class SoakTests
         var warm = samples[0];
         var end = samples[^1];
         long maxRss = samples.Max(x => x.Rss);
+        // Resident memory along the run (at most 11 samples), to tell a plateau from a slope.
+        string series = string.Join(" ", Enumerable.Range(0, Math.Min(11, samples.Count)).Select(i => samples[(int)((long)i * (samples.Count - 1) / Math.Max(1, Math.Min(10, samples.Count - 1)))])
+            .Select(x => string.Create(CultureInfo.InvariantCulture, $"{x.Step}:{x.Rss / 1048576.0:F0}")));
         TestContext.Progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"soak: {Workers} workers, {steps} steps in {clock.Elapsed.TotalSeconds:F1} s; from step {warm.Step} to {end.Step}: RSS {warm.Rss >> 20} -> {end.Rss >> 20} MiB " +
-            $"(drift {(end.Rss - warm.Rss) / 1048576.0:+0.0;-0.0} MiB, highest {maxRss >> 20} MiB), descriptors {warm.Descriptors} -> {end.Descriptors}, threads {warm.Threads} -> {end.Threads}, " +
+            $"(drift {(end.Rss - warm.Rss) / 1048576.0:+0.0;-0.0} MiB, highest {maxRss >> 20} MiB; step:MiB {series}), descriptors {warm.Descriptors} -> {end.Descriptors}, threads {warm.Threads} -> {end.Threads}, " +
             $"worker 0 accounted {warm.Accounts[0].CurrentTotal:N0} -> {end.Accounts[0].CurrentTotal:N0} bytes (peak {warm.Accounts[0].PeakTotal:N0} -> {end.Accounts[0].PeakTotal:N0}), " +
             $"live allocations {warm.LiveAllocations.Sum()} -> {end.LiveAllocations.Sum()}"));
         Assert.Multiple(() =>
