@@ -9,8 +9,9 @@ namespace Sdp.Cli.Commands;
 /// <summary>
 /// `sdp bench step`: one worker's training step (forward, backward, AdamW update) timed alone
 /// (<see cref="IsolatedWorkerStep"/>), for DP and for every SDP variant (neuron/block level × forward/backward
-/// masking) at several coverages, on LLaMA `tiny` or ResNet-18. Each row gives the worker's share of the parameters (its held fraction d) beside
-/// its time as a fraction of DP's: forward masking should approach d, backward masking keeps the dense forward.
+/// masking) at several coverages, on LLaMA `tiny` or ResNet-18. Each row gives the worker's share of the parameters
+/// (its held fraction d) beside its time as a fraction of DP's: forward masking should approach d, backward masking
+/// keeps the dense forward.
 /// </summary>
 public static partial class BenchCommand
 {

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Sdp.Engine;
+using Sdp.Engine.Backends;
 using Sdp.Engine.Memory;
 using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
@@ -50,12 +51,13 @@ public readonly record struct StepVariant(SubnetLevel? Level, Masking Masking, d
 public sealed class IsolatedWorkerStep : IDisposable
 {
     private readonly MemoryAccount _account;
+    private readonly IBackend _device;
     private readonly ITrainable _model;
     private readonly AdamW _optimizer;
     private readonly IBatchSource _data;
 
-    private IsolatedWorkerStep(MemoryAccount account, ITrainable model, AdamW optimizer, IBatchSource data, StepVariant variant, double heldFraction)
-        => (_account, _model, _optimizer, _data, Variant, HeldFraction) = (account, model, optimizer, data, variant, heldFraction);
+    private IsolatedWorkerStep(MemoryAccount account, IBackend device, ITrainable model, AdamW optimizer, IBatchSource data, StepVariant variant, double heldFraction)
+        => (_account, _device, _model, _optimizer, _data, Variant, HeldFraction) = (account, device, model, optimizer, data, variant, heldFraction);
 
     public StepVariant Variant { get; }
 
@@ -68,24 +70,20 @@ public sealed class IsolatedWorkerStep : IDisposable
     /// <summary>
     /// Builds worker 0's model and optimizer for <paramref name="variant"/>. <paramref name="model"/> must be cut at the
     /// variant's level (any level for DP, whose worker builds the dense model); <paramref name="data"/> is the worker's
-    /// batches, read one per step.
+    /// batches, read one per step. Everything lives and runs on <paramref name="device"/> (default: <see cref="DeviceScope.Current"/>).
     /// </summary>
-    public static IsolatedWorkerStep Create(SubnetworkModel model, StepVariant variant, int workers, IBatchSource data, ulong planSeed = 0)
+    public static IsolatedWorkerStep Create(SubnetworkModel model, StepVariant variant, int workers, IBatchSource data, ulong planSeed = 0, IBackend? device = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(data);
         if (variant.Level is { } level && model.Units.Level != level)
             throw new ArgumentException($"IsolatedWorkerStep: the variant is {SubnetworkPlan.LevelName(level)} level but the model's units are {SubnetworkPlan.LevelName(model.Units.Level)} level");
-        WorkerLayout? layout = null;
-        double held = 1;
-        if (!variant.IsDp)
-        {
-            var plan = SubnetworkPlan.Create(model.Units, workers, variant.Coverage, planSeed);
-            layout = new WorkerLayout(model.Units, plan, 0);
-            held = plan.HeldParams(0) / (double)plan.TotalParams;
-        }
+        var layout = variant.IsDp ? null : new WorkerLayout(model.Units, SubnetworkPlan.Create(model.Units, workers, variant.Coverage, planSeed), 0);
+        double held = HeldFractionOf(model.Units, variant, workers, planSeed);
+        device ??= DeviceScope.Current;
         var account = new MemoryAccount($"isolated worker ({variant})");
         using var active = account.Activate();
+        using var onDevice = DeviceScope.Use(device);
         bool forward = layout is not null && variant.Masking == Masking.Forward;
         ITrainable built;
         using (MemoryAccount.Use(MemoryCategory.Parameters)) built = model.Build(forward ? layout!.HeldUnits : null);
@@ -94,7 +92,7 @@ public sealed class IsolatedWorkerStep : IDisposable
             IReadOnlyList<Tensor> trained = layout is not null && !forward
                 ? SubnetworkTensors.ApplyBackwardMasking(built.Module, layout)
                 : [.. built.Module.Parameters().Where(t => t.RequiresGrad)];
-            return new IsolatedWorkerStep(account, built, new AdamW(trained, 1e-4), data, variant, held);
+            return new IsolatedWorkerStep(account, device, built, new AdamW(trained, 1e-4), data, variant, held);
         }
         catch
         {
@@ -103,10 +101,20 @@ public sealed class IsolatedWorkerStep : IDisposable
         }
     }
 
+    /// <summary>Worker 0's share d of the parameters of a model with <paramref name="units"/> under <paramref name="variant"/> (1 for DP), from the plan alone.</summary>
+    public static double HeldFractionOf(MaskableUnits units, StepVariant variant, int workers, ulong planSeed = 0)
+    {
+        ArgumentNullException.ThrowIfNull(units);
+        if (variant.IsDp) return 1;
+        var plan = SubnetworkPlan.Create(units, workers, variant.Coverage, planSeed);
+        return plan.HeldParams(0) / (double)plan.TotalParams;
+    }
+
     /// <summary>One step: the next batch, forward, backward, AdamW update, gradients dropped. Returns the loss.</summary>
     public double Run()
     {
         using var active = _account.Activate();
+        using var onDevice = DeviceScope.Use(_device);
         double loss;
         using (TensorScope.Begin())
         {
