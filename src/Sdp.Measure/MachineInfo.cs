@@ -30,6 +30,20 @@ public static class MachineInfo
         return $"{RuntimeInformation.ProcessArchitecture} CPU";
     }
 
+    /// <summary>The 1-minute load average (Linux /proc/loadavg), or null where there is none: above the core count, other work shared the cores.</summary>
+    public static string? LoadAverage()
+    {
+        const string loadavg = "/proc/loadavg";
+        try
+        {
+            return File.Exists(loadavg) ? File.ReadAllText(loadavg).Split(' ', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault() : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
     /// <summary>"AMD EPYC, 2 logical cores (AVX2), Linux 6.1.0 (X64), .NET 10.0.1".</summary>
     public static string Describe()
         => $"{CpuModel()}, {Environment.ProcessorCount} logical core{(Environment.ProcessorCount == 1 ? "" : "s")} ({OpenBlasCores.TierName(OpenBlasCores.CpuTier())}), " +

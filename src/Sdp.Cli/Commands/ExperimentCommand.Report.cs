@@ -14,7 +14,7 @@ namespace Sdp.Cli.Commands;
 /// </summary>
 public static partial class ExperimentCommand
 {
-    /// <summary>A22's "close to DP" for this report: within 2 accuracy points, or an evaluation loss at most 2% above DP's.</summary>
+    /// <summary>A22's "close to DP" for this report: at most 2 accuracy points below DP, or an evaluation loss at most 2% above DP's (better than DP is close).</summary>
     public const double CloseAccuracyPoints = 0.02, CloseLossFraction = 0.02;
 
     /// <summary>One comparison as observed: <see cref="Verdict"/> starts with "held" or "not held".</summary>
@@ -64,8 +64,8 @@ public static partial class ExperimentCommand
                         double sdp = Mean(RunsOf(runs, model, v.Key, schedule).Select(r => r.Score));
                         bool close = model == "resnet18" ? sdp >= dp - CloseAccuracyPoints : -sdp <= -dp * (1 + CloseLossFraction);
                         string gap = model == "resnet18" ? Invariant($"{(sdp - dp) * 100:+0.00;-0.00} points") : Invariant($"{(-sdp) / (-dp) - 1:+0.0%;-0.0%} loss");
-                        string within = model == "resnet18" ? Invariant($"within {CloseAccuracyPoints * 100:0} points") : Invariant($"loss within {CloseLossFraction:0%}");
-                        checks.Add(new QualityCheck("A22", model, label, $"{v.Name} {within} of DP", $"{(close ? "held" : "not held")} ({Show(model, sdp)} against {Show(model, dp)}: {gap})"));
+                        string within = model == "resnet18" ? Invariant($"at most {CloseAccuracyPoints * 100:0} points below DP") : Invariant($"loss at most {CloseLossFraction:0%} above DP's");
+                        checks.Add(new QualityCheck("A22", model, label, $"{v.Name} {within}", $"{(close ? "held" : "not held")} ({Show(model, sdp)} against {Show(model, dp)}: {gap})"));
                     }
                 }
             }
@@ -184,7 +184,8 @@ public static partial class ExperimentCommand
         string version = typeof(ExperimentCommand).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
         Line("# Quality at CPU scale: DP against N-SDP and B-SDP");
         Line();
-        Line($"Written by `{command}` (sdp {version}) on {MachineInfo.Describe()}, in {elapsed.TotalMinutes:F1} minutes for {runs.Count} runs.");
+        Line($"Written by `{command}` (sdp {version}) on {MachineInfo.Describe()}, in {elapsed.TotalMinutes:F1} minutes for {runs.Count} runs" +
+             (MachineInfo.LoadAverage() is { } load ? $" (1-minute load average at the end: {load}; above the core count, other work shared the cores and the wall times are longer than alone)." : "."));
         if (s.Quick) Line("**`--quick`: tiny models and a few steps that check the pipeline; these numbers say nothing about SDP.**");
         Line();
         Line("## Setup");
@@ -228,7 +229,9 @@ public static partial class ExperimentCommand
             }
             Line();
             Line(m.Model == "resnet18" ? "*vs DP*: accuracy points against DP's mean." : "*vs DP*: evaluation loss against DP's mean (positive: worse).");
-            if (m.Model == "llama") Line("The source's entropy rate bounds the loss from below (`sdp train` prints it; about 1.08 nats/token).");
+            Line("*mean cos*: the mean of the alignment probes of the same-steps run (steps 0 to the end), *final cos* the last one; *wall time*: all seeds of the row, alignment probes and evaluations included.");
+            if (m.Model == "llama")
+                Line("The source's entropy rate bounds the loss from below (`sdp train` prints it; about 1.08 nats/token). Runs this short are leaving the initial plateau (about 5.3, the unigram loss), and when a run leaves it varies by seed: compare seeds before reading a gap.");
             Line();
             foreach (var kind in new[] { "same-steps", "flop-matched", "alignment" })
             {
@@ -241,7 +244,8 @@ public static partial class ExperimentCommand
         Line("Each check compares seed means; *the margin is smaller than the spread over seeds* flags a comparison two seeds cannot settle. " +
              "The method reference (`sdp-method.md` §9) words A21 as \"B-SDP ≥ B_β-SDP and block level ≥ neuron level\" and A22 as \"for C above ~0.3 (FLOP-matched) SDP stays close to DDP\"; " +
              "issue 11 words A21 as B-SDP ≥ backward-masked N-SDP and A22 as block ≥ neuron. All are reported. " +
-             Invariant($"\"Close\" for A22 is this report's threshold: within {CloseAccuracyPoints * 100:0} accuracy points, or an evaluation loss at most {CloseLossFraction:0%} above DP's."));
+             Invariant($"\"Close\" for A22 is this report's threshold, one-sided as the claim is (\"close to DDP, sometimes better\"): at most {CloseAccuracyPoints * 100:0} accuracy points below DP, or an evaluation loss at most {CloseLossFraction:0%} above DP's. ") +
+             "Flop-matched runs take twice DP's steps while DP keeps its own, so in runs this short, where DP itself is far from converged, a flop-matched variant can pass DP by training longer: that is the comparison the paper makes (A17).");
         Line();
         Line("| check | model | schedule | claim | observed |");
         Line("|---|---|---|---|---|");
