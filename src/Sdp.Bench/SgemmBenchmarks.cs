@@ -1,11 +1,16 @@
 using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Configs;
 using Sdp.Kernels.Cpu;
 using Sdp.Measure;
 
 namespace Sdp.Bench;
 
-/// <summary>BenchmarkDotNet comparison of square row-major SGEMM (C = A·B): Sdp vs OpenBLAS (baseline).</summary>
+/// <summary>
+/// Square row-major SGEMM (C = A·B): Sdp against OpenBLAS (the baseline), as `sdp bench gemm` measures it. OpenBLAS runs
+/// the CPU's best core unless `--openblas-core as-set` keeps a weaker one that OPENBLAS_CORETYPE forces (see <see cref="Program"/>).
+/// </summary>
 [MemoryDiagnoser]
+[Config(typeof(SgemmConfig))]
 public unsafe class SgemmBenchmarks
 {
     private GemmQuickBench.SquareMatrices? _mats;
@@ -19,6 +24,7 @@ public unsafe class SgemmBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        BaselineReport.Print(nameof(SgemmBenchmarks), BaselineReport.OpenBlasBaseline(Threads), openBlas: true);
         _mats = new GemmQuickBench.SquareMatrices(N);
         OpenBlas.SetNumThreads(Threads);
     }
@@ -42,5 +48,11 @@ public unsafe class SgemmBenchmarks
     {
         GemmQuickBench.SquareMatrices m = _mats!;
         Gemm.Sgemm(false, false, N, N, N, 1f, m.A, N, m.B, N, 0f, m.C, N, Threads);
+    }
+
+    private sealed class SgemmConfig : ManualConfig
+    {
+        // The threads are the Threads parameter's column.
+        public SgemmConfig() => AddColumn(new BaselineColumn(() => BaselineReport.OpenBlasBaseline()));
     }
 }

@@ -109,9 +109,12 @@ public static class RunSetup
     /// <summary>
     /// A training or evaluation stream for <paramref name="model"/>, and the loss floor when it is known. Image
     /// training streams augment as <paramref name="augmentation"/> says (null: the dataset's own recipe);
-    /// evaluation streams never augment.
+    /// evaluation streams never augment. <paramref name="orderSeed"/> (default: <paramref name="seed"/>, and for the
+    /// synthetic tokens a stream of its own for evaluation) draws another order or stream from the same data;
+    /// <paramref name="images"/> is the image split already loaded by <see cref="ImageSplit"/> (null: loaded here).
     /// </summary>
-    public static (IBatchSource Source, double? Floor, string Description) BuildData(string model, string data, int batch, int seq, bool shuffle, ulong seed, bool train, int worker = 0, int workers = 1, ImageAugmentation? augmentation = null)
+    public static (IBatchSource Source, double? Floor, string Description) BuildData(string model, string data, int batch, int seq, bool shuffle, ulong seed, bool train, int worker = 0, int workers = 1,
+        ImageAugmentation? augmentation = null, ulong? orderSeed = null, ImageDataset? images = null)
     {
         if (model == "llama")
         {
@@ -119,20 +122,18 @@ public static class RunSetup
             {
                 var chain = new MarkovChain(SyntheticVocab, seed: seed);
                 // Evaluation draws a different stream from the same chain.
-                var source = new MarkovTokenSource(chain, batch, seq, worker, workers, streamSeed: train ? seed : seed ^ 0x5EED_E7A1UL);
+                var source = new MarkovTokenSource(chain, batch, seq, worker, workers, streamSeed: orderSeed ?? (train ? seed : seed ^ 0x5EED_E7A1UL));
                 return (new TokenBatches(source), chain.EntropyRate, $"synthetic Markov source ({SyntheticVocab} symbols, {chain.SuccessorCount} successors each, entropy rate {chain.EntropyRate:F4} nats/token)");
             }
-            var loader = new TokenLoader(data, batch, seq, worker, workers, shuffle: shuffle, seed: seed);
+            var loader = new TokenLoader(data, batch, seq, worker, workers, shuffle: shuffle, seed: orderSeed ?? seed);
             return (new TokenBatches(loader), null, $"{loader.Files.Count} token shard(s) from {data}");
         }
-        ImageDataset dataset = data == "synthetic"
-            ? ShapesDataset.Create(train ? 10_000 : 2_000, train ? seed : seed + 1)
-            : LoadImages(data, train);
+        ImageDataset dataset = images ?? ImageSplit(data, train, seed);
         var augment = train ? augmentation ?? dataset.Augmentation : ImageAugmentation.None;
         // A test split is evaluated whole: its last batch holds the images that do not fill one.
-        var images = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment, seed: seed, worker: worker, workers: workers, dropLast: train);
+        var imageLoader = new ImageLoader(dataset, batch, shuffle: shuffle && train, augment, seed: orderSeed ?? seed, worker: worker, workers: workers, dropLast: train);
         string augmented = train ? $", augmentation {ImageAugment.NameOf(augment)}" : "";
-        return (new ImageBatches(images), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes{augmented}");
+        return (new ImageBatches(imageLoader), null, $"{dataset.Name}: {dataset.Count} images {dataset.Channels}x{dataset.Height}x{dataset.Width}, {dataset.Classes} classes{augmented}");
     }
 
     /// <summary>
@@ -219,6 +220,13 @@ public static class RunSetup
             return (Tensor.FromArray(inputs, shape), Tensor.FromArray(targets, shape));
         }
     }
+
+    /// <summary>
+    /// The training or test split of image <paramref name="data"/>: the synthetic shapes set (10,000 training and 2,000
+    /// test images, drawn from <paramref name="seed"/>), or the MNIST or CIFAR-10 files in a directory.
+    /// </summary>
+    public static ImageDataset ImageSplit(string data, bool train, ulong seed)
+        => data == "synthetic" ? ShapesDataset.Create(train ? 10_000 : 2_000, train ? seed : seed + 1) : LoadImages(data, train);
 
     private static ImageDataset LoadImages(string path, bool train)
     {

@@ -24,6 +24,7 @@ public static class SdpCli
             PlanCommand.Create(),
             MemoryCommand.Create(),
             PlotCommand.Create(),
+            ExperimentCommand.Create(),
             LaunchCommand.Create(),
             CommCheckCommand.Create(),
         };

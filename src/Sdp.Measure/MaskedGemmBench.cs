@@ -69,20 +69,8 @@ public static unsafe class MaskedGemmBench
             {
                 foreach (double d in densities)
                 {
-                    int[] idx = RandIdx(new Random(n + (int)(d * 1000)), n, d);
-                    Action dense = kernel.StartsWith("fwd", StringComparison.Ordinal)
-                        ? () => Gemm.Sgemm(false, true, n, n, n, 1f, mats.A, n, mats.B, n, 0f, mats.C, n, t)
-                        : () => Gemm.Sgemm(true, false, n, n, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, n, t);
-                    Action masked = kernel switch
-                    {
-                        "fwd-rows" => () => MaskedGemm.SgemmGatherB(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
-                        "fwd-cols" => () => MaskedGemm.SgemmGatherK(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: t),
-                        "dW-rows" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, true, threads: t),
-                        "dW-cols" => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, n, true, threads: t),
-                        "dW-rows-c" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, false, threads: t),
-                        _ => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, idx.Length, false, threads: t),
-                    };
-                    var row = RunCell(kernel, n, d, masked, dense, samples);
+                    int[] idx = HeldUnits(n, d);
+                    var row = RunCell(kernel, n, d, MaskedCall(kernel, mats, idx, t), DenseCall(kernel, mats, t), samples);
                     rows.Add(row);
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"{row.Kernel,-9} {row.N,6} {row.Density,5:F2} {row.MaskedSeconds * 1e3,10:F2} {row.DenseSeconds * 1e3,9:F2} {row.Ratio,17:F3}"));
@@ -92,6 +80,37 @@ public static unsafe class MaskedGemmBench
 
         return rows;
     }
+
+    /// <summary>
+    /// The dense SGEMM a masked kernel is measured against, on the full n x n problem: Y = X·Wᵀ for the forward kernels,
+    /// dW += dYᵀ·X for the weight gradients (A = X or dY, B = W or X, C = Y or dW).
+    /// </summary>
+    internal static Action DenseCall(string kernel, GemmQuickBench.SquareMatrices mats, int threads)
+    {
+        int n = mats.N;
+        return kernel.StartsWith("fwd", StringComparison.Ordinal)
+            ? () => Gemm.Sgemm(false, true, n, n, n, 1f, mats.A, n, mats.B, n, 0f, mats.C, n, threads)
+            : () => Gemm.Sgemm(true, false, n, n, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, n, threads);
+    }
+
+    /// <summary>The masked kernel <paramref name="kernel"/> (see the class summary) on the held units <paramref name="idx"/> of the n x n operands.</summary>
+    internal static Action MaskedCall(string kernel, GemmQuickBench.SquareMatrices mats, int[] idx, int threads)
+    {
+        int n = mats.N;
+        return kernel switch
+        {
+            "fwd-rows" => () => MaskedGemm.SgemmGatherB(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: threads),
+            "fwd-cols" => () => MaskedGemm.SgemmGatherK(n, n, mats.A, n, mats.B, n, n, idx, mats.C, n, threads: threads),
+            "dW-rows" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, true, threads: threads),
+            "dW-cols" => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, n, true, threads: threads),
+            "dW-rows-c" => () => MaskedGemm.SgemmWeightGradRows(n, n, mats.A, n, true, mats.B, n, idx, n, mats.C, n, false, threads: threads),
+            "dW-cols-c" => () => MaskedGemm.SgemmWeightGradCols(n, n, mats.A, n, mats.B, n, true, idx, n, mats.C, idx.Length, false, threads: threads),
+            _ => throw new ArgumentException($"unknown kernel '{kernel}' (known: {string.Join(", ", Kernels)})", nameof(kernel)),
+        };
+    }
+
+    /// <summary>A reproducible random held-unit set: round(d·n) of the n units, ascending (the same for a given n and d).</summary>
+    public static int[] HeldUnits(int n, double density) => RandIdx(new Random(n + (int)(density * 1000)), n, density);
 
     private static MaskedGemmBenchRow RunCell(string kernel, int n, double density, Action masked, Action dense, int samples)
     {

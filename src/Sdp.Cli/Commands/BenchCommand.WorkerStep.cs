@@ -1,9 +1,5 @@
 using System.CommandLine;
-using System.Diagnostics;
 using System.Globalization;
-using Sdp.Engine;
-using Sdp.Engine.Memory;
-using Sdp.Engine.Optim;
 using Sdp.Engine.Subnetworks;
 using Sdp.Models.Subnetworks;
 using Sdp.Models.Training;
@@ -11,12 +7,11 @@ using Sdp.Models.Training;
 namespace Sdp.Cli.Commands;
 
 /// <summary>
-/// `sdp bench step`: one worker's training step (forward, backward, AdamW update) timed alone, for DP and for every
-/// SDP variant (neuron/block level × forward/backward masking) at several coverages, on LLaMA `tiny` or ResNet-18.
-/// Workers of an in-process run are threads sharing the cores, so their step times say little about one worker's
-/// work; here worker 0 of a W-worker plan runs by itself on all the threads, without the gradient sync (which is a
-/// memory copy in one process). Each row gives the worker's share of the parameters (its held fraction d) beside
-/// its time as a fraction of DP's: forward masking should approach d, backward masking keeps the dense forward.
+/// `sdp bench step`: one worker's training step (forward, backward, AdamW update) timed alone
+/// (<see cref="IsolatedWorkerStep"/>), for DP and for every SDP variant (neuron/block level × forward/backward
+/// masking) at several coverages, on LLaMA `tiny` or ResNet-18. Each row gives the worker's share of the parameters
+/// (its held fraction d) beside its time as a fraction of DP's: forward masking should approach d, backward masking
+/// keeps the dense forward.
 /// </summary>
 public static partial class BenchCommand
 {
@@ -55,62 +50,13 @@ public static partial class BenchCommand
         output.WriteLine($"{model} ({config}) on {description}; batch {batch}{(model == "llama" ? $" x {seq} tokens" : "")}, AdamW; worker 0 of W = {workers} timed alone on {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples} steps after 2 warm-up");
         output.WriteLine($"{"variant",-22}{"C",6}{"held d",9}{"ms",10}{"time / DP",12}");
         double dp = double.NaN;
-        foreach (var (level, masking, coverage) in Variants(coverages))
+        foreach (var variant in StepVariant.All(coverages))
         {
-            var subnetwork = RunSetup.BuildSubnetworkModel(model, config, 0, 3, 10, level ?? SubnetLevel.Block, new SubnetOptions(), null, "--config");
-            double held = 1;
-            WorkerLayout? layout = null;
-            if (level is not null)
-            {
-                var plan = SubnetworkPlan.Create(subnetwork.Units, workers, coverage, 0);
-                layout = new WorkerLayout(subnetwork.Units, plan, 0);
-                held = plan.HeldParams(0) / (double)plan.TotalParams;
-            }
-            double ms = TimeWorkerStep(subnetwork, layout, masking, data, samples);
-            if (level is null) dp = ms;
-            string name = level is null ? "dp" : $"{SubnetworkPlan.LevelName(level.Value)}, {(masking == Masking.Forward ? "forward" : "backward")}";
-            output.WriteLine(string.Create(inv, $"{name,-22}{coverage,6:0.##}{held,9:P1}{ms,10:F1}{ms / dp,12:P1}"));
+            var subnetwork = RunSetup.BuildSubnetworkModel(model, config, 0, 3, 10, variant.Level ?? SubnetLevel.Block, new SubnetOptions(), null, "--config");
+            using var step = IsolatedWorkerStep.Create(subnetwork, variant, workers, data);
+            double ms = step.MedianMs(samples);
+            if (variant.IsDp) dp = ms;
+            output.WriteLine(string.Create(inv, $"{variant.Name,-22}{variant.Coverage,6:0.##}{step.HeldFraction,9:P1}{ms,10:F1}{ms / dp,12:P1}"));
         }
-    }
-
-    private static IEnumerable<(SubnetLevel? Level, Masking Masking, double Coverage)> Variants(double[] coverages)
-    {
-        yield return (null, Masking.Forward, 1);
-        foreach (var level in new[] { SubnetLevel.Neuron, SubnetLevel.Block })
-            foreach (var masking in new[] { Masking.Forward, Masking.Backward })
-                foreach (double c in coverages)
-                    yield return (level, masking, c);
-    }
-
-    /// <summary>Median ms of worker 0's step: its subnetwork (forward masking) or the dense model training its held slices (backward), or the dense model (DP, no layout).</summary>
-    private static double TimeWorkerStep(SubnetworkModel subnetwork, WorkerLayout? layout, Masking masking, IBatchSource data, int samples)
-    {
-        var account = new MemoryAccount("bench worker");
-        using var active = account.Activate();
-        bool forward = layout is not null && masking == Masking.Forward;
-        ITrainable model;
-        using (MemoryAccount.Use(MemoryCategory.Parameters)) model = subnetwork.Build(forward ? layout!.HeldUnits : null);
-        using var owned = model;
-        IReadOnlyList<Tensor> trained = layout is not null && !forward
-            ? SubnetworkTensors.ApplyBackwardMasking(model.Module, layout)
-            : [.. model.Module.Parameters().Where(t => t.RequiresGrad)];
-        using var optimizer = new AdamW(trained, 1e-4);
-        var ms = new double[samples];
-        for (int s = -2; s < samples; s++)
-        {
-            var clock = Stopwatch.StartNew();
-            using (TensorScope.Begin())
-            {
-                var (inputs, targets) = data.NextBatch();
-                var loss = model.Loss(inputs, targets);
-                loss.Item();
-                loss.Backward();
-            }
-            optimizer.Step();
-            optimizer.ZeroGrad();
-            if (s >= 0) ms[s] = clock.Elapsed.TotalMilliseconds;
-        }
-        Array.Sort(ms);
-        return ms[samples / 2];
     }
 }

@@ -102,6 +102,31 @@ public static class PlotCommand
     }
 
     /// <summary>
+    /// One panel of lines with markers (a value measured every few steps, say), as PNG bytes, the legend beside it: each
+    /// line in its <see cref="PlotLine.Color"/> (the palette's colour of that index, as <see cref="Render"/> colours its
+    /// runs), or by its position; lines without points are left out.
+    /// </summary>
+    public static byte[] RenderLines(IReadOnlyList<PlotLine> lines, string title, string xLabel, string yLabel, int width, int height)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(lines.Count);
+        var palette = new ScottPlot.Palettes.Category10();
+        var plot = new Plot();
+        for (int i = 0; i < lines.Count; i++)
+        {
+            if (lines[i].X.Length == 0) continue;
+            var line = plot.Add.Scatter(lines[i].X, lines[i].Y, palette.GetColor(lines[i].Color ?? i));
+            line.LegendText = lines[i].Label;
+            line.LineWidth = 1.5f;
+            line.MarkerSize = 6;
+        }
+        plot.Title(title);
+        plot.XLabel(xLabel);
+        plot.YLabel(yLabel);
+        plot.ShowLegend(Edge.Right);
+        return plot.GetImageBytes(width, height, ImageFormat.Png);
+    }
+
+    /// <summary>
     /// Each run's label: its file name, then the options whose values differ between the runs ("lr 0.001"), so two
     /// runs that differ in one option read as such. Options every run shares go to the title instead.
     /// </summary>
@@ -134,6 +159,9 @@ public static class PlotCommand
         JsonNode n => n.ToJsonString(),
     };
 }
+
+/// <summary>One line of <see cref="PlotCommand.RenderLines"/>: its legend label, its points, and its palette index (null: its position).</summary>
+public sealed record PlotLine(string Label, double[] X, double[] Y, int? Color = null);
 
 /// <summary>One `sdp train --metrics` file: the run's options (its header), its step losses and its evaluations.</summary>
 public sealed record MetricsRun(string File, JsonObject Options, IReadOnlyList<(long Step, double Loss)> Steps, IReadOnlyList<(long Step, double Loss, double? Accuracy)> Evals)

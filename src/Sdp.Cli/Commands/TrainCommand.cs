@@ -434,7 +434,7 @@ public static partial class TrainCommand
         return MemoryModel.Estimate(workload, optimizer, d.Workers, variant);
     }
 
-    private static (int Channels, int Classes) ImageShape(IBatchSource source)
+    internal static (int Channels, int Classes) ImageShape(IBatchSource source)
         => source is ImageBatches images ? (images.Loader.Dataset.Channels, images.Loader.Dataset.Classes) : (3, 10);
 
     /// <summary>
@@ -461,7 +461,7 @@ public static partial class TrainCommand
     /// One step: the run's loss, rate, norm and throughput; "memory" of the worker with the highest peak (the
     /// only one when W = 1); and per worker its loss, memory and communication.
     /// </summary>
-    private static JsonObject StepRecord(StepMetrics m)
+    internal static JsonObject StepRecord(StepMetrics m)
     {
         var workers = new JsonArray();
         foreach (var w in m.Workers)
@@ -486,7 +486,7 @@ public static partial class TrainCommand
         return record;
     }
 
-    private static JsonObject EvalRecord(EvalMetrics e, bool wholeSplit)
+    internal static JsonObject EvalRecord(EvalMetrics e, bool wholeSplit)
     {
         var o = new JsonObject { ["eval"] = true, ["step"] = e.Step, ["loss"] = JsonNumbers.Of(e.MeanLoss), ["count"] = e.Count, ["whole_split"] = wholeSplit };
         if (e.Accuracy is { } a) o["accuracy"] = a;
