@@ -29,7 +29,7 @@ public static class InputFile
         if (info.LinkTarget is not null) info = info.ResolveLinkTarget(returnFinalTarget: true) ?? info;
         if (!info.Exists) throw new FileNotFoundException($"{what} '{path}' does not exist", path);
         long length = ((FileInfo)info).Length;
-        if (length == 0) throw new InvalidDataException($"{what} '{path}' is empty (or not a regular file: devices and pipes are not read)");
+        if (length == 0) throw new InvalidDataException($"{what} '{path}' is 0 bytes: empty, or not a regular file (devices and pipes are not read)");
         return length;
     }
 

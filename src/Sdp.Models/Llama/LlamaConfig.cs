@@ -181,7 +181,7 @@ public sealed record LlamaConfig
         {
             utf8 = InputFile.ReadUtf8(path, "LLaMA config");
         }
-        catch (Exception e) when (e is IOException and not FileNotFoundException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new FileNotFoundException($"{path}: cannot read the LLaMA config: {e.Message}", path, e);
         }
