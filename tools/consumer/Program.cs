@@ -1,6 +1,6 @@
 // The packages' consumer test (tools/consumer-test.sh copies this file into a throwaway project outside the
 // repository that references Sdp.Models from the freshly packed packages only). Model.cs beside it is the
-// SdpEmbedding example's model (ResidualMlp, Classifier, TeacherData, Sizes), cut from
+// SdpEmbedding example's model (ResidualMlp, TeacherData, Sizes), cut from
 // examples/SdpEmbedding/Program.cs. It trains that model for a few steps with SDP on the CPU, then on one
 // worker on the CPU and on the emulated CUDA device, and checks the two agree. Any failure throws (exit != 0).
 using Sdp.Engine;
@@ -24,7 +24,11 @@ var units = new MaskableUnits(
     SharedParams: Dim * Dim + Dim + Dim * Classes + Classes, SubnetLevel.Neuron,
     [.. Enumerable.Range(0, Blocks).SelectMany(b => new UnitBinding[] {
         new($"blocks.{b}.up.weight", b, Axis: 0), new($"blocks.{b}.up.bias", b, Axis: 0), new($"blocks.{b}.down.weight", b, Axis: 1) })]);
-var model = new SubnetworkModel(units, held => new Classifier(new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden])));
+var model = new SubnetworkModel(units, held =>
+{
+    var net = new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden]);
+    return new Classifier(net, net.Forward);
+});
 
 // SDP: 4 simulated workers on the CPU, each holding half of every block's hidden units.
 using (var sdp = new Trainer(model,
