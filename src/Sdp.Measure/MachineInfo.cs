@@ -31,12 +31,13 @@ public static class MachineInfo
     }
 
     /// <summary>The 1-minute load average (Linux /proc/loadavg), or null where there is none: above the core count, other work shared the cores.</summary>
-    public static string? LoadAverage()
+    public static double? LoadAverage()
     {
         const string loadavg = "/proc/loadavg";
         try
         {
-            return File.Exists(loadavg) ? File.ReadAllText(loadavg).Split(' ', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault() : null;
+            return File.Exists(loadavg) && double.TryParse(File.ReadAllText(loadavg).Split(' ', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault(),
+                System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double load) ? load : null;
         }
         catch (IOException)
         {

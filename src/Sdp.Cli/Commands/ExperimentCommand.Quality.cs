@@ -96,10 +96,19 @@ public static partial class ExperimentCommand
 
     public static string ScheduleLabel(ScheduleMatch schedule) => schedule == ScheduleMatch.SameSteps ? "same-steps" : "flop-matched";
 
+    /// <summary>
+    /// How long the experiment took: wall time, this process's CPU time (which other work on the machine barely
+    /// changes), and the 1-minute load average sampled after every run (null where the OS has none), so a reader can
+    /// tell a shared machine's wall time from the experiment's own.
+    /// </summary>
+    public sealed record QualityTiming(TimeSpan Elapsed, TimeSpan Cpu, IReadOnlyList<double> Loads);
+
     /// <summary>Runs every model, seed, variant and schedule, writing each run's metrics as it ends, then the report.</summary>
     public static int Quality(string dir, QualitySettings settings, string command, TextWriter output)
     {
         var clock = Stopwatch.StartNew();
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+        var loads = new List<double>();
         string runs = Path.Combine(dir, RunsFolder);
         Directory.CreateDirectory(runs);
         int total = settings.Models.Count * settings.Seeds.Count * (1 + 2 * (QualityVariant.All.Count - 1));
@@ -119,6 +128,7 @@ public static partial class ExperimentCommand
                     {
                         var run = RunOne(settings, model, new RunKey(model.Model, variant, schedule, seed), train, test, runs);
                         results.Add(run);
+                        if (MachineInfo.LoadAverage() is { } load) loads.Add(load);
                         string metric = run.Final.Accuracy is { } a ? Invariant($"accuracy {a:P2}") : Invariant($"eval loss {run.Final.MeanLoss:F4}");
                         string cosine = run.MeanCosine is { } c ? Invariant($", mean cos(ĝ, g_DP) {c:F3}") : "";
                         output.WriteLine(Invariant($"  [{results.Count}/{total}] {model.Model} seed {seed} {variant.Name,-9} {run.Key.ScheduleName,-12} {run.Steps,4} steps: {metric}{cosine} ({run.Seconds:F0} s)"));
@@ -127,7 +137,8 @@ public static partial class ExperimentCommand
             }
         }
         clock.Stop();
-        var written = WriteReport(dir, settings, results, command, clock.Elapsed);
+        var timing = new QualityTiming(clock.Elapsed, Process.GetCurrentProcess().TotalProcessorTime - cpu, loads);
+        var written = WriteReport(dir, settings, results, command, timing);
         output.WriteLine(Invariant($"wrote {string.Join(", ", written.Select(Path.GetFileName))} into {dir} ({clock.Elapsed.TotalMinutes:F1} min)"));
         foreach (var check in Checks(settings, results)) output.WriteLine($"  {check.Id} {check.Model} {check.Schedule}: {check.Claim}: {check.Verdict}");
         return 0;

@@ -96,7 +96,7 @@ public static partial class ExperimentCommand
     }
 
     /// <summary>Writes quality.md, the PNGs and the CSVs into <paramref name="dir"/> (each atomically); returns their paths.</summary>
-    private static IReadOnlyList<string> WriteReport(string dir, QualitySettings s, IReadOnlyList<QualityRun> runs, string command, TimeSpan elapsed)
+    private static IReadOnlyList<string> WriteReport(string dir, QualitySettings s, IReadOnlyList<QualityRun> runs, string command, QualityTiming timing)
     {
         var written = new List<string>();
         void Write(string name, byte[] bytes)
@@ -126,7 +126,7 @@ public static partial class ExperimentCommand
         }
         Write("quality-runs.csv", Encoding.UTF8.GetBytes(RunsCsv(runs)));
         Write("quality-alignment.csv", Encoding.UTF8.GetBytes(AlignmentCsv(runs)));
-        Write(QualityMarkdown, Encoding.UTF8.GetBytes(Markdown(s, runs, images, command, elapsed)));
+        Write(QualityMarkdown, Encoding.UTF8.GetBytes(Markdown(s, runs, images, command, timing)));
         return written;
     }
 
@@ -177,15 +177,17 @@ public static partial class ExperimentCommand
         return sb.ToString();
     }
 
-    private static string Markdown(QualitySettings s, IReadOnlyList<QualityRun> runs, IReadOnlyDictionary<(string, string), string> images, string command, TimeSpan elapsed)
+    private static string Markdown(QualitySettings s, IReadOnlyList<QualityRun> runs, IReadOnlyDictionary<(string, string), string> images, string command, QualityTiming timing)
     {
         var sb = new StringBuilder();
         void Line(string text = "") => sb.Append(text).Append('\n');
         string version = typeof(ExperimentCommand).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
         Line("# Quality at CPU scale: DP against N-SDP and B-SDP");
         Line();
-        Line($"Written by `{command}` (sdp {version}) on {MachineInfo.Describe()}, in {elapsed.TotalMinutes:F1} minutes for {runs.Count} runs" +
-             (MachineInfo.LoadAverage() is { } load ? $" (1-minute load average at the end: {load}; above the core count, other work shared the cores and the wall times are longer than alone)." : "."));
+        Line($"Written by `{command}` (sdp {version}) on {MachineInfo.Describe()}.");
+        string loads = timing.Loads.Count == 0 ? ""
+            : Invariant($" The 1-minute load average after each run was {timing.Loads.Average():F1} on average (at most {timing.Loads.Max():F1}); above {Environment.ProcessorCount}, other work shared the cores, and the wall times (here and in the tables) are longer than the experiment's own.");
+        Line(Invariant($"{runs.Count} runs took {timing.Elapsed.TotalMinutes:F1} minutes of wall time and {timing.Cpu.TotalMinutes:F1} minutes of CPU time (all threads).") + loads);
         if (s.Quick) Line("**`--quick`: tiny models and a few steps that check the pipeline; these numbers say nothing about SDP.**");
         Line();
         Line("## Setup");
