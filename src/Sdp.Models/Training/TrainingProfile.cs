@@ -13,6 +13,7 @@ public sealed class TrainingProfile
 {
     private readonly StepProfile[] _workers;
     private readonly List<double> _stepMs = [];
+    private bool _warmUp = true;
     private TimeSpan _gcPauseAtStart;
     private long _allocatedAtStart;
     private int[] _collectionsAtStart = [];
@@ -24,7 +25,7 @@ public sealed class TrainingProfile
     }
 
     /// <summary>Steps measured (every step after the first).</summary>
-    public long Steps { get; private set; }
+    public long Steps => _stepMs.Count;
 
     /// <summary>This process's workers' profiles, by local index.</summary>
     public IReadOnlyList<StepProfile> Workers => _workers;
@@ -39,11 +40,8 @@ public sealed class TrainingProfile
             MarkStart();
             return;
         }
-        Steps++;
         _stepMs.Add(stepMs);
     }
-
-    private bool _warmUp = true;
 
     private void MarkStart()
     {
