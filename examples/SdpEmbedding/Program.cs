@@ -14,17 +14,10 @@ using static Sizes;
 
 DeviceScope.SetProcessDefault(CpuBackend.Instance); // this program's device; every tensor below lives there
 
-var units = new MaskableUnits(
-    [.. Enumerable.Range(0, Blocks).Select(b => UnitGroup.Uniform($"blocks.{b}", Hidden, paramsPerUnit: 2 * Dim + 1))],
-    SharedParams: Dim * Dim + Dim + Dim * Classes + Classes, SubnetLevel.Neuron,
-    [.. Enumerable.Range(0, Blocks).SelectMany(b => new UnitBinding[] {
-        new($"blocks.{b}.up.weight", b, Axis: 0), new($"blocks.{b}.up.bias", b, Axis: 0), new($"blocks.{b}.down.weight", b, Axis: 1) })]);
-// held == null: the dense model; otherwise a narrower copy holding held[b].Length units of block b.
-var model = new SubnetworkModel(units, held =>
-{
-    var net = new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden]);
-    return new Classifier(net, net.Forward); // the loss is cross-entropy on its logits; evaluation adds accuracy
-});
+// The SDP declaration: each block's hidden units sit between its up and down layers. Counts, FLOPs and
+// tensor names come from the modules; the engine cuts every worker's narrower copy itself.
+var model = SubnetworkModel.For(() => new ResidualMlp(), net => new Classifier(net, net.Forward),
+    net => net.Blocks.Select(b => Units.Hidden(b.Up, b.Down)));
 
 using var trainer = new Trainer(model,
     new SdpOptions { Workers = 4, Mode = ParallelMode.Sdp, Level = SubnetLevel.Neuron, Masking = Masking.Forward, Coverage = 0.5 },
@@ -55,18 +48,20 @@ sealed class ResidualMlp : Module
     private readonly Linear _input, _head;
     private readonly List<(Linear Up, Linear Down)> _blocks = [];
 
-    public ResidualMlp(int[] widths)
+    public ResidualMlp()
     {
         var rng = new Rng(0);
         _input = RegisterModule("input", new Linear(Dim, Dim, bias: true, rng));
         var blocks = RegisterModule("blocks", new Container());
-        for (int b = 0; b < widths.Length; b++)
+        for (int b = 0; b < Sizes.Blocks; b++)
         {
             var block = blocks.Add(b.ToString(), new Container());
-            _blocks.Add((block.Add("up", new Linear(Dim, widths[b], bias: true, rng)), block.Add("down", new Linear(widths[b], Dim, bias: false, rng))));
+            _blocks.Add((block.Add("up", new Linear(Dim, Hidden, bias: true, rng)), block.Add("down", new Linear(Hidden, Dim, bias: false, rng))));
         }
         _head = RegisterModule("head", new Linear(Dim, Classes, bias: true, rng));
     }
+
+    public IReadOnlyList<(Linear Up, Linear Down)> Blocks => _blocks;
 
     public Tensor Forward(Tensor x)
     {

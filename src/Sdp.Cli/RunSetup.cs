@@ -166,12 +166,7 @@ public static class RunSetup
         };
         if (initFrom is null) return inner;
         string file = ModelFile(initFrom, "--init-from");
-        return new SubnetworkModel(inner.Units, held =>
-        {
-            var built = inner.Build(held);
-            if (held is null) ModuleCheckpoint.LoadInto(built.Module, file);
-            return built;
-        });
+        return inner.WithDenseInitialisation(dense => ModuleCheckpoint.LoadInto(dense.Module, file));
     }
 
     /// <summary>

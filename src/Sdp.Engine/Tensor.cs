@@ -40,12 +40,12 @@ public sealed class Tensor : IDisposable
     public DType DType { get; }
 
     /// <summary>Element offset of this view into its storage.</summary>
-    public long Offset { get; }
+    public long Offset { get; private set; }
 
     public long ByteOffset => Offset * DType.ElementSize();
 
     /// <summary>The device's backend; still readable after dispose, so tape nodes can size gradients.</summary>
-    public IBackend Backend { get; }
+    public IBackend Backend { get; private set; }
 
     public Device Device => Backend.Device;
 
@@ -306,6 +306,26 @@ public sealed class Tensor : IDisposable
 
     /// <summary>Back-propagates from this scalar (or from any tensor given a seed of its shape).</summary>
     public void Backward(Tensor? seed = null) => Tape.Current.Backward(this, seed);
+
+    /// <summary>
+    /// Gives this tensor the storage, device and shape of <paramref name="replacement"/> (a fresh tensor of the same
+    /// dtype, which is consumed) and releases its own. Its identity, name and every reference to it stay valid: how
+    /// SDP narrows a layer's weight to the held units, or gives a meta-built subnetwork its storage, while the layer
+    /// keeps the tensor in a field.
+    /// </summary>
+    internal void TakeOver(Tensor replacement)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        if (replacement.DType != DType || replacement.Offset != 0 || replacement._savedAlias || replacement.Grad is not null)
+            throw new ArgumentException($"Tensor.TakeOver: {replacement.Describe()} must be a fresh tensor of {DType.Name()}", nameof(replacement));
+        if (Grad is not null || _held is not null || _savedAlias)
+            throw new InvalidOperationException($"Tensor.TakeOver: {Describe()} has a gradient, held slices or a saved alias; only a tensor at rest can change its storage");
+        var old = _storage ?? throw new ObjectDisposedException(Describe());
+        _storage = replacement._storage ?? throw new ObjectDisposedException(replacement.Describe());
+        replacement._storage = null;
+        (Backend, Shape, Offset) = (replacement.Backend, replacement.Shape, 0);
+        old.Release();
+    }
 
     public void Dispose()
     {

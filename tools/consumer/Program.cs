@@ -19,16 +19,8 @@ const int Steps = 5;
 var options = new TrainerOptions { Steps = Steps, Schedule = new ConstantSchedule(3e-3), Clip = 1.0 };
 DeviceScope.SetProcessDefault(CpuBackend.Instance);
 
-var units = new MaskableUnits(
-    [.. Enumerable.Range(0, Blocks).Select(b => UnitGroup.Uniform($"blocks.{b}", Hidden, paramsPerUnit: 2 * Dim + 1))],
-    SharedParams: Dim * Dim + Dim + Dim * Classes + Classes, SubnetLevel.Neuron,
-    [.. Enumerable.Range(0, Blocks).SelectMany(b => new UnitBinding[] {
-        new($"blocks.{b}.up.weight", b, Axis: 0), new($"blocks.{b}.up.bias", b, Axis: 0), new($"blocks.{b}.down.weight", b, Axis: 1) })]);
-var model = new SubnetworkModel(units, held =>
-{
-    var net = new ResidualMlp(held?.Select(h => h.Length).ToArray() ?? [Hidden, Hidden, Hidden]);
-    return new Classifier(net, net.Forward);
-});
+var model = SubnetworkModel.For(() => new ResidualMlp(), net => new Classifier(net, net.Forward),
+    net => net.Blocks.Select(b => Units.Hidden(b.Up, b.Down)));
 
 // SDP: 4 simulated workers on the CPU, each holding half of every block's hidden units.
 using (var sdp = new Trainer(model,

@@ -52,6 +52,11 @@ public sealed class BatchNorm2d : Module
 
     protected override void OnTensorsReplaced() => _batchesTracked = null;
 
+    // Pixels of the last input (N·H·W): a channel's normalisation and affine cost 2 FLOPs on each.
+    private long _pixels = 1;
+
+    protected internal override long FlopsPerElement(string name) => name == "weight" ? 2 * _pixels : 0;
+
     /// <summary>Running mean 0, variance 1 and no batches tracked, as at construction (torch's reset_running_stats).</summary>
     public void ResetRunningStats()
     {
@@ -71,6 +76,7 @@ public sealed class BatchNorm2d : Module
             NumBatchesTracked.Backend.Fill(NumBatchesTracked, _batchesTracked.Value);
             momentum = Momentum ?? 1.0 / _batchesTracked.Value;
         }
+        _pixels = x.Rank == 4 ? (long)x.Shape[0] * x.Shape[2] * x.Shape[3] : 1;
         return Ops.BatchNorm2d(x, Weight, Bias, RunningMean, RunningVar, IsTraining, momentum, Eps);
     }
 }

@@ -62,6 +62,99 @@ public abstract class Module : IDisposable
 
     public long ParameterCount => NamedParameters().Sum(p => p.Tensor.Numel);
 
+    /// <summary>
+    /// Whether SDP cut this module out of a forward-masked subnetwork (a block or sub-block the worker does not
+    /// hold, or a layer none of whose hidden units it holds): it has no tensors left, and the module that runs it
+    /// skips it (or, for a residual block, runs only its shortcut).
+    /// </summary>
+    public bool IsDropped { get; private set; }
+
+    /// <summary>This module's own parameters and buffers (not its children's), with their local names.</summary>
+    internal IEnumerable<(string Name, Tensor Tensor, bool IsParameter)> OwnTensors()
+        => _parameters.Select(p => (p.Name, p.Tensor, true)).Concat(_buffers.Select(b => (b.Name, b.Tensor, false)));
+
+    /// <summary>The direct children with their local names.</summary>
+    internal IReadOnlyList<(string Name, Module Module)> Children => _children;
+
+    /// <summary>
+    /// Gives this module's own tensor <paramref name="name"/> the storage and shape of <paramref name="replacement"/>
+    /// (see <see cref="Tensor.TakeOver"/>): how SDP narrows a layer to its held units and moves a meta-built
+    /// subnetwork onto its device. The tensor object stays, so modules may keep theirs in fields.
+    /// </summary>
+    internal void ReplaceTensor(string name, Tensor replacement)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        var (_, tensor, _) = OwnTensors().FirstOrDefault(t => t.Name == name);
+        if (tensor is null) throw new ArgumentException($"{GetType().Name}: has no tensor named {name}", nameof(name));
+        tensor.TakeOver(replacement);
+    }
+
+    /// <summary>
+    /// Cuts this module and its descendants out of the model, except the descendants <paramref name="keep"/> accepts
+    /// (a residual block's projection shortcut): their tensors are freed and they are marked <see cref="IsDropped"/>.
+    /// </summary>
+    internal void Drop(Func<Module, bool> keep)
+    {
+        IsDropped = true;
+        foreach (var (_, p) in _parameters)
+        {
+            p.ZeroGrad();
+            p.Dispose();
+        }
+        foreach (var (_, b) in _buffers) b.Dispose();
+        _parameters.Clear();
+        _buffers.Clear();
+        foreach (var (_, child) in _children)
+        {
+            if (!keep(child)) child.Drop(keep);
+        }
+    }
+
+    /// <summary>
+    /// Gives every tensor of this module and its descendants that lives on the meta device real storage of the same
+    /// shape and dtype on <paramref name="device"/>, zero-filled and charged as parameters: how a subnetwork
+    /// built and cut on the meta device comes into being at its own size, never the dense model's (SDP then copies
+    /// its values from the dense model).
+    /// </summary>
+    public void Materialize(Backends.IBackend device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        foreach (var (name, tensor, _) in OwnTensors().ToList())
+        {
+            if (tensor.Backend.Device.Kind != DeviceKind.Meta) continue;
+            var storage = Tensor.Allocate(tensor.Shape, tensor.DType, device, MemoryCategory.Parameters, registerInScope: false);
+            device.Fill(storage, 0); // defined values (zeros) until the real ones are copied in
+            ReplaceTensor(name, storage);
+        }
+        foreach (var (_, child) in _children) child.Materialize(device);
+        OnTensorsReplaced();
+    }
+
+    /// <summary>
+    /// Called on every module, children first, after SDP cut a subnetwork out of the model: a module whose
+    /// sub-block lost everything it computes drops what only served it (LLaMA's pre-norm of a dropped MLP).
+    /// </summary>
+    protected internal virtual void OnSubnetworkCut()
+    {
+    }
+
+    /// <summary>Drops <paramref name="child"/> and its descendants from this subnetwork (from <see cref="OnSubnetworkCut"/>).</summary>
+    protected void DropChild(Module child)
+    {
+        if (!_children.Any(c => ReferenceEquals(c.Module, child))) throw new ArgumentException($"{GetType().Name}: {child?.GetType().Name} is not a child of this module", nameof(child));
+        child.Drop(_ => false);
+    }
+
+    /// <summary>
+    /// Forward FLOPs per element of this module's own tensor <paramref name="name"/> for one sample, from the shape
+    /// of the last input it saw (a linear or convolution weight: 2 per position it is applied at). SDP's unit costs
+    /// sum this over a unit's slices; 0 for tensors whose compute is not counted (biases, norms' scales, statistics).
+    /// </summary>
+    protected internal virtual long FlopsPerElement(string name) => 0;
+
+    /// <summary>Forward FLOPs per sample of computation this module does beyond its tensors (attention scores).</summary>
+    protected internal virtual long OwnFlops => 0;
+
     protected T RegisterModule<T>(string name, T module) where T : Module
     {
         _children.Add((name, module));

@@ -11,33 +11,21 @@ namespace Sdp.Models.Llama;
 public sealed class LlamaAttention : Module
 {
     public LlamaAttention(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
-        : this(config, rng, dtype, config.NumKeyValueHeads)
-    {
-    }
-
-    /// <summary>
-    /// Attention with <paramref name="keyValueHeads"/> of the config's key/value groups, each with its
-    /// GroupSize query heads: q_proj (kvh·GroupSize·head_dim, C), k_proj/v_proj (kvh·head_dim, C),
-    /// o_proj (C, kvh·GroupSize·head_dim). Query head h uses key/value head h / GroupSize, as in HF.
-    /// </summary>
-    public LlamaAttention(LlamaConfig config, Rng rng, DType dtype, int keyValueHeads)
     {
         ArgumentNullException.ThrowIfNull(config);
-        if (keyValueHeads < 1 || keyValueHeads > config.NumKeyValueHeads)
-            throw new ArgumentOutOfRangeException(nameof(keyValueHeads), keyValueHeads, $"LlamaAttention: keyValueHeads must be in [1, num_key_value_heads = {config.NumKeyValueHeads}], got {keyValueHeads}");
-        NumHeads = keyValueHeads * config.GroupSize;
-        NumKeyValueHeads = keyValueHeads;
         HeadDim = config.HeadDim;
-        int c = config.HiddenSize, kv = NumKeyValueHeads * HeadDim;
-        QProj = RegisterModule("q_proj", LlamaInit.Linear(c, NumHeads * HeadDim, config, rng, dtype));
+        int c = config.HiddenSize, kv = config.NumKeyValueHeads * HeadDim;
+        QProj = RegisterModule("q_proj", LlamaInit.Linear(c, config.NumAttentionHeads * HeadDim, config, rng, dtype));
         KProj = RegisterModule("k_proj", LlamaInit.Linear(c, kv, config, rng, dtype));
         VProj = RegisterModule("v_proj", LlamaInit.Linear(c, kv, config, rng, dtype));
-        OProj = RegisterModule("o_proj", LlamaInit.Linear(NumHeads * HeadDim, c, config, rng, dtype));
+        OProj = RegisterModule("o_proj", LlamaInit.Linear(config.NumAttentionHeads * HeadDim, c, config, rng, dtype));
     }
 
-    public int NumHeads { get; }
+    /// <summary>Query heads this attention holds (num_attention_heads when dense; fewer with SDP's head units).</summary>
+    public int NumHeads => QProj.OutFeatures / HeadDim;
 
-    public int NumKeyValueHeads { get; }
+    /// <summary>Key/value heads it holds; each serves NumHeads / NumKeyValueHeads query heads.</summary>
+    public int NumKeyValueHeads => KProj.OutFeatures / HeadDim;
 
     public int HeadDim { get; }
 
@@ -52,6 +40,8 @@ public sealed class LlamaAttention : Module
     /// <summary>x (B, T, C) -> y (B, T, C).</summary>
     public Tensor Forward(Tensor x, LlamaRotary rope)
     {
+        ArgumentNullException.ThrowIfNull(x);
+        _seqLen = x.Shape[1];
         using var q = Heads(QProj, x, NumHeads, rope);          // (B, H, T, D)
         using var k = Heads(KProj, x, NumKeyValueHeads, rope);  // (B, KVH, T, D)
         using var v = Heads(VProj, x, NumKeyValueHeads, null);  // (B, KVH, T, D)
@@ -59,6 +49,12 @@ public sealed class LlamaAttention : Module
         using var merged = Ops.MergeHeads(y);                   // (B, T, H·D)
         return OProj.Forward(merged);
     }
+
+    // Tokens per sequence of the last input: the scores and weighted values cost 4·D FLOPs per head and key-query pair.
+    private long _seqLen = 1;
+
+    /// <summary>Per sequence: q·kᵀ and the weighted sum of values, 2·T²·D FLOPs each per query head (causality not discounted).</summary>
+    protected override long OwnFlops => 4L * NumHeads * HeadDim * _seqLen * _seqLen;
 
     /// <summary>Projection, view as (B, T, heads, D), optional RoPE, then heads before time: (B, heads, T, D).</summary>
     private Tensor Heads(Linear proj, Tensor x, int heads, LlamaRotary? rope)

@@ -1,5 +1,6 @@
 using Sdp.Engine;
 using Sdp.Engine.Nn;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Training;
 
 namespace Sdp.Models.Llama;
@@ -10,8 +11,7 @@ namespace Sdp.Models.Llama;
 /// "lm_head.weight"), so checkpoints map one to one. Weights are drawn from N(0, initializer_range²)
 /// (HF's _init_weights) with a seeded <see cref="Rng"/>; norm weights start at one. With
 /// tie_word_embeddings the logits reuse model.embed_tokens.weight and there is no lm_head.
-/// With a <see cref="LlamaSubnetShape"/> it builds a forward-masked subnetwork instead (same names,
-/// narrower or missing layers); without one the model and its draws from the generator are the dense ones.
+/// SDP cuts its forward-masked subnetworks from it by the units it declares (<see cref="DeclareUnits"/>).
 /// <code>
 /// x = embed_tokens(ids)                                  // (B, T, C)
 /// for each layer: x = x + self_attn(input_layernorm(x))  // RoPE, causal GQA
@@ -21,17 +21,15 @@ namespace Sdp.Models.Llama;
 /// </summary>
 public sealed class LlamaForCausalLM : Module, IModuleConfig
 {
-    public LlamaForCausalLM(LlamaConfig config, Rng rng, DType dtype = DType.Float32, LlamaSubnetShape? shape = null)
+    public LlamaForCausalLM(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(rng);
         config.Validate();
-        shape?.Validate(config);
         if (!dtype.IsFloatingPoint()) throw new ArgumentException($"LlamaForCausalLM: parameters must be float32 or float64, got {dtype.Name()}", nameof(dtype));
         Config = config;
         DType = dtype;
-        SubnetShape = shape;
-        Model = RegisterModule("model", new LlamaModel(config, rng, dtype, shape));
+        Model = RegisterModule("model", new LlamaModel(config, rng, dtype));
         if (!config.TieWordEmbeddings) LmHead = RegisterModule("lm_head", LlamaInit.Linear(config.HiddenSize, config.VocabSize, config, rng, dtype));
     }
 
@@ -43,22 +41,42 @@ public sealed class LlamaForCausalLM : Module, IModuleConfig
     /// <summary>Element type of every parameter and activation.</summary>
     public DType DType { get; }
 
-    /// <summary>The forward-masked subnetwork shape, or null for the dense model.</summary>
-    public LlamaSubnetShape? SubnetShape { get; }
-
     /// <summary>The decoder stack ("model").</summary>
     public LlamaModel Model { get; }
 
     /// <summary>The output projection ("lm_head"), or null when embeddings are tied.</summary>
     public Linear? LmHead { get; }
 
-    /// <summary>Convenience for <c>Model.Layers</c> (the layers that exist; see <see cref="LlamaModel.LayerIndices"/>).</summary>
+    /// <summary>Convenience for <c>Model.Layers</c> (some <see cref="Module.IsDropped"/> in a forward-masked subnetwork).</summary>
     public IReadOnlyList<LlamaDecoderLayer> Layers => Model.Layers;
 
     /// <summary>The (V, C) matrix that turns hidden states into logits: lm_head.weight, or embed_tokens.weight when tied.</summary>
     public Tensor OutputWeight => LmHead?.Weight ?? Model.EmbedTokens.Weight;
 
     /// <summary>ids (B, T) int32/int64 in [0, V) -> logits (B, T, V).</summary>
+    /// <summary>
+    /// SDP's units (method reference §3). Neuron level: per layer, the MLP's hidden units (rows of gate_proj and
+    /// up_proj, columns of down_proj), and with <paramref name="maskHeads"/> first its attention heads by key/value
+    /// group. Block level: the decoder layers, or with <paramref name="splitSublayers"/> their attention and MLP
+    /// sub-blocks, each with its pre-norm. Embeddings, the final norm and lm_head are shared.
+    /// </summary>
+    public IEnumerable<UnitDeclaration> DeclareUnits(SubnetLevel level, bool maskHeads = false, bool splitSublayers = false)
+    {
+        foreach (var layer in Layers)
+        {
+            var (attention, mlp) = (layer.SelfAttn, layer.Mlp);
+            if (level == SubnetLevel.Block && !splitSublayers) yield return Units.Block(layer);
+            if (level == SubnetLevel.Block && splitSublayers)
+            {
+                yield return Units.Block(attention, layer.InputLayernorm);
+                yield return Units.Block(mlp, layer.PostAttentionLayernorm);
+            }
+            if (level != SubnetLevel.Neuron) continue;
+            if (maskHeads) yield return Units.Heads(attention.QProj, attention.KProj, attention.VProj, attention.OProj, attention.HeadDim);
+            yield return Units.Hidden(mlp.UpProj, mlp.DownProj, mlp.GateProj);
+        }
+    }
+
     public Tensor Forward(Tensor ids)
     {
         using var hidden = Model.Forward(ids);

@@ -10,24 +10,17 @@ namespace Sdp.Models.Llama;
 public sealed class LlamaModel : Module
 {
     private readonly List<LlamaDecoderLayer> _layers = [];
-    private readonly List<int> _layerIndices = [];
 
-    public LlamaModel(LlamaConfig config, Rng rng, DType dtype = DType.Float32, LlamaSubnetShape? shape = null)
+    public LlamaModel(LlamaConfig config, Rng rng, DType dtype = DType.Float32)
     {
         ArgumentNullException.ThrowIfNull(config);
-        shape?.Validate(config);
         Config = config;
         DType = dtype;
         EmbedTokens = RegisterModule("embed_tokens", new Embedding(config.VocabSize, config.HiddenSize, rng, config.InitializerRange, dtype));
         var layers = RegisterModule("layers", new LayerList());
         for (int i = 0; i < config.NumHiddenLayers; i++)
         {
-            var layer = shape is null
-                ? new LlamaDecoderLayer(config, rng, dtype)
-                : LayerOf(shape, config, i, rng, dtype);
-            if (layer is null) continue; // a dropped layer: not registered, its residual stream passes through
-            _layers.Add(layers.Add(i.ToString(System.Globalization.CultureInfo.InvariantCulture), layer));
-            _layerIndices.Add(i);
+            _layers.Add(layers.Add(i.ToString(System.Globalization.CultureInfo.InvariantCulture), new LlamaDecoderLayer(config, rng, dtype)));
         }
         Norm = RegisterModule("norm", new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype));
     }
@@ -39,13 +32,10 @@ public sealed class LlamaModel : Module
     public Embedding EmbedTokens { get; }
 
     /// <summary>
-    /// The decoder layers in order; Layers[j] is named "layers.{LayerIndices[j]}" (j itself for the dense
-    /// model; a forward-masked subnetwork lacks its dropped layers).
+    /// The decoder layers in order, "layers.{i}"; in a forward-masked subnetwork some may be
+    /// <see cref="Module.IsDropped"/> (the residual stream passes them by).
     /// </summary>
     public IReadOnlyList<LlamaDecoderLayer> Layers => _layers;
-
-    /// <summary>The config index of each entry of <see cref="Layers"/>.</summary>
-    public IReadOnlyList<int> LayerIndices => _layerIndices;
 
     public RmsNorm Norm { get; }
 
@@ -63,18 +53,13 @@ public sealed class LlamaModel : Module
             var x = EmbedTokens.Forward(ids);
             foreach (var layer in _layers)
             {
+                if (layer.IsDropped) continue;
                 var next = layer.Forward(x, rope);
                 x.Dispose();
                 x = next;
             }
             using (x) return Norm.Forward(x);
         }
-    }
-
-    private static LlamaDecoderLayer? LayerOf(LlamaSubnetShape shape, LlamaConfig config, int i, Rng rng, DType dtype)
-    {
-        int width = shape.MlpWidth(config, i), heads = shape.KeyValueHeadCount(config, i);
-        return width == 0 && heads == 0 ? null : new LlamaDecoderLayer(config, rng, dtype, width, heads, shape.Scale(i));
     }
 
     /// <summary>The "layers" container: children "0", "1", ... so names come out as model.layers.{i}.*.</summary>

@@ -1,5 +1,6 @@
 using Sdp.Engine;
 using Sdp.Engine.Nn;
+using Sdp.Engine.Subnetworks;
 using Sdp.Models.Training;
 
 namespace Sdp.Models.ResNet;
@@ -10,22 +11,19 @@ namespace Sdp.Models.ResNet;
 /// <see cref="BasicBlock"/>s with Width·{1, 2, 4, 8} channels and strides 1, 2, 2, 2; global average
 /// pool; fc. Parameter and buffer names are torchvision's, so state dicts map one to one.
 /// Init as torchvision: convs N(0, 2 / fan_out), BN weight 1 and bias 0, fc nn.Linear's default.
-/// At Width 64 with 10 classes: 11,173,962 parameters. With a <see cref="ResNetSubnetShape"/> it builds a
-/// forward-masked subnetwork (narrower or branchless blocks, same names); without one the model and its
-/// draws from the generator are the dense ones.
+/// At Width 64 with 10 classes: 11,173,962 parameters. SDP cuts its forward-masked subnetworks from it by the
+/// units it declares (<see cref="DeclareUnits"/>).
 /// </summary>
 public sealed class ResNet18 : Module, IModuleConfig
 {
     private readonly List<ResNetStage> _stages = [];
     private readonly List<BasicBlock> _blocks = [];
 
-    public ResNet18(ResNetConfig config, Rng rng, DType dtype = DType.Float32, ResNetSubnetShape? shape = null)
+    public ResNet18(ResNetConfig config, Rng rng, DType dtype = DType.Float32)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(rng);
         config.Validate();
-        shape?.Validate(config);
-        SubnetShape = shape;
         if (!dtype.IsFloatingPoint()) throw new ArgumentException($"ResNet18: dtype must be float32 or float64, got {dtype.Name()}", nameof(dtype));
         (Config, DType) = (config, dtype);
 
@@ -35,10 +33,7 @@ public sealed class ResNet18 : Module, IModuleConfig
         for (int s = 0; s < 4; s++)
         {
             int outChannels = config.StageChannels(s);
-            int[]? widths = shape is null ? null : [shape.InternalWidth(2 * s, outChannels), shape.InternalWidth(2 * s + 1, outChannels)];
-            double[]? scales = shape is null ? null : [shape.ScaleOf(2 * s), shape.ScaleOf(2 * s + 1)];
-            bool[]? branches = shape is null ? null : [shape.HasBranch(2 * s), shape.HasBranch(2 * s + 1)];
-            var stage = RegisterModule($"layer{s + 1}", new ResNetStage(inChannels, outChannels, ResNetConfig.BlockStride(s, 0), 2, rng, dtype, widths, scales, branches));
+            var stage = RegisterModule($"layer{s + 1}", new ResNetStage(inChannels, outChannels, ResNetConfig.BlockStride(s, 0), 2, rng, dtype));
             _stages.Add(stage);
             _blocks.AddRange(stage.Blocks);
             inChannels = outChannels;
@@ -53,9 +48,6 @@ public sealed class ResNet18 : Module, IModuleConfig
 
     public DType DType { get; }
 
-    /// <summary>The forward-masked subnetwork shape, or null for the dense model.</summary>
-    public ResNetSubnetShape? SubnetShape { get; }
-
     public Conv2d Conv1 { get; }
 
     public BatchNorm2d Bn1 { get; }
@@ -67,6 +59,21 @@ public sealed class ResNet18 : Module, IModuleConfig
     public IReadOnlyList<BasicBlock> Blocks => _blocks;
 
     public Linear Fc { get; }
+
+    /// <summary>
+    /// SDP's units (method reference §3). Neuron level: each BasicBlock's internal channels (conv1's filters with
+    /// bn1's channels and conv2's input channels); the stem, bn2, shortcuts and fc are shared. Block level: the
+    /// BasicBlocks' residual branches; a dropped block runs its projection shortcut, which every worker keeps, and
+    /// with <paramref name="keepDownsampleBlocks"/> the downsampling blocks are shared, not units.
+    /// </summary>
+    public IEnumerable<UnitDeclaration> DeclareUnits(SubnetLevel level, bool keepDownsampleBlocks = false)
+    {
+        foreach (var block in Blocks)
+        {
+            if (level == SubnetLevel.Neuron) yield return Units.Hidden(block.Conv1, block.Conv2, block.Bn1);
+            else if (!(keepDownsampleBlocks && block.Downsample is not null)) yield return Units.Block(block).Keeping(block.Downsample);
+        }
+    }
 
     /// <summary>
     /// x (N, InChannels, H, W) -> logits (N, NumClasses). Blocks for which <paramref name="skip"/> is

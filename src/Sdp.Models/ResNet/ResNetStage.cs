@@ -9,28 +9,11 @@ public sealed class ResNetStage : Module
     private readonly List<BasicBlock> _blocks = [];
 
     public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype = DType.Float32)
-        : this(inChannels, outChannels, stride, blocks, rng, dtype, null, null)
-    {
-    }
-
-    /// <summary>
-    /// A stage whose block i has <paramref name="internalWidths"/>[i] internal channels, activation factor
-    /// <paramref name="scales"/>[i] and a residual branch unless <paramref name="branches"/>[i] is false;
-    /// null arrays mean dense, unscaled, present (see the forward-masked <see cref="BasicBlock"/> constructor).
-    /// </summary>
-    public ResNetStage(int inChannels, int outChannels, int stride, int blocks, Rng rng, DType dtype, int[]? internalWidths, double[]? scales, bool[]? branches = null)
     {
         if (blocks < 1) throw new ArgumentOutOfRangeException(nameof(blocks), blocks, $"ResNetStage: needs at least one block, got {blocks}");
-        if (internalWidths is not null && internalWidths.Length != blocks)
-            throw new ArgumentException($"ResNetStage: internalWidths has {internalWidths.Length} entries, expected one per block ({blocks})", nameof(internalWidths));
-        if (scales is not null && scales.Length != blocks)
-            throw new ArgumentException($"ResNetStage: scales has {scales.Length} entries, expected one per block ({blocks})", nameof(scales));
-        if (branches is not null && branches.Length != blocks)
-            throw new ArgumentException($"ResNetStage: branches has {branches.Length} entries, expected one per block ({blocks})", nameof(branches));
         for (int i = 0; i < blocks; i++)
         {
-            var block = new BasicBlock(i == 0 ? inChannels : outChannels, outChannels, i == 0 ? stride : 1, rng, dtype,
-                internalWidths?[i] ?? outChannels, scales?[i] ?? 1.0, branches?[i] ?? true);
+            var block = new BasicBlock(i == 0 ? inChannels : outChannels, outChannels, i == 0 ? stride : 1, rng, dtype);
             _blocks.Add(RegisterModule(i.ToString(System.Globalization.CultureInfo.InvariantCulture), block));
         }
     }

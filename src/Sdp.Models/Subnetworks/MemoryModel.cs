@@ -44,7 +44,7 @@ public sealed record LlamaWorkload(LlamaConfig Config, int Batch, int SeqLen) : 
         $"llama ({Config.NumHiddenLayers} layers, hidden {Config.HiddenSize}, intermediate {Config.IntermediateSize}, vocab {Config.VocabSize}; {ParameterCount:N0} params), batch {Batch} x {SeqLen} tokens");
 
     public override MaskableUnits Units(SubnetLevel level, SubnetOptions options)
-        => ModelUnits.Llama(Config, level, options.MaskHeads, options.SplitSublayers);
+        => SubnetworkModels.Llama(Config, level, options, seed: 0).Units;
 }
 
 /// <summary>ResNet-18 on <paramref name="Batch"/> square images of side <paramref name="ImageSize"/>.</summary>
@@ -56,7 +56,7 @@ public sealed record ResNetWorkload(ResNetConfig Config, int Batch, int ImageSiz
         $"resnet18 (width {Config.Width}, {Config.NumClasses} classes; {ParameterCount:N0} params), batch {Batch} x {Config.InChannels}x{ImageSize}x{ImageSize}");
 
     public override MaskableUnits Units(SubnetLevel level, SubnetOptions options)
-        => ModelUnits.ResNet18(Config, level, options.Downsample, ImageSize);
+        => SubnetworkModels.ResNet18(Config, level, options, seed: 0, imageSize: ImageSize).Units;
 }
 
 /// <summary>One SDP configuration: level, masking regime, coverage C, plan seed and model switches.</summary>

@@ -65,8 +65,8 @@ public sealed class LlamaTrainable(LlamaForCausalLM model) : ITrainable, ILogitM
         if (!int.TryParse(index, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int l) || l >= Model.Config.NumHiddenLayers
             || part is not ("" or "self_attn" or "mlp"))
             throw UnknownUnit(unit);
-        int at = Model.Model.LayerIndices.ToList().IndexOf(l);
-        return (at < 0 ? null : Model.Layers[at], part is "" or "self_attn", part is "" or "mlp");
+        var layer = Model.Layers[l];
+        return (layer.IsDropped ? null : layer, part is "" or "self_attn", part is "" or "mlp");
     }
 
     private static ArgumentException UnknownUnit(string unit)

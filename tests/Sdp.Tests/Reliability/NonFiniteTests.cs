@@ -108,7 +108,7 @@ public sealed class NonFiniteTests
         }
     }
 
-    private static SubnetworkModel Wrapped(SubnetworkModel model) => new(model.Units, held => new Poisoned(model.Build(held)));
+    private static SubnetworkModel Wrapped(SubnetworkModel model) => model.Wrapping(built => new Poisoned(built));
 
     private static void SetFirstElementToNaN(Tensor t)
     {

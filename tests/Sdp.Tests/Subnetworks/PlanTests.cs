@@ -9,8 +9,15 @@ namespace Sdp.Tests.Subnetworks;
 
 public sealed class PlanTests
 {
-    private static readonly MaskableUnits TinyNeurons = ModelUnits.LlamaNeurons(LlamaConfig.Preset("tiny"));
-    private static readonly MaskableUnits ResNetBlocks = ModelUnits.ResNetBlocks(new ResNetConfig());
+    /// <summary>The units a model declares, resolved on the meta device as the trainer, `sdp plan` and `sdp memory` resolve them.</summary>
+    internal static MaskableUnits LlamaUnits(LlamaConfig config, SubnetLevel level, SubnetOptions? options = null)
+        => SubnetworkModels.Llama(config, level, options ?? new SubnetOptions(), seed: 0).Units;
+
+    internal static MaskableUnits ResNetUnits(ResNetConfig config, SubnetLevel level, SubnetOptions? options = null)
+        => SubnetworkModels.ResNet18(config, level, options ?? new SubnetOptions(), seed: 0).Units;
+
+    private static readonly MaskableUnits TinyNeurons = LlamaUnits(LlamaConfig.Preset("tiny"), SubnetLevel.Neuron);
+    private static readonly MaskableUnits ResNetBlocks = ResNetUnits(new ResNetConfig(), SubnetLevel.Block);
 
     /// <summary>Groups of uneven sizes, some not divisible by W, some smaller than W.</summary>
     private static UnitGroup[] MixedGroups() =>
@@ -117,7 +124,7 @@ public sealed class PlanTests
     [TestCase(SubnetLevel.Block)]
     public void FullCoverage_EveryWorkerHoldsEverything(SubnetLevel level)
     {
-        var units = ModelUnits.ResNet18(new ResNetConfig(), level);
+        var units = ResNetUnits(new ResNetConfig(), level);
         var plan = SubnetworkPlan.Create(units, 4, 1.0, 9);
         for (int w = 0; w < 4; w++)
         {
@@ -209,7 +216,7 @@ public sealed class PlanTests
     public void FromJson_WithModelUnits_ChecksTheyMatch()
     {
         string json = SubnetworkPlan.Create(ResNetBlocks, 4, 0.5, 0).ToJson();
-        var keepDownsample = ModelUnits.ResNetBlocks(new ResNetConfig(), DownsampleBlocks.AlwaysKeep);
+        var keepDownsample = ResNetUnits(new ResNetConfig(), SubnetLevel.Block, new SubnetOptions { Downsample = DownsampleBlocks.AlwaysKeep });
         Assert.That(() => SubnetworkPlan.FromJson(json, keepDownsample), Throws.InstanceOf<InvalidDataException>().With.Message.Contains("with 8 units"));
         Assert.That(() => SubnetworkPlan.FromJson(json, TinyNeurons), Throws.InstanceOf<InvalidDataException>().With.Message.Contains("neuron-level"));
     }
@@ -293,7 +300,7 @@ public sealed class PlanTests
         }
 
         // Block level: a layer is 256·256·2 (q, o) + 2·256·128 (k, v) + 3·256·688 + 2·256 = 725,504; shared = embeddings ×2 + final norm.
-        var blocks = ModelUnits.LlamaBlocks(LlamaConfig.Preset("tiny"));
+        var blocks = LlamaUnits(LlamaConfig.Preset("tiny"), SubnetLevel.Block);
         Assert.That(blocks.Groups.Single().UnitNames, Is.EqualTo(new[] { "model.layers.0", "model.layers.1", "model.layers.2", "model.layers.3" }));
         Assert.That(blocks.Groups[0].ParamsPerUnit, Is.All.EqualTo(725_504));
         Assert.That(blocks.SharedParams, Is.EqualTo(2 * 4096 * 256 + 256));
@@ -306,7 +313,7 @@ public sealed class PlanTests
     {
         var tiny = LlamaConfig.Preset("tiny");
         // maskHeads: 4 KV groups per layer, each = 2 query heads (q rows + o columns: 2·2·32·256) + k, v rows (2·32·256) = 49,152.
-        var heads = ModelUnits.LlamaNeurons(tiny, maskHeads: true);
+        var heads = LlamaUnits(tiny, SubnetLevel.Neuron, new SubnetOptions { MaskHeads = true });
         Assert.That(heads.Groups.Select(g => g.Name).Take(3), Is.EqualTo(new[] { "model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn" }));
         Assert.That(heads.Groups[0].UnitCount, Is.EqualTo(4));
         Assert.That(heads.Groups[0].ParamsPerUnit, Is.All.EqualTo(49_152));
@@ -315,7 +322,7 @@ public sealed class PlanTests
         Assert.That(heads.SharedParams, Is.EqualTo(2_885_888 - 4 * 196_608));
         AssertUniform(SubnetworkPlan.Create(heads, 4, 0.5, 0));
 
-        var split = ModelUnits.Llama(tiny, SubnetLevel.Block, splitSublayers: true);
+        var split = LlamaUnits(tiny, SubnetLevel.Block, new SubnetOptions { SplitSublayers = true });
         Assert.That(split.Groups[0].UnitNames!.Take(3), Is.EqualTo(new[] { "model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn" }));
         Assert.That(split.Groups[0].ParamsPerUnit.Take(2), Is.EqualTo(new[] { 196_608L + 256, 528_384L + 256 }));
         Assert.That(split.TotalParams, Is.EqualTo(tiny.ParameterCount));
@@ -326,19 +333,19 @@ public sealed class PlanTests
     public void ResNetUnits_SumToTheModelsParameterCount()
     {
         var config = new ResNetConfig(Width: 8, NumClasses: 10, InChannels: 3);
-        var neurons = ModelUnits.ResNetNeurons(config);
+        var neurons = ResNetUnits(config, SubnetLevel.Neuron);
         Assert.That(neurons.Groups.Select(g => g.Name), Is.EqualTo(new[] { "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1" }));
         // layer2.0: 8 → 16 channels; channel t = conv1 filter (8·9) + bn1 (2) + conv2 input channel (16·9) = 218.
         Assert.That(neurons.Groups[2].UnitCount, Is.EqualTo(16));
         Assert.That(neurons.Groups[2].ParamsPerUnit, Is.All.EqualTo(8 * 9 + 2 + 16 * 9));
         Assert.That(neurons.TotalParams, Is.EqualTo(config.ParameterCount));
 
-        var blocks = ModelUnits.ResNetBlocks(config);
+        var blocks = ResNetUnits(config, SubnetLevel.Block);
         Assert.That(blocks.TotalParams, Is.EqualTo(config.ParameterCount));
         // layer2.0's unit excludes its projection shortcut (1x1 conv 8·16 + BN 2·16), which is shared.
         Assert.That(blocks.Groups[0].ParamsPerUnit[2], Is.EqualTo(9 * 8 * 16 + 9 * 16 * 16 + 4 * 16));
 
-        var keep = ModelUnits.ResNetBlocks(config, DownsampleBlocks.AlwaysKeep);
+        var keep = ResNetUnits(config, SubnetLevel.Block, new SubnetOptions { Downsample = DownsampleBlocks.AlwaysKeep });
         Assert.That(keep.Groups[0].UnitNames, Is.EqualTo(new[] { "layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1" }));
         Assert.That(keep.TotalParams, Is.EqualTo(config.ParameterCount));
         Assert.That(keep.SharedParams, Is.GreaterThan(blocks.SharedParams));
@@ -368,8 +375,8 @@ public sealed class PlanCommandTests : CliTestBase
     {
         var r = Sdp("plan", "--model", "resnet18", "--workers", "8", "--coverage", "0.5", "--subnet", "block", "--seed", "3", "--json");
         Assert.That(r.ExitCode, Is.Zero, r.ToString());
-        var plan = SubnetworkPlan.FromJson(r.Out.Trim(), ModelUnits.ResNetBlocks(new ResNetConfig()));
-        Assert.That(plan.ToJson(), Is.EqualTo(SubnetworkPlan.Create(ModelUnits.ResNetBlocks(new ResNetConfig()), 8, 0.5, 3).ToJson()));
+        var plan = SubnetworkPlan.FromJson(r.Out.Trim(), PlanTests.ResNetUnits(new ResNetConfig(), SubnetLevel.Block));
+        Assert.That(plan.ToJson(), Is.EqualTo(SubnetworkPlan.Create(PlanTests.ResNetUnits(new ResNetConfig(), SubnetLevel.Block), 8, 0.5, 3).ToJson()));
     }
 
     [TestCase("--coverage", "0.3", "nearest valid coverage: 0.25 or 0.5")]

@@ -4,11 +4,12 @@ using Sdp.Engine.Subnetworks;
 using Sdp.Models.Llama;
 using Sdp.Models.ResNet;
 using Sdp.Models.Subnetworks;
+using static Sdp.Tests.Subnetworks.PlanTests;
 using static Sdp.Tests.Subnetworks.SubnetworkWeights;
 
 namespace Sdp.Tests.Subnetworks;
 
-/// <summary>The tensor bindings of <see cref="ModelUnits"/> against the dense models they describe.</summary>
+/// <summary>The tensor bindings the built-in models declare (resolved from their modules) against the dense models.</summary>
 public sealed class UnitBindingTests
 {
     private static readonly LlamaConfig Llama = new(vocabSize: 32, hiddenSize: 16, intermediateSize: 12, numHiddenLayers: 3,
@@ -18,14 +19,14 @@ public sealed class UnitBindingTests
 
     public static IEnumerable<TestCaseData> Builders()
     {
-        yield return new TestCaseData("llama", ModelUnits.LlamaNeurons(Llama)).SetArgDisplayNames("llama neurons");
-        yield return new TestCaseData("llama", ModelUnits.LlamaNeurons(Llama, maskHeads: true)).SetArgDisplayNames("llama neurons+heads");
-        yield return new TestCaseData("llama", ModelUnits.LlamaBlocks(Llama)).SetArgDisplayNames("llama blocks");
-        yield return new TestCaseData("llama", ModelUnits.LlamaBlocks(Llama, splitSublayers: true)).SetArgDisplayNames("llama sublayers");
-        yield return new TestCaseData("llama-tied", ModelUnits.LlamaBlocks(Llama with { TieWordEmbeddings = true })).SetArgDisplayNames("llama tied blocks");
-        yield return new TestCaseData("resnet", ModelUnits.ResNetNeurons(ResNet)).SetArgDisplayNames("resnet neurons");
-        yield return new TestCaseData("resnet", ModelUnits.ResNetBlocks(ResNet)).SetArgDisplayNames("resnet blocks");
-        yield return new TestCaseData("resnet", ModelUnits.ResNetBlocks(ResNet, DownsampleBlocks.AlwaysKeep)).SetArgDisplayNames("resnet blocks, keep downsampling");
+        yield return new TestCaseData("llama", LlamaUnits(Llama, SubnetLevel.Neuron)).SetArgDisplayNames("llama neurons");
+        yield return new TestCaseData("llama", LlamaUnits(Llama, SubnetLevel.Neuron, new SubnetOptions { MaskHeads = true })).SetArgDisplayNames("llama neurons+heads");
+        yield return new TestCaseData("llama", LlamaUnits(Llama, SubnetLevel.Block)).SetArgDisplayNames("llama blocks");
+        yield return new TestCaseData("llama", LlamaUnits(Llama, SubnetLevel.Block, new SubnetOptions { SplitSublayers = true })).SetArgDisplayNames("llama sublayers");
+        yield return new TestCaseData("llama-tied", LlamaUnits(Llama with { TieWordEmbeddings = true }, SubnetLevel.Block)).SetArgDisplayNames("llama tied blocks");
+        yield return new TestCaseData("resnet", ResNetUnits(ResNet, SubnetLevel.Neuron)).SetArgDisplayNames("resnet neurons");
+        yield return new TestCaseData("resnet", ResNetUnits(ResNet, SubnetLevel.Block)).SetArgDisplayNames("resnet blocks");
+        yield return new TestCaseData("resnet", ResNetUnits(ResNet, SubnetLevel.Block, new SubnetOptions { Downsample = DownsampleBlocks.AlwaysKeep })).SetArgDisplayNames("resnet blocks, keep downsampling");
     }
 
     private static Module Dense(string model) => model switch
@@ -83,7 +84,7 @@ public sealed class UnitBindingTests
     [Test]
     public void Every_per_channel_tensor_of_a_maskable_unit_is_bound_buffers_included()
     {
-        var neurons = Bindings(ModelUnits.ResNetNeurons(ResNet));
+        var neurons = Bindings(ResNetUnits(ResNet, SubnetLevel.Neuron));
         foreach (string t in new[] { "conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "conv2.weight" })
         {
             Assert.That(neurons.ContainsKey("layer3.0." + t), Is.True, t);
@@ -91,7 +92,7 @@ public sealed class UnitBindingTests
         Assert.That(neurons["layer3.0.conv2.weight"].Axis, Is.EqualTo(1));
         Assert.That(neurons.Keys, Has.None.Contains("bn2").And.None.Contains("downsample"));
 
-        var blocks = ModelUnits.ResNetBlocks(ResNet);
+        var blocks = ResNetUnits(ResNet, SubnetLevel.Block);
         var byName = Bindings(blocks);
         using var dense = new ResNet18(ResNet, new Rng(1));
         int unit = blocks.Groups[0].UnitNames!.ToList().IndexOf("layer2.0");
@@ -99,13 +100,13 @@ public sealed class UnitBindingTests
         Assert.That(expected, Has.Count.EqualTo(12)); // 2 convs + 2 BNs of 5 tensors
         Assert.That(byName.Where(kv => kv.Value.Unit == unit).Select(kv => kv.Key), Is.EquivalentTo(expected));
 
-        var heads = Bindings(ModelUnits.LlamaNeurons(Llama, maskHeads: true));
+        var heads = Bindings(LlamaUnits(Llama, SubnetLevel.Neuron, new SubnetOptions { MaskHeads = true }));
         Assert.That(heads["model.layers.1.self_attn.q_proj.weight"], Is.EqualTo(new UnitBinding("model.layers.1.self_attn.q_proj.weight", 2, 0, Llama.GroupSize * Llama.HeadDim)));
         Assert.That(heads["model.layers.1.self_attn.o_proj.weight"], Is.EqualTo(new UnitBinding("model.layers.1.self_attn.o_proj.weight", 2, 1, Llama.GroupSize * Llama.HeadDim)));
         Assert.That(heads["model.layers.1.self_attn.k_proj.weight"].SlicesPerUnit, Is.EqualTo(Llama.HeadDim));
         Assert.That(heads["model.layers.1.mlp.down_proj.weight"], Is.EqualTo(new UnitBinding("model.layers.1.mlp.down_proj.weight", 3, 1)));
 
-        var split = Bindings(ModelUnits.LlamaBlocks(Llama, splitSublayers: true));
+        var split = Bindings(LlamaUnits(Llama, SubnetLevel.Block, new SubnetOptions { SplitSublayers = true }));
         Assert.That(split["model.layers.1.input_layernorm.weight"].Unit, Is.EqualTo(2));
         Assert.That(split["model.layers.1.post_attention_layernorm.weight"].Unit, Is.EqualTo(3));
     }
@@ -119,10 +120,6 @@ public sealed class UnitBindingTests
         held[2] = [1, 0];
         Assert.That(() => model.Build(held), Throws.ArgumentException.With.Message.Contains("layer2.0").And.Message.Contains("ascending"));
         held[2] = [8];
-        Assert.That(() => model.Build(held), Throws.ArgumentException.With.Message.Contains("unit 8, expected [0, 8)"));
-        Assert.That(() => new LlamaForCausalLM(Llama, new Rng(1), DType.Float32, new LlamaSubnetShape(MlpWidths: [1, 2])),
-            Throws.ArgumentException.With.Message.Contains("MlpWidths has 2 entries, expected num_hidden_layers = 3"));
-        Assert.That(() => new ResNet18(ResNet, new Rng(1), DType.Float32, new ResNetSubnetShape(InternalWidths: [4, 4, 8, 9, 16, 16, 32, 32])),
-            Throws.ArgumentException.With.Message.Contains("InternalWidths[3] (layer2.1) = 9 must be in [0, 8]"));
+        Assert.That(() => model.Build(held), Throws.ArgumentException.With.Message.Contains("in [0, 8), got [8]"));
     }
 }

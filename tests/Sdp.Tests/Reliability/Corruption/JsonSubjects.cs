@@ -267,8 +267,9 @@ public sealed class PlanSubject : JsonSubject
 
     public PlanSubject() : base("plan")
     {
-        _units[NeuronFile] = ModelUnits.LlamaNeurons(new LlamaConfig(vocabSize: 32, hiddenSize: 16, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 4), maskHeads: true);
-        _units[BlockFile] = ModelUnits.ResNetBlocks(new ResNetConfig(Width: 4));
+        var llama = new LlamaConfig(vocabSize: 32, hiddenSize: 16, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 4);
+        _units[NeuronFile] = SubnetworkModels.Llama(llama, SubnetLevel.Neuron, new SubnetOptions { MaskHeads = true }, seed: 0).Units;
+        _units[BlockFile] = SubnetworkModels.ResNet18(new ResNetConfig(Width: 4), SubnetLevel.Block, new SubnetOptions(), seed: 0).Units;
         foreach (var (file, units) in _units) Keep(file, Encoding.UTF8.GetBytes(SubnetworkPlan.Create(units, 4, 0.5, 9).ToJson(indented: true)));
     }
 
