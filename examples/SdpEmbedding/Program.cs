@@ -1,6 +1,6 @@
 // Trains a user-defined residual MLP with SDP: 4 simulated workers, each holding half of every block's
 // hidden units (neuron level, forward masking), then reads the per-worker memory report; then trains
-// the same network on one worker, as plain single-process training.
+// the same network on one worker, as plain single-process training. Exits 1 unless both reach the stated loss.
 using Sdp.Engine;
 using Sdp.Engine.Backends.Cpu;
 using Sdp.Engine.Memory;
@@ -26,8 +26,9 @@ using var trainer = new Trainer(model,
     new TrainerOptions { Steps = 150, Schedule = new ConstantSchedule(3e-3), Clip = 1.0 });
 trainer.StepCompleted += m => { if (m.Step % 50 == 0) Console.WriteLine($"step {m.Step}: loss {m.Loss:F3}, {m.Workers[0].Collectives} collectives"); };
 trainer.Run();
+const double TargetLoss = 0.35; // from ln 4 = 1.39; CI fails the run above it
 var heldOut = trainer.Evaluate(new TeacherData(seed: 1), 20);
-Console.WriteLine($"assembled dense model, held-out loss: {heldOut.MeanLoss:F3}, accuracy {heldOut.Accuracy:P1}");
+Console.WriteLine($"assembled dense model, held-out loss: {heldOut.MeanLoss:F3} (target {TargetLoss}), accuracy {heldOut.Accuracy:P1}");
 for (int w = 0; w < 4; w++) Console.WriteLine(trainer.WorkerAccount(w).Snapshot());
 
 // Plain single-process training: one already-built model and its optimizer (both stay ours) on one worker.
@@ -38,9 +39,12 @@ using (var optimizer = new AdamW(dense.Module.Parameters(), 3e-3))
 using (var single = new Trainer(dense, optimizer, new TeacherData(seed: 100), new TrainerOptions { Steps = 150, Schedule = new ConstantSchedule(3e-3), Clip = 1.0 }, account))
 {
     single.Run();
-    Console.WriteLine($"one worker, held-out loss: {single.Evaluate(new TeacherData(seed: 1), 20).MeanLoss:F3}");
+    double singleLoss = single.Evaluate(new TeacherData(seed: 1), 20).MeanLoss;
+    Console.WriteLine($"one worker, held-out loss: {singleLoss:F3} (target {TargetLoss})");
     Console.WriteLine(account.Snapshot());
+    if (heldOut.MeanLoss > TargetLoss || singleLoss > TargetLoss) return 1;
 }
+return 0;
 
 /// <summary>x (B, Dim) -> logits (B, Classes): an input layer, residual blocks x + down(relu(up(x))), a head.</summary>
 sealed class ResidualMlp : Module

@@ -71,9 +71,9 @@ public sealed class DeclaredUnits
             long parameters = 0, flops = 0;
             foreach (var s in group.Slices)
             {
-                var tensor = OwnTensor(s.Module, s.Tensor);
+                var (tensor, isParameter) = OwnTensor(s.Module, s.Tensor);
                 long perUnit = tensor.Numel / count;
-                if (IsParameter(s.Module, s.Tensor)) parameters += perUnit;
+                if (isParameter) parameters += perUnit;
                 flops += perUnit * s.Module.FlopsPerElement(s.Tensor);
             }
             // The group's own module (the attention around its heads) shares its extra compute among the units.
@@ -252,7 +252,7 @@ public sealed class DeclaredUnits
             }
             foreach (var s in group.Slices)
             {
-                var dense = OwnTensor(s.Module, s.Tensor);
+                var (dense, _) = OwnTensor(s.Module, s.Tensor);
                 int[] indices = [.. held[g].SelectMany(u => Enumerable.Range(u * s.PerUnit, s.PerUnit))];
                 using var index = Tensor.FromArray(indices, new Shape(indices.Length), dense.Backend);
                 var narrow = Tensor.Allocate(dense.Shape.With(s.Axis, indices.Length), dense.DType, dense.Backend, Memory.MemoryCategory.Parameters, registerInScope: false);
@@ -288,11 +288,11 @@ public sealed class DeclaredUnits
         }
     }
 
-    private static Tensor OwnTensor(Module module, string name)
-        => module.OwnTensors().First(t => t.Name == name).Tensor;
-
-    private static bool IsParameter(Module module, string name)
-        => module.OwnTensors().First(t => t.Name == name).IsParameter;
+    private static (Tensor Tensor, bool IsParameter) OwnTensor(Module module, string name)
+    {
+        var (_, tensor, isParameter) = module.OwnTensors().First(t => t.Name == name);
+        return (tensor, isParameter);
+    }
 
     private static void Claim(Dictionary<string, string> claims, string tensor, string unit)
     {

@@ -116,34 +116,35 @@ public sealed class ResNetTrainable(ResNet18 model) : ITrainable, ILogitModel, I
 }
 
 /// <summary>
-/// Any module that maps inputs (N, ...) to class logits (N, classes), trained on mean cross-entropy against class
-/// ids (N); evaluation adds top-1 accuracy. Owns the module. For a user's own model:
+/// Any module that maps inputs (N, ...) to class logits (N, classes), or to logits for every position (N, ..., classes)
+/// as a language model does, trained on mean cross-entropy against class ids (N) or (N, ...); evaluation adds top-1
+/// accuracy. Owns the module. For a user's own model:
 /// <c>new Classifier(net, net.Forward)</c>.
 /// </summary>
 public sealed class Classifier(Module module, Func<Tensor, Tensor> logits) : ITrainable, ILogitModel
 {
     public Module Module { get; } = module ?? throw new ArgumentNullException(nameof(module));
 
-    /// <summary>inputs (N, ...), class ids (N) -> mean cross-entropy.</summary>
+    /// <summary>inputs (N, ...), class ids (N) or (N, ...) -> mean cross-entropy.</summary>
     public Tensor Loss(Tensor inputs, Tensor targets)
     {
         using var z = Logits(inputs);
         return Ops.CrossEntropy(z, targets);
     }
 
-    /// <summary>inputs (N, ...) -> logits (N, classes).</summary>
+    /// <summary>inputs (N, ...) -> logits (N, classes) or (N, ..., classes).</summary>
     public Tensor Logits(Tensor inputs) => logits(inputs);
 
     public BatchEvaluation Score(Tensor logits, Tensor targets) => TopOne(logits, targets);
 
-    /// <summary>logits (N, classes), class ids (N) -> summed cross-entropy and correct top-1 predictions (ties to the lowest class).</summary>
+    /// <summary>logits (..., classes), class ids (...) -> summed cross-entropy and correct top-1 predictions (ties to the lowest class).</summary>
     public static BatchEvaluation TopOne(Tensor logits, Tensor targets)
     {
         using var _ = GradMode.Disable();
         using var loss = Ops.CrossEntropy(logits, targets);
         var values = logits.ToDoubles();
         var labels = targets.ToDoubles();
-        int classes = logits.Shape[1];
+        int classes = logits.Shape[-1];
         long correct = 0;
         for (int i = 0; i < labels.Length; i++)
         {
