@@ -15,7 +15,7 @@ public sealed class DeclaredUnits
     private sealed record Slice(Module Module, string Tensor, int Axis, int PerUnit);
 
     /// <summary>A neuron group: its sliced tensors, the modules that go when a worker holds none of it, and the layer that reads it (scaled under inverse coverage).</summary>
-    private sealed record NeuronGroup(IReadOnlyList<Slice> Slices, IReadOnlyList<Module> Modules, Module? Reader);
+    private sealed record NeuronGroup(IReadOnlyList<Slice> Slices, IReadOnlyList<Module> Modules, WeightedLayer? Reader);
 
     private readonly List<NeuronGroup> _neuronGroups = [];
     private readonly List<BlockUnit> _blocks = [];
@@ -106,12 +106,8 @@ public sealed class DeclaredUnits
     {
         string producer = PathOf(h.Producer, paths, "the producer"), consumer = PathOf(h.Consumer, paths, "the consumer");
         var (count, slices) = Rows(h.Producer, producer, "producer");
-        int consumed = h.Consumer switch
-        {
-            Linear l => l.InFeatures,
-            Conv2d c => c.Weight.Shape[1],
-            _ => throw CannotSlice(h.Consumer, consumer, "consumer (a Linear or Conv2d reading the hidden units)"),
-        };
+        int consumed = h.Consumer is WeightedLayer reader ? reader.Weight.Shape[1]
+            : throw CannotSlice(h.Consumer, consumer, "consumer (a Linear or Conv2d reading the hidden units)");
         if (consumed != count)
             throw new ArgumentException($"DeclaredUnits: {consumer} reads {consumed} inputs but {producer} makes {count} hidden units; the consumer of a hidden layer must read exactly its producer's outputs");
         slices.Add(new Slice(h.Consumer, "weight", 1, 1));
@@ -122,21 +118,16 @@ public sealed class DeclaredUnits
             if (n != count) throw new ArgumentException($"DeclaredUnits: {path} has {n} units along the sliced axis but {producer} makes {count}; modules sliced with a hidden layer must have its width");
             slices.AddRange(more);
         }
-        return (new NeuronGroup(slices, [h.Producer, h.Consumer, .. h.Alongside ?? []], h.Consumer), count, producer);
+        return (new NeuronGroup(slices, [h.Producer, h.Consumer, .. h.Alongside ?? []], (WeightedLayer)h.Consumer), count, producer);
     }
 
     /// <summary>The output rows (Linear) or channels (Conv2d) of <paramref name="module"/>, weight and bias, one slice each.</summary>
     private static (int Count, List<Slice> Slices) Rows(Module module, string path, string role)
     {
-        var (weight, bias) = module switch
-        {
-            Linear l => (l.Weight, l.Bias),
-            Conv2d c => (c.Weight, c.Bias),
-            _ => throw CannotSlice(module, path, $"{role} (a Linear or Conv2d sliced by output rows or channels, or a BatchNorm2d)"),
-        };
+        var layer = module as WeightedLayer ?? throw CannotSlice(module, path, $"{role} (a Linear or Conv2d sliced by output rows or channels, or a BatchNorm2d)");
         var slices = new List<Slice> { new(module, "weight", 0, 1) };
-        if (bias is not null) slices.Add(new Slice(module, "bias", 0, 1));
-        return (weight.Shape[0], slices);
+        if (layer.Bias is not null) slices.Add(new Slice(module, "bias", 0, 1));
+        return (layer.Weight.Shape[0], slices);
     }
 
     private static (NeuronGroup Group, int Count, string Fallback) ResolveHeads(HeadUnits h, Dictionary<Module, string> paths)
@@ -259,12 +250,7 @@ public sealed class DeclaredUnits
                 dense.Backend.IndexSelect(dense, s.Axis, index, narrow, accumulate: false);
                 s.Module.ReplaceTensor(s.Tensor, narrow);
             }
-            if (inverseCoverageScale && group.Reader is { } reader)
-            {
-                double scale = (double)n / c;
-                if (reader is Linear l) l.InputScale = scale;
-                else if (reader is Conv2d conv) conv.InputScale = scale;
-            }
+            if (inverseCoverageScale && group.Reader is { } reader) reader.InputScale = (double)n / c;
         }
     }
 
