@@ -76,15 +76,16 @@ public sealed class DeclaredUnits
                 if (isParameter) parameters += perUnit;
                 flops += perUnit * s.Module.FlopsPerElement(s.Tensor);
             }
-            // The group's own module (the attention around its heads) shares its extra compute among the units.
-            var owner = paths.FirstOrDefault(p => p.Value == name && name.Length > 0).Key;
-            if (owner is not null) flops += owner.OwnFlops / count;
             groups.Add((name, count, parameters, flops, fallback));
             _neuronGroups.Add(group);
         }
         // Two groups under one module (two hidden layers of one block) are named after their producers instead.
         var repeated = groups.GroupBy(g => g.Name).Where(g => g.Count() > 1 || g.Key.Length == 0).Select(g => g.Key).ToHashSet();
-        var unitGroups = groups.Select(g => UnitGroup.Uniform(repeated.Contains(g.Name) ? g.Fallback : g.Name, g.Count, g.Params, g.Flops)).ToList();
+        var owners = paths.Where(p => p.Value.Length > 0).ToDictionary(p => p.Value, p => p.Key, StringComparer.Ordinal);
+        var unitGroups = groups.Select(g => repeated.Contains(g.Name)
+            ? UnitGroup.Uniform(g.Fallback, g.Count, g.Params, g.Flops)
+            // The group's own module (the attention around its heads) shares its extra compute among the units.
+            : UnitGroup.Uniform(g.Name, g.Count, g.Params, g.Flops + (owners.TryGetValue(g.Name, out var owner) ? owner.OwnFlops / g.Count : 0))).ToList();
         var names = new HashSet<string>(StringComparer.Ordinal);
         foreach (var g in unitGroups)
         {

@@ -85,6 +85,10 @@ public sealed class DeclaredUnitsTests
         long weights = config.LayerParameterCount - 2 * h;
         var blocks = PlanTests.LlamaUnits(config, SubnetLevel.Block);
         Assert.That(blocks.Groups[0].FlopsPerUnit, Is.All.EqualTo(t * (2 * weights + 4 * h * t)));
+        // A key/value group of heads: its projection slices, and its share of the attention's scores (4·T²·D per query head).
+        var heads = PlanTests.LlamaUnits(config, SubnetLevel.Neuron, new SubnetOptions { MaskHeads = true });
+        long g = config.GroupSize, d = config.HeadDim;
+        Assert.That(heads.Groups[0].FlopsPerUnit, Is.All.EqualTo(t * 2 * (2 * g + 2) * d * h + 4 * g * d * t * t));
     }
 
     [Test]
