@@ -27,7 +27,10 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
     /// <summary>Row i of C is stored at row ScatterRows[i]; column j of C at column ScatterCols[j].</summary>
     public int* ScatterRows, ScatterCols;
 
-    public readonly bool Indexed => GatherA != null || GatherBN != null || GatherBK != null || ScatterRows != null || ScatterCols != null;
+    /// <summary>Packs op(A) and/or op(B) blocks from a layout strides cannot describe (implicit-GEMM convolution); null for a plain GEMM.</summary>
+    public IGemmPacker<T>? Packer;
+
+    public readonly bool Indexed => GatherA != null || GatherBN != null || GatherBK != null || ScatterRows != null || ScatterCols != null || Packer != null;
 }
 
 /// <summary>
@@ -317,7 +320,11 @@ internal static unsafe class GemmDriver<T, TK>
     /// <summary>Packs the (mcur x kcur) block of op(A) at (ic, pc), gathering rows when <see cref="GemmArgs{T}.GatherA"/> is set.</summary>
     private static void PackA(in GemmArgs<T> g, int ic, int pc, int mcur, int kcur, T* ap)
     {
-        if (g.GatherA != null)
+        if (g.Packer is { PacksA: true } packer)
+        {
+            packer.PackA(ic, pc, mcur, kcur, ap, TK.MR);
+        }
+        else if (g.GatherA != null)
         {
             PackATGather(g.A + (pc * g.Lda), g.Lda, g.GatherA + ic, mcur, kcur, ap);
         }
@@ -334,7 +341,11 @@ internal static unsafe class GemmDriver<T, TK>
     /// <summary>Packs the (kcur x ncols) block of op(B) at (pc, j0), through the gather indices when set.</summary>
     private static void PackB(in GemmArgs<T> g, int j0, int pc, int kcur, int ncols, T* dst)
     {
-        if (g.GatherBK != null)
+        if (g.Packer is { PacksB: true } packer)
+        {
+            packer.PackB(pc, j0, kcur, ncols, dst, TK.NR);
+        }
+        else if (g.GatherBK != null)
         {
             PackBTGatherK(g.B + (j0 * g.Ldb), g.Ldb, g.GatherBK + pc, kcur, ncols, dst);
         }

@@ -29,6 +29,10 @@ public sealed unsafe partial class CpuBackend
     /// fewer passes over dW. Tuning and test hook.</summary>
     internal static int ConvWeightGradColumns { get; set; } = 4096;
 
+    /// <summary>Implicit-GEMM convolutions (<see cref="ConvGemm"/>): forward, weight gradient, and the input gradient at
+    /// stride 1. Off runs the im2col + GEMM path everywhere (a test hook: the two must agree).</summary>
+    internal static bool ConvImplicitGemm { get; set; } = true;
+
     /// <summary>Upper bound on one group's column matrix, in elements, so workspace stays bounded.</summary>
     private const long ConvMaxGroupElements = 1L << 22;
 
@@ -117,8 +121,23 @@ public sealed unsafe partial class CpuBackend
         else Conv2dCore<double>(g, x, weight, bias, y);
     }
 
+    private static ConvGeometry Geometry(in ConvGeom g) => new(g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.Stride, g.Pad);
+
+    /// <summary>Column offsets of an implicit-GEMM output (N·P ints), workspace charged like the column buffers.</summary>
+    private Tensor ColumnOffsets(long count) => Tensor.Empty(new Shape((int)Math.Max(1, count)), DType.Int32, this);
+
     private void Conv2dCore<T>(ConvGeom g, Tensor xt, Tensor wt, Tensor? bt, Tensor yt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (ConvImplicitGemm)
+        {
+            using (var offsets = ColumnOffsets((long)g.N * g.P))
+            {
+                ConvGemm.Forward(Geometry(g), Ptr<T>(xt), Ptr<T>(wt), Ptr<T>(yt), T.Zero, Ptr<int>(offsets), CpuParallel.MaxThreads);
+            }
+            if (bt is not null) AddConvBias<T>(yt, bt);
+            return;
+        }
+
         var plan = ConvPlan.For(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -169,6 +188,21 @@ public sealed unsafe partial class CpuBackend
                     else src.CopyTo(dst);
                 }
             });
+        });
+    }
+
+    /// <summary>y[n, o, :] += bias[o], one (image, channel) plane per item.</summary>
+    private static void AddConvBias<T>(Tensor yt, Tensor bt) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int n = yt.Shape[0], o = yt.Shape[1], plane = (int)yt.Shape.Product(2, 4);
+        nint yp = (nint)Ptr<T>(yt), bp = (nint)Ptr<T>(bt);
+        CpuParallel.For((long)n * o, Math.Max(1, ElementwiseGrain / Math.Max(1, plane)), (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                var row = new Span<T>((T*)yp + r * plane, plane);
+                TensorPrimitives.Add(row, ((T*)bp)[r % o], row);
+            }
         });
     }
 
@@ -329,6 +363,11 @@ public sealed unsafe partial class CpuBackend
     /// <summary>dW (O, K) += Σ_groups dY_g (O, G·P) · cols_gᵀ, groups in order, each GEMM threaded.</summary>
     private void Conv2dWeightGrad<T>(ConvGeom g, Tensor xt, Tensor dyt, Tensor dwt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (ConvImplicitGemm)
+        {
+            ConvGemm.WeightGrad(Geometry(g), Ptr<T>(xt), Ptr<T>(dyt), Ptr<T>(dwt), CpuParallel.MaxThreads);
+            return;
+        }
         var plan = ConvPlan.ForWeightGrad(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -358,6 +397,11 @@ public sealed unsafe partial class CpuBackend
     /// <summary>dX += col2im(Wᵀ (K, O) · dY_g (O, G·P)) per group; 1x1 stride-1 single images accumulate straight into dX.</summary>
     private void Conv2dInputGrad<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (ConvImplicitGemm && g.Stride == 1 && g.KH == g.KW && g.Pad <= g.KH - 1)
+        {
+            Conv2dInputGradAsForward<T>(g, wt, dyt, dxt);
+            return;
+        }
         var plan = ConvPlan.For(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -386,5 +430,31 @@ public sealed unsafe partial class CpuBackend
             GemmT(true, false, K, ld, O, (T*)wp, K, a, ld, false, dcols, ld, threads);
             Col2ImGroup(g, dcols, n0, count, ld, (T*)dxp, par);
         });
+    }
+
+    /// <summary>
+    /// At stride 1, dX = conv(dY, W'), W'[c, o, kh, kw] = W[o, c, KH-1-kh, KW-1-kw], padding KH-1-p: a forward
+    /// implicit-GEMM convolution accumulating into dX, with no column matrix and no col2im's overlapping adds.
+    /// </summary>
+    private void Conv2dInputGradAsForward<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int taps = g.KH * g.KW;
+        using var flipped = Tensor.Empty(new Shape(g.C, g.O, g.KH, g.KW), dxt.DType, this);
+        using var offsets = ColumnOffsets((long)g.N * g.HW);
+        nint wp = (nint)Ptr<T>(wt), fp = (nint)Ptr<T>(flipped);
+        CpuParallel.For(g.C, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)g.O * taps)), (c0, c1) =>
+        {
+            for (long c = c0; c < c1; c++)
+            {
+                for (int o = 0; o < g.O; o++)
+                {
+                    T* src = (T*)wp + ((long)o * g.C + c) * taps;
+                    T* dst = (T*)fp + (c * g.O + o) * taps;
+                    for (int tap = 0; tap < taps; tap++) dst[tap] = src[taps - 1 - tap];
+                }
+            }
+        });
+        var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
+        ConvGemm.Forward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), T.One, Ptr<int>(offsets), CpuParallel.MaxThreads);
     }
 }
