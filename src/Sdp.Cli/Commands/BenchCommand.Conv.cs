@@ -49,9 +49,10 @@ public static partial class BenchCommand
         var inv = CultureInfo.InvariantCulture;
         var cpu = CpuBackend.Instance;
         var rng = new Random(1);
-        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}; GEMM = Sgemm of the same M x N x K; step ms = conv ms x count");
-        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"conv ms",10}{"GFLOP/s",9}{"gemm ms",10}{"conv/gemm",11}{"step ms",10}");
-        double total = 0, totalGemm = 0;
+        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the three timed in turn per sample;");
+        output.WriteLine("implicit = implicit-GEMM conv, im2col = im2col + GEMM conv, gemm = Sgemm of the same M x N x K; step ms = implicit ms x count");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"implicit",10}{"GFLOP/s",9}{"im2col",10}{"gemm ms",10}{"impl/im2col",13}{"impl/gemm",11}{"step ms",10}");
+        double total = 0, totalOld = 0, totalGemm = 0;
         foreach (var s in ResNet18Convs)
         {
             int oh = (s.H + 2 * s.Pad - s.K) / s.Stride + 1, p = oh * oh, k = s.C * s.K * s.K;
@@ -77,20 +78,24 @@ public static partial class BenchCommand
             foreach (var pass in passes)
             {
                 if (pass.Pass == "dx" && s.C == 3) continue; // the stem's input needs no gradient
-                double convMs = MedianMs(pass.Conv, samples);
-                double gemmMs;
+                double[] ms;
                 fixed (float* a = ga, b = gb, c = gc)
                 {
                     nint ap = (nint)a, bp = (nint)b, cp = (nint)c;
                     int m = pass.M, nn = pass.N, kk = pass.K;
-                    gemmMs = MedianMs(() => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn), samples);
+                    ms = MedianMsInTurn(samples,
+                        () => { CpuBackend.ConvImplicitGemm = true; pass.Conv(); },
+                        () => { CpuBackend.ConvImplicitGemm = false; pass.Conv(); CpuBackend.ConvImplicitGemm = true; },
+                        () => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
                 }
+                double convMs = ms[0], oldMs = ms[1], gemmMs = ms[2];
                 total += convMs * s.Count;
+                totalOld += oldMs * s.Count;
                 totalGemm += gemmMs * s.Count;
-                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{convMs,10:F2}{flops / convMs / 1e6,9:F1}{gemmMs,10:F2}{convMs / gemmMs,11:F2}{convMs * s.Count,10:F1}"));
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{convMs,10:F2}{flops / convMs / 1e6,9:F1}{oldMs,10:F2}{gemmMs,10:F2}{convMs / oldMs,13:F2}{convMs / gemmMs,11:F2}{convMs * s.Count,10:F1}"));
             }
         }
-        output.WriteLine(string.Create(inv, $"total: conv {total:F1} ms per step, the same GEMMs {totalGemm:F1} ms (conv / gemm {total / totalGemm:F2})"));
+        output.WriteLine(string.Create(inv, $"total per step: implicit {total:F1} ms, im2col {totalOld:F1} ms, the same GEMMs {totalGemm:F1} ms (implicit / im2col {total / totalOld:F2}, implicit / gemm {total / totalGemm:F2})"));
     }
 
     private static Tensor Random(Shape shape, Random rng)
@@ -100,17 +105,21 @@ public static partial class BenchCommand
         return Tensor.FromArray(data, shape, CpuBackend.Instance);
     }
 
-    private static double MedianMs(Action action, int samples)
+    /// <summary>Median ms of each action, timed in turn within every sample so that a shared machine's load falls on all alike.</summary>
+    private static double[] MedianMsInTurn(int samples, params Action[] actions)
     {
-        action();
-        var times = new double[samples];
+        foreach (var a in actions) a();
+        var times = new double[actions.Length][];
+        for (int j = 0; j < actions.Length; j++) times[j] = new double[samples];
         for (int i = 0; i < samples; i++)
         {
-            long t0 = Stopwatch.GetTimestamp();
-            action();
-            times[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            for (int j = 0; j < actions.Length; j++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                actions[j]();
+                times[j][i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            }
         }
-        Array.Sort(times);
-        return times[samples / 2];
+        return [.. times.Select(t => { Array.Sort(t); return t[samples / 2]; })];
     }
 }

@@ -35,28 +35,31 @@ public readonly record struct ConvGeometry(int N, int C, int H, int W, int O, in
 /// </summary>
 public static unsafe class ConvGemm
 {
-    /// <summary>y (N, O, OH, OW) = conv(x, w) + beta · y. w is (O, C, KH, KW); colOffsets holds N·P ints of workspace (unused when N == 1).</summary>
+    /// <summary>
+    /// y (N, O, OH, OW) = conv(x, w) + beta · y, one GEMM over the whole batch on <paramref name="threads"/> threads.
+    /// w is (O, C, KH, KW); colOffsets holds <see cref="FillColumnOffsets"/>'s table for at least N images.
+    /// </summary>
     public static void Forward<T>(in ConvGeometry g, T* x, T* w, T* y, T beta, int* colOffsets, int threads)
         where T : unmanaged, INumber<T>
     {
-        int p = g.P, n = g.N;
-        int* scatter = null;
-        if (n > 1 && g.O > 1)
-        {
-            for (int i = 0; i < n; i++)
-            {
-                int baseOffset = i * g.O * p;
-                for (int q = 0; q < p; q++)
-                {
-                    colOffsets[(i * p) + q] = baseOffset + q;
-                }
-            }
-
-            scatter = colOffsets;
-        }
-
+        int* scatter = g.N > 1 && g.O > 1 ? colOffsets : null;
         var packer = new ColumnPacker<T>(g, x);
-        Gemm.GemmPacked(g.O, n * p, g.K, packer, w, g.K, null, 0, beta, y, p, scatter, threads);
+        Gemm.GemmPacked(g.O, g.N * g.P, g.K, packer, w, g.K, null, 0, beta, y, g.P, scatter, threads);
+    }
+
+    /// <summary>Where column t = (n, pixel) of the forward GEMM's output lies in y (N, O, P), relative to row o's start
+    /// in image 0: n·O·P + pixel. The table for N images serves any batch of at most N images of this shape.</summary>
+    public static void FillColumnOffsets(in ConvGeometry g, int* colOffsets)
+    {
+        int p = g.P;
+        for (int i = 0; i < g.N; i++)
+        {
+            int baseOffset = i * g.O * p;
+            for (int q = 0; q < p; q++)
+            {
+                colOffsets[(i * p) + q] = baseOffset + q;
+            }
+        }
     }
 
     /// <summary>dW (O, C, KH, KW) += Σ over images and pixels of dy ⊗ unfold(x), one GEMM over the whole batch.</summary>
@@ -222,6 +225,9 @@ public static unsafe class ConvGemm
         }
     }
 
+    /// <summary>Rows of the column matrix unfolded together before they are spread over the panels.</summary>
+    private const int StripRows = 8;
+
     /// <summary>The calling thread's scratch for unfolded rows (a GEMM workspace buffer: kept, counted in <see cref="Gemm.WorkspaceBytes"/>).</summary>
     private static T* UnfoldScratch<T>(int elements)
         where T : unmanaged => (T*)GemmWorkspace.AcquireUnfold((nuint)((long)elements * sizeof(T)));
@@ -238,43 +244,60 @@ public static unsafe class ConvGemm
 
         public void PackB(int p0, int j0, int depth, int cols, T* dst, int nr)
         {
-            T* row = UnfoldScratch<T>(cols);
-            int panels = (cols + nr - 1) / nr, full = cols / nr;
+            // Strips of StripRows rows: each panel then receives StripRows·nr contiguous elements per strip. Spreading one
+            // row at a time over the panels would store to addresses nr·depth apart, which alias the same cache sets.
+            T* strip = UnfoldScratch<T>(StripRows * cols);
+            int full = cols / nr, live = cols - (full * nr);
             nint panelStride = (nint)nr * depth;
-            for (int p = 0; p < depth; p++)
+            for (int p = 0; p < depth; p += StripRows)
             {
-                UnfoldRow(g, x, p0 + p, j0, cols, row);
+                int rows = Math.Min(StripRows, depth - p);
+                for (int r = 0; r < rows; r++)
+                {
+                    UnfoldRow(g, x, p0 + p + r, j0, cols, strip + ((nint)r * cols));
+                }
+
                 T* d = dst + ((nint)p * nr);
-                T* src = row;
-                if (typeof(T) == typeof(float) && nr == 16 && Vector256.IsHardwareAccelerated)
+                for (int q = 0; q < full; q++, d += panelStride)
                 {
-                    for (int q = 0; q < full; q++, d += panelStride, src += 16)
+                    T* src = strip + ((nint)q * nr);
+                    for (int r = 0; r < rows; r++)
                     {
-                        Vector256.Store(Vector256.Load((float*)src), (float*)d);
-                        Vector256.Store(Vector256.Load((float*)src + 8), (float*)d + 8);
-                    }
-                }
-                else
-                {
-                    for (int q = 0; q < full; q++, d += panelStride, src += nr)
-                    {
-                        Unsafe.CopyBlockUnaligned(d, src, (uint)(nr * sizeof(T)));
+                        CopyPanelRow(src + ((nint)r * cols), d + ((nint)r * nr), nr);
                     }
                 }
 
-                if (panels > full)
+                if (live > 0)
                 {
-                    int live = cols - (full * nr);
-                    for (int j = 0; j < live; j++)
+                    T* src = strip + ((nint)full * nr);
+                    for (int r = 0; r < rows; r++)
                     {
-                        d[j] = src[j];
-                    }
+                        T* dr = d + ((nint)r * nr);
+                        for (int j = 0; j < live; j++)
+                        {
+                            dr[j] = src[((nint)r * cols) + j];
+                        }
 
-                    for (int j = live; j < nr; j++)
-                    {
-                        d[j] = T.Zero;
+                        for (int j = live; j < nr; j++)
+                        {
+                            dr[j] = T.Zero;
+                        }
                     }
                 }
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void CopyPanelRow(T* src, T* dst, int nr)
+        {
+            if (typeof(T) == typeof(float) && nr == 16 && Vector256.IsHardwareAccelerated)
+            {
+                Vector256.Store(Vector256.Load((float*)src), (float*)dst);
+                Vector256.Store(Vector256.Load((float*)src + 8), (float*)dst + 8);
+            }
+            else
+            {
+                Unsafe.CopyBlockUnaligned(dst, src, (uint)(nr * sizeof(T)));
             }
         }
     }

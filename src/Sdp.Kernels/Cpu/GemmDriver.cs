@@ -106,12 +106,20 @@ internal static unsafe class GemmDriver<T, TK>
             int mr = TK.MR, nr = TK.NR;
             // >= 2 compute items per thread and phase for dynamic balancing: first by shrinking the row blocks (down to
             // 4 microtiles), then by splitting columns (each range keeps >= 4 panels; every range re-packs its A block).
+            // A short, wide product (M within one row block, many column panels: a convolution's filters against a
+            // batch of pixels) splits columns only: every extra row block would stream the whole packed B block from
+            // beyond L2 again, while an extra column range only re-packs the small A block.
             int target = 2 * threads;
             int mcMax = Gemm.TuneMC > 0 ? RoundUp(Gemm.TuneMC, mr) : TK.MC;
-            mcMax = Math.Min(mcMax, Math.Max(4 * mr, RoundUp((g.M + target - 1) / target, mr)));
-            _mc = BlockSize(g.M, mcMax, mr);
             _kc = BlockSize(g.K, Gemm.TuneKC > 0 ? Gemm.TuneKC : TK.KC, 1);
             _nc = BlockSize(g.N, Gemm.TuneNC > 0 ? RoundUp(Gemm.TuneNC, nr) : TK.NC, nr);
+            bool wide = g.M <= mcMax && _nc / nr >= 4 * target;
+            if (!wide)
+            {
+                mcMax = Math.Min(mcMax, Math.Max(4 * mr, RoundUp((g.M + target - 1) / target, mr)));
+            }
+
+            _mc = BlockSize(g.M, mcMax, mr);
             _kBlocks = (g.K + _kc - 1) / _kc;
             int jBlocks = (g.N + _nc - 1) / _nc;
             int icBlocks = (g.M + _mc - 1) / _mc;

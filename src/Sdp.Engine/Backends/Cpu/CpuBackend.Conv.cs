@@ -30,8 +30,9 @@ public sealed unsafe partial class CpuBackend
     internal static int ConvWeightGradColumns { get; set; } = 4096;
 
     /// <summary>Implicit-GEMM convolutions (<see cref="ConvGemm"/>): forward, weight gradient, and the input gradient at
-    /// stride 1. Off runs the im2col + GEMM path everywhere (a test hook: the two must agree).</summary>
-    internal static bool ConvImplicitGemm { get; set; } = true;
+    /// stride 1. Off runs the im2col + GEMM path everywhere: a test hook (the two must agree) and a benchmark switch
+    /// (`sdp bench conv` times both in the same run).</summary>
+    public static bool ConvImplicitGemm { get; set; } = true;
 
     /// <summary>Upper bound on one group's column matrix, in elements, so workspace stays bounded.</summary>
     private const long ConvMaxGroupElements = 1L << 22;
@@ -121,6 +122,43 @@ public sealed unsafe partial class CpuBackend
         else Conv2dCore<double>(g, x, weight, bias, y);
     }
 
+    /// <summary>Target GEMM width (columns) of one image group of the implicit-GEMM forward. Tuning and test hook.</summary>
+    internal static int ConvImplicitGroupColumns { get; set; } = 1024;
+
+    /// <summary>
+    /// y = conv(x, w) + beta·y by implicit GEMM. With at least two image groups per thread, each thread claims whole
+    /// groups in turn and runs them as single-threaded GEMMs: nothing is shared or waited for, and a thread slowed by
+    /// another process just claims fewer groups. Otherwise (few, small planes) one GEMM threads itself over the
+    /// batch. Every output element sums over k in the same order either way, so the split does not change results.
+    /// </summary>
+    private void ImplicitForward<T>(ConvGeometry g, T* x, T* w, T* y, T beta) where T : unmanaged, INumber<T>
+    {
+        int threads = Math.Max(1, CpuParallel.MaxThreads);
+        using var offsets = ColumnOffsets((long)g.N * g.P);
+        int* op = Ptr<int>(offsets);
+        ConvGemm.FillColumnOffsets(g, op);
+        int groupSize = Math.Clamp((ConvImplicitGroupColumns + g.P - 1) / g.P, 1, Math.Max(1, g.N));
+        int groups = (g.N + groupSize - 1) / groupSize;
+        if (threads == 1 || groups < 2 * threads)
+        {
+            ConvGemm.Forward(g, x, w, y, beta, op, threads);
+            return;
+        }
+
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y, opp = (nint)op;
+        int next = -1;
+        long inImage = (long)g.C * g.HW, outImage = (long)g.O * g.P;
+        CpuParallel.For(threads, 1, (_, _) =>
+        {
+            int grp;
+            while ((grp = Interlocked.Increment(ref next)) < groups)
+            {
+                int n0 = grp * groupSize, count = Math.Min(groupSize, g.N - n0);
+                ConvGemm.Forward(g with { N = count }, (T*)xp + n0 * inImage, (T*)wp, (T*)yp + n0 * outImage, beta, (int*)opp, 1);
+            }
+        });
+    }
+
     private static ConvGeometry Geometry(in ConvGeom g) => new(g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.Stride, g.Pad);
 
     /// <summary>Column offsets of an implicit-GEMM output (N·P ints), workspace charged like the column buffers.</summary>
@@ -130,10 +168,7 @@ public sealed unsafe partial class CpuBackend
     {
         if (ConvImplicitGemm)
         {
-            using (var offsets = ColumnOffsets((long)g.N * g.P))
-            {
-                ConvGemm.Forward(Geometry(g), Ptr<T>(xt), Ptr<T>(wt), Ptr<T>(yt), T.Zero, Ptr<int>(offsets), CpuParallel.MaxThreads);
-            }
+            ImplicitForward(Geometry(g), Ptr<T>(xt), Ptr<T>(wt), Ptr<T>(yt), T.Zero);
             if (bt is not null) AddConvBias<T>(yt, bt);
             return;
         }
@@ -440,7 +475,6 @@ public sealed unsafe partial class CpuBackend
     {
         int taps = g.KH * g.KW;
         using var flipped = Tensor.Empty(new Shape(g.C, g.O, g.KH, g.KW), dxt.DType, this);
-        using var offsets = ColumnOffsets((long)g.N * g.HW);
         nint wp = (nint)Ptr<T>(wt), fp = (nint)Ptr<T>(flipped);
         CpuParallel.For(g.C, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)g.O * taps)), (c0, c1) =>
         {
@@ -455,6 +489,6 @@ public sealed unsafe partial class CpuBackend
             }
         });
         var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
-        ConvGemm.Forward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), T.One, Ptr<int>(offsets), CpuParallel.MaxThreads);
+        ImplicitForward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), T.One);
     }
 }
