@@ -50,8 +50,8 @@ public static partial class BenchCommand
         var cpu = CpuBackend.Instance;
         var rng = new Random(1);
         output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the three timed in turn per sample;");
-        output.WriteLine("implicit = implicit-GEMM conv, im2col = im2col + GEMM conv, gemm = Sgemm of the same M x N x K; step ms = implicit ms x count");
-        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"implicit",10}{"GFLOP/s",9}{"im2col",10}{"gemm ms",10}{"impl/im2col",13}{"impl/gemm",11}{"step ms",10}");
+        output.WriteLine("implicit = implicit-GEMM conv, im2col = im2col + GEMM conv, gemm = Sgemm of the same M x N x K; step ms = implicit ms x count; KiB alloc = managed allocation of one implicit call, all threads");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"implicit",10}{"GFLOP/s",9}{"im2col",10}{"gemm ms",10}{"impl/im2col",13}{"impl/gemm",11}{"step ms",10}{"KiB alloc",10}");
         double total = 0, totalOld = 0, totalGemm = 0;
         foreach (var s in ResNet18Convs)
         {
@@ -89,10 +89,13 @@ public static partial class BenchCommand
                         () => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
                 }
                 double convMs = ms[0], oldMs = ms[1], gemmMs = ms[2];
+                long before = GC.GetTotalAllocatedBytes(precise: true);
+                pass.Conv();
+                long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
                 total += convMs * s.Count;
                 totalOld += oldMs * s.Count;
                 totalGemm += gemmMs * s.Count;
-                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{convMs,10:F2}{flops / convMs / 1e6,9:F1}{oldMs,10:F2}{gemmMs,10:F2}{convMs / oldMs,13:F2}{convMs / gemmMs,11:F2}{convMs * s.Count,10:F1}"));
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{convMs,10:F2}{flops / convMs / 1e6,9:F1}{oldMs,10:F2}{gemmMs,10:F2}{convMs / oldMs,13:F2}{convMs / gemmMs,11:F2}{convMs * s.Count,10:F1}{allocated / 1024.0,10:F1}"));
             }
         }
         output.WriteLine(string.Create(inv, $"total per step: implicit {total:F1} ms, im2col {totalOld:F1} ms, the same GEMMs {totalGemm:F1} ms (implicit / im2col {total / totalOld:F2}, implicit / gemm {total / totalGemm:F2})"));
