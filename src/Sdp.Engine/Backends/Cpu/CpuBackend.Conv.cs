@@ -476,15 +476,23 @@ public sealed unsafe partial class CpuBackend
         int taps = g.KH * g.KW;
         using var flipped = Tensor.Empty(new Shape(g.C, g.O, g.KH, g.KW), dxt.DType, this);
         nint wp = (nint)Ptr<T>(wt), fp = (nint)Ptr<T>(flipped);
-        CpuParallel.For(g.C, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)g.O * taps)), (c0, c1) =>
+        // Blocks of FlipChannels input channels: for each filter o, the block's taps are one contiguous run of W, and each
+        // channel of the block writes its own sequential stream of W', so every cache line is used whole.
+        const int FlipChannels = 16;
+        int blocks = (g.C + FlipChannels - 1) / FlipChannels;
+        CpuParallel.For(blocks, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)g.O * taps * FlipChannels)), (b0, b1) =>
         {
-            for (long c = c0; c < c1; c++)
+            for (long blk = b0; blk < b1; blk++)
             {
+                int c0 = (int)blk * FlipChannels, c1 = Math.Min(g.C, c0 + FlipChannels);
                 for (int o = 0; o < g.O; o++)
                 {
-                    T* src = (T*)wp + ((long)o * g.C + c) * taps;
-                    T* dst = (T*)fp + (c * g.O + o) * taps;
-                    for (int tap = 0; tap < taps; tap++) dst[tap] = src[taps - 1 - tap];
+                    T* src = (T*)wp + ((long)o * g.C + c0) * taps;
+                    for (int c = c0; c < c1; c++, src += taps)
+                    {
+                        T* dst = (T*)fp + ((long)c * g.O + o) * taps;
+                        for (int tap = 0; tap < taps; tap++) dst[tap] = src[taps - 1 - tap];
+                    }
                 }
             }
         });
