@@ -470,6 +470,40 @@ public class ConvGradTests
         Assert.That(dx64.ToDoubles(), Is.EqualTo(dx32.ToDoubles()));
     }
 
+    /// <summary>The vectorised float32 max-pool forward (8 outputs at a time) against the scalar float64 one: values and
+    /// argmax, with ties (first index in scan order wins), NaNs and -inf, int32 and int64 argmax.</summary>
+    [TestCase(3, 2, 1, 37, 41)]
+    [TestCase(2, 2, 0, 34, 35)]
+    [TestCase(3, 1, 1, 20, 29)]
+    [TestCase(2, 1, 0, 17, 18)]
+    [TestCase(5, 2, 2, 40, 45)]
+    public void MaxPool2d_vectorised_forward_matches_the_scalar_one(int k, int s, int p, int h, int w)
+    {
+        using var scope = TensorScope.Begin();
+        var be = Backends.Cpu;
+        var rng = new Rng(43);
+        var values = new double[2 * 3 * h * w];
+        for (int i = 0; i < values.Length; i++)
+        {
+            double u = rng.NextDouble();
+            values[i] = u < 0.01 ? double.NaN : u < 0.02 ? double.NegativeInfinity : Math.Floor(u * 5); // few levels: many ties
+        }
+        int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
+        var x32 = Tensor.FromDoubles(values, new Shape(2, 3, h, w), DType.Float32, be);
+        var x64 = Tensor.FromDoubles(values, new Shape(2, 3, h, w), DType.Float64, be);
+        foreach (var argType in new[] { DType.Int32, DType.Int64 })
+        {
+            var y32 = Tensor.Empty(new Shape(2, 3, oh, ow), DType.Float32, be);
+            var y64 = Tensor.Empty(new Shape(2, 3, oh, ow), DType.Float64, be);
+            var a32 = Tensor.Empty(y32.Shape, argType, be);
+            var a64 = Tensor.Empty(y32.Shape, argType, be);
+            be.MaxPool2d(x32, y32, a32, k, s, p);
+            be.MaxPool2d(x64, y64, a64, k, s, p);
+            Assert.That(a32.ToDoubles(), Is.EqualTo(a64.ToDoubles()));
+            Assert.That(y32.ToDoubles(), Is.EqualTo(y64.ToDoubles()));
+        }
+    }
+
     [TestCase(1, 1, 4, 4, 1, 1)]
     [TestCase(2, 3, 5, 7, 2, 3)]
     [TestCase(1, 2, 3, 5, 5, 2)]
