@@ -35,10 +35,13 @@ public static partial class BenchCommand
     {
         var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
         var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
-        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, each against an SGEMM of the same size") { batch, samples };
+        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, each against an SGEMM of the same size") { batch, samples, steps };
         cmd.SetAction(p =>
         {
-            ConvBench(Console.Out, Check.Positive(p.GetValue(batch), "--batch"), Check.Positive(p.GetValue(samples), "--samples"));
+            int n = Check.Positive(p.GetValue(batch), "--batch");
+            ConvBench(Console.Out, n, Check.Positive(p.GetValue(samples), "--samples"));
+            if (p.GetValue(steps) > 0) ConvStepBench(Console.Out, n, p.GetValue(steps));
             return 0;
         });
         return cmd;
@@ -99,6 +102,19 @@ public static partial class BenchCommand
             }
         }
         output.WriteLine(string.Create(inv, $"total per step: implicit {total:F1} ms, im2col {totalOld:F1} ms, the same GEMMs {totalGemm:F1} ms (implicit / im2col {total / totalOld:F2}, implicit / gemm {total / totalGemm:F2})"));
+    }
+
+    /// <summary>Whole training steps (one DP worker, AdamW) with the implicit-GEMM and the im2col convolutions, in turn.</summary>
+    private static void ConvStepBench(TextWriter output, int batch, int steps)
+    {
+        var (data, _, _) = RunSetup.BuildData("resnet18", "synthetic", batch, 1, shuffle: false, seed: 0, train: true);
+        var subnetwork = RunSetup.BuildSubnetworkModel("resnet18", "{\"width\":64}", 0, 3, 10, Sdp.Engine.Subnetworks.SubnetLevel.Block, new Sdp.Models.Subnetworks.SubnetOptions(), null, "--config");
+        using var step = Sdp.Models.Training.IsolatedWorkerStep.Create(subnetwork, Sdp.Models.Training.StepVariant.Dp, 4, data);
+        var ms = MedianMsInTurn(steps,
+            () => { CpuBackend.ConvImplicitGemm = true; step.Run(); },
+            () => { CpuBackend.ConvImplicitGemm = false; step.Run(); CpuBackend.ConvImplicitGemm = true; });
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: implicit {ms[0]:F1} ms, im2col {ms[1]:F1} ms (implicit / im2col {ms[0] / ms[1]:F2})"));
     }
 
     private static Tensor Random(Shape shape, Random rng)
