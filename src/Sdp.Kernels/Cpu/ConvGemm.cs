@@ -135,9 +135,9 @@ public static unsafe class ConvGemm
                         int o = a;
                         if (s == 2 && typeof(T) == typeof(float) && Avx2.IsSupported)
                         {
-                            // 16 loads, the even ones kept; only while the 16th stays inside the input row.
-                            int vecEnd = Math.Min(b, ((g.W + pad - kw - 16) / 2) + 1);
-                            for (; o + 8 <= vecEnd; o += 8)
+                            // 15 loads (the 16th lane masked off, so nothing past the row's last needed element is
+                            // read), the even ones kept.
+                            for (; o + 8 <= b; o += 8)
                             {
                                 Vector256.Store(EvenLanes((float*)src + (o * 2)), (float*)d + o);
                             }
@@ -168,11 +168,15 @@ public static unsafe class ConvGemm
         }
     }
 
-    /// <summary>Elements 0, 2, ..., 14 of the 16 floats at p.</summary>
+    /// <summary>Lanes 0..6 on: the 16th float of a stride-2 load is never needed, and masking it off keeps the read
+    /// inside the row (and the tensor) whenever the 8 outputs' own inputs are.</summary>
+    private static readonly Vector256<float> FirstSevenLanes = Vector256.Create(-1, -1, -1, -1, -1, -1, -1, 0).AsSingle();
+
+    /// <summary>Elements 0, 2, ..., 14 of the floats at p; reads p[0..15) only.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> EvenLanes(float* p)
+    public static Vector256<float> EvenLanes(float* p)
     {
-        Vector256<float> lo = Vector256.Load(p), hi = Vector256.Load(p + 8);
+        Vector256<float> lo = Vector256.Load(p), hi = Avx.MaskLoad(p + 8, FirstSevenLanes);
         Vector256<float> evens = Avx.Shuffle(lo, hi, 0b10_00_10_00); // per 128-bit lane: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6
         return Avx2.Permute4x64(evens.AsDouble(), 0b11_01_10_00).AsSingle();
     }

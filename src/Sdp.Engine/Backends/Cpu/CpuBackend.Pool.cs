@@ -2,6 +2,7 @@ using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Sdp.Kernels.Cpu;
 
 namespace Sdp.Engine.Backends.Cpu;
 
@@ -39,9 +40,8 @@ public sealed unsafe partial class CpuBackend
                     {
                         // Windows whole inside the row, 8 outputs at a time; the rest (the padded edges) below.
                         int jLo = (padding + stride - 1) / stride;
-                        // The last lane's window must end inside the row; at stride 2 the 16-wide loads reach one further.
-                        int reach = kernel + (stride == 2 ? 1 : 0);
-                        int jHi = w + padding - reach < 0 ? 0 : Math.Min(ow, (w + padding - reach) / stride + 1);
+                        // The last lane's window must end inside the row (stride-2 loads read no further than that).
+                        int jHi = w + padding - kernel < 0 ? 0 : Math.Min(ow, (w + padding - kernel) / stride + 1);
                         for (; j < jLo && j < ow; j++) MaxPoolOne(x, y, ap, wide, rowOut, i, j, hs, he, w, ow, kernel, stride, padding);
                         for (; j + 8 <= jHi; j += 8)
                             MaxPool8((float*)x, (float*)y + (long)i * ow + j, ap, wide, rowOut + j, hs, he, w, j * stride - padding, kernel, stride);
@@ -92,7 +92,7 @@ public sealed unsafe partial class CpuBackend
             {
                 int first = r * w + ws0 + q;
                 float* src = x + first;
-                Vector256<float> v = stride == 1 ? Vector256.Load(src) : EvenLanes(src);
+                Vector256<float> v = stride == 1 ? Vector256.Load(src) : ConvGemm.EvenLanes(src);
                 Vector256<float> take = Avx.Or(Avx.CompareGreaterThan(v, best), Avx.CompareUnordered(v, v));
                 best = Avx.BlendVariable(best, v, take);
                 at = Avx.BlendVariable(at.AsSingle(), (Vector256.Create(first) + lane).AsSingle(), take).AsInt32();
@@ -111,13 +111,6 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    /// <summary>Elements 0, 2, ..., 14 of the 16 floats at p.</summary>
-    private static Vector256<float> EvenLanes(float* p)
-    {
-        Vector256<float> lo = Vector256.Load(p), hi = Vector256.Load(p + 8);
-        Vector256<float> evens = Avx.Shuffle(lo, hi, 0b10_00_10_00);
-        return Avx2.Permute4x64(evens.AsDouble(), 0b11_01_10_00).AsSingle();
-    }
 
     public void MaxPool2dBackward(Tensor dy, Tensor argmax, Tensor dx)
     {
