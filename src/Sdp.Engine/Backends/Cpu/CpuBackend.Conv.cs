@@ -5,7 +5,14 @@ using Sdp.Kernels.Cpu;
 namespace Sdp.Engine.Backends.Cpu;
 
 /// <summary>
-/// CNN layers on the CPU. Convolution is im2col + GEMM: a group of G images is unfolded into a column
+/// CNN layers on the CPU. By default convolutions are implicit GEMMs (<see cref="ConvGemm"/>): the im2col column
+/// matrix is unfolded block by block straight into the GEMM's packed panels and never materialised. The forward pass
+/// and the stride-1 input gradient (a forward convolution of dy with the flipped, transposed kernel) run image groups
+/// of about <see cref="ConvImplicitGroupColumns"/> columns as single-threaded GEMMs claimed by the threads in turn, or
+/// one threaded GEMM when groups are few; the weight gradient is one threaded GEMM over the whole batch. The input
+/// gradient at other strides, and every pass when <see cref="ConvImplicitGemm"/> is off, use the older path below.
+///
+/// im2col + GEMM: a group of G images is unfolded into a column
 /// matrix cols (K = C·KH·KW, G·P) with P = OH·OW, and y_g (O, G·P) = W (O, K) · cols. Small planes batch
 /// several images per GEMM so the GEMM stays wide (ResNet's 4x4 stages); 1x1 stride-1 convolutions of one
 /// image skip im2col and multiply x directly.
@@ -15,7 +22,8 @@ namespace Sdp.Engine.Backends.Cpu;
 /// fewer groups (small batches, tiny late-stage planes) groups run one after another and the GEMM, im2col
 /// and col2im thread themselves. The weight gradient always sums over groups in a fixed order with a
 /// threaded GEMM, so it is deterministic and needs no per-thread copies of dW. Column buffers are Tensors,
-/// charged to the current memory account as workspace, and freed when the call returns.
+/// charged to the current memory account as workspace, and freed when the call returns (the implicit path's only
+/// workspace is its output column offsets, charged the same way; its packing buffers are the GEMM's).
 /// </summary>
 public sealed unsafe partial class CpuBackend
 {
