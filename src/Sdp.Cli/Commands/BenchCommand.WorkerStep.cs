@@ -47,16 +47,43 @@ public static partial class BenchCommand
     {
         var inv = CultureInfo.InvariantCulture;
         var (data, _, description) = RunSetup.BuildData(model, "synthetic", batch, seq, shuffle: false, seed: 0, train: true);
-        output.WriteLine($"{model} ({config}) on {description}; batch {batch}{(model == "llama" ? $" x {seq} tokens" : "")}, AdamW; worker 0 of W = {workers} timed alone on {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples} steps after 2 warm-up");
+        output.WriteLine($"{model} ({config}) on {description}; batch {batch}{(model == "llama" ? $" x {seq} tokens" : "")}, AdamW; worker 0 of W = {workers} timed alone on {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples} steps after 3 warm-up, the variants' steps taken in turn");
         output.WriteLine($"{"variant",-22}{"C",6}{"held d",9}{"ms",10}{"time / DP",12}");
-        double dp = double.NaN;
-        foreach (var variant in StepVariant.All(coverages))
+        // Every variant is built first and their steps are timed in turn (variant 1, 2, ..., 1, 2, ...), so that JIT tiering
+        // and other processes' load fall on all of them alike instead of on whichever ran first or last.
+        var variants = StepVariant.All(coverages).ToList();
+        var steps = new List<IsolatedWorkerStep>();
+        try
         {
-            var subnetwork = RunSetup.BuildSubnetworkModel(model, config, 0, 3, 10, variant.Level ?? SubnetLevel.Block, new SubnetOptions(), null, "--config");
-            using var step = IsolatedWorkerStep.Create(subnetwork, variant, workers, data);
-            double ms = step.MedianMs(samples);
-            if (variant.IsDp) dp = ms;
-            output.WriteLine(string.Create(inv, $"{variant.Name,-22}{variant.Coverage,6:0.##}{step.HeldFraction,9:P1}{ms,10:F1}{ms / dp,12:P1}"));
+            foreach (var variant in variants)
+            {
+                var subnetwork = RunSetup.BuildSubnetworkModel(model, config, 0, 3, 10, variant.Level ?? SubnetLevel.Block, new SubnetOptions(), null, "--config");
+                steps.Add(IsolatedWorkerStep.Create(subnetwork, variant, workers, data));
+            }
+            for (int s = 0; s < 3; s++)
+                foreach (var step in steps) step.Run();
+            var ms = steps.Select(_ => new double[samples]).ToArray();
+            for (int s = 0; s < samples; s++)
+            {
+                for (int v = 0; v < steps.Count; v++)
+                {
+                    long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                    steps[v].Run();
+                    ms[v][s] = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                }
+            }
+            double dp = double.NaN;
+            for (int v = 0; v < steps.Count; v++)
+            {
+                Array.Sort(ms[v]);
+                double median = ms[v][samples / 2];
+                if (variants[v].IsDp) dp = median;
+                output.WriteLine(string.Create(inv, $"{variants[v].Name,-22}{variants[v].Coverage,6:0.##}{steps[v].HeldFraction,9:P1}{median,10:F1}{median / dp,12:P1}"));
+            }
+        }
+        finally
+        {
+            foreach (var step in steps) step.Dispose();
         }
     }
 }

@@ -100,6 +100,6 @@ public static partial class BenchCommand
             if (step != "none") StepMfu(Console.Out, cuda, step, stepBatch, stepSeq, Math.Max(1, Math.Min(p.GetValue(kSamples), 5)));
             return 0;
         });
-        return new Command("bench", "Benchmarks") { gemm, masked, kernels, WorkerStepCommand(), CompareCommand() };
+        return new Command("bench", "Benchmarks") { gemm, masked, kernels, ConvCommand(), AllocCommand(), WorkerStepCommand(), CompareCommand() };
     }
 }

@@ -149,6 +149,64 @@ public static unsafe class Gemm
         }
     }
 
+    /// <summary>
+    /// C[m,n] = op(A) · op(B) + beta * C where a <paramref name="packer"/> packs op(A) (when it <see cref="IGemmPacker{T}.PacksA"/>)
+    /// and/or op(B) (when it <see cref="IGemmPacker{T}.PacksB"/>) straight into the kernel's panels; the other operand is
+    /// the plain row-major a (m x k, lda) or b (k x n, ldb). Column j of C is stored at column scatterCols[j] of row i
+    /// (C + i·ldc + scatterCols[j]) when scatterCols is not null. Float32 or float64; threads &lt;= 0 means <see cref="MaxThreads"/>.
+    /// The sum over k runs in the same order for every thread count, so results do not depend on it.
+    /// </summary>
+    public static void GemmPacked<T>(int m, int n, int k, IGemmPacker<T> packer, T* a, int lda, T* b, int ldb, T beta, T* c, int ldc, int* scatterCols, int threads)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(packer);
+        if (m <= 0 || n <= 0)
+        {
+            return;
+        }
+
+        int t = threads > 0 ? threads : MaxThreads;
+        if (typeof(T) == typeof(float))
+        {
+            var g = new GemmArgs<float>
+            {
+                M = m, N = n, K = k, Alpha = 1f, Beta = (float)(object)beta, A = (float*)a, B = (float*)b, C = (float*)c, Lda = lda, Ldb = ldb, Ldc = ldc,
+                ScatterCols = scatterCols, Packer = (IGemmPacker<float>)packer,
+            };
+            if (k == 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(k), "a packed GEMM needs k > 0");
+            }
+
+            Run(in g, t);
+        }
+        else if (typeof(T) == typeof(double))
+        {
+            var g = new GemmArgs<double>
+            {
+                M = m, N = n, K = k, Alpha = 1d, Beta = (double)(object)beta, A = (double*)a, B = (double*)b, C = (double*)c, Lda = lda, Ldb = ldb, Ldc = ldc,
+                ScatterCols = scatterCols, Packer = (IGemmPacker<double>)packer,
+            };
+            if (k == 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(k), "a packed GEMM needs k > 0");
+            }
+
+            if ((ForcedIsa ?? s_isa) == Isa.V128)
+            {
+                GemmDriver<double, DgemmKernel128>.Run(in g, t);
+            }
+            else
+            {
+                GemmDriver<double, DgemmKernel256>.Run(in g, t);
+            }
+        }
+        else
+        {
+            throw new NotSupportedException($"GemmPacked: {typeof(T).Name} (float and double only)");
+        }
+    }
+
     /// <summary>Validates arguments (BLAS rules); returns false when there is nothing to do (m == 0 or n == 0).</summary>
     private static bool Prepare(bool transA, bool transB, int m, int n, int k, bool alphaZero, void* a, int lda, void* b, int ldb, void* c, int ldc)
     {

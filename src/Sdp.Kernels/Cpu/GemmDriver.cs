@@ -27,7 +27,10 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
     /// <summary>Row i of C is stored at row ScatterRows[i]; column j of C at column ScatterCols[j].</summary>
     public int* ScatterRows, ScatterCols;
 
-    public readonly bool Indexed => GatherA != null || GatherBN != null || GatherBK != null || ScatterRows != null || ScatterCols != null;
+    /// <summary>Packs op(A) and/or op(B) blocks from a layout strides cannot describe (implicit-GEMM convolution); null for a plain GEMM.</summary>
+    public IGemmPacker<T>? Packer;
+
+    public readonly bool Indexed => GatherA != null || GatherBN != null || GatherBK != null || ScatterRows != null || ScatterCols != null || Packer != null;
 }
 
 /// <summary>
@@ -103,12 +106,20 @@ internal static unsafe class GemmDriver<T, TK>
             int mr = TK.MR, nr = TK.NR;
             // >= 2 compute items per thread and phase for dynamic balancing: first by shrinking the row blocks (down to
             // 4 microtiles), then by splitting columns (each range keeps >= 4 panels; every range re-packs its A block).
+            // A short, wide product (M within one row block, many column panels: a convolution's filters against a
+            // batch of pixels) splits columns only: every extra row block would stream the whole packed B block from
+            // beyond L2 again, while an extra column range only re-packs the small A block.
             int target = 2 * threads;
             int mcMax = Gemm.TuneMC > 0 ? RoundUp(Gemm.TuneMC, mr) : TK.MC;
-            mcMax = Math.Min(mcMax, Math.Max(4 * mr, RoundUp((g.M + target - 1) / target, mr)));
-            _mc = BlockSize(g.M, mcMax, mr);
             _kc = BlockSize(g.K, Gemm.TuneKC > 0 ? Gemm.TuneKC : TK.KC, 1);
             _nc = BlockSize(g.N, Gemm.TuneNC > 0 ? RoundUp(Gemm.TuneNC, nr) : TK.NC, nr);
+            bool wide = g.M <= mcMax && _nc / nr >= 4 * target;
+            if (!wide)
+            {
+                mcMax = Math.Min(mcMax, Math.Max(4 * mr, RoundUp((g.M + target - 1) / target, mr)));
+            }
+
+            _mc = BlockSize(g.M, mcMax, mr);
             _kBlocks = (g.K + _kc - 1) / _kc;
             int jBlocks = (g.N + _nc - 1) / _nc;
             int icBlocks = (g.M + _mc - 1) / _mc;
@@ -317,7 +328,11 @@ internal static unsafe class GemmDriver<T, TK>
     /// <summary>Packs the (mcur x kcur) block of op(A) at (ic, pc), gathering rows when <see cref="GemmArgs{T}.GatherA"/> is set.</summary>
     private static void PackA(in GemmArgs<T> g, int ic, int pc, int mcur, int kcur, T* ap)
     {
-        if (g.GatherA != null)
+        if (g.Packer is { PacksA: true } packer)
+        {
+            packer.PackA(ic, pc, mcur, kcur, ap, TK.MR);
+        }
+        else if (g.GatherA != null)
         {
             PackATGather(g.A + (pc * g.Lda), g.Lda, g.GatherA + ic, mcur, kcur, ap);
         }
@@ -334,7 +349,11 @@ internal static unsafe class GemmDriver<T, TK>
     /// <summary>Packs the (kcur x ncols) block of op(B) at (pc, j0), through the gather indices when set.</summary>
     private static void PackB(in GemmArgs<T> g, int j0, int pc, int kcur, int ncols, T* dst)
     {
-        if (g.GatherBK != null)
+        if (g.Packer is { PacksB: true } packer)
+        {
+            packer.PackB(pc, j0, kcur, ncols, dst, TK.NR);
+        }
+        else if (g.GatherBK != null)
         {
             PackBTGatherK(g.B + (j0 * g.Ldb), g.Ldb, g.GatherBK + pc, kcur, ncols, dst);
         }

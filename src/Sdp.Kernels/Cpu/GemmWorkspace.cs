@@ -15,6 +15,7 @@ internal sealed unsafe class GemmWorkspace
     [ThreadStatic] private static GemmWorkspace? t_current;
     [ThreadStatic] private static GemmWorkspace? t_shared;
     [ThreadStatic] private static GemmWorkspace? t_stage;
+    [ThreadStatic] private static GemmWorkspace? t_unfold;
     private static long s_totalBytes;
 
     private byte* _ptr;
@@ -64,12 +65,28 @@ internal sealed unsafe class GemmWorkspace
         return ws._ptr;
     }
 
+    /// <summary>
+    /// Returns this thread's fourth buffer: the rows an implicit-GEMM convolution unfolds before spreading them over
+    /// packed panels (its packers run inside a GEMM call, which holds the other three).
+    /// </summary>
+    public static byte* AcquireUnfold(nuint bytes)
+    {
+        GemmWorkspace ws = t_unfold ??= new GemmWorkspace();
+        if (ws._capacity < bytes)
+        {
+            ws.Grow(bytes);
+        }
+
+        return ws._ptr;
+    }
+
     /// <summary>Frees the calling thread's buffers (the next call on this thread allocates again).</summary>
     public static void ReleaseCurrentThread()
     {
         Release(ref t_current);
         Release(ref t_shared);
         Release(ref t_stage);
+        Release(ref t_unfold);
     }
 
     private static void Release(ref GemmWorkspace? slot)

@@ -193,8 +193,8 @@ public class ConvGradTests
         var b = GradCheck.Input(rng, o);
         if (withBias) GradCheck.Check(t => Ops.Conv2d(t[0], t[1], t[2], stride, pad), [x, wt, b]);
         else GradCheck.Check(t => Ops.Conv2d(t[0], t[1], null, stride, pad), [x, wt]);
-        // One image per GEMM (no batching of images), which big planes get by default.
-        using (Plan(slotColumns: 1, threadedColumns: 1, threads: null))
+        // The im2col path, one image per GEMM (no batching of images), which big planes get there by default.
+        using (Plan(slotColumns: 1, threadedColumns: 1, threads: null, implicitGemm: false))
         {
             GradCheck.Check(t => Ops.Conv2d(t[0], t[1], t[2], stride, pad), [x, wt, b]);
         }
@@ -213,16 +213,20 @@ public class ConvGradTests
         GradCheck.Check(t => Ops.Conv2d(x, t[0], null, 2, 1), [w]);
     }
 
-    /// <summary>Every CPU split (slots of single-threaded GEMMs, threaded GEMMs, images batched per GEMM or not) gives the reference.</summary>
-    [TestCase(1, 256, 1024)]
-    [TestCase(2, 256, 1024)]
-    [TestCase(8, 256, 1024)]
-    [TestCase(3, 1, 1)]
-    [TestCase(16, 1, 1)]
-    [TestCase(2, 40, 40)]
-    public void Conv2d_cpu_plans_agree_with_the_reference(int threads, int slotColumns, int threadedColumns)
+    /// <summary>Every CPU split (the implicit GEMM; im2col with slots of single-threaded GEMMs, threaded GEMMs, images
+    /// batched per GEMM or not) gives the reference.</summary>
+    [TestCase(1, 256, 1024, true)]
+    [TestCase(2, 256, 1024, true)]
+    [TestCase(3, 256, 1024, true)]
+    [TestCase(1, 256, 1024, false)]
+    [TestCase(2, 256, 1024, false)]
+    [TestCase(8, 256, 1024, false)]
+    [TestCase(3, 1, 1, false)]
+    [TestCase(16, 1, 1, false)]
+    [TestCase(2, 40, 40, false)]
+    public void Conv2d_cpu_plans_agree_with_the_reference(int threads, int slotColumns, int threadedColumns, bool implicitGemm)
     {
-        using var plan = Plan(slotColumns, threadedColumns, threads);
+        using var plan = Plan(slotColumns, threadedColumns, threads, implicitGemm);
         var rng = new Rng(23);
         foreach (var (n, c, h, w, o, k, s, p) in new[] { (5, 3, 6, 5, 4, 3, 2, 1), (4, 3, 4, 4, 2, 1, 1, 0), (3, 2, 5, 5, 3, 3, 1, 1) })
         {
@@ -272,6 +276,7 @@ public class ConvGradTests
         var x = Tensor.Randn(new Shape(4, 8, 9, 9), rng);
         var w = Tensor.Randn(new Shape(6, 8, 3, 3), rng);
         var account = new MemoryAccount("conv");
+        using (Plan(CpuBackend.ConvSlotColumns, CpuBackend.ConvThreadedColumns, threads: null, implicitGemm: false))
         using (account.Activate())
         {
             using var y = Ops.Conv2d(x, w, null, 1, 1);
@@ -279,6 +284,90 @@ public class ConvGradTests
             Assert.That(account.PeakBytes(MemoryCategory.Workspace), Is.GreaterThanOrEqualTo(y.ByteLength + 8L * 9 * 81 * 4), "the column buffer was charged");
         }
         Assert.That(account.CurrentTotal, Is.Zero);
+    }
+
+    [Test]
+    public void Conv2d_implicit_gemm_charges_only_its_column_offsets()
+    {
+        var rng = new Rng(24);
+        var x = Tensor.Randn(new Shape(4, 8, 9, 9), rng);
+        var w = Tensor.Randn(new Shape(6, 8, 3, 3), rng);
+        var account = new MemoryAccount("conv");
+        using (Plan(CpuBackend.ConvSlotColumns, CpuBackend.ConvThreadedColumns, threads: null, implicitGemm: true))
+        using (account.Activate())
+        {
+            using var y = Ops.Conv2d(x, w, null, 1, 1);
+            Assert.That(account.CurrentTotal, Is.EqualTo(y.ByteLength), "only the output stays allocated");
+            // No column matrix (8·9 rows x 4·81 columns): the workspace is the output's column offsets, one int per column.
+            Assert.That(account.PeakBytes(MemoryCategory.Workspace), Is.EqualTo(y.ByteLength + 4L * 81 * sizeof(int)));
+        }
+        Assert.That(account.CurrentTotal, Is.Zero);
+    }
+
+    /// <summary>
+    /// The implicit GEMM's packers on awkward geometries (planes that are not a multiple of the panel width, same-plane
+    /// and strided unfolding, non-square kernels, padding wider than the kernel's reach) with GEMM blocks small enough
+    /// that k slices and column blocks cross image boundaries: forward, input and weight gradients against float64
+    /// references, float32 and float64, 1 and 2 threads.
+    /// </summary>
+    [TestCase(1, DType.Float64)]
+    [TestCase(2, DType.Float64)]
+    [TestCase(2, DType.Float32)]
+    public void Conv2d_implicit_gemm_packers_agree_with_the_reference(int threads, DType dtype)
+    {
+        using var plan = Plan(CpuBackend.ConvSlotColumns, CpuBackend.ConvThreadedColumns, threads, implicitGemm: true);
+        int oldKc = Sdp.Kernels.Cpu.Gemm.TuneKC, oldNc = Sdp.Kernels.Cpu.Gemm.TuneNC;
+        Sdp.Kernels.Cpu.Gemm.TuneKC = 13;
+        Sdp.Kernels.Cpu.Gemm.TuneNC = 32;
+        try
+        {
+            var rng = new Rng(25);
+            double tol = dtype == DType.Float64 ? 1e-11 : 1e-4;
+            foreach (var (n, c, h, w, o, kh, kw, s, p) in new[]
+            {
+                (3, 3, 5, 5, 7, 3, 3, 1, 1), (2, 2, 7, 6, 5, 3, 3, 1, 1), (2, 4, 9, 9, 3, 3, 3, 2, 1), (3, 2, 6, 7, 4, 1, 1, 2, 0),
+                (2, 3, 5, 6, 4, 3, 2, 1, 2), (4, 5, 4, 4, 9, 3, 3, 1, 1), (2, 2, 8, 5, 3, 5, 5, 1, 2), (1, 3, 7, 7, 2, 3, 3, 3, 0),
+                (3, 2, 4, 4, 3, 3, 3, 1, 0), (2, 3, 5, 5, 17, 1, 1, 1, 0),
+                (2, 3, 20, 21, 4, 3, 3, 2, 1), (1, 2, 34, 33, 3, 1, 1, 2, 0), (1, 2, 19, 40, 3, 3, 3, 2, 0), // stride 2, rows wide enough for vectors
+            })
+            {
+                using var scope = TensorScope.Begin();
+                var xv = ConvReference.Random(rng, n * c * h * w);
+                var wv = ConvReference.Random(rng, o * c * kh * kw);
+                var x = Tensor.FromDoubles(xv, new Shape(n, c, h, w), dtype);
+                var wt = Tensor.FromDoubles(wv, new Shape(o, c, kh, kw), dtype);
+                x.RequiresGrad = wt.RequiresGrad = true;
+                var y = Ops.Conv2d(x, wt, null, s, p);
+                var yRef = ConvReference.Conv2d(xv, [n, c, h, w], wv, [o, c, kh, kw], null, s, p);
+                TensorAssert.Close(y, yRef, tol, tol);
+                var dyv = ConvReference.Random(rng, yRef.Length);
+                y.Backward(Tensor.FromDoubles(dyv, y.Shape, dtype));
+                int oh = y.Shape[2], ow = y.Shape[3];
+                var dx = new double[xv.Length];
+                var dw = new double[wv.Length];
+                for (int bi = 0; bi < n; bi++)
+                for (int oc = 0; oc < o; oc++)
+                for (int i = 0; i < oh; i++)
+                for (int j = 0; j < ow; j++)
+                for (int ic = 0; ic < c; ic++)
+                for (int r = 0; r < kh; r++)
+                for (int q = 0; q < kw; q++)
+                {
+                    int ih = i * s - p + r, iw = j * s - p + q;
+                    if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+                    double g = dyv[((bi * o + oc) * oh + i) * ow + j];
+                    dx[((bi * c + ic) * h + ih) * w + iw] += g * wv[((oc * c + ic) * kh + r) * kw + q];
+                    dw[((oc * c + ic) * kh + r) * kw + q] += g * xv[((bi * c + ic) * h + ih) * w + iw];
+                }
+                TensorAssert.Close(x.Grad!, dx, tol, tol);
+                TensorAssert.Close(wt.Grad!, dw, tol, tol);
+            }
+        }
+        finally
+        {
+            Sdp.Kernels.Cpu.Gemm.TuneKC = oldKc;
+            Sdp.Kernels.Cpu.Gemm.TuneNC = oldNc;
+        }
     }
 
     [TestCase(2, 1, 1, 1)]
@@ -381,6 +470,40 @@ public class ConvGradTests
         Assert.That(dx64.ToDoubles(), Is.EqualTo(dx32.ToDoubles()));
     }
 
+    /// <summary>The vectorised float32 max-pool forward (8 outputs at a time) against the scalar float64 one: values and
+    /// argmax, with ties (first index in scan order wins), NaNs and -inf, int32 and int64 argmax.</summary>
+    [TestCase(3, 2, 1, 37, 41)]
+    [TestCase(2, 2, 0, 34, 35)]
+    [TestCase(3, 1, 1, 20, 29)]
+    [TestCase(2, 1, 0, 17, 18)]
+    [TestCase(5, 2, 2, 40, 45)]
+    public void MaxPool2d_vectorised_forward_matches_the_scalar_one(int k, int s, int p, int h, int w)
+    {
+        using var scope = TensorScope.Begin();
+        var be = Backends.Cpu;
+        var rng = new Rng(43);
+        var values = new double[2 * 3 * h * w];
+        for (int i = 0; i < values.Length; i++)
+        {
+            double u = rng.NextDouble();
+            values[i] = u < 0.01 ? double.NaN : u < 0.02 ? double.NegativeInfinity : Math.Floor(u * 5); // few levels: many ties
+        }
+        int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
+        var x32 = Tensor.FromDoubles(values, new Shape(2, 3, h, w), DType.Float32, be);
+        var x64 = Tensor.FromDoubles(values, new Shape(2, 3, h, w), DType.Float64, be);
+        foreach (var argType in new[] { DType.Int32, DType.Int64 })
+        {
+            var y32 = Tensor.Empty(new Shape(2, 3, oh, ow), DType.Float32, be);
+            var y64 = Tensor.Empty(new Shape(2, 3, oh, ow), DType.Float64, be);
+            var a32 = Tensor.Empty(y32.Shape, argType, be);
+            var a64 = Tensor.Empty(y32.Shape, argType, be);
+            be.MaxPool2d(x32, y32, a32, k, s, p);
+            be.MaxPool2d(x64, y64, a64, k, s, p);
+            Assert.That(a32.ToDoubles(), Is.EqualTo(a64.ToDoubles()));
+            Assert.That(y32.ToDoubles(), Is.EqualTo(y64.ToDoubles()));
+        }
+    }
+
     [TestCase(1, 1, 4, 4, 1, 1)]
     [TestCase(2, 3, 5, 7, 2, 3)]
     [TestCase(1, 2, 3, 5, 5, 2)]
@@ -466,10 +589,12 @@ public class ConvGradTests
     // ---- helpers ----------------------------------------------------------------------------------------
 
     /// <summary>Temporarily sets the CPU conv plan hooks (group widths, thread count).</summary>
-    private static IDisposable Plan(int slotColumns, int threadedColumns, int? threads)
+    private static IDisposable Plan(int slotColumns, int threadedColumns, int? threads, bool implicitGemm = false)
     {
         int oldSlot = CpuBackend.ConvSlotColumns, oldThreaded = CpuBackend.ConvThreadedColumns, oldWeight = CpuBackend.ConvWeightGradColumns;
         int oldThreads = CpuParallel.MaxThreads;
+        bool oldImplicit = CpuBackend.ConvImplicitGemm;
+        CpuBackend.ConvImplicitGemm = implicitGemm;
         CpuBackend.ConvSlotColumns = slotColumns;
         CpuBackend.ConvThreadedColumns = threadedColumns;
         CpuBackend.ConvWeightGradColumns = threadedColumns;
@@ -480,6 +605,7 @@ public class ConvGradTests
             CpuBackend.ConvThreadedColumns = oldThreaded;
             CpuBackend.ConvWeightGradColumns = oldWeight;
             CpuParallel.MaxThreads = oldThreads;
+            CpuBackend.ConvImplicitGemm = oldImplicit;
         });
     }
 

@@ -5,7 +5,14 @@ using Sdp.Kernels.Cpu;
 namespace Sdp.Engine.Backends.Cpu;
 
 /// <summary>
-/// CNN layers on the CPU. Convolution is im2col + GEMM: a group of G images is unfolded into a column
+/// CNN layers on the CPU. By default convolutions are implicit GEMMs (<see cref="ConvGemm"/>): the im2col column
+/// matrix is unfolded block by block straight into the GEMM's packed panels and never materialised. The forward pass
+/// and the stride-1 input gradient (a forward convolution of dy with the flipped, transposed kernel) run image groups
+/// of about <see cref="ConvImplicitGroupColumns"/> columns as single-threaded GEMMs claimed by the threads in turn, or
+/// one threaded GEMM when groups are few; the weight gradient is one threaded GEMM over the whole batch. The input
+/// gradient at other strides, and every pass when <see cref="ConvImplicitGemm"/> is off, use the older path below.
+///
+/// im2col + GEMM: a group of G images is unfolded into a column
 /// matrix cols (K = C·KH·KW, G·P) with P = OH·OW, and y_g (O, G·P) = W (O, K) · cols. Small planes batch
 /// several images per GEMM so the GEMM stays wide (ResNet's 4x4 stages); 1x1 stride-1 convolutions of one
 /// image skip im2col and multiply x directly.
@@ -15,7 +22,8 @@ namespace Sdp.Engine.Backends.Cpu;
 /// fewer groups (small batches, tiny late-stage planes) groups run one after another and the GEMM, im2col
 /// and col2im thread themselves. The weight gradient always sums over groups in a fixed order with a
 /// threaded GEMM, so it is deterministic and needs no per-thread copies of dW. Column buffers are Tensors,
-/// charged to the current memory account as workspace, and freed when the call returns.
+/// charged to the current memory account as workspace, and freed when the call returns (the implicit path's only
+/// workspace is its output column offsets, charged the same way; its packing buffers are the GEMM's).
 /// </summary>
 public sealed unsafe partial class CpuBackend
 {
@@ -28,6 +36,11 @@ public sealed unsafe partial class CpuBackend
     /// <summary>Target inner dimension (columns of dY and cols) of each weight-gradient GEMM: wider means
     /// fewer passes over dW. Tuning and test hook.</summary>
     internal static int ConvWeightGradColumns { get; set; } = 4096;
+
+    /// <summary>Implicit-GEMM convolutions (<see cref="ConvGemm"/>): forward, weight gradient, and the input gradient at
+    /// stride 1. Off runs the im2col + GEMM path everywhere: a test hook (the two must agree) and a benchmark switch
+    /// (`sdp bench conv` times both in the same run).</summary>
+    public static bool ConvImplicitGemm { get; set; } = true;
 
     /// <summary>Upper bound on one group's column matrix, in elements, so workspace stays bounded.</summary>
     private const long ConvMaxGroupElements = 1L << 22;
@@ -117,8 +130,57 @@ public sealed unsafe partial class CpuBackend
         else Conv2dCore<double>(g, x, weight, bias, y);
     }
 
+    /// <summary>Target GEMM width (columns) of one image group of the implicit-GEMM forward. Tuning and test hook.</summary>
+    internal static int ConvImplicitGroupColumns { get; set; } = 1024;
+
+    /// <summary>
+    /// y = conv(x, w) + beta·y by implicit GEMM. With at least two image groups per thread, each thread claims whole
+    /// groups in turn and runs them as single-threaded GEMMs: nothing is shared or waited for, and a thread slowed by
+    /// another process just claims fewer groups. Otherwise (few, small planes) one GEMM threads itself over the
+    /// batch. Every output element sums over k in the same order either way, so the split does not change results.
+    /// </summary>
+    private void ImplicitForward<T>(ConvGeometry g, T* x, T* w, T* y, T beta) where T : unmanaged, INumber<T>
+    {
+        int threads = Math.Max(1, CpuParallel.MaxThreads);
+        using var offsets = ColumnOffsets((long)g.N * g.P);
+        int* op = Ptr<int>(offsets);
+        ConvGemm.FillColumnOffsets(g, op);
+        int groupSize = Math.Clamp((ConvImplicitGroupColumns + g.P - 1) / g.P, 1, Math.Max(1, g.N));
+        int groups = (g.N + groupSize - 1) / groupSize;
+        if (threads == 1 || groups < 2 * threads)
+        {
+            ConvGemm.Forward(g, x, w, y, beta, op, threads);
+            return;
+        }
+
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y, opp = (nint)op;
+        int next = -1;
+        long inImage = (long)g.C * g.HW, outImage = (long)g.O * g.P;
+        CpuParallel.For(threads, 1, (_, _) =>
+        {
+            int grp;
+            while ((grp = Interlocked.Increment(ref next)) < groups)
+            {
+                int n0 = grp * groupSize, count = Math.Min(groupSize, g.N - n0);
+                ConvGemm.Forward(g with { N = count }, (T*)xp + n0 * inImage, (T*)wp, (T*)yp + n0 * outImage, beta, (int*)opp, 1);
+            }
+        });
+    }
+
+    private static ConvGeometry Geometry(in ConvGeom g) => new(g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.Stride, g.Pad);
+
+    /// <summary>Column offsets of an implicit-GEMM output (N·P ints), workspace charged like the column buffers.</summary>
+    private Tensor ColumnOffsets(long count) => Tensor.Empty(new Shape((int)Math.Max(1, count)), DType.Int32, this);
+
     private void Conv2dCore<T>(ConvGeom g, Tensor xt, Tensor wt, Tensor? bt, Tensor yt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (ConvImplicitGemm)
+        {
+            ImplicitForward(Geometry(g), Ptr<T>(xt), Ptr<T>(wt), Ptr<T>(yt), T.Zero);
+            if (bt is not null) AddConvBias<T>(yt, bt);
+            return;
+        }
+
         var plan = ConvPlan.For(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -169,6 +231,21 @@ public sealed unsafe partial class CpuBackend
                     else src.CopyTo(dst);
                 }
             });
+        });
+    }
+
+    /// <summary>y[n, o, :] += bias[o], one (image, channel) plane per item.</summary>
+    private static void AddConvBias<T>(Tensor yt, Tensor bt) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int n = yt.Shape[0], o = yt.Shape[1], plane = (int)yt.Shape.Product(2, 4);
+        nint yp = (nint)Ptr<T>(yt), bp = (nint)Ptr<T>(bt);
+        CpuParallel.For((long)n * o, Math.Max(1, ElementwiseGrain / Math.Max(1, plane)), (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                var row = new Span<T>((T*)yp + r * plane, plane);
+                TensorPrimitives.Add(row, ((T*)bp)[r % o], row);
+            }
         });
     }
 
@@ -329,6 +406,11 @@ public sealed unsafe partial class CpuBackend
     /// <summary>dW (O, K) += Σ_groups dY_g (O, G·P) · cols_gᵀ, groups in order, each GEMM threaded.</summary>
     private void Conv2dWeightGrad<T>(ConvGeom g, Tensor xt, Tensor dyt, Tensor dwt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (ConvImplicitGemm)
+        {
+            ConvGemm.WeightGrad(Geometry(g), Ptr<T>(xt), Ptr<T>(dyt), Ptr<T>(dwt), CpuParallel.MaxThreads);
+            return;
+        }
         var plan = ConvPlan.ForWeightGrad(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -358,6 +440,11 @@ public sealed unsafe partial class CpuBackend
     /// <summary>dX += col2im(Wᵀ (K, O) · dY_g (O, G·P)) per group; 1x1 stride-1 single images accumulate straight into dX.</summary>
     private void Conv2dInputGrad<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (ConvImplicitGemm && g.Stride == 1 && g.KH == g.KW && g.Pad <= g.KH - 1)
+        {
+            Conv2dInputGradAsForward<T>(g, wt, dyt, dxt);
+            return;
+        }
         var plan = ConvPlan.For(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -386,5 +473,38 @@ public sealed unsafe partial class CpuBackend
             GemmT(true, false, K, ld, O, (T*)wp, K, a, ld, false, dcols, ld, threads);
             Col2ImGroup(g, dcols, n0, count, ld, (T*)dxp, par);
         });
+    }
+
+    /// <summary>
+    /// At stride 1, dX = conv(dY, W'), W'[c, o, kh, kw] = W[o, c, KH-1-kh, KW-1-kw], padding KH-1-p: a forward
+    /// implicit-GEMM convolution accumulating into dX, with no column matrix and no col2im's overlapping adds.
+    /// </summary>
+    private void Conv2dInputGradAsForward<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int taps = g.KH * g.KW;
+        using var flipped = Tensor.Empty(new Shape(g.C, g.O, g.KH, g.KW), dxt.DType, this);
+        nint wp = (nint)Ptr<T>(wt), fp = (nint)Ptr<T>(flipped);
+        // Blocks of FlipChannels input channels: for each filter o, the block's taps are one contiguous run of W, and each
+        // channel of the block writes its own sequential stream of W', so every cache line is used whole.
+        const int FlipChannels = 16;
+        int blocks = (g.C + FlipChannels - 1) / FlipChannels;
+        CpuParallel.For(blocks, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)g.O * taps * FlipChannels)), (b0, b1) =>
+        {
+            for (long blk = b0; blk < b1; blk++)
+            {
+                int c0 = (int)blk * FlipChannels, c1 = Math.Min(g.C, c0 + FlipChannels);
+                for (int o = 0; o < g.O; o++)
+                {
+                    T* src = (T*)wp + ((long)o * g.C + c0) * taps;
+                    for (int c = c0; c < c1; c++, src += taps)
+                    {
+                        T* dst = (T*)fp + ((long)c * g.O + o) * taps;
+                        for (int tap = 0; tap < taps; tap++) dst[tap] = src[taps - 1 - tap];
+                    }
+                }
+            }
+        });
+        var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
+        ImplicitForward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), T.One);
     }
 }

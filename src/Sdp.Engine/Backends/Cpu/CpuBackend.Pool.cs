@@ -1,9 +1,13 @@
 using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Sdp.Kernels.Cpu;
 
 namespace Sdp.Engine.Backends.Cpu;
 
-/// <summary>Max and adaptive average pooling on the CPU, parallel over (image, channel) planes.</summary>
+/// <summary>Max and adaptive average pooling on the CPU, parallel over (image, channel) planes; max pooling's forward
+/// takes 8 outputs of a row at a time (AVX2, float32, stride 1 or 2) where their windows lie inside the row.</summary>
 public sealed unsafe partial class CpuBackend
 {
     // ---- max pooling ------------------------------------------------------------------------------------
@@ -30,33 +34,83 @@ public sealed unsafe partial class CpuBackend
                 {
                     int hs = i * stride - padding, he = Math.Min(hs + kernel, h);
                     hs = Math.Max(hs, 0);
-                    for (int j = 0; j < ow; j++)
+                    long rowOut = pl * oh * ow + (long)i * ow;
+                    int j = 0;
+                    if (typeof(T) == typeof(float) && Avx2.IsSupported && (stride == 1 || stride == 2))
                     {
-                        int ws = j * stride - padding, we = Math.Min(ws + kernel, w);
-                        ws = Math.Max(ws, 0);
-                        T best = T.NegativeInfinity;
-                        int at = hs * w + ws;
-                        for (int r = hs; r < he; r++)
-                        {
-                            for (int q = ws; q < we; q++)
-                            {
-                                T v = x[r * w + q];
-                                if (v > best || T.IsNaN(v))
-                                {
-                                    best = v;
-                                    at = r * w + q;
-                                }
-                            }
-                        }
-                        long o = (long)i * ow + j;
-                        y[o] = best;
-                        if (wide) ((long*)ap)[pl * oh * ow + o] = at;
-                        else ((int*)ap)[pl * oh * ow + o] = at;
+                        // Windows whole inside the row, 8 outputs at a time; the rest (the padded edges) below.
+                        int jLo = (padding + stride - 1) / stride;
+                        // The last lane's window must end inside the row (stride-2 loads read no further than that).
+                        int jHi = w + padding - kernel < 0 ? 0 : Math.Min(ow, (w + padding - kernel) / stride + 1);
+                        for (; j < jLo && j < ow; j++) MaxPoolOne(x, y, ap, wide, rowOut, i, j, hs, he, w, ow, kernel, stride, padding);
+                        for (; j + 8 <= jHi; j += 8)
+                            MaxPool8((float*)x, (float*)y + (long)i * ow + j, ap, wide, rowOut + j, hs, he, w, j * stride - padding, kernel, stride);
                     }
+                    for (; j < ow; j++) MaxPoolOne(x, y, ap, wide, rowOut, i, j, hs, he, w, ow, kernel, stride, padding);
                 }
             }
         });
     }
+
+    /// <summary>One output of max pooling: the first maximum in scan order (a NaN wins, the last one seen).</summary>
+    private static void MaxPoolOne<T>(T* x, T* y, nint ap, bool wide, long rowOut, int i, int j, int hs, int he, int w, int ow, int kernel, int stride, int padding)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        int ws = j * stride - padding, we = Math.Min(ws + kernel, w);
+        ws = Math.Max(ws, 0);
+        T best = T.NegativeInfinity;
+        int at = hs * w + ws;
+        for (int r = hs; r < he; r++)
+        {
+            for (int q = ws; q < we; q++)
+            {
+                T v = x[r * w + q];
+                if (v > best || T.IsNaN(v))
+                {
+                    best = v;
+                    at = r * w + q;
+                }
+            }
+        }
+        y[(long)i * ow + j] = best;
+        if (wide) ((long*)ap)[rowOut + j] = at;
+        else ((int*)ap)[rowOut + j] = at;
+    }
+
+    /// <summary>
+    /// Eight adjacent outputs whose windows lie inside the row (first column ws0 for the first), lane by lane the same
+    /// comparisons in the same order as <see cref="MaxPoolOne{T}"/>: v &gt; best or v is NaN takes v and its index.
+    /// </summary>
+    private static void MaxPool8(float* x, float* y, nint ap, bool wide, long outIndex, int hs, int he, int w, int ws0, int kernel, int stride)
+    {
+        var lane = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * stride;
+        var best = Vector256.Create(float.NegativeInfinity);
+        var at = Vector256.Create(hs * w + ws0) + lane;
+        for (int r = hs; r < he; r++)
+        {
+            for (int q = 0; q < kernel; q++)
+            {
+                int first = r * w + ws0 + q;
+                float* src = x + first;
+                Vector256<float> v = stride == 1 ? Vector256.Load(src) : ConvGemm.EvenLanes(src);
+                Vector256<float> take = Avx.Or(Avx.CompareGreaterThan(v, best), Avx.CompareUnordered(v, v));
+                best = Avx.BlendVariable(best, v, take);
+                at = Avx.BlendVariable(at.AsSingle(), (Vector256.Create(first) + lane).AsSingle(), take).AsInt32();
+            }
+        }
+        Vector256.Store(best, y);
+        if (wide)
+        {
+            long* dst = (long*)ap + outIndex;
+            Vector256.Store(Avx2.ConvertToVector256Int64(at.GetLower()), dst);
+            Vector256.Store(Avx2.ConvertToVector256Int64(at.GetUpper()), dst + 4);
+        }
+        else
+        {
+            Vector256.Store(at, (int*)ap + outIndex);
+        }
+    }
+
 
     public void MaxPool2dBackward(Tensor dy, Tensor argmax, Tensor dx)
     {

@@ -84,11 +84,23 @@ public sealed unsafe partial class CpuBackend : IBackend
     {
         switch (dst.DType)
         {
-            case DType.Float32: Span<float>(dst).Fill((float)value); break;
-            case DType.Float64: Span<double>(dst).Fill(value); break;
-            case DType.Int32: Span<int>(dst).Fill((int)value); break;
-            case DType.Int64: Span<long>(dst).Fill((long)value); break;
+            case DType.Float32: FillCore(Ptr<float>(dst), dst.Numel, (float)value); break;
+            case DType.Float64: FillCore(Ptr<double>(dst), dst.Numel, value); break;
+            case DType.Int32: FillCore(Ptr<int>(dst), dst.Numel, (int)value); break;
+            case DType.Int64: FillCore(Ptr<long>(dst), dst.Numel, (long)value); break;
         }
+    }
+
+    /// <summary>Fills in parallel chunks: zeroing a batch's activation gradients is memory-bound, one core cannot saturate it.</summary>
+    private static void FillCore<T>(T* p, long n, T value) where T : unmanaged
+    {
+        if (n <= 4 * ElementwiseGrain)
+        {
+            new Span<T>(p, (int)n).Fill(value);
+            return;
+        }
+        nint pp = (nint)p;
+        CpuParallel.For(n, 4 * ElementwiseGrain, (s, e) => new Span<T>((T*)pp + s, (int)(e - s)).Fill(value));
     }
 
     public void Cast(Tensor src, Tensor dst)

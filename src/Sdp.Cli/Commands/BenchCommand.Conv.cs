@@ -1,0 +1,144 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Sdp.Engine;
+using Sdp.Engine.Backends.Cpu;
+
+namespace Sdp.Cli.Commands;
+
+/// <summary>
+/// `sdp bench conv`: the CPU backend's convolutions on CIFAR ResNet-18's shapes (width 64), forward, input gradient
+/// and weight gradient timed apart, each beside a plain SGEMM of the same M x N x K in the same run, so that what
+/// the convolution adds to its GEMM (unfolding, folding, copies, idle threads) shows as a ratio.
+/// </summary>
+public static partial class BenchCommand
+{
+    /// <summary>One convolution shape of the network and how often it occurs in one step.</summary>
+    private readonly record struct ConvShape(string Name, int C, int O, int H, int K, int Stride, int Pad, int Count);
+
+    private static readonly ConvShape[] ResNet18Convs =
+    [
+        new("stem 3>64 32", 3, 64, 32, 3, 1, 1, 1),
+        new("64>64 32", 64, 64, 32, 3, 1, 1, 4),
+        new("64>128 s2", 64, 128, 32, 3, 2, 1, 1),
+        new("ds 64>128 1x1 s2", 64, 128, 32, 1, 2, 0, 1),
+        new("128>128 16", 128, 128, 16, 3, 1, 1, 3),
+        new("128>256 s2", 128, 256, 16, 3, 2, 1, 1),
+        new("ds 128>256 1x1 s2", 128, 256, 16, 1, 2, 0, 1),
+        new("256>256 8", 256, 256, 8, 3, 1, 1, 3),
+        new("256>512 s2", 256, 512, 8, 3, 2, 1, 1),
+        new("ds 256>512 1x1 s2", 256, 512, 8, 1, 2, 0, 1),
+        new("512>512 4", 512, 512, 4, 3, 1, 1, 3),
+    ];
+
+    private static Command ConvCommand()
+    {
+        var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
+        var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
+        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, each against an SGEMM of the same size") { batch, samples, steps };
+        cmd.SetAction(p =>
+        {
+            int n = Check.Positive(p.GetValue(batch), "--batch");
+            ConvBench(Console.Out, n, Check.Positive(p.GetValue(samples), "--samples"));
+            if (p.GetValue(steps) > 0) ConvStepBench(Console.Out, n, p.GetValue(steps));
+            return 0;
+        });
+        return cmd;
+    }
+
+    private static unsafe void ConvBench(TextWriter output, int n, int samples)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var cpu = CpuBackend.Instance;
+        var rng = new Random(1);
+        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the three timed in turn per sample;");
+        output.WriteLine("implicit = implicit-GEMM conv, im2col = im2col + GEMM conv, gemm = Sgemm of the same M x N x K; step ms = implicit ms x count; KiB alloc = managed allocation of one implicit call, all threads");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"implicit",10}{"GFLOP/s",9}{"im2col",10}{"gemm ms",10}{"impl/im2col",13}{"impl/gemm",11}{"step ms",10}{"KiB alloc",10}");
+        double total = 0, totalOld = 0, totalGemm = 0;
+        foreach (var s in ResNet18Convs)
+        {
+            int oh = (s.H + 2 * s.Pad - s.K) / s.Stride + 1, p = oh * oh, k = s.C * s.K * s.K;
+            using var x = Random(new Shape(n, s.C, s.H, s.H), rng);
+            using var w = Random(new Shape(s.O, s.C, s.K, s.K), rng);
+            using var y = Tensor.Zeros(new Shape(n, s.O, oh, oh), DType.Float32, cpu);
+            using var dy = Random(new Shape(n, s.O, oh, oh), rng);
+            using var dx = Tensor.Zeros(x.Shape, DType.Float32, cpu);
+            using var dw = Tensor.Zeros(w.Shape, DType.Float32, cpu);
+            // The equivalent GEMM's operands: the largest of the three passes' M x K, K x N, M x N.
+            long big = Math.Max((long)s.O * k, Math.Max((long)k * n * p, (long)s.O * n * p));
+            var ga = new float[big];
+            var gb = new float[big];
+            var gc = new float[big];
+            for (int i = 0; i < big; i++) { ga[i] = (float)rng.NextDouble(); gb[i] = (float)rng.NextDouble(); }
+            double flops = 2.0 * s.O * k * n * p;
+            (string Pass, Action Conv, int M, int N, int K)[] passes =
+            [
+                ("fwd", () => cpu.Conv2d(x, w, null, y, s.Stride, s.Pad), s.O, n * p, k),
+                ("dx", () => cpu.Conv2dBackward(null, w, dy, dx, null, null, s.Stride, s.Pad), k, n * p, s.O),
+                ("dw", () => cpu.Conv2dBackward(x, null, dy, null, dw, null, s.Stride, s.Pad), s.O, k, n * p),
+            ];
+            foreach (var pass in passes)
+            {
+                if (pass.Pass == "dx" && s.C == 3) continue; // the stem's input needs no gradient
+                double[] ms;
+                fixed (float* a = ga, b = gb, c = gc)
+                {
+                    nint ap = (nint)a, bp = (nint)b, cp = (nint)c;
+                    int m = pass.M, nn = pass.N, kk = pass.K;
+                    ms = MedianMsInTurn(samples,
+                        () => { CpuBackend.ConvImplicitGemm = true; pass.Conv(); },
+                        () => { CpuBackend.ConvImplicitGemm = false; pass.Conv(); CpuBackend.ConvImplicitGemm = true; },
+                        () => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
+                }
+                double convMs = ms[0], oldMs = ms[1], gemmMs = ms[2];
+                long before = GC.GetTotalAllocatedBytes(precise: true);
+                pass.Conv();
+                long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+                total += convMs * s.Count;
+                totalOld += oldMs * s.Count;
+                totalGemm += gemmMs * s.Count;
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{convMs,10:F2}{flops / convMs / 1e6,9:F1}{oldMs,10:F2}{gemmMs,10:F2}{convMs / oldMs,13:F2}{convMs / gemmMs,11:F2}{convMs * s.Count,10:F1}{allocated / 1024.0,10:F1}"));
+            }
+        }
+        output.WriteLine(string.Create(inv, $"total per step: implicit {total:F1} ms, im2col {totalOld:F1} ms, the same GEMMs {totalGemm:F1} ms (implicit / im2col {total / totalOld:F2}, implicit / gemm {total / totalGemm:F2})"));
+    }
+
+    /// <summary>Whole training steps (one DP worker, AdamW) with the implicit-GEMM and the im2col convolutions, in turn.</summary>
+    private static void ConvStepBench(TextWriter output, int batch, int steps)
+    {
+        var (data, _, _) = RunSetup.BuildData("resnet18", "synthetic", batch, 1, shuffle: false, seed: 0, train: true);
+        var subnetwork = RunSetup.BuildSubnetworkModel("resnet18", "{\"width\":64}", 0, 3, 10, Sdp.Engine.Subnetworks.SubnetLevel.Block, new Sdp.Models.Subnetworks.SubnetOptions(), null, "--config");
+        using var step = Sdp.Models.Training.IsolatedWorkerStep.Create(subnetwork, Sdp.Models.Training.StepVariant.Dp, 4, data);
+        var ms = MedianMsInTurn(steps,
+            () => { CpuBackend.ConvImplicitGemm = true; step.Run(); },
+            () => { CpuBackend.ConvImplicitGemm = false; step.Run(); CpuBackend.ConvImplicitGemm = true; });
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: implicit {ms[0]:F1} ms, im2col {ms[1]:F1} ms (implicit / im2col {ms[0] / ms[1]:F2})"));
+    }
+
+    private static Tensor Random(Shape shape, Random rng)
+    {
+        var data = new float[shape.Numel];
+        for (int i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
+        return Tensor.FromArray(data, shape, CpuBackend.Instance);
+    }
+
+    /// <summary>Median ms of each action, timed in turn within every sample so that a shared machine's load falls on all alike.</summary>
+    private static double[] MedianMsInTurn(int samples, params Action[] actions)
+    {
+        foreach (var a in actions) a();
+        var times = new double[actions.Length][];
+        for (int j = 0; j < actions.Length; j++) times[j] = new double[samples];
+        for (int i = 0; i < samples; i++)
+        {
+            for (int j = 0; j < actions.Length; j++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                actions[j]();
+                times[j][i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            }
+        }
+        return [.. times.Select(t => { Array.Sort(t); return t[samples / 2]; })];
+    }
+}
