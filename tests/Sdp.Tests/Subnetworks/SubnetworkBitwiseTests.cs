@@ -13,7 +13,7 @@ namespace Sdp.Tests.Subnetworks;
 /// SHA-256 recorded in <c>Fixtures/subnetwork-bitwise.json</c> by the code before the change.
 /// <para>
 /// The runs are child processes with AVX-512 off and 2 processors, so that their arithmetic is the 2-core AVX2
-/// machine's where the fixture was recorded, whatever machine runs the tests. Record again (only when a change is
+/// machine's where the fixture was recorded, whatever machine runs the tests, with the convolutions of that time. Record again (only when a change is
 /// meant to change the numbers) with SDP_RECORD_SUBNETWORK_FIXTURE=path/to/subnetwork-bitwise.json.
 /// </para>
 /// </summary>
@@ -112,6 +112,9 @@ public sealed class SubnetworkBitwiseTests
         // The recording machine's arithmetic: 256-bit vectors and 2 cores, whatever this machine has.
         psi.Environment["DOTNET_EnableAVX512F"] = "0";
         psi.Environment["DOTNET_PROCESSOR_COUNT"] = "2";
+        // The convolutions of the recording (im2col + GEMM): the implicit-GEMM path, which came later, sums in
+        // another order. What is checked here is the subnetwork mechanism, not the kernels.
+        psi.Environment["SDP_CPU_CONV"] = "im2col";
         using var process = Process.Start(psi)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();

@@ -39,8 +39,9 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>Implicit-GEMM convolutions (<see cref="ConvGemm"/>): forward, weight gradient, and the input gradient at
     /// stride 1. Off runs the im2col + GEMM path everywhere: a test hook (the two must agree) and a benchmark switch
-    /// (`sdp bench conv` times both in the same run).</summary>
-    public static bool ConvImplicitGemm { get; set; } = true;
+    /// (`sdp bench conv` times both in the same run). SDP_CPU_CONV=im2col starts a process with it off (the subnetwork
+    /// bit-for-bit fixture, recorded before the implicit path existed, runs that way).</summary>
+    public static bool ConvImplicitGemm { get; set; } = Environment.GetEnvironmentVariable("SDP_CPU_CONV") != "im2col";
 
     /// <summary>Upper bound on one group's column matrix, in elements, so workspace stays bounded.</summary>
     private const long ConvMaxGroupElements = 1L << 22;
