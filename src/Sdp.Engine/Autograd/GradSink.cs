@@ -49,6 +49,39 @@ public sealed class GradSink : IDisposable
     }
 
     /// <summary>
+    /// The buffer for <paramref name="input"/>'s gradient when the caller writes every element of it. When nothing has
+    /// been accumulated for a non-leaf input yet, the buffer is fresh and unfilled (Fresh = true): the caller
+    /// overwrites it, which saves the zero fill and one read of the buffer. Otherwise it is <see cref="For"/>'s
+    /// buffer (Fresh = false) and the caller adds into it. Null Buffer when no gradient is needed.
+    /// </summary>
+    internal (Tensor? Buffer, bool Fresh) ForWrite(Tensor input)
+    {
+        if (!input.RequiresGrad || input.IsLeaf || _pending.ContainsKey(input.Id)) return (For(input), false);
+        var g = Tensor.Allocate(input.Shape, input.DType, input.Backend, MemoryCategory.Workspace, registerInScope: false);
+        _pending.Add(input.Id, g);
+        return (g, true);
+    }
+
+    /// <summary>
+    /// Gives <paramref name="input"/> the gradient <paramref name="grad"/> elementwise (same element count, any shape).
+    /// <paramref name="grad"/> must be the node's own incoming gradient, which no one reads after the node: when
+    /// nothing has been accumulated for a non-leaf input yet, its storage becomes the input's gradient (an alias in
+    /// the input's shape), with no copy; otherwise it is added.
+    /// </summary>
+    internal void Adopt(Tensor input, Tensor grad)
+    {
+        if (!input.RequiresGrad) return;
+        if (input.IsLeaf || _pending.ContainsKey(input.Id) || grad.Numel != input.Numel)
+        {
+            var target = For(input)!;
+            using var view = grad.Alias(input.Shape, grad.Offset, registerInScope: false);
+            target.Backend.Binary(Backends.BinaryOp.Add, target, view, target);
+            return;
+        }
+        _pending.Add(input.Id, grad.Alias(input.Shape, grad.Offset, registerInScope: false));
+    }
+
+    /// <summary>
     /// The compact gradient (shape <see cref="Tensor.GradShape"/>) of a leaf with held slices, for ops that
     /// compute only the held slices' gradient (the += contract applies), or null when it needs none.
     /// </summary>

@@ -110,21 +110,24 @@ public static partial class Ops
 
         protected internal override void Backward(Tensor dy, GradSink grads)
         {
+            switch (_op)
+            {
+                case BinaryOp.Add:
+                    GiveGradient(grads, Inputs[0], dy);
+                    GiveGradient(grads, Inputs[1], dy);
+                    return;
+                case BinaryOp.Mul:
+                    GiveProduct(grads, Inputs[0], dy, _b!);
+                    GiveProduct(grads, Inputs[1], dy, _a!);
+                    return;
+            }
             var da = grads.For(Inputs[0]);
             var db = grads.For(Inputs[1]);
             switch (_op)
             {
-                case BinaryOp.Add:
-                    if (da is not null) AccumulateReduced(dy, da);
-                    if (db is not null) AccumulateReduced(dy, db);
-                    break;
                 case BinaryOp.Sub:
                     if (da is not null) AccumulateReduced(dy, da);
                     if (db is not null) AccumulateReduced(Neg(dy), db);
-                    break;
-                case BinaryOp.Mul:
-                    if (da is not null) AccumulateReduced(Mul(dy, _b!), da);
-                    if (db is not null) AccumulateReduced(Mul(dy, _a!), db);
                     break;
                 case BinaryOp.Div:
                     if (da is not null) AccumulateReduced(Div(dy, _b!), da);
@@ -133,6 +136,36 @@ public static partial class Ops
                     break;
             }
         }
+    }
+
+    /// <summary>input's gradient += dy (summed over broadcast axes); a fresh gradient buffer is copied into, not zeroed and added to.</summary>
+    private static void GiveGradient(GradSink grads, Tensor input, Tensor dy)
+    {
+        if (input.Shape != dy.Shape)
+        {
+            var target = grads.For(input);
+            if (target is not null) AccumulateReduced(dy, target);
+            return;
+        }
+        var (g, fresh) = grads.ForWrite(input);
+        if (g is null) return;
+        if (fresh) g.Backend.Copy(dy, g);
+        else g.Backend.Binary(BinaryOp.Add, g, dy, g);
+    }
+
+    /// <summary>input's gradient += dy ⊙ other (summed over broadcast axes); a fresh gradient buffer takes the product directly.</summary>
+    private static void GiveProduct(GradSink grads, Tensor input, Tensor dy, Tensor other)
+    {
+        if (input.Shape != dy.Shape)
+        {
+            var target = grads.For(input);
+            if (target is not null) AccumulateReduced(Mul(dy, other), target);
+            return;
+        }
+        var (g, fresh) = grads.ForWrite(input);
+        if (g is null) return;
+        if (fresh) g.Backend.Binary(BinaryOp.Mul, dy, other, g);
+        else AccumulateReduced(Mul(dy, other), g);
     }
 
     /// <summary>dst += src, summing src over the axes that broadcasting expanded.</summary>

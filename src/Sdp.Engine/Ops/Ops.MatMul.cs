@@ -62,7 +62,7 @@ public static partial class Ops
 
         protected internal override void Backward(Tensor dc, GradSink grads)
         {
-            var da = grads.For(Inputs[0]);
+            var (da, daFresh) = grads.ForWrite(Inputs[0]);
             var w = Inputs[1];
             // Linear with a held-slice weight (y = x·Wᵀ, W (out, in) shared by the batch): compute only the
             // held rows/columns of dW, straight into the compact gradient; no full-size dW exists.
@@ -82,8 +82,8 @@ public static partial class Ops
             if (da is not null)
             {
                 bool shared = _batch > 1 && da.Numel == (long)_m * _k;
-                if (!_transA) Product(be, dc, _b!, da, _m, _k, _n, false, !_transB, shared);
-                else Product(be, _b!, dc, da, _k, _m, _n, _transB, true, shared);
+                if (!_transA) Product(be, dc, _b!, da, _m, _k, _n, false, !_transB, shared, overwrite: daFresh);
+                else Product(be, _b!, dc, da, _k, _m, _n, _transB, true, shared, overwrite: daFresh);
             }
             if (db is not null)
             {
@@ -93,14 +93,15 @@ public static partial class Ops
             }
         }
 
-        /// <summary>c (+)= op(x)·op(y) per batch; a shared c sums over the batch.</summary>
-        private void Product(Backends.IBackend be, Tensor x, Tensor y, Tensor c, int rows, int cols, int inner, bool tx, bool ty, bool sharedOutput)
+        /// <summary>c += op(x)·op(y) per batch (c = when overwriting); a shared c sums over the batch.</summary>
+        private void Product(Backends.IBackend be, Tensor x, Tensor y, Tensor c, int rows, int cols, int inner, bool tx, bool ty, bool sharedOutput, bool overwrite = false)
         {
             if (!sharedOutput)
             {
-                be.MatMul(x, y, c, _batch, rows, cols, inner, tx, ty, 1.0, accumulate: true);
+                be.MatMul(x, y, c, _batch, rows, cols, inner, tx, ty, 1.0, accumulate: !overwrite);
                 return;
             }
+            if (overwrite) be.Fill(c, 0);
             long xs = x.Numel == (long)rows * inner ? 0 : (long)rows * inner;
             long ys = y.Numel == (long)inner * cols ? 0 : (long)inner * cols;
             for (int i = 0; i < _batch; i++)

@@ -111,8 +111,8 @@ public static partial class Ops
 
         protected internal override void Backward(Tensor dy, GradSink grads)
         {
-            var dx = grads.For(Inputs[0]);
-            dx?.Backend.Permute(dy, _inverse, dx, accumulate: true);
+            var (dx, fresh) = grads.ForWrite(Inputs[0]);
+            dx?.Backend.Permute(dy, _inverse, dx, accumulate: !fresh);
         }
     }
 
@@ -131,8 +131,8 @@ public static partial class Ops
         {
             for (int i = 0; i < Inputs.Length; i++)
             {
-                var dx = grads.For(Inputs[i]);
-                dx?.Backend.ReadSlice(dy, axis, offsets[i], dx, accumulate: true);
+                var (dx, fresh) = grads.ForWrite(Inputs[i]);
+                dx?.Backend.ReadSlice(dy, axis, offsets[i], dx, accumulate: !fresh);
             }
         }
     }

@@ -61,8 +61,7 @@ public static partial class Ops
     {
         protected internal override void Backward(Tensor dy, GradSink grads)
         {
-            var dx = grads.For(Inputs[0]);
-            if (dx is not null) dx.Backend.Binary(Backends.BinaryOp.Add, dx, dy, dx);
+            grads.Adopt(Inputs[0], dy);
         }
     }
 

@@ -17,6 +17,9 @@ public sealed class TrainingProfile
     private TimeSpan _gcPauseAtStart;
     private long _allocatedAtStart;
     private int[] _collectionsAtStart = [];
+    private TimeSpan _gcPauseAtEnd;
+    private long _allocatedAtEnd;
+    private int[] _collectionsAtEnd = [];
 
     public TrainingProfile(StepProfile[] workers)
     {
@@ -41,14 +44,14 @@ public sealed class TrainingProfile
             return;
         }
         _stepMs.Add(stepMs);
+        // Read at the end of each measured step, so what runs after the last one (evaluation, saving) is not counted.
+        (_gcPauseAtEnd, _allocatedAtEnd, _collectionsAtEnd) = GcCounters();
     }
 
-    private void MarkStart()
-    {
-        _gcPauseAtStart = GC.GetTotalPauseDuration();
-        _allocatedAtStart = GC.GetTotalAllocatedBytes(precise: false);
-        _collectionsAtStart = [.. Enumerable.Range(0, GC.MaxGeneration + 1).Select(GC.CollectionCount)];
-    }
+    private static (TimeSpan Pause, long Allocated, int[] Collections) GcCounters() =>
+        (GC.GetTotalPauseDuration(), GC.GetTotalAllocatedBytes(precise: false), [.. Enumerable.Range(0, GC.MaxGeneration + 1).Select(GC.CollectionCount)]);
+
+    private void MarkStart() => (_gcPauseAtStart, _allocatedAtStart, _collectionsAtStart) = GcCounters();
 
     /// <summary>The table `sdp train --profile` prints: phases, the kernels that took the most time, GC and allocation, and what timing cost.</summary>
     public IEnumerable<string> Report(int topKernels = 15)
@@ -85,9 +88,9 @@ public sealed class TrainingProfile
             double calls = (double)k.Calls / Steps;
             yield return $"  {k.Kernel,-26} {k.Phase.ToString().ToLowerInvariant(),-10} {Ms(ms),10} {calls.ToString("F1", CultureInfo.InvariantCulture),11} {(ms * 1000 / calls).ToString("F1", CultureInfo.InvariantCulture),9} {Percent(ms, phaseTotal),6}";
         }
-        var collections = Enumerable.Range(0, _collectionsAtStart.Length).Select(g => GC.CollectionCount(g) - _collectionsAtStart[g]).ToArray();
-        double pauseMs = (GC.GetTotalPauseDuration() - _gcPauseAtStart).TotalMilliseconds;
-        long allocated = GC.GetTotalAllocatedBytes(precise: false) - _allocatedAtStart;
+        var collections = _collectionsAtEnd.Select((c, g) => c - _collectionsAtStart[g]).ToArray();
+        double pauseMs = (_gcPauseAtEnd - _gcPauseAtStart).TotalMilliseconds;
+        long allocated = _allocatedAtEnd - _allocatedAtStart;
         yield return $"  gc: {string.Join(", ", collections.Select((c, g) => $"gen{g} {c}"))} collections, paused {Ms(pauseMs)} ms in all ({Ms(pauseMs / Steps)} ms/step); " +
                      $"managed allocation {MemorySnapshot.FormatBytes(allocated / Steps)} per step (process-wide, outside tensor storage)";
         double callsPerStep = kernels.Sum(k => (double)k.Calls) / Steps;
