@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using System.Numerics;
 using System.Numerics.Tensors;
 
@@ -338,10 +339,7 @@ public sealed unsafe partial class CpuBackend
         double sum;
         if (x.DType == DType.Float32)
         {
-            // Widen every term so the float64 total does not depend on float32 partial sums.
-            var s = Span<float>(x);
-            sum = 0;
-            for (int i = 0; i < s.Length; i++) sum += (double)s[i] * s[i];
+            sum = SumOfSquaresWidened(Span<float>(x));
         }
         else
         {
@@ -349,5 +347,27 @@ public sealed unsafe partial class CpuBackend
             sum = TensorPrimitives.Dot(d, d);
         }
         Span<double>(total)[0] += sum / divisor;
+    }
+
+    /// <summary>
+    /// Σ s[i]² with every term widened to float64, so the total does not depend on float32 partial sums. Eight float64
+    /// lanes accumulate and are summed in a fixed order (Vector256 gives the same results with or without hardware support), so the
+    /// result is the same on every machine; it is read for gradient clipping, where it must be reproducible.
+    /// </summary>
+    private static double SumOfSquaresWidened(ReadOnlySpan<float> s)
+    {
+        var lo = Vector256<double>.Zero;
+        var hi = Vector256<double>.Zero;
+        int i = 0;
+        for (; i + Vector256<float>.Count <= s.Length; i += Vector256<float>.Count)
+        {
+            var (l, h) = Vector256.Widen(Vector256.Create(s.Slice(i, Vector256<float>.Count)));
+            lo += l * l;
+            hi += h * h;
+        }
+        var lanes = lo + hi;
+        double sum = lanes.GetElement(0) + lanes.GetElement(1) + lanes.GetElement(2) + lanes.GetElement(3); // in this order everywhere
+        for (; i < s.Length; i++) sum += (double)s[i] * s[i];
+        return sum;
     }
 }
