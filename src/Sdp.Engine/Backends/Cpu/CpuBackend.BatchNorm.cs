@@ -58,12 +58,20 @@ public sealed unsafe partial class CpuBackend
                 for (long i = 0; i < n; i++)
                 {
                     long off = (i * channels + c) * plane;
-                    var dst = new Span<T>((T*)yp + off, plane);
-                    TensorPrimitives.Multiply(new ReadOnlySpan<T>((T*)xp + off, plane), ts, dst);
-                    TensorPrimitives.Add(dst, tb, dst);
+                    ScaleShift((T*)xp + off, ts, tb, (T*)yp + off, plane);
                 }
             }
         });
+    }
+
+    /// <summary>y = (x·scale) + shift in one pass, rounded after each operation (never fused, as two passes would be).</summary>
+    private static void ScaleShift<T>(T* x, T scale, T shift, T* y, int len) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        var vs = new Vector<T>(scale);
+        var vb = new Vector<T>(shift);
+        int i = 0;
+        for (; i + Vector<T>.Count <= len; i += Vector<T>.Count) Vector.Store(Vector.Load(x + i) * vs + vb, y + i);
+        for (; i < len; i++) y[i] = x[i] * scale + shift;
     }
 
     /// <summary>Σ p[0..len), vectorised in T over blocks, blocks accumulated in float64.</summary>
