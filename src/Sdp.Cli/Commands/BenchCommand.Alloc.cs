@@ -16,18 +16,13 @@ public static partial class BenchCommand
 {
     private static Command AllocCommand()
     {
-        var model = new Option<string>("--model") { Description = "llama (tiny) or resnet18", DefaultValueFactory = _ => "resnet18" };
-        model.AcceptOnlyFromAmong(RunSetup.Models);
-        var config = new Option<string?>("--config") { Description = "Model config (default: tiny for llama, {\"width\":64} for resnet18)" };
-        var batch = new Option<int>("--batch") { Description = "Batch", DefaultValueFactory = _ => 32 };
-        var seq = new Option<int>("--seq") { Description = "Tokens per sequence (llama)", DefaultValueFactory = _ => 128 };
+        var run = new StepRunOptions(defaultModel: "resnet18", resnetConfig: "{\"width\":64}", defaultBatch: 32, defaultSeq: 128);
         var steps = new Option<int>("--steps") { Description = "Measured steps, after 5 warm-up", DefaultValueFactory = _ => 10 };
-        var cmd = new Command("alloc", "Managed allocation per steady-state training step of one DP worker, and the types allocated") { model, config, batch, seq, steps };
+        var cmd = new Command("alloc", "Managed allocation per steady-state training step of one DP worker, and the types allocated") { run.Model, run.Config, run.Batch, run.Seq, steps };
         cmd.SetAction(p =>
         {
-            string m = p.GetValue(model)!;
-            AllocSteps(Console.Out, m, p.GetValue(config) ?? (m == "llama" ? "tiny" : "{\"width\":64}"), Check.Positive(p.GetValue(batch), "--batch"),
-                Check.Positive(p.GetValue(seq), "--seq"), Check.Positive(p.GetValue(steps), "--steps"));
+            var (m, config, batch, seq) = run.Read(p);
+            AllocSteps(Console.Out, m, config, batch, seq, Check.Positive(p.GetValue(steps), "--steps"));
             return 0;
         });
         return cmd;

@@ -17,30 +17,51 @@ public static partial class BenchCommand
 {
     private static Command WorkerStepCommand()
     {
-        var model = new Option<string>("--model") { Description = "llama (tiny) or resnet18", DefaultValueFactory = _ => "llama" };
-        model.AcceptOnlyFromAmong(RunSetup.Models);
-        var config = new Option<string?>("--config") { Description = "Model config (default: tiny for llama, {\"width\":16} for resnet18)" };
+        var run = new StepRunOptions(defaultModel: "llama", resnetConfig: "{\"width\":16}", defaultBatch: 8, defaultSeq: 64);
         var workers = new Option<int>("--workers") { Description = "Workers W of the plan whose worker 0 is timed", DefaultValueFactory = _ => 4 };
         var coverages = new Option<double[]>("--coverages") { Description = "Coverages C (C·W whole)", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [0.75, 0.5, 0.25] };
-        var batch = new Option<int>("--batch") { Description = "Per-worker batch", DefaultValueFactory = _ => 8 };
-        var seq = new Option<int>("--seq") { Description = "Tokens per sequence (llama)", DefaultValueFactory = _ => 64 };
         var samples = new Option<int>("--samples") { Description = "Timed steps per row (median kept), after 2 warm-up steps", DefaultValueFactory = _ => 5 };
         var cmd = new Command("step", "One worker's training step timed alone: DP against N-SDP and B-SDP, forward and backward masking, at several coverages")
         {
-            model, config, workers, coverages, batch, seq, samples,
+            run.Model, run.Config, run.Batch, run.Seq, workers, coverages, samples,
         };
         cmd.SetAction(p =>
         {
-            string m = p.GetValue(model)!;
+            var (m, modelConfig, batch, seq) = run.Read(p);
             int w = Check.Positive(p.GetValue(workers), "--workers");
             var cs = p.GetValue(coverages)!;
             if (cs.Length == 0) throw new UsageException("--coverages: give at least one coverage");
             foreach (double c in cs) Check.Coverage(w, c);
-            WorkerSteps(Console.Out, m, p.GetValue(config) ?? (m == "llama" ? "tiny" : "{\"width\":16}"), w, cs, Check.Positive(p.GetValue(batch), "--batch"),
-                Check.Positive(p.GetValue(seq), "--seq"), Check.Positive(p.GetValue(samples), "--samples"));
+            WorkerSteps(Console.Out, m, modelConfig, w, cs, batch, seq, Check.Positive(p.GetValue(samples), "--samples"));
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The --model, --config, --batch and --seq options of the one-worker step benchmarks, with each command's defaults.</summary>
+    private sealed class StepRunOptions(string defaultModel, string resnetConfig, int defaultBatch, int defaultSeq)
+    {
+        public Option<string> Model { get; } = ModelOption(defaultModel);
+
+        public Option<string?> Config { get; } = new("--config") { Description = $"Model config (default: tiny for llama, {resnetConfig} for resnet18)" };
+
+        public Option<int> Batch { get; } = new("--batch") { Description = "Per-worker batch", DefaultValueFactory = _ => defaultBatch };
+
+        public Option<int> Seq { get; } = new("--seq") { Description = "Tokens per sequence (llama)", DefaultValueFactory = _ => defaultSeq };
+
+        private static Option<string> ModelOption(string defaultModel)
+        {
+            var model = new Option<string>("--model") { Description = "llama (tiny) or resnet18", DefaultValueFactory = _ => defaultModel };
+            model.AcceptOnlyFromAmong(RunSetup.Models);
+            return model;
+        }
+
+        public (string Model, string Config, int Batch, int Seq) Read(ParseResult p)
+        {
+            string model = p.GetValue(Model)!;
+            return (model, p.GetValue(Config) ?? (model == "llama" ? "tiny" : resnetConfig),
+                Check.Positive(p.GetValue(Batch), "--batch"), Check.Positive(p.GetValue(Seq), "--seq"));
+        }
     }
 
     private static void WorkerSteps(TextWriter output, string model, string config, int workers, double[] coverages, int batch, int seq, int samples)
