@@ -31,7 +31,8 @@ float32 tensors.
 
   /usr/bin/python3 bench/torch_parity.py [--sdp PATH] [--out parity.json] [--only llama-tiny,...]
   --perturb F scales one tensor of the PyTorch side's loaded weights by (1 + F) (model.norm.weight,
-  fc.weight): the check must then FAIL, which shows it can.
+  fc.weight): the check must then FAIL, which shows it can. (Each side's update is measured from its own
+  start, so the perturbation fails the step checks through the gradients it changes, not by itself.)
 Exit status 0 when every check passes, 1 when one fails, 2 on a usage or Sdp error.
 """
 import argparse
@@ -392,15 +393,17 @@ def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def compare_steps(w0, w1_test, w1_ref):
+def compare_steps(w0, w1_test, w1_ref, w0_ref=None):
     """
-    Differences of one step's result `w1_test` from `w1_ref`, both started from `w0`, over every float tensor:
+    Differences of one step's result `w1_test` from `w1_ref`, started from `w0` (and `w1_ref` from `w0_ref`,
+    which is `w0` unless --perturb changed PyTorch's start), over every float tensor:
     the max abs difference of the weights, the max relative one (each tensor's max abs difference over its
     own max |ref|: elementwise ratios would be dominated by the weights that happen to lie near zero), and
     per tensor the relative L2 error of the update, |(w1_test - w0) - (w1_ref - w0)| / |w1_ref - w0| (a tensor
     the reference step leaves unchanged is scored by the test side's absolute update, which must then be zero
     too). The worst tensor is named.
     """
+    w0_ref = w0 if w0_ref is None else w0_ref
     max_abs = max_rel = worst_update = 0.0
     worst_name = None
     for name, ref in w1_ref.items():
@@ -408,12 +411,12 @@ def compare_steps(w0, w1_test, w1_ref):
             continue
         test = w1_test[name].astype(np.float64)
         ref = ref.astype(np.float64)
-        start = w0[name].astype(np.float64)
+        start, ref_start = w0[name].astype(np.float64), w0_ref[name].astype(np.float64)
         diff = float(np.abs(test - ref).max())
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / max(float(np.abs(ref).max()), 1e-30))
-        ref_update = np.linalg.norm(ref - start)
-        error = np.linalg.norm((test - start) - (ref - start))
+        ref_update = np.linalg.norm(ref - ref_start)
+        error = np.linalg.norm((test - start) - (ref - ref_start))
         score = error / ref_update if ref_update > 0 else error
         if score >= worst_update:
             worst_update, worst_name = float(score), name
@@ -528,7 +531,7 @@ def kink_effects(model, batch, candidates):
     return effects
 
 
-def kink_adjusted(w0, w1_test, w1_ref, kinks, lr):
+def kink_adjusted(w0, w1_test, w1_ref, kinks, lr, w0_ref=None):
     """
     The SGD reference `w1_ref` (float64) with the subset of `kinks` flipped that brings it closest to `w1_test`,
     chosen greedily (a flip is kept while it lowers the sum over tensors of the squared relative update
@@ -536,12 +539,14 @@ def kink_adjusted(w0, w1_test, w1_ref, kinks, lr):
     adjusted reference and the flips taken. A float32 computation is entitled to decide each of these ReLU
     inputs either way; a real bug's error does not look like a few of them.
     """
+    w0_ref = w0 if w0_ref is None else w0_ref
+
     def objective(ref):
         total = 0.0
         for name, r in ref.items():
             if np.issubdtype(r.dtype, np.floating):
-                base = np.linalg.norm(r - w0[name])
-                err = np.linalg.norm(w1_test[name].astype(np.float64) - r)
+                base = np.linalg.norm(r - w0_ref[name])
+                err = np.linalg.norm((w1_test[name].astype(np.float64) - w0[name]) - (r - w0_ref[name]))
                 total += (err / base) ** 2 if base > 0 else err ** 2
         return total
 
@@ -561,7 +566,7 @@ def kink_adjusted(w0, w1_test, w1_ref, kinks, lr):
         best, ref = value, trial
         taken.append(k)
         remaining.remove(k)
-    result = compare_steps(w0, w1_test, ref)
+    result = compare_steps(w0, w1_test, ref, w0_ref)
     result["relu_flips_taken"] = len(taken)
     return result
 
@@ -647,6 +652,7 @@ def run_case(case, sdp, work, perturb, log):
         w1_sdp = read_safetensors(w1_path)
         t32 = build_torch_model(case, checkpoint_config, w0, torch.float32, perturb)
         t64 = build_torch_model(case, checkpoint_config, w0, torch.float64, perturb)
+        w0_torch = torch_state(t64)   # PyTorch's start: W0, unless --perturb changed it
         with_kinks = case["model"] == "resnet18" and optimizer == "sgd"
         loss32, w1_32, _ = torch_step(t32, first_batch, torch.float32, optimizer, lr)
         loss64, w1_64, candidates = torch_step(t64, first_batch, torch.float64, optimizer, lr, relu_kinks=with_kinks)
@@ -656,15 +662,15 @@ def run_case(case, sdp, work, perturb, log):
             "lr": lr,
             "train_loss": {"sdp": sdp_loss, "torch32": loss32, "torch64": loss64,
                            "sdp_vs_torch32": rel(sdp_loss, loss32), "torch32_vs_torch64": rel(loss32, loss64)},
-            "sdp_vs_torch32": compare_steps(w0, w1_sdp, w1_32),
-            "torch32_vs_torch64": compare_steps(w0, w1_32, w1_64),
-            "sdp_vs_torch64": compare_steps(w0, w1_sdp, w1_64),
+            "sdp_vs_torch32": compare_steps(w0, w1_sdp, w1_32, w0_torch),
+            "torch32_vs_torch64": compare_steps(w0_torch, w1_32, w1_64),
+            "sdp_vs_torch64": compare_steps(w0, w1_sdp, w1_64, w0_torch),
             "integer_buffers_differing": compare_exact_ints(w1_sdp, w1_32),
         }
         if with_kinks:
             result[optimizer]["relu_kinks"] = [{"ratio": r, "site": site, "index": i, "passes": d} for r, site, i, d in candidates]
-            result[optimizer]["sdp_vs_torch64_kink_adjusted"] = kink_adjusted(w0, w1_sdp, w1_64, kinks, lr)
-            result[optimizer]["torch32_vs_torch64_kink_adjusted"] = kink_adjusted(w0, w1_32, w1_64, kinks, lr)
+            result[optimizer]["sdp_vs_torch64_kink_adjusted"] = kink_adjusted(w0, w1_sdp, w1_64, kinks, lr, w0_torch)
+            result[optimizer]["torch32_vs_torch64_kink_adjusted"] = kink_adjusted(w0_torch, w1_32, w1_64, kinks, lr)
     return result
 
 
