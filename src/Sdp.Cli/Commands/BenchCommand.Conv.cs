@@ -37,9 +37,16 @@ public static partial class BenchCommand
         var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
         var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
         var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, per algorithm, each against an SGEMM of the same size") { batch, samples, steps };
+        var tile = new Option<int>("--winograd-tile") { Description = "Winograd output tile m of F(m x m, 3 x 3), 2 or 4, for all three passes (0: the backend's choice)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, per algorithm, each against an SGEMM of the same size") { batch, samples, steps, tile };
         cmd.SetAction(p =>
         {
+            if (p.GetValue(tile) is int m and not 0)
+            {
+                Sdp.Kernels.Cpu.WinogradTransform.ForTile(m); // rejects sizes without a transform
+                CpuBackend.WinogradTile = CpuBackend.WinogradWeightGradTile = m;
+            }
+
             int n = Check.Positive(p.GetValue(batch), "--batch");
             ConvBench(Console.Out, n, Check.Positive(p.GetValue(samples), "--samples"));
             if (p.GetValue(steps) > 0) ConvStepBench(Console.Out, n, p.GetValue(steps));
@@ -144,7 +151,12 @@ public static partial class BenchCommand
     /// <summary>Median ms of each action, timed in turn within every sample so that a shared machine's load falls on all alike.</summary>
     private static double[] MedianMsInTurn(int samples, params Action[] actions)
     {
-        foreach (var a in actions) a();
+        // Three warm-up rounds: the JIT's tiering promotes a kernel's hot loops only after some tens of calls.
+        for (int round = 0; round < 3; round++)
+        {
+            foreach (var a in actions) a();
+        }
+
         var times = new double[actions.Length][];
         for (int j = 0; j < actions.Length; j++) times[j] = new double[samples];
         for (int i = 0; i < samples; i++)

@@ -178,12 +178,16 @@ public sealed class WinogradTransform
 /// buffers are written and read in contiguous runs of channels; the NCHW side is gathered and scattered (channels
 /// lie a plane apart there).</para>
 /// </summary>
+[SkipLocalsInit]
 public static unsafe class ConvWinograd
 {
     private const int Lanes = 8;
 
     /// <summary>The largest α the stack buffers are sized for (F(6, 3)).</summary>
     private const int MaxAlpha = 8;
+
+    /// <summary>Stack scratch of one transform: window, half-transformed and result tiles, and the spill of the result.</summary>
+    private const int ScratchVectors = 4 * MaxAlpha * MaxAlpha;
 
     /// <summary>Tile rows of an OH x OW output: ⌈OH / m⌉.</summary>
     public static int TileRows(in ConvGeometry g, int m) => (g.OH + m - 1) / m;
@@ -198,10 +202,11 @@ public static unsafe class ConvWinograd
     /// <summary>U[ξ][o][c] = (G w[o, c] Gᵀ)[ξ] for filters [o0, o1); w is (O, C, 3, 3), U has point stride O·C.</summary>
     public static void FilterTransform(WinogradTransform tr, float* w, int outChannels, int inChannels, float* u, int o0, int o1)
     {
+        Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
         long pointStride = (long)outChannels * inChannels;
         for (int o = o0; o < o1; o++)
         {
-            TransformIn(tr.Filter, w + ((long)o * inChannels * 9), 9, inChannels, 3, 3, 3, 0, 0, u + ((long)o * inChannels), pointStride);
+            TransformIn(scratch, tr.Filter, w + ((long)o * inChannels * 9), 9, inChannels, 3, 3, 3, 0, 0, u + ((long)o * inChannels), pointStride);
         }
     }
 
@@ -212,11 +217,12 @@ public static unsafe class ConvWinograd
     /// </summary>
     public static void InputTransform(WinogradTransform tr, in ConvGeometry g, float* x, int t0, int t1, float* v, long pointStride)
     {
+        Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
         int m = tr.M, rows = TileRows(g, m), cols = TileCols(g, m), perImage = rows * cols;
         for (int t = t0; t < t1; t++)
         {
             int n = t / perImage, r = t - (n * perImage), th = r / cols, tw = r - (th * cols);
-            TransformIn(tr.InputT, x + ((long)n * g.C * g.HW), g.HW, g.C, g.W, g.H, g.W, (th * m) - g.Pad, (tw * m) - g.Pad, v + ((long)t * g.C), pointStride);
+            TransformIn(scratch, tr.InputT, x + ((long)n * g.C * g.HW), g.HW, g.C, g.W, g.H, g.W, (th * m) - g.Pad, (tw * m) - g.Pad, v + ((long)t * g.C), pointStride);
         }
     }
 
@@ -226,11 +232,12 @@ public static unsafe class ConvWinograd
     /// </summary>
     public static void OutputGradTransform(WinogradTransform tr, in ConvGeometry g, float* dy, int t0, int t1, float* mh, long pointStride)
     {
+        Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
         int m = tr.M, rows = TileRows(g, m), cols = TileCols(g, m), perImage = rows * cols;
         for (int t = t0; t < t1; t++)
         {
             int n = t / perImage, r = t - (n * perImage), th = r / cols, tw = r - (th * cols);
-            TransformIn(tr.Output, dy + ((long)n * g.O * g.P), g.P, g.O, g.OW, g.OH, g.OW, th * m, tw * m, mh + ((long)t * g.O), pointStride);
+            TransformIn(scratch, tr.Output, dy + ((long)n * g.O * g.P), g.P, g.O, g.OW, g.OH, g.OW, th * m, tw * m, mh + ((long)t * g.O), pointStride);
         }
     }
 
@@ -240,23 +247,25 @@ public static unsafe class ConvWinograd
     /// </summary>
     public static void OutputTransform(WinogradTransform tr, in ConvGeometry g, float* mt, long pointStride, int t0, int t1, float* y, float beta)
     {
+        Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
         int m = tr.M, rows = TileRows(g, m), cols = TileCols(g, m), perImage = rows * cols;
         for (int t = t0; t < t1; t++)
         {
             int n = t / perImage, r = t - (n * perImage), th = r / cols, tw = r - (th * cols);
             int oh = th * m, ow = tw * m;
             float* dst = y + ((long)n * g.O * g.P) + ((long)oh * g.OW) + ow;
-            TransformOut(tr.OutputT, mt + ((long)t * g.O), pointStride, g.O, dst, g.P, g.OW, Math.Min(m, g.OH - oh), Math.Min(m, g.OW - ow), beta);
+            TransformOut(scratch, tr.OutputT, mt + ((long)t * g.O), pointStride, g.O, dst, g.P, g.OW, Math.Min(m, g.OH - oh), Math.Min(m, g.OW - ow), beta);
         }
     }
 
     /// <summary>dw[o, c] += Gᵀ dU[o, c] G for filters [o0, o1); dU[ξ][o][c] has point stride O·C, dw is (O, C, 3, 3).</summary>
     public static void FilterGradTransform(WinogradTransform tr, float* du, int outChannels, int inChannels, float* dw, int o0, int o1)
     {
+        Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
         long pointStride = (long)outChannels * inChannels;
         for (int o = o0; o < o1; o++)
         {
-            TransformOut(tr.FilterT, du + ((long)o * inChannels), pointStride, inChannels, dw + ((long)o * inChannels * 9), 9, 3, 3, 3, 1f);
+            TransformOut(scratch, tr.FilterT, du + ((long)o * inChannels), pointStride, inChannels, dw + ((long)o * inChannels * 9), 9, 3, 3, 3, 1f);
         }
     }
 
@@ -265,12 +274,10 @@ public static unsafe class ConvWinograd
     /// at (r0, c0), zeros outside the plane, is transformed to L X Lᵀ (α x α, L = <paramref name="l"/> α x s), and point ξ
     /// stored at dst[ξ·pointStride + ℓ].
     /// </summary>
-    private static void TransformIn(WinogradTransform.Sparse l, float* src, long laneStride, int lanes, int rowStride, int rows, int cols, int r0, int c0, float* dst, long pointStride)
+    private static void TransformIn(Vector256<float>* scratch, WinogradTransform.Sparse l, float* src, long laneStride, int lanes, int rowStride, int rows, int cols, int r0, int c0, float* dst, long pointStride)
     {
         int s = l.Cols, alpha = l.Rows;
-        Vector256<float>* window = stackalloc Vector256<float>[MaxAlpha * MaxAlpha];
-        Vector256<float>* half = stackalloc Vector256<float>[MaxAlpha * MaxAlpha];
-        Vector256<float>* result = stackalloc Vector256<float>[MaxAlpha * MaxAlpha];
+        Vector256<float>* window = scratch, half = scratch + (MaxAlpha * MaxAlpha), result = half + (MaxAlpha * MaxAlpha);
         bool gather = Avx2.IsSupported && laneStride * (Lanes - 1) <= int.MaxValue;
         Vector256<int> index = gather ? Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * (int)laneStride : default;
         for (int c = 0; c < lanes; c += Lanes)
@@ -303,8 +310,20 @@ public static unsafe class ConvWinograd
             }
 
             // half = L · X (α x s), result = half · Lᵀ (α x α).
-            ApplyLeft(l, window, s, half);
-            ApplyRight(l, half, alpha, s, result);
+            if (ReferenceEquals(l, WinogradTransform.F4.InputT))
+            {
+                Apply2d<InputF4>(window, half, result);
+            }
+            else if (ReferenceEquals(l, WinogradTransform.F4.Output))
+            {
+                Apply2d<OutputGradF4>(window, half, result);
+            }
+            else
+            {
+                ApplyLeft(l, window, s, half);
+                ApplyRight(l, half, alpha, s, result);
+            }
+
             float* d = dst + c;
             if (count == Lanes)
             {
@@ -331,13 +350,11 @@ public static unsafe class ConvWinograd
     /// R = <paramref name="r"/> q x α), and its [0, validRows) x [0, validCols) corner written to plane dst + ℓ·laneStride
     /// (row stride rowStride) as value + beta·dst (beta = 0: dst not read).
     /// </summary>
-    private static void TransformOut(WinogradTransform.Sparse r, float* src, long pointStride, int lanes, float* dst, long laneStride, int rowStride, int validRows, int validCols, float beta)
+    private static void TransformOut(Vector256<float>* scratch, WinogradTransform.Sparse r, float* src, long pointStride, int lanes, float* dst, long laneStride, int rowStride, int validRows, int validCols, float beta)
     {
         int alpha = r.Cols, q = r.Rows;
-        Vector256<float>* tile = stackalloc Vector256<float>[MaxAlpha * MaxAlpha];
-        Vector256<float>* half = stackalloc Vector256<float>[MaxAlpha * MaxAlpha];
-        Vector256<float>* result = stackalloc Vector256<float>[MaxAlpha * MaxAlpha];
-        float* spill = stackalloc float[MaxAlpha * MaxAlpha * Lanes];
+        Vector256<float>* tile = scratch, half = scratch + (MaxAlpha * MaxAlpha), result = half + (MaxAlpha * MaxAlpha);
+        float* spill = (float*)(result + (MaxAlpha * MaxAlpha));
         for (int c = 0; c < lanes; c += Lanes)
         {
             int count = Math.Min(Lanes, lanes - c);
@@ -358,8 +375,15 @@ public static unsafe class ConvWinograd
             }
 
             // half = R · Z (q x α), result = half · Rᵀ (q x q).
-            ApplyLeft(r, tile, alpha, half);
-            ApplyRight(r, half, q, alpha, result);
+            if (ReferenceEquals(r, WinogradTransform.F4.OutputT))
+            {
+                Apply2d<OutputF4>(tile, half, result);
+            }
+            else
+            {
+                ApplyLeft(r, tile, alpha, half);
+                ApplyRight(r, half, q, alpha, result);
+            }
             for (int k = 0; k < q * q; k++)
             {
                 result[k].Store(spill + (k * Lanes));
@@ -388,6 +412,101 @@ public static unsafe class ConvWinograd
                     }
                 }
             }
+        }
+    }
+
+    /// <summary>A 1-d transform y (Out) = L x (In) written out for one matrix L, on vectors: the hot transforms of F(4, 3)
+    /// unrolled, with common subexpressions shared (about half the operations of the matrix's non-zeros).</summary>
+    private interface ITransform1d
+    {
+        static abstract int In { get; }
+
+        static abstract int Out { get; }
+
+        /// <summary>y[i·yStride] for i &lt; Out from x[j·xStride] for j &lt; In.</summary>
+        static abstract void Apply(Vector256<float>* x, int xStride, Vector256<float>* y, int yStride);
+    }
+
+    /// <summary>result (Out x Out) = L · X (In x In) · Lᵀ: columns of X first (into half, Out x In), then rows of half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Apply2d<TL>(Vector256<float>* x, Vector256<float>* half, Vector256<float>* result)
+        where TL : struct, ITransform1d
+    {
+        for (int j = 0; j < TL.In; j++)
+        {
+            TL.Apply(x + j, TL.In, half + j, TL.In);
+        }
+
+        for (int a = 0; a < TL.Out; a++)
+        {
+            TL.Apply(half + (a * TL.In), 1, result + (a * TL.Out), 1);
+        }
+    }
+
+    /// <summary>Bᵀ of F(4, 3) (6 x 6).</summary>
+    private struct InputF4 : ITransform1d
+    {
+        public static int In => 6;
+
+        public static int Out => 6;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Apply(Vector256<float>* x, int xs, Vector256<float>* y, int ys)
+        {
+            Vector256<float> d0 = x[0], d1 = x[xs], d2 = x[2 * xs], d3 = x[3 * xs], d4 = x[4 * xs], d5 = x[5 * xs];
+            var four = Vector256.Create(4f);
+            var a = MulAdd(Vector256.Create(-4f), d2, d4); // d4 - 4 d2
+            var b = MulAdd(Vector256.Create(-4f), d1, d3); // d3 - 4 d1
+            var c = d4 - d2;
+            var e = (d3 - d1) * 2f;
+            y[0] = MulAdd(four, d0 - d2, c);          // 4 d0 - 5 d2 + d4
+            y[ys] = a + b;                            // -4 d1 - 4 d2 + d3 + d4
+            y[2 * ys] = a - b;                        // 4 d1 - 4 d2 - d3 + d4
+            y[3 * ys] = c + e;                        // -2 d1 - d2 + 2 d3 + d4
+            y[4 * ys] = c - e;                        // 2 d1 - d2 - 2 d3 + d4
+            y[5 * ys] = MulAdd(four, d1 - d3, d5 - d3); // 4 d1 - 5 d3 + d5
+        }
+    }
+
+    /// <summary>Aᵀ of F(4, 3) (4 x 6).</summary>
+    private struct OutputF4 : ITransform1d
+    {
+        public static int In => 6;
+
+        public static int Out => 4;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Apply(Vector256<float>* x, int xs, Vector256<float>* y, int ys)
+        {
+            Vector256<float> m0 = x[0], m1 = x[xs], m2 = x[2 * xs], m3 = x[3 * xs], m4 = x[4 * xs], m5 = x[5 * xs];
+            Vector256<float> s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+            y[0] = m0 + s12 + s34;                               // m0 + m1 + m2 + m3 + m4
+            y[ys] = MulAdd(Vector256.Create(2f), d34, d12);      // m1 - m2 + 2 m3 - 2 m4
+            y[2 * ys] = MulAdd(Vector256.Create(4f), s34, s12);  // m1 + m2 + 4 m3 + 4 m4
+            y[3 * ys] = MulAdd(Vector256.Create(8f), d34, d12) + m5; // m1 - m2 + 8 m3 - 8 m4 + m5
+        }
+    }
+
+    /// <summary>A of F(4, 3) (6 x 4), the output-gradient transform.</summary>
+    private struct OutputGradF4 : ITransform1d
+    {
+        public static int In => 4;
+
+        public static int Out => 6;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Apply(Vector256<float>* x, int xs, Vector256<float>* y, int ys)
+        {
+            Vector256<float> d0 = x[0], d1 = x[xs], d2 = x[2 * xs], d3 = x[3 * xs];
+            Vector256<float> e02 = d0 + d2, o13 = d1 + d3;
+            var e = MulAdd(Vector256.Create(4f), d2, d0);  // d0 + 4 d2
+            var o = MulAdd(Vector256.Create(8f), d3, d1 * 2f); // 2 d1 + 8 d3
+            y[0] = d0;
+            y[ys] = e02 + o13;
+            y[2 * ys] = e02 - o13;
+            y[3 * ys] = e + o;
+            y[4 * ys] = e - o;
+            y[5 * ys] = d3;
         }
     }
 

@@ -199,9 +199,9 @@ public sealed unsafe partial class CpuBackend
 
     private void Conv2dCore<T>(ConvGeom g, Tensor xt, Tensor wt, Tensor? bt, Tensor yt) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        if (typeof(T) == typeof(float) && UseWinograd(Geometry(g)))
+        if (typeof(T) == typeof(float) && WinogradTileFor(Geometry(g), WinogradTile) is int m and not 0)
         {
-            WinogradForward(Geometry(g), Ptr<float>(xt), Ptr<float>(wt), Ptr<float>(yt), 0f);
+            WinogradForward(Geometry(g), m, Ptr<float>(xt), Ptr<float>(wt), Ptr<float>(yt), 0f);
             if (bt is not null) AddConvBias<T>(yt, bt);
             return;
         }
@@ -438,9 +438,9 @@ public sealed unsafe partial class CpuBackend
     /// <summary>dW (O, K) += Σ_groups dY_g (O, G·P) · cols_gᵀ, groups in order, each GEMM threaded.</summary>
     private void Conv2dWeightGrad<T>(ConvGeom g, Tensor xt, Tensor dyt, Tensor dwt) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        if (typeof(T) == typeof(float) && UseWinograd(Geometry(g)))
+        if (typeof(T) == typeof(float) && WinogradTileFor(Geometry(g), WinogradWeightGradTile) is int m and not 0)
         {
-            WinogradWeightGrad(Geometry(g), Ptr<float>(xt), Ptr<float>(dyt), Ptr<float>(dwt));
+            WinogradWeightGrad(Geometry(g), m, Ptr<float>(xt), Ptr<float>(dyt), Ptr<float>(dwt));
             return;
         }
 
@@ -543,9 +543,9 @@ public sealed unsafe partial class CpuBackend
             }
         });
         var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
-        if (typeof(T) == typeof(float) && UseWinograd(back))
+        if (typeof(T) == typeof(float) && WinogradTileFor(back, WinogradTile) is int m and not 0)
         {
-            WinogradForward(back, Ptr<float>(dyt), (float*)fp, Ptr<float>(dxt), 1f);
+            WinogradForward(back, m, Ptr<float>(dyt), (float*)fp, Ptr<float>(dxt), 1f);
             return;
         }
 
@@ -554,27 +554,44 @@ public sealed unsafe partial class CpuBackend
 
     // ---- Winograd ------------------------------------------------------------------------------------------
 
-    /// <summary>Output tile size m of Winograd F(m x m, 3 x 3) for the forward pass and the input gradient (2 or 4). Test hook.</summary>
-    internal static int WinogradTile { get; set; } = 4;
+    /// <summary>Output tile size m of Winograd F(m x m, 3 x 3) for the forward pass and the input gradient: 2 or 4, or 0
+    /// for <see cref="WinogradTileFor"/>'s choice by shape. Test hook and benchmark switch (`sdp bench conv --winograd-tile`).</summary>
+    public static int WinogradTile { get; set; }
 
-    /// <summary>Output tile size m of the Winograd weight gradient (2 or 4). Test hook.</summary>
-    internal static int WinogradWeightGradTile { get; set; } = 4;
+    /// <summary>Output tile size m of the Winograd weight gradient: 2, 4, or 0 for the choice by shape. Test hook and benchmark switch.</summary>
+    public static int WinogradWeightGradTile { get; set; }
 
     /// <summary>Tiles per group: the transformed input and product buffers (α² x tiles x channels each) hold one group, so
     /// this bounds the workspace and keeps the buffers near the cache; the group size depends on the shape alone, so
     /// results do not depend on the thread count. Tuning and test hook.</summary>
     internal static int WinogradGroupTiles { get; set; } = 512;
 
-    /// <summary>
-    /// Whether a float32 convolution of this shape runs Winograd: 3 x 3 stride 1 (<see cref="ConvWinograd.Supports"/>)
-    /// with at least <see cref="WinogradMinChannels"/> input and output channels. With fewer channels the GEMMs are too
-    /// thin for the transforms to pay (the 3-channel stem).
-    /// </summary>
-    private static bool UseWinograd(in ConvGeometry g) =>
-        ConvAlgorithm == CpuConvAlgorithm.Winograd && ConvWinograd.Supports(g) && g.C >= WinogradMinChannels && g.O >= WinogradMinChannels;
-
     /// <summary>Fewest input and output channels for which Winograd runs. Tuning and test hook.</summary>
     internal static int WinogradMinChannels { get; set; } = 8;
+
+    /// <summary>Fewest tiles over the batch for which a tile size is used. Tuning and test hook.</summary>
+    internal static int WinogradMinTiles { get; set; } = 128;
+
+    /// <summary>
+    /// The output tile size for a float32 convolution of this shape, or 0 to leave it to implicit GEMM: Winograd needs
+    /// 3 x 3 stride 1 (<see cref="ConvWinograd.Supports"/>) and at least <see cref="WinogradMinChannels"/> input and output
+    /// channels (with fewer, as in the 3-channel stem, the GEMMs are too thin for the transforms to pay). The filter
+    /// transform (α² x O x C, written and packed once per call) is amortised over the batch's tiles: measured on
+    /// ResNet-18's shapes (`sdp bench conv`, batch 32, 2 threads), F(4x4) beat implicit GEMM by about 2x from 128 tiles
+    /// (8 x 8 planes and up) but took 1.7-2x longer at 32 tiles (4 x 4 planes, 512 channels, a 38 MB filter transform),
+    /// where F(2x2)'s 128 tiles still ran in 0.75x. So: F(4x4) with at least <see cref="WinogradMinTiles"/> tiles, else
+    /// F(2x2) with as many, else implicit GEMM. <paramref name="forced"/> (a test hook) overrides the size, not the shape rule.
+    /// </summary>
+    private static int WinogradTileFor(in ConvGeometry g, int forced)
+    {
+        if (ConvAlgorithm != CpuConvAlgorithm.Winograd || !ConvWinograd.Supports(g) || g.C < WinogradMinChannels || g.O < WinogradMinChannels) return 0;
+        if (forced != 0) return forced;
+        foreach (int m in (ReadOnlySpan<int>)[4, 2])
+        {
+            if ((long)g.N * ConvWinograd.TileRows(g, m) * ConvWinograd.TileCols(g, m) >= WinogradMinTiles) return m;
+        }
+        return 0;
+    }
 
     /// <summary>Images per Winograd group for this shape and tile size.</summary>
     private static int WinogradGroupImages(in ConvGeometry g, int m) =>
@@ -597,9 +614,9 @@ public sealed unsafe partial class CpuBackend
     /// V = Bᵀ d B, α² GEMMs M[ξ] (tiles x O) = V[ξ] (tiles x C) · U[ξ]ᵀ (C x O), and y = Aᵀ M A + beta·y. Transforms thread
     /// over filters or tiles, the GEMMs over points (each single-threaded), so no output depends on the thread count.
     /// </summary>
-    private void WinogradForward(ConvGeometry g, float* x, float* w, float* y, float beta)
+    private void WinogradForward(ConvGeometry g, int tile, float* x, float* w, float* y, float beta)
     {
-        var tr = WinogradTransform.ForTile(WinogradTile);
+        var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
         int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
         long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
@@ -624,9 +641,9 @@ public sealed unsafe partial class CpuBackend
     /// V = Bᵀ d B and Mh = A dY Aᵀ, then α² GEMMs dU[ξ] (O x C) (+)= Mh[ξ]ᵀ (O x tiles) · V[ξ] (tiles x C), groups in
     /// order; finally dw += Gᵀ dU G. The GEMMs thread over points, so the sums run in one order for any thread count.
     /// </summary>
-    private void WinogradWeightGrad(ConvGeometry g, float* x, float* dy, float* dw)
+    private void WinogradWeightGrad(ConvGeometry g, int tile, float* x, float* dy, float* dw)
     {
-        var tr = WinogradTransform.ForTile(WinogradWeightGradTile);
+        var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
         int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
         long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
