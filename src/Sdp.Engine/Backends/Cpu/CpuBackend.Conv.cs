@@ -18,7 +18,10 @@ public enum CpuConvAlgorithm
 }
 
 /// <summary>
-/// CNN layers on the CPU. By default convolutions are implicit GEMMs (<see cref="ConvGemm"/>): the im2col column
+/// CNN layers on the CPU. By default float32 3 x 3 stride-1 convolutions (almost all of ResNet's work) run Winograd's
+/// minimal filtering F(4x4, 3x3) or F(2x2, 3x3) (<see cref="ConvWinograd"/>, 4x or 2.25x fewer multiplications: see
+/// <see cref="WinogradTileFor"/> for which, and the section at the end), forward, input gradient and weight gradient.
+/// Every other convolution, and all of them in float64, are implicit GEMMs (<see cref="ConvGemm"/>): the im2col column
 /// matrix is unfolded block by block straight into the GEMM's packed panels and never materialised. The forward pass
 /// and the stride-1 input gradient (a forward convolution of dy with the flipped, transposed kernel) run image groups
 /// of about <see cref="ConvImplicitGroupColumns"/> columns as single-threaded GEMMs claimed by the threads in turn, or
