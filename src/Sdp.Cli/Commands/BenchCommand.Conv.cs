@@ -8,8 +8,9 @@ namespace Sdp.Cli.Commands;
 
 /// <summary>
 /// `sdp bench conv`: the CPU backend's convolutions on CIFAR ResNet-18's shapes (width 64), forward, input gradient
-/// and weight gradient timed apart, each beside a plain SGEMM of the same M x N x K in the same run, so that what
-/// the convolution adds to its GEMM (unfolding, folding, copies, idle threads) shows as a ratio.
+/// and weight gradient timed apart, under each algorithm (Winograd, implicit GEMM, im2col) and beside a plain SGEMM of
+/// the direct convolution's M x N x K in the same run, so that what a convolution adds to its GEMM (unfolding, folding,
+/// copies, idle threads), or saves (Winograd's fewer multiplications), shows as a ratio.
 /// </summary>
 public static partial class BenchCommand
 {
@@ -35,10 +36,17 @@ public static partial class BenchCommand
     {
         var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
         var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
-        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, each against an SGEMM of the same size") { batch, samples, steps };
+        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
+        var tile = new Option<int>("--winograd-tile") { Description = "Winograd output tile m of F(m x m, 3 x 3), 2 or 4, for all three passes (0: the backend's choice)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, per algorithm, each against an SGEMM of the same size") { batch, samples, steps, tile };
         cmd.SetAction(p =>
         {
+            if (p.GetValue(tile) is int m and not 0)
+            {
+                Sdp.Kernels.Cpu.WinogradTransform.ForTile(m); // rejects sizes without a transform
+                CpuBackend.WinogradTile = CpuBackend.WinogradWeightGradTile = m;
+            }
+
             int n = Check.Positive(p.GetValue(batch), "--batch");
             ConvBench(Console.Out, n, Check.Positive(p.GetValue(samples), "--samples"));
             if (p.GetValue(steps) > 0) ConvStepBench(Console.Out, n, p.GetValue(steps));
@@ -47,15 +55,36 @@ public static partial class BenchCommand
         return cmd;
     }
 
+    /// <summary>The algorithms timed side by side, in column order.</summary>
+    private static readonly (string Name, CpuConvAlgorithm Algorithm)[] ConvAlgorithms =
+        [("winograd", CpuConvAlgorithm.Winograd), ("implicit", CpuConvAlgorithm.Implicit), ("im2col", CpuConvAlgorithm.Im2col)];
+
+    /// <summary>Runs act under one algorithm, restoring the process's choice after.</summary>
+    private static void WithConvAlgorithm(CpuConvAlgorithm algorithm, Action act)
+    {
+        var old = CpuBackend.ConvAlgorithm;
+        CpuBackend.ConvAlgorithm = algorithm;
+        try
+        {
+            act();
+        }
+        finally
+        {
+            CpuBackend.ConvAlgorithm = old;
+        }
+    }
+
     private static unsafe void ConvBench(TextWriter output, int n, int samples)
     {
         var inv = CultureInfo.InvariantCulture;
         var cpu = CpuBackend.Instance;
         var rng = new Random(1);
-        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the three timed in turn per sample;");
-        output.WriteLine("implicit = implicit-GEMM conv, im2col = im2col + GEMM conv, gemm = Sgemm of the same M x N x K; step ms = implicit ms x count; KiB alloc = managed allocation of one implicit call, all threads");
-        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"implicit",10}{"GFLOP/s",9}{"im2col",10}{"gemm ms",10}{"impl/im2col",13}{"impl/gemm",11}{"step ms",10}{"KiB alloc",10}");
-        double total = 0, totalOld = 0, totalGemm = 0;
+        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the four timed in turn per sample;");
+        output.WriteLine("winograd = the default path (Winograd for 3x3 stride 1, implicit GEMM elsewhere), implicit = implicit-GEMM conv, im2col = im2col + GEMM conv,");
+        output.WriteLine("gemm = Sgemm of the direct convolution's M x N x K (the baseline; Winograd does fewer FLOPs and may beat it); GFLOP/s = direct FLOPs / winograd time;");
+        output.WriteLine("step ms = winograd ms x count; KiB alloc = managed allocation of one winograd call, all threads");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}");
+        var totals = new double[ConvAlgorithms.Length + 1];
         foreach (var s in ResNet18Convs)
         {
             int oh = (s.H + 2 * s.Pad - s.K) / s.Stride + 1, p = oh * oh, k = s.C * s.K * s.K;
@@ -86,35 +115,30 @@ public static partial class BenchCommand
                 {
                     nint ap = (nint)a, bp = (nint)b, cp = (nint)c;
                     int m = pass.M, nn = pass.N, kk = pass.K;
-                    ms = MedianMsInTurn(samples,
-                        () => { CpuBackend.ConvImplicitGemm = true; pass.Conv(); },
-                        () => { CpuBackend.ConvImplicitGemm = false; pass.Conv(); CpuBackend.ConvImplicitGemm = true; },
-                        () => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
+                    var actions = ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, pass.Conv))).ToList();
+                    actions.Add(() => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
+                    ms = MedianMsInTurn(samples, [.. actions]);
                 }
-                double convMs = ms[0], oldMs = ms[1], gemmMs = ms[2];
                 long before = GC.GetTotalAllocatedBytes(precise: true);
-                pass.Conv();
+                WithConvAlgorithm(CpuConvAlgorithm.Winograd, pass.Conv);
                 long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-                total += convMs * s.Count;
-                totalOld += oldMs * s.Count;
-                totalGemm += gemmMs * s.Count;
-                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{convMs,10:F2}{flops / convMs / 1e6,9:F1}{oldMs,10:F2}{gemmMs,10:F2}{convMs / oldMs,13:F2}{convMs / gemmMs,11:F2}{convMs * s.Count,10:F1}{allocated / 1024.0,10:F1}"));
+                for (int i = 0; i < ms.Length; i++) totals[i] += ms[i] * s.Count;
+                double wino = ms[0], impl = ms[1], im2col = ms[2], gemmMs = ms[3];
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}"));
             }
         }
-        output.WriteLine(string.Create(inv, $"total per step: implicit {total:F1} ms, im2col {totalOld:F1} ms, the same GEMMs {totalGemm:F1} ms (implicit / im2col {total / totalOld:F2}, implicit / gemm {total / totalGemm:F2})"));
+        output.WriteLine(string.Create(inv, $"total per step: winograd {totals[0]:F1} ms, implicit {totals[1]:F1} ms, im2col {totals[2]:F1} ms, the same GEMMs {totals[3]:F1} ms (winograd / implicit {totals[0] / totals[1]:F2}, winograd / gemm {totals[0] / totals[3]:F2})"));
     }
 
-    /// <summary>Whole training steps (one DP worker, AdamW) with the implicit-GEMM and the im2col convolutions, in turn.</summary>
+    /// <summary>Whole training steps (one DP worker, AdamW) with each convolution algorithm, in turn.</summary>
     private static void ConvStepBench(TextWriter output, int batch, int steps)
     {
         var (data, _, _) = RunSetup.BuildData("resnet18", "synthetic", batch, 1, shuffle: false, seed: 0, train: true);
         var subnetwork = RunSetup.BuildSubnetworkModel("resnet18", "{\"width\":64}", 0, 3, 10, Sdp.Engine.Subnetworks.SubnetLevel.Block, new Sdp.Models.Subnetworks.SubnetOptions(), null, "--config");
         using var step = Sdp.Models.Training.IsolatedWorkerStep.Create(subnetwork, Sdp.Models.Training.StepVariant.Dp, 4, data);
-        var ms = MedianMsInTurn(steps,
-            () => { CpuBackend.ConvImplicitGemm = true; step.Run(); },
-            () => { CpuBackend.ConvImplicitGemm = false; step.Run(); CpuBackend.ConvImplicitGemm = true; });
+        var ms = MedianMsInTurn(steps, [.. ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, () => step.Run())))]);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: implicit {ms[0]:F1} ms, im2col {ms[1]:F1} ms (implicit / im2col {ms[0] / ms[1]:F2})"));
+            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2})"));
     }
 
     private static Tensor Random(Shape shape, Random rng)
@@ -127,7 +151,12 @@ public static partial class BenchCommand
     /// <summary>Median ms of each action, timed in turn within every sample so that a shared machine's load falls on all alike.</summary>
     private static double[] MedianMsInTurn(int samples, params Action[] actions)
     {
-        foreach (var a in actions) a();
+        // Three warm-up rounds: the JIT's tiering promotes a kernel's hot loops only after some tens of calls.
+        for (int round = 0; round < 3; round++)
+        {
+            foreach (var a in actions) a();
+        }
+
         var times = new double[actions.Length][];
         for (int j = 0; j < actions.Length; j++) times[j] = new double[samples];
         for (int i = 0; i < samples; i++)

@@ -35,6 +35,33 @@ internal static class ConvReference
         return y;
     }
 
+    /// <summary>The adjoint of <see cref="Conv2d"/> (no bias), in float64: dx and dw for the output gradient dy, from
+    /// differentiating the 7-loop sum term by term.</summary>
+    public static (double[] Dx, double[] Dw) Conv2dBackward(double[] x, int[] xs, double[] w, int[] ws, double[] dy, int stride, int pad)
+    {
+        int n = xs[0], c = xs[1], h = xs[2], wd = xs[3], o = ws[0], kh = ws[2], kw = ws[3];
+        int oh = (h + 2 * pad - kh) / stride + 1, ow = (wd + 2 * pad - kw) / stride + 1;
+        var dx = new double[x.Length];
+        var dw = new double[w.Length];
+        for (int b = 0; b < n; b++)
+        for (int oc = 0; oc < o; oc++)
+        for (int i = 0; i < oh; i++)
+        for (int j = 0; j < ow; j++)
+        {
+            double g = dy[((b * o + oc) * oh + i) * ow + j];
+            for (int ic = 0; ic < c; ic++)
+            for (int r = 0; r < kh; r++)
+            for (int q = 0; q < kw; q++)
+            {
+                int ih = i * stride - pad + r, iw = j * stride - pad + q;
+                if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+                dx[((b * c + ic) * h + ih) * wd + iw] += g * w[((oc * c + ic) * kh + r) * kw + q];
+                dw[((oc * c + ic) * kh + r) * kw + q] += g * x[((b * c + ic) * h + ih) * wd + iw];
+            }
+        }
+        return (dx, dw);
+    }
+
     public static double[] Random(Rng rng, int count) => Enumerable.Range(0, count).Select(_ => rng.NextNormal()).ToArray();
 }
 
@@ -245,21 +272,7 @@ public class ConvGradTests
             // dbias[o] = N·OH·OW and dW/dX follow from differentiating the 7-loop sum.
             y.Backward(Tensor.Full(y.Shape, 1.0, DType.Float64));
             int oh = y.Shape[2], ow = y.Shape[3];
-            var dx = new double[xv.Length];
-            var dw = new double[wv.Length];
-            for (int bi = 0; bi < n; bi++)
-            for (int oc = 0; oc < o; oc++)
-            for (int i = 0; i < oh; i++)
-            for (int j = 0; j < ow; j++)
-            for (int ic = 0; ic < c; ic++)
-            for (int r = 0; r < k; r++)
-            for (int q = 0; q < k; q++)
-            {
-                int ih = i * s - p + r, iw = j * s - p + q;
-                if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-                dx[((bi * c + ic) * h + ih) * w + iw] += wv[((oc * c + ic) * k + r) * k + q];
-                dw[((oc * c + ic) * k + r) * k + q] += xv[((bi * c + ic) * h + ih) * w + iw];
-            }
+            var (dx, dw) = ConvReference.Conv2dBackward(xv, [n, c, h, w], wv, [o, c, k, k], Enumerable.Repeat(1.0, (int)y.Numel).ToArray(), s, p);
             TensorAssert.Close(x.Grad!, dx, 1e-12, 1e-12);
             TensorAssert.Close(wt.Grad!, dw, 1e-12, 1e-12);
             TensorAssert.Close(b.Grad!, Enumerable.Repeat((double)n * oh * ow, o).ToArray(), 1e-12, 1e-12);
@@ -342,23 +355,7 @@ public class ConvGradTests
                 TensorAssert.Close(y, yRef, tol, tol);
                 var dyv = ConvReference.Random(rng, yRef.Length);
                 y.Backward(Tensor.FromDoubles(dyv, y.Shape, dtype));
-                int oh = y.Shape[2], ow = y.Shape[3];
-                var dx = new double[xv.Length];
-                var dw = new double[wv.Length];
-                for (int bi = 0; bi < n; bi++)
-                for (int oc = 0; oc < o; oc++)
-                for (int i = 0; i < oh; i++)
-                for (int j = 0; j < ow; j++)
-                for (int ic = 0; ic < c; ic++)
-                for (int r = 0; r < kh; r++)
-                for (int q = 0; q < kw; q++)
-                {
-                    int ih = i * s - p + r, iw = j * s - p + q;
-                    if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-                    double g = dyv[((bi * o + oc) * oh + i) * ow + j];
-                    dx[((bi * c + ic) * h + ih) * w + iw] += g * wv[((oc * c + ic) * kh + r) * kw + q];
-                    dw[((oc * c + ic) * kh + r) * kw + q] += g * xv[((bi * c + ic) * h + ih) * w + iw];
-                }
+                var (dx, dw) = ConvReference.Conv2dBackward(xv, [n, c, h, w], wv, [o, c, kh, kw], dyv, s, p);
                 TensorAssert.Close(x.Grad!, dx, tol, tol);
                 TensorAssert.Close(wt.Grad!, dw, tol, tol);
             }
@@ -588,13 +585,14 @@ public class ConvGradTests
 
     // ---- helpers ----------------------------------------------------------------------------------------
 
-    /// <summary>Temporarily sets the CPU conv plan hooks (group widths, thread count).</summary>
+    /// <summary>Temporarily sets the CPU conv plan hooks (group widths, thread count) and the algorithm: implicit GEMM or
+    /// im2col (Winograd has its own fixture, WinogradTests).</summary>
     private static IDisposable Plan(int slotColumns, int threadedColumns, int? threads, bool implicitGemm = false)
     {
         int oldSlot = CpuBackend.ConvSlotColumns, oldThreaded = CpuBackend.ConvThreadedColumns, oldWeight = CpuBackend.ConvWeightGradColumns;
         int oldThreads = CpuParallel.MaxThreads;
-        bool oldImplicit = CpuBackend.ConvImplicitGemm;
-        CpuBackend.ConvImplicitGemm = implicitGemm;
+        var oldAlgorithm = CpuBackend.ConvAlgorithm;
+        CpuBackend.ConvAlgorithm = implicitGemm ? CpuConvAlgorithm.Implicit : CpuConvAlgorithm.Im2col;
         CpuBackend.ConvSlotColumns = slotColumns;
         CpuBackend.ConvThreadedColumns = threadedColumns;
         CpuBackend.ConvWeightGradColumns = threadedColumns;
@@ -605,7 +603,7 @@ public class ConvGradTests
             CpuBackend.ConvThreadedColumns = oldThreaded;
             CpuBackend.ConvWeightGradColumns = oldWeight;
             CpuParallel.MaxThreads = oldThreads;
-            CpuBackend.ConvImplicitGemm = oldImplicit;
+            CpuBackend.ConvAlgorithm = oldAlgorithm;
         });
     }
 

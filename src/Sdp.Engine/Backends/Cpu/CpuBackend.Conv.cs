@@ -4,8 +4,24 @@ using Sdp.Kernels.Cpu;
 
 namespace Sdp.Engine.Backends.Cpu;
 
+/// <summary>The CPU backend's convolution algorithms (<see cref="CpuBackend.ConvAlgorithm"/>).</summary>
+public enum CpuConvAlgorithm
+{
+    /// <summary>Winograd F(m x m, 3 x 3) for float32 3 x 3 stride-1 convolutions where it is faster, implicit GEMM elsewhere.</summary>
+    Winograd,
+
+    /// <summary>Implicit GEMM (<see cref="ConvGemm"/>) for every convolution.</summary>
+    Implicit,
+
+    /// <summary>im2col + GEMM for every convolution (the oldest path; its sums run in another order).</summary>
+    Im2col,
+}
+
 /// <summary>
-/// CNN layers on the CPU. By default convolutions are implicit GEMMs (<see cref="ConvGemm"/>): the im2col column
+/// CNN layers on the CPU. By default float32 3 x 3 stride-1 convolutions (almost all of ResNet's work) run Winograd's
+/// minimal filtering F(4x4, 3x3) or F(2x2, 3x3) (<see cref="ConvWinograd"/>, 4x or 2.25x fewer multiplications: see
+/// <see cref="WinogradTileFor"/> for which, and the section at the end), forward, input gradient and weight gradient.
+/// Every other convolution, and all of them in float64, are implicit GEMMs (<see cref="ConvGemm"/>): the im2col column
 /// matrix is unfolded block by block straight into the GEMM's packed panels and never materialised. The forward pass
 /// and the stride-1 input gradient (a forward convolution of dy with the flipped, transposed kernel) run image groups
 /// of about <see cref="ConvImplicitGroupColumns"/> columns as single-threaded GEMMs claimed by the threads in turn, or
@@ -37,11 +53,22 @@ public sealed unsafe partial class CpuBackend
     /// fewer passes over dW. Tuning and test hook.</summary>
     internal static int ConvWeightGradColumns { get; set; } = 4096;
 
-    /// <summary>Implicit-GEMM convolutions (<see cref="ConvGemm"/>): forward, weight gradient, and the input gradient at
-    /// stride 1. Off runs the im2col + GEMM path everywhere: a test hook (the two must agree) and a benchmark switch
-    /// (`sdp bench conv` times both in the same run). SDP_CPU_CONV=im2col starts a process with it off (the subnetwork
-    /// bit-for-bit fixture, recorded before the implicit path existed, runs that way).</summary>
-    public static bool ConvImplicitGemm { get; set; } = Environment.GetEnvironmentVariable("SDP_CPU_CONV") != "im2col";
+    /// <summary>Which convolution algorithm the CPU backend runs, read once at process start from SDP_CPU_CONV
+    /// (`winograd`, the default; `implicit`; `im2col`) and settable as a test hook and benchmark switch (`sdp bench conv`
+    /// times each in the same run). <see cref="CpuConvAlgorithm.Im2col"/> runs the im2col + GEMM path everywhere: the
+    /// subnetwork bit-for-bit fixture, recorded before the other paths existed, starts its processes with it.</summary>
+    public static CpuConvAlgorithm ConvAlgorithm { get; set; } = ParseConvAlgorithm(Environment.GetEnvironmentVariable("SDP_CPU_CONV"));
+
+    /// <summary>Implicit GEMM or Winograd: anything but the im2col path.</summary>
+    private static bool ConvImplicitGemm => ConvAlgorithm != CpuConvAlgorithm.Im2col;
+
+    internal static CpuConvAlgorithm ParseConvAlgorithm(string? value) => value switch
+    {
+        null or "" or "winograd" => CpuConvAlgorithm.Winograd,
+        "implicit" => CpuConvAlgorithm.Implicit,
+        "im2col" => CpuConvAlgorithm.Im2col,
+        _ => throw new InvalidOperationException($"SDP_CPU_CONV must be winograd, implicit or im2col, not '{value}'"),
+    };
 
     /// <summary>Upper bound on one group's column matrix, in elements, so workspace stays bounded.</summary>
     private const long ConvMaxGroupElements = 1L << 22;
@@ -175,6 +202,13 @@ public sealed unsafe partial class CpuBackend
 
     private void Conv2dCore<T>(ConvGeom g, Tensor xt, Tensor wt, Tensor? bt, Tensor yt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (typeof(T) == typeof(float) && WinogradTileFor(Geometry(g), WinogradTile) is int m and not 0)
+        {
+            WinogradForward(Geometry(g), m, Ptr<float>(xt), Ptr<float>(wt), Ptr<float>(yt), 0f);
+            if (bt is not null) AddConvBias<T>(yt, bt);
+            return;
+        }
+
         if (ConvImplicitGemm)
         {
             ImplicitForward(Geometry(g), Ptr<T>(xt), Ptr<T>(wt), Ptr<T>(yt), T.Zero);
@@ -407,6 +441,12 @@ public sealed unsafe partial class CpuBackend
     /// <summary>dW (O, K) += Σ_groups dY_g (O, G·P) · cols_gᵀ, groups in order, each GEMM threaded.</summary>
     private void Conv2dWeightGrad<T>(ConvGeom g, Tensor xt, Tensor dyt, Tensor dwt) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (typeof(T) == typeof(float) && WinogradTileFor(Geometry(g), WinogradWeightGradTile) is int m and not 0)
+        {
+            WinogradWeightGrad(Geometry(g), m, Ptr<float>(xt), Ptr<float>(dyt), Ptr<float>(dwt));
+            return;
+        }
+
         if (ConvImplicitGemm)
         {
             ConvGemm.WeightGrad(Geometry(g), Ptr<T>(xt), Ptr<T>(dyt), Ptr<T>(dwt), CpuParallel.MaxThreads);
@@ -506,6 +546,128 @@ public sealed unsafe partial class CpuBackend
             }
         });
         var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
+        if (typeof(T) == typeof(float) && WinogradTileFor(back, WinogradTile) is int m and not 0)
+        {
+            WinogradForward(back, m, Ptr<float>(dyt), (float*)fp, Ptr<float>(dxt), 1f);
+            return;
+        }
+
         ImplicitForward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), T.One);
+    }
+
+    // ---- Winograd ------------------------------------------------------------------------------------------
+
+    /// <summary>Output tile size m of Winograd F(m x m, 3 x 3) for the forward pass and the input gradient: 2 or 4, or 0
+    /// for <see cref="WinogradTileFor"/>'s choice by shape. Test hook and benchmark switch (`sdp bench conv --winograd-tile`).</summary>
+    public static int WinogradTile { get; set; }
+
+    /// <summary>Output tile size m of the Winograd weight gradient: 2, 4, or 0 for the choice by shape. Test hook and benchmark switch.</summary>
+    public static int WinogradWeightGradTile { get; set; }
+
+    /// <summary>Tiles per group: the transformed input and product buffers (α² x tiles x channels each) hold one group, so
+    /// this bounds the workspace and keeps the buffers near the cache; the group size depends on the shape alone, so
+    /// results do not depend on the thread count. Tuning and test hook.</summary>
+    internal static int WinogradGroupTiles { get; set; } = 512;
+
+    /// <summary>Fewest input and output channels for which Winograd runs. Tuning and test hook.</summary>
+    internal static int WinogradMinChannels { get; set; } = 8;
+
+    /// <summary>Fewest tiles over the batch for which a tile size is used. Tuning and test hook.</summary>
+    internal static int WinogradMinTiles { get; set; } = 128;
+
+    /// <summary>
+    /// The output tile size for a float32 convolution of this shape, or 0 to leave it to implicit GEMM: Winograd needs
+    /// 3 x 3 stride 1 (<see cref="ConvWinograd.Supports"/>) and at least <see cref="WinogradMinChannels"/> input and output
+    /// channels (with fewer, as in the 3-channel stem, the GEMMs are too thin for the transforms to pay). The filter
+    /// transform (α² x O x C, written and packed once per call) is amortised over the batch's tiles: measured on
+    /// ResNet-18's shapes (`sdp bench conv`, batch 32, 2 threads), F(4x4) beat implicit GEMM by about 2x from 128 tiles
+    /// (8 x 8 planes and up) but took 1.7-2x longer at 32 tiles (4 x 4 planes, 512 channels, a 38 MB filter transform),
+    /// where F(2x2)'s 128 tiles still ran in 0.75x. So: F(4x4) with at least <see cref="WinogradMinTiles"/> tiles, else
+    /// F(2x2) with as many, else implicit GEMM. <paramref name="forced"/> (a test hook) overrides the size, not the shape rule.
+    /// </summary>
+    private static int WinogradTileFor(in ConvGeometry g, int forced)
+    {
+        if (ConvAlgorithm != CpuConvAlgorithm.Winograd || !ConvWinograd.Supports(g) || g.C < WinogradMinChannels || g.O < WinogradMinChannels) return 0;
+        if (forced != 0) return forced;
+        foreach (int m in (ReadOnlySpan<int>)[4, 2])
+        {
+            if ((long)g.N * ConvWinograd.TileRows(g, m) * ConvWinograd.TileCols(g, m) >= WinogradMinTiles) return m;
+        }
+        return 0;
+    }
+
+    /// <summary>Images per Winograd group for this shape and tile size.</summary>
+    private static int WinogradGroupImages(in ConvGeometry g, int m) =>
+        Math.Clamp(WinogradGroupTiles / (ConvWinograd.TileRows(g, m) * ConvWinograd.TileCols(g, m)), 1, Math.Max(1, g.N));
+
+    /// <summary>Runs point(ξ) for ξ in [0, points), each on one thread, claimed in turn (the points are independent GEMMs of
+    /// equal size; claiming keeps a thread slowed by another process from holding the others up).</summary>
+    private static void ForEachPoint(int points, Action<int> point)
+    {
+        int next = -1;
+        CpuParallel.For(Math.Min(points, Math.Max(1, CpuParallel.MaxThreads)), 1, (_, _) =>
+        {
+            int xi;
+            while ((xi = Interlocked.Increment(ref next)) < points) point(xi);
+        });
+    }
+
+    /// <summary>
+    /// y = conv(x, w) + beta·y by Winograd F(m x m, 3 x 3): U = G w Gᵀ once per call, then per group of tiles
+    /// V = Bᵀ d B, α² GEMMs M[ξ] (tiles x O) = V[ξ] (tiles x C) · U[ξ]ᵀ (C x O), and y = Aᵀ M A + beta·y. Transforms thread
+    /// over filters or tiles, the GEMMs over points (each single-threaded), so no output depends on the thread count.
+    /// </summary>
+    private void WinogradForward(ConvGeometry g, int tile, float* x, float* w, float* y, float beta)
+    {
+        var tr = WinogradTransform.ForTile(tile);
+        int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
+        int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
+        long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
+        using var ws = Tensor.Empty(new Shape(checked((int)(uLen + vLen + mLen))), DType.Float32, this);
+        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(uLen * sizeof(float)), mp = vp + (nint)(vLen * sizeof(float));
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterTransform(tr, (float*)wp, g.O, g.C, (float*)up, (int)o0, (int)o1));
+        for (int n0 = 0; n0 < g.N; n0 += groupImages)
+        {
+            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage;
+            var sub = g with { N = count };
+            long vStride = (long)tiles * g.C, mStride = (long)tiles * g.O;
+            nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), yg = yp + (nint)((long)n0 * g.O * g.P * sizeof(float));
+            CpuParallel.For(tiles, Math.Max(1, 4096 / g.C), (t0, t1) => ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride));
+            ForEachPoint(points, xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * (long)g.O * g.C), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1));
+            CpuParallel.For(tiles, Math.Max(1, 4096 / g.O), (t0, t1) => ConvWinograd.OutputTransform(tr, sub, (float*)mp, mStride, (int)t0, (int)t1, (float*)yg, beta));
+        }
+    }
+
+    /// <summary>
+    /// dw += Σ over tiles of the 3 x 3 correlation of each input tile with its output-gradient tile, by Winograd: per group
+    /// V = Bᵀ d B and Mh = A dY Aᵀ, then α² GEMMs dU[ξ] (O x C) (+)= Mh[ξ]ᵀ (O x tiles) · V[ξ] (tiles x C), groups in
+    /// order; finally dw += Gᵀ dU G. The GEMMs thread over points, so the sums run in one order for any thread count.
+    /// </summary>
+    private void WinogradWeightGrad(ConvGeometry g, int tile, float* x, float* dy, float* dw)
+    {
+        var tr = WinogradTransform.ForTile(tile);
+        int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
+        int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
+        long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
+        using var ws = Tensor.Empty(new Shape(checked((int)(uLen + vLen + mLen))), DType.Float32, this);
+        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(uLen * sizeof(float)), mp = vp + (nint)(vLen * sizeof(float));
+        nint xp = (nint)x, dyp = (nint)dy, dwp = (nint)dw;
+        for (int n0 = 0; n0 < g.N; n0 += groupImages)
+        {
+            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage;
+            var sub = g with { N = count };
+            long vStride = (long)tiles * g.C, mStride = (long)tiles * g.O;
+            nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), dyg = dyp + (nint)((long)n0 * g.O * g.P * sizeof(float));
+            float beta = n0 == 0 ? 0f : 1f;
+            CpuParallel.For(tiles, Math.Max(1, 2048 / (g.C + g.O)), (t0, t1) =>
+            {
+                ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride);
+                ConvWinograd.OutputGradTransform(tr, sub, (float*)dyg, (int)t0, (int)t1, (float*)mp, mStride);
+            });
+            ForEachPoint(points, xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * (long)g.O * g.C), g.C, 1));
+        }
+
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.O, g.C, (float*)dwp, (int)o0, (int)o1));
     }
 }
