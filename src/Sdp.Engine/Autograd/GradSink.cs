@@ -50,13 +50,21 @@ public sealed class GradSink : IDisposable
 
     /// <summary>
     /// The buffer for <paramref name="input"/>'s gradient when the caller writes every element of it. When nothing has
-    /// been accumulated for a non-leaf input yet, the buffer is fresh and unfilled (Fresh = true): the caller
-    /// overwrites it, which saves the zero fill and one read of the buffer. Otherwise it is <see cref="For"/>'s
-    /// buffer (Fresh = false) and the caller adds into it. Null Buffer when no gradient is needed.
+    /// been accumulated for it yet (a non-leaf seen for the first time, or a leaf without held slices whose Grad does
+    /// not exist yet), the buffer is fresh and unfilled (Fresh = true): the caller overwrites it, which saves the zero
+    /// fill and one read of the buffer. Otherwise it is <see cref="For"/>'s buffer (Fresh = false) and the caller adds
+    /// into it. Null Buffer when no gradient is needed.
     /// </summary>
     internal (Tensor? Buffer, bool Fresh) ForWrite(Tensor input)
     {
-        if (!input.RequiresGrad || input.IsLeaf || _pending.ContainsKey(input.Id)) return (For(input), false);
+        if (!input.RequiresGrad) return (null, false);
+        if (input.IsLeaf)
+        {
+            if (input.Held is not null || input.Grad is not null) return (For(input), false);
+            AutogradCounters.AddWeightGrad(input.Numel);
+            return (NewLeafGrad(input), true);
+        }
+        if (_pending.ContainsKey(input.Id)) return (For(input), false);
         var g = Tensor.Allocate(input.Shape, input.DType, input.Backend, MemoryCategory.Workspace, registerInScope: false);
         _pending.Add(input.Id, g);
         return (g, true);
@@ -97,12 +105,15 @@ public sealed class GradSink : IDisposable
     /// <summary>The leaf's persistent gradient, allocated zero-filled (Gradients) with its GradShape on first use.</summary>
     private static Tensor LeafGrad(Tensor leaf)
     {
-        if (leaf.Grad is null)
-        {
-            leaf.Grad = Tensor.Allocate(leaf.GradShape, leaf.DType, leaf.Backend, MemoryCategory.Gradients, registerInScope: false);
-            leaf.Grad.Name = leaf.Name is null ? null : leaf.Name + ".grad";
-            leaf.Backend.Fill(leaf.Grad, 0);
-        }
+        if (leaf.Grad is null) leaf.Backend.Fill(NewLeafGrad(leaf), 0);
+        return leaf.Grad!;
+    }
+
+    /// <summary>Gives the leaf a new, unfilled persistent gradient (Gradients) of its GradShape.</summary>
+    private static Tensor NewLeafGrad(Tensor leaf)
+    {
+        leaf.Grad = Tensor.Allocate(leaf.GradShape, leaf.DType, leaf.Backend, MemoryCategory.Gradients, registerInScope: false);
+        leaf.Grad.Name = leaf.Name is null ? null : leaf.Name + ".grad";
         return leaf.Grad;
     }
 

@@ -67,7 +67,7 @@ public static partial class Ops
             // Linear with a held-slice weight (y = x·Wᵀ, W (out, in) shared by the batch): compute only the
             // held rows/columns of dW, straight into the compact gradient; no full-size dW exists.
             bool heldWeight = _transB && !_transA && w.Rank == 2 && w.IsLeaf && w.RequiresGrad && w.Held is not null;
-            var db = heldWeight ? null : grads.For(w);
+            var (db, dbFresh) = heldWeight ? (null, false) : grads.ForWrite(w);
             var be = dc.Backend;
             if (heldWeight)
             {
@@ -88,8 +88,8 @@ public static partial class Ops
             if (db is not null)
             {
                 bool shared = _batch > 1 && db.Numel == (long)_k * _n;
-                if (!_transB) Product(be, _a!, dc, db, _k, _n, _m, !_transA, false, shared);
-                else Product(be, dc, _a!, db, _n, _k, _m, true, _transA, shared);
+                if (!_transB) Product(be, _a!, dc, db, _k, _n, _m, !_transA, false, shared, overwrite: dbFresh);
+                else Product(be, dc, _a!, db, _n, _k, _m, true, _transA, shared, overwrite: dbFresh);
             }
         }
 
