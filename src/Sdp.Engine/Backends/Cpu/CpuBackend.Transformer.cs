@@ -143,11 +143,21 @@ public sealed unsafe partial class CpuBackend
                     for (int j = 0; j < c; j++) d += w[j] * dy[j] * x[j];
                     T k = r * r * r * d * invC;
                     T* dx = (T*)dxp + row * c;
-                    for (int j = 0; j < c; j++) dx[j] += r * w[j] * dy[j] - x[j] * k;
+                    // Elementwise, so vectors round exactly as the scalar loop does (the JIT never fuses a·b + c).
+                    var vr = new Vector<T>(r);
+                    var vk = new Vector<T>(k);
+                    int i = 0;
+                    for (; i + Vector<T>.Count <= c; i += Vector<T>.Count)
+                        Vector.Store(Vector.Load(dx + i) + (vr * Vector.Load(w + i) * Vector.Load(dy + i) - Vector.Load(x + i) * vk), dx + i);
+                    for (int j = i; j < c; j++) dx[j] += r * w[j] * dy[j] - x[j] * k;
                 }
                 if (partial != null)
                 {
-                    for (int j = 0; j < c; j++) partial[j] += dy[j] * x[j] * r;
+                    var vr = new Vector<T>(r);
+                    int i = 0;
+                    for (; i + Vector<T>.Count <= c; i += Vector<T>.Count)
+                        Vector.Store(Vector.Load(partial + i) + Vector.Load(dy + i) * Vector.Load(x + i) * vr, partial + i);
+                    for (int j = i; j < c; j++) partial[j] += dy[j] * x[j] * r;
                 }
             }
         }
