@@ -33,17 +33,22 @@ public readonly record struct ConvGeometry(int N, int C, int H, int W, int O, in
 /// </list>
 /// The sum over k runs in the GEMM's fixed order, so results do not depend on the thread count.
 /// </summary>
-public static unsafe class ConvGemm
+public static unsafe partial class ConvGemm
 {
     /// <summary>
     /// y (N, O, OH, OW) = conv(x, w) + beta · y, one GEMM over the whole batch on <paramref name="threads"/> threads.
     /// w is (O, C, KH, KW); colOffsets holds <see cref="FillColumnOffsets"/>'s table for at least N images.
     /// </summary>
     public static void Forward<T>(in ConvGeometry g, T* x, T* w, T* y, T beta, int* colOffsets, int threads)
+        where T : unmanaged, INumber<T> => Forward(g, ColumnSource<T>.Input(x), w, y, beta, colOffsets, threads);
+
+    /// <summary>As <see cref="Forward{T}(in ConvGeometry, T*, T*, T*, T, int*, int)"/>, with the column matrix read from
+    /// <paramref name="source"/> (the input, or its phase planes).</summary>
+    public static void Forward<T>(in ConvGeometry g, ColumnSource<T> source, T* w, T* y, T beta, int* colOffsets, int threads)
         where T : unmanaged, INumber<T>
     {
         int* scatter = g.N > 1 && g.O > 1 ? colOffsets : null;
-        var packer = new ColumnPacker<T>(g, x);
+        var packer = new ColumnPacker<T>(g, source);
         Gemm.GemmPacked(g.O, g.N * g.P, g.K, packer, w, g.K, null, 0, beta, y, g.P, scatter, threads);
     }
 
@@ -64,9 +69,13 @@ public static unsafe class ConvGemm
 
     /// <summary>dW (O, C, KH, KW) += Σ over images and pixels of dy ⊗ unfold(x), one GEMM over the whole batch.</summary>
     public static void WeightGrad<T>(in ConvGeometry g, T* x, T* dy, T* dw, int threads)
+        where T : unmanaged, INumber<T> => WeightGrad(g, ColumnSource<T>.Input(x), dy, dw, threads);
+
+    /// <summary>As <see cref="WeightGrad{T}(in ConvGeometry, T*, T*, T*, int)"/>, with the column matrix read from <paramref name="source"/>.</summary>
+    public static void WeightGrad<T>(in ConvGeometry g, ColumnSource<T> source, T* dy, T* dw, int threads)
         where T : unmanaged, INumber<T>
     {
-        var packer = new WeightGradPacker<T>(g, x, dy);
+        var packer = new WeightGradPacker<T>(g, source, dy);
         Gemm.GemmPacked(g.O, g.K, g.N * g.P, packer, null, 0, null, 0, T.One, dw, g.K, null, threads);
     }
 
@@ -186,9 +195,17 @@ public static unsafe class ConvGemm
     /// in one piece over the valid output rows, then the columns that fall into the horizontal padding are zeroed.
     /// </summary>
     private static void UnfoldPlaneRun<T>(in ConvGeometry g, T* xc, int kh, int kw, int lo, int hi, int ohLo, int ohHi, int q, int run, T* dst)
+        where T : unmanaged, INumber<T> =>
+        PlaneRun(xc, g.OW, g.HW, ((kh - g.Pad) * g.W) + (kw - g.Pad), lo, hi, ohLo, ohHi, q, run, dst);
+
+    /// <summary>
+    /// Pixels [q, q + run) of one shifted plane on a grid of rows of <paramref name="pw"/> (the plane's own row length):
+    /// element t = plane[t + shift] for output rows [ohLo, ohHi) and columns [lo, hi), zero elsewhere.
+    /// </summary>
+    private static void PlaneRun<T>(T* xc, int pw, int planeSize, int shift, int lo, int hi, int ohLo, int ohHi, int q, int run, T* dst)
         where T : unmanaged, INumber<T>
     {
-        int ow_ = g.OW, end = q + run;
+        int ow_ = pw, end = q + run;
         int a = Math.Clamp(ohLo * ow_, q, end), b = Math.Clamp(ohHi * ow_, a, end);
         if (a > q)
         {
@@ -197,10 +214,9 @@ public static unsafe class ConvGemm
 
         if (b > a)
         {
-            int shift = ((kh - g.Pad) * g.W) + (kw - g.Pad);
             // The copy's ends may lie one column into the padding, where the shifted index leaves the plane; those
             // elements are zeroed below, so only the in-plane part is read.
-            int srcA = Math.Max(a, -shift), srcB = Math.Min(b, g.HW - shift);
+            int srcA = Math.Max(a, -shift), srcB = Math.Min(b, planeSize - shift);
             for (int t = a; t < srcA; t++)
             {
                 dst[t - q] = T.Zero;
@@ -257,7 +273,7 @@ public static unsafe class ConvGemm
         where T : unmanaged => (T*)GemmWorkspace.AcquireUnfold((nuint)((long)elements * sizeof(T)));
 
     /// <summary>op(B) = the column matrix (K x N·P): row by row into scratch, then each row spread over the NR-wide panels.</summary>
-    private sealed class ColumnPacker<T>(ConvGeometry g, T* x) : IGemmPacker<T>
+    private sealed class ColumnPacker<T>(ConvGeometry g, ColumnSource<T> source) : IGemmPacker<T>
         where T : unmanaged, INumber<T>
     {
         public bool PacksA => false;
@@ -278,7 +294,7 @@ public static unsafe class ConvGemm
                 int rows = Math.Min(StripRows, depth - p);
                 for (int r = 0; r < rows; r++)
                 {
-                    UnfoldRow(g, x, p0 + p + r, j0, cols, strip + ((nint)r * cols));
+                    source.Unfold(g, p0 + p + r, j0, cols, strip + ((nint)r * cols));
                 }
 
                 T* d = dst + ((nint)p * nr);
@@ -330,7 +346,7 @@ public static unsafe class ConvGemm
     /// dW's operands: op(A) = dY (O x N·P), element (o, t) = dy[n, o, pixel]; op(B) = colsᵀ (N·P x K), packed from
     /// unfolded rows transposed 8 x 8 into the panels.
     /// </summary>
-    private sealed class WeightGradPacker<T>(ConvGeometry g, T* x, T* dy) : IGemmPacker<T>
+    private sealed class WeightGradPacker<T>(ConvGeometry g, ColumnSource<T> source, T* dy) : IGemmPacker<T>
         where T : unmanaged, INumber<T>
     {
         public bool PacksA => true;
@@ -384,7 +400,7 @@ public static unsafe class ConvGemm
                 int live = Math.Min(nr, cols - jr);
                 for (int j = 0; j < live; j++)
                 {
-                    UnfoldRow(g, x, j0 + jr + j, p0, depth, rows + ((nint)j * depth));
+                    source.Unfold(g, j0 + jr + j, p0, depth, rows + ((nint)j * depth));
                 }
 
                 int j8 = 0;
