@@ -200,8 +200,6 @@ public sealed unsafe partial class CpuBackend
     /// col2im input gradients), to time the old code beside the new. Benchmark and test hook.</summary>
     public static bool ConvStridedLegacy { get; set; }
 
-    public static bool ConvStridedInputGradByPhases { get; set; } = Environment.GetEnvironmentVariable("PHASES") == "1";
-
     /// <summary>
     /// The column source of an implicit-GEMM forward or weight gradient: for strides above 1 (where
     /// <see cref="ConvGemm.PhaseSplitFits"/>), x split into its stride phases, so that every kernel tap unfolds by
@@ -256,14 +254,14 @@ public sealed unsafe partial class CpuBackend
                 a = cols + colsLen;
             }
             GemmT(true, false, geometry.K, width, geometry.O, (T*)wp, geometry.K, a, width, false, cols, width, threaded ? threads : 1);
-            Loop((long)count * geometry.C, threaded, (t0, t1) =>
+            long planes = (long)count * geometry.C;
+            if (!threaded)
             {
-                for (long t = t0; t < t1; t++)
-                {
-                    int i = (int)(t / geometry.C), c = (int)(t % geometry.C);
-                    ConvGemm.Col2ImPlane(geometry, cols + (long)i * geometry.P, width, c, (T*)dxp + ((long)(n0 + i) * geometry.C + c) * geometry.HW);
-                }
-            });
+                FoldPlanes(geometry, cols, width, (T*)dxp, n0, 0, planes);
+                return;
+            }
+            nint cp = (nint)cols;
+            CpuParallel.For(planes, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)geometry.K / geometry.C * geometry.P)), (t0, t1) => FoldPlanes(geometry, (T*)cp, width, (T*)dxp, n0, t0, t1));
         }
 
         if (!perThread)
@@ -280,23 +278,13 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    /// <summary>
-    /// dX += the input gradient of a strided convolution, phase by phase (<see cref="ConvGemm.InputGradPhase{T}"/>): the
-    /// weights regrouped per phase once, then one threaded implicit GEMM per phase writing straight into dX.
-    /// </summary>
-    private void InputGradByPhases<T>(in ConvGeometry g, T* w, T* dy, T* dx) where T : unmanaged, INumber<T>
+    /// <summary>Folds (image, channel) planes [t0, t1) of a group's column gradient (K x width, image i at column i·P) into dx.</summary>
+    private static void FoldPlanes<T>(in ConvGeometry g, T* cols, int width, T* dx, int n0, long t0, long t1) where T : unmanaged, INumber<T>
     {
-        long weightElements = (long)g.O * g.C * g.KH * g.KW, tableInts = ConvGemm.InputGradTableInts(g);
-        long tableElements = (tableInts * sizeof(int) + sizeof(T) - 1) / sizeof(T);
-        using var ws = Tensor.Empty(new Shape(checked((int)(weightElements + tableElements))), typeof(T) == typeof(float) ? DType.Float32 : DType.Float64, this);
-        T* phaseWeights = Ptr<T>(ws);
-        int* table = (int*)(phaseWeights + weightElements);
-        var geometry = g;
-        nint wp = (nint)w, pwp = (nint)phaseWeights;
-        CpuParallel.For(g.C, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)g.O * g.KH * g.KW)), (c0, c1) => ConvGemm.RepackPhaseWeights(geometry, (T*)wp, (T*)pwp, (int)c0, (int)c1));
-        for (int a = 0; a < g.Stride; a++)
+        for (long t = t0; t < t1; t++)
         {
-            for (int b = 0; b < g.Stride; b++) ConvGemm.InputGradPhase(g, a, b, dy, phaseWeights, dx, table, CpuParallel.MaxThreads);
+            int i = (int)(t / g.C), c = (int)(t % g.C);
+            ConvGemm.Col2ImPlane(g, cols + (long)i * g.P, width, c, dx + ((long)(n0 + i) * g.C + c) * g.HW);
         }
     }
 
@@ -595,11 +583,7 @@ public sealed unsafe partial class CpuBackend
         }
         if (ConvImplicitGemm && !ConvStridedLegacy && g.Stride > 1)
         {
-            // Kernels no larger than the stride put at most one tap in each phase of dx (the 1x1 stride-2 shortcut): each
-            // phase is then a plain GEMM on dy written straight into dx. Larger kernels would unfold dy once per tap for a
-            // GEMM only C rows tall; there one GEMM on dy and a vectorised fold cost less.
-            if (ConvStridedInputGradByPhases && g.KH <= g.Stride && g.KW <= g.Stride && ConvGemm.InputGradByPhasesFits(Geometry(g))) InputGradByPhases(Geometry(g), Ptr<T>(wt), Ptr<T>(dyt), Ptr<T>(dxt));
-            else StridedInputGradFold(Geometry(g), Ptr<T>(wt), Ptr<T>(dyt), Ptr<T>(dxt));
+            StridedInputGradFold(Geometry(g), Ptr<T>(wt), Ptr<T>(dyt), Ptr<T>(dxt));
             return;
         }
         var plan = ConvPlan.For(g);
