@@ -86,14 +86,46 @@ public static unsafe partial class ConvGemm
         }
     }
 
-    /// <summary>Elements of the phase planes of the whole batch: N·C·s²·OH·OW.</summary>
-    public static long PhasePlaneElements(in ConvGeometry g) => (long)g.N * g.C * g.Stride * g.Stride * g.P;
+    /// <summary>The stride phases some kernel tap reads, as bit masks over row phases a and column phases b.</summary>
+    private static (uint Rows, uint Cols) UsedPhases(in ConvGeometry g)
+    {
+        uint rows = 0, cols = 0;
+        for (int kh = 0; kh < g.KH; kh++)
+        {
+            int r = kh - g.Pad;
+            rows |= 1u << (r - (g.Stride * FloorDiv(r, g.Stride)));
+        }
 
-    /// <summary>The row table of the column matrix over phase planes: row k = (c, kh, kw) reads plane c·s² + a·s + b
-    /// shifted by (dh, dw), where kh - pad = s·dh + a and kw - pad = s·dw + b. 3·K ints.</summary>
+        for (int kw = 0; kw < g.KW; kw++)
+        {
+            int r = kw - g.Pad;
+            cols |= 1u << (r - (g.Stride * FloorDiv(r, g.Stride)));
+        }
+
+        return (rows, cols);
+    }
+
+    /// <summary>Phase planes kept per input plane: only the phases some tap reads (all four for a 3x3 stride-2 kernel with
+    /// padding 1, one for the 1x1 stride-2 shortcut, whose planes are then just x's even rows and columns).</summary>
+    public static int PhasesPerPlane(in ConvGeometry g)
+    {
+        var (rows, cols) = UsedPhases(g);
+        return BitOperations.PopCount(rows) * BitOperations.PopCount(cols);
+    }
+
+    /// <summary>Where phase (a, b) lies among a plane's kept phases (row phases outer, both in increasing order).</summary>
+    private static int PhaseSlot(uint usedRows, uint usedCols, int a, int b) =>
+        (BitOperations.PopCount(usedRows & ((1u << a) - 1)) * BitOperations.PopCount(usedCols)) + BitOperations.PopCount(usedCols & ((1u << b) - 1));
+
+    /// <summary>Elements of the phase planes of the whole batch: N·C·<see cref="PhasesPerPlane"/>·OH·OW.</summary>
+    public static long PhasePlaneElements(in ConvGeometry g) => (long)g.N * g.C * PhasesPerPlane(g) * g.P;
+
+    /// <summary>The row table of the column matrix over phase planes: row k = (c, kh, kw) reads plane c·U + slot(a, b)
+    /// (U = <see cref="PhasesPerPlane"/>) shifted by (dh, dw), where kh - pad = s·dh + a and kw - pad = s·dw + b. 3·K ints.</summary>
     public static void FillPhaseRows(in ConvGeometry g, int* rows)
     {
-        int s = g.Stride;
+        int s = g.Stride, u = PhasesPerPlane(g);
+        var (usedRows, usedCols) = UsedPhases(g);
         for (int c = 0, k = 0; c < g.C; c++)
         {
             for (int kh = 0; kh < g.KH; kh++)
@@ -102,7 +134,7 @@ public static unsafe partial class ConvGemm
                 for (int kw = 0; kw < g.KW; kw++, k++)
                 {
                     int dw = FloorDiv(kw - g.Pad, s), b = kw - g.Pad - (s * dw);
-                    rows[3 * k] = (c * s * s) + (a * s) + b;
+                    rows[3 * k] = (c * u) + PhaseSlot(usedRows, usedCols, a, b);
                     rows[(3 * k) + 1] = dh;
                     rows[(3 * k) + 2] = dw;
                 }
@@ -111,33 +143,20 @@ public static unsafe partial class ConvGemm
     }
 
     /// <summary>
-    /// Splits the (image, channel) planes [plane0, plane1) of x into their s² stride phases: phase (a, b) of plane (n, c) is
-    /// planes[((n·C + c)·s² + a·s + b)·OH·OW + i·OW + j] = x[n, c, s·i + a, s·j + b], zero past the input's edge. Phase rows
-    /// and columns that no kernel tap reads are skipped (left unwritten).
+    /// Splits the (image, channel) planes [plane0, plane1) of x into the stride phases some tap reads: phase (a, b) of
+    /// plane (n, c) is planes[((n·C + c)·U + slot(a, b))·OH·OW + i·OW + j] = x[n, c, s·i + a, s·j + b], zero past the
+    /// input's edge (U and slot: <see cref="PhasesPerPlane"/>, <see cref="FillPhaseRows"/>).
     /// </summary>
     public static void SplitPhases<T>(in ConvGeometry g, T* x, T* planes, long plane0, long plane1)
         where T : unmanaged, INumber<T>
     {
-        int s = g.Stride, oh_ = g.OH, ow_ = g.OW, p = g.P, w = g.W;
-        uint usedRows = 0, usedCols = 0;
-        for (int kh = 0; kh < g.KH; kh++)
-        {
-            int r = kh - g.Pad;
-            usedRows |= 1u << (r - (s * FloorDiv(r, s)));
-        }
-
-        for (int kw = 0; kw < g.KW; kw++)
-        {
-            int r = kw - g.Pad;
-            usedCols |= 1u << (r - (s * FloorDiv(r, s)));
-        }
-
-        bool oddsUsed = (usedCols & 2) != 0;
-
+        int s = g.Stride, oh_ = g.OH, ow_ = g.OW, p = g.P, w = g.W, u = PhasesPerPlane(g);
+        var (usedRows, usedCols) = UsedPhases(g);
+        bool evensUsed = (usedCols & 1) != 0, oddsUsed = (usedCols & 2) != 0;
         for (long plane = plane0; plane < plane1; plane++)
         {
             T* src = x + (plane * g.HW);
-            T* dst0 = planes + (plane * s * s * p);
+            T* dst0 = planes + (plane * u * p);
             for (int a = 0; a < s; a++)
             {
                 if ((usedRows & (1u << a)) == 0)
@@ -149,14 +168,14 @@ public static unsafe partial class ConvGemm
                 {
                     int ih = (s * i) + a;
                     T* row = src + ((long)ih * w);
-                    T* d = dst0 + ((long)a * s * p) + ((long)i * ow_);
+                    T* d = dst0 + ((long)i * ow_); // phase (a, b) of this row at d + slot(a, b)·p
                     if (ih >= g.H)
                     {
                         for (int b = 0; b < s; b++)
                         {
                             if ((usedCols & (1u << b)) != 0)
                             {
-                                new Span<T>(d + ((long)b * p), ow_).Clear();
+                                new Span<T>(d + ((long)PhaseSlot(usedRows, usedCols, a, b) * p), ow_).Clear();
                             }
                         }
 
@@ -167,16 +186,20 @@ public static unsafe partial class ConvGemm
                     if (s == 2 && typeof(T) == typeof(float) && Avx2.IsSupported)
                     {
                         // 16 input columns per step, de-interleaved into 8 even (phase b = 0) and 8 odd (b = 1).
+                        float* even = (float*)d + ((long)PhaseSlot(usedRows, usedCols, a, 0) * p);
+                        float* odd = (float*)d + ((long)PhaseSlot(usedRows, usedCols, a, 1) * p);
                         for (; j + 8 <= ow_ && (2 * j) + 16 <= w; j += 8)
                         {
                             var lo = Vector256.Load((float*)row + (2 * j));
                             var hi = Vector256.Load((float*)row + (2 * j) + 8);
-                            var evens = Avx.Shuffle(lo, hi, 0b10_00_10_00);
-                            var odds = Avx.Shuffle(lo, hi, 0b11_01_11_01);
-                            Vector256.Store(Avx2.Permute4x64(evens.AsDouble(), 0b11_01_10_00).AsSingle(), (float*)d + j);
+                            if (evensUsed)
+                            {
+                                Vector256.Store(Avx2.Permute4x64(Avx.Shuffle(lo, hi, 0b10_00_10_00).AsDouble(), 0b11_01_10_00).AsSingle(), even + j);
+                            }
+
                             if (oddsUsed)
                             {
-                                Vector256.Store(Avx2.Permute4x64(odds.AsDouble(), 0b11_01_10_00).AsSingle(), (float*)d + p + j);
+                                Vector256.Store(Avx2.Permute4x64(Avx.Shuffle(lo, hi, 0b11_01_11_01).AsDouble(), 0b11_01_10_00).AsSingle(), odd + j);
                             }
                         }
                     }
@@ -191,7 +214,7 @@ public static unsafe partial class ConvGemm
                             }
 
                             int iw = (s * j) + b;
-                            d[((long)b * p) + j] = iw < w ? row[iw] : T.Zero;
+                            d[((long)PhaseSlot(usedRows, usedCols, a, b) * p) + j] = iw < w ? row[iw] : T.Zero;
                         }
                     }
                 }

@@ -220,7 +220,7 @@ public sealed unsafe partial class CpuBackend
         var geometry = g;
         nint xp = (nint)x, pp = (nint)planes;
         CpuParallel.For((long)g.N * g.C, Math.Max(1, ElementwiseGrain / Math.Max(1, g.HW)), (p0, p1) => ConvGemm.SplitPhases(geometry, (T*)xp, (T*)pp, p0, p1));
-        source = ColumnSource<T>.Planes(planes, (long)g.C * g.Stride * g.Stride * g.P, rows);
+        source = ColumnSource<T>.Planes(planes, (long)g.C * ConvGemm.PhasesPerPlane(g) * g.P, rows);
         return ws;
     }
 
