@@ -29,8 +29,12 @@ public readonly record struct ConvGeometry(int N, int C, int H, int W, int O, in
 /// <list type="bullet">
 /// <item>forward: y (O, N·P) = W (O, K) · cols (K, N·P), C scattered to y's (N, O, P) layout through column offsets;</item>
 /// <item>weight gradient: dW (O, K) += dY (O, N·P) · colsᵀ (N·P, K), both operands packed from dy and x;</item>
-/// <item>input gradient at stride 1: a forward convolution of dy with the flipped, transposed kernel (see the backend).</item>
+/// <item>input gradient at stride 1: a forward convolution of dy with the flipped, transposed kernel (see the backend);
+/// at larger strides a GEMM and a fold (<see cref="Col2ImPlane{T}"/>).</item>
 /// </list>
+/// Strided convolutions unfold from the input's stride phases (<see cref="ColumnSource{T}"/>, <see cref="SplitPhases{T}"/>)
+/// where those carry every input (<see cref="PhaseSplitFits"/>): each kernel tap then copies contiguous runs, as at
+/// stride 1, instead of gathering every s-th element of each input row.
 /// The sum over k runs in the GEMM's fixed order, so results do not depend on the thread count.
 /// </summary>
 public static unsafe partial class ConvGemm

@@ -25,8 +25,10 @@ public enum CpuConvAlgorithm
 /// matrix is unfolded block by block straight into the GEMM's packed panels and never materialised. The forward pass
 /// and the stride-1 input gradient (a forward convolution of dy with the flipped, transposed kernel) run image groups
 /// of about <see cref="ConvImplicitGroupColumns"/> columns as single-threaded GEMMs claimed by the threads in turn, or
-/// one threaded GEMM when groups are few; the weight gradient is one threaded GEMM over the whole batch. The input
-/// gradient at other strides, and every pass when <see cref="ConvImplicitGemm"/> is off, use the older path below.
+/// one threaded GEMM when groups are few; the weight gradient is one threaded GEMM over the whole batch. Strided
+/// forward passes and weight gradients first split x into its stride phases (<see cref="StridePhases"/>), so their
+/// unfolding copies contiguous runs; the strided input gradient is a GEMM per image group and a vectorised fold
+/// (<see cref="StridedInputGradFold"/>). Every pass when <see cref="ConvImplicitGemm"/> is off uses the older path below.
 ///
 /// im2col + GEMM: a group of G images is unfolded into a column
 /// matrix cols (K = C·KH·KW, G·P) with P = OH·OW, and y_g (O, G·P) = W (O, K) · cols. Small planes batch
