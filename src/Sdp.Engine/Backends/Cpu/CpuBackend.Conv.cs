@@ -236,6 +236,7 @@ public sealed unsafe partial class CpuBackend
     {
         int threads = Math.Max(1, CpuParallel.MaxThreads);
         int groupSize = Math.Clamp((ConvImplicitGroupColumns + g.P - 1) / g.P, 1, Math.Max(1, g.N));
+        groupSize = (int)Math.Max(1, Math.Min(groupSize, ConvMaxGroupElements / Math.Max(1, (long)g.K * g.P))); // bounded column buffers
         int groups = (g.N + groupSize - 1) / groupSize;
         bool perThread = threads > 1 && groups >= 2 * threads;
         int slots = perThread ? threads : 1;
