@@ -288,38 +288,66 @@ public static unsafe partial class ConvGemm
 
         public void PackB(int p0, int j0, int depth, int cols, T* dst, int nr)
         {
+            int p = g.P;
+            if (source.HasPlanes && p % nr == 0 && j0 % nr == 0)
+            {
+                // Image by image (image boundaries then fall on panel boundaries), so that unshifted plane rows can be
+                // read in place (ColumnSource.DirectRun) rather than copied through the strip.
+                for (int t = j0, end = j0 + cols; t < end;)
+                {
+                    int run = Math.Min(end - t, p - (t % p));
+                    PackColumns(p0, t, depth, run, dst + ((nint)((t - j0) / nr) * nr * depth), nr);
+                    t += run;
+                }
+
+                return;
+            }
+
+            PackColumns(p0, j0, depth, cols, dst, nr);
+        }
+
+        private void PackColumns(int p0, int j0, int depth, int cols, T* dst, int nr)
+        {
             // Strips of StripRows rows: each panel then receives StripRows·nr contiguous elements per strip. Spreading one
             // row at a time over the panels would store to addresses nr·depth apart, which alias the same cache sets.
             T* strip = UnfoldScratch<T>(StripRows * cols);
             int full = cols / nr, live = cols - (full * nr);
             nint panelStride = (nint)nr * depth;
+            nint* rowStarts = stackalloc nint[StripRows];
             for (int p = 0; p < depth; p += StripRows)
             {
                 int rows = Math.Min(StripRows, depth - p);
                 for (int r = 0; r < rows; r++)
                 {
-                    source.Unfold(g, p0 + p + r, j0, cols, strip + ((nint)r * cols));
+                    // A row that is an unshifted run of one stored plane is read in place; others are unfolded into the strip.
+                    T* row = source.DirectRun(g, p0 + p + r, j0, cols);
+                    if (row == null)
+                    {
+                        row = strip + ((nint)r * cols);
+                        source.Unfold(g, p0 + p + r, j0, cols, row);
+                    }
+
+                    rowStarts[r] = (nint)row;
                 }
 
                 T* d = dst + ((nint)p * nr);
                 for (int q = 0; q < full; q++, d += panelStride)
                 {
-                    T* src = strip + ((nint)q * nr);
                     for (int r = 0; r < rows; r++)
                     {
-                        CopyPanelRow(src + ((nint)r * cols), d + ((nint)r * nr), nr);
+                        CopyPanelRow((T*)rowStarts[r] + ((nint)q * nr), d + ((nint)r * nr), nr);
                     }
                 }
 
                 if (live > 0)
                 {
-                    T* src = strip + ((nint)full * nr);
                     for (int r = 0; r < rows; r++)
                     {
+                        T* src = (T*)rowStarts[r] + ((nint)full * nr);
                         T* dr = d + ((nint)r * nr);
                         for (int j = 0; j < live; j++)
                         {
-                            dr[j] = src[((nint)r * cols) + j];
+                            dr[j] = src[j];
                         }
 
                         for (int j = live; j < nr; j++)
@@ -397,34 +425,51 @@ public static unsafe partial class ConvGemm
 
         public void PackB(int p0, int j0, int depth, int cols, T* dst, int nr)
         {
-            // Unfold nr rows of the column matrix (nr kernel taps, pixels p0..p0+depth) into scratch, then transpose.
+            // Unfold nr rows of the column matrix (nr kernel taps, pixels p0..p0+depth) into scratch, then transpose. Over
+            // stored planes the pixels go image by image, and unshifted plane rows are transposed in place.
             T* rows = UnfoldScratch<T>(nr * depth);
+            nint* rowStarts = stackalloc nint[nr];
+            int p = g.P;
             for (int jr = 0; jr < cols; jr += nr, dst += (nint)nr * depth)
             {
                 int live = Math.Min(nr, cols - jr);
-                for (int j = 0; j < live; j++)
+                for (int e0 = 0; e0 < depth;)
                 {
-                    source.Unfold(g, j0 + jr + j, p0, depth, rows + ((nint)j * depth));
-                }
-
-                int j8 = 0;
-                if (typeof(T) == typeof(float) && Avx.IsSupported)
-                {
-                    for (; j8 + 8 <= live; j8 += 8)
+                    int run = source.HasPlanes ? Math.Min(depth - e0, p - ((p0 + e0) % p)) : depth;
+                    for (int j = 0; j < live; j++)
                     {
-                        float* r0 = (float*)rows + ((nint)j8 * depth);
-                        GemmPack.PackBT8Float(r0, depth, depth, (float*)dst + j8, nr);
-                    }
-                }
+                        T* row = source.DirectRun(g, j0 + jr + j, p0 + e0, run);
+                        if (row == null)
+                        {
+                            row = rows + ((nint)j * depth) + e0;
+                            source.Unfold(g, j0 + jr + j, p0 + e0, run, row);
+                        }
 
-                for (int j = j8; j < live; j++)
-                {
-                    T* s = rows + ((nint)j * depth);
-                    T* d = dst + j;
-                    for (int e = 0; e < depth; e++, d += nr)
-                    {
-                        *d = s[e];
+                        rowStarts[j] = (nint)row;
                     }
+
+                    T* seg = dst + ((nint)e0 * nr);
+                    int j8 = 0;
+                    if (typeof(T) == typeof(float) && Avx.IsSupported)
+                    {
+                        for (; j8 + 8 <= live; j8 += 8)
+                        {
+                            float** r = (float**)rowStarts + j8;
+                            GemmPack.PackBT8FloatRows(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], run, (float*)seg + j8, nr);
+                        }
+                    }
+
+                    for (int j = j8; j < live; j++)
+                    {
+                        T* s = (T*)rowStarts[j];
+                        T* d = seg + j;
+                        for (int e = 0; e < run; e++, d += nr)
+                        {
+                            *d = s[e];
+                        }
+                    }
+
+                    e0 += run;
                 }
 
                 for (int j = live; j < nr; j++)

@@ -37,6 +37,28 @@ public readonly unsafe struct ColumnSource<T>
     public ColumnSource<T> FromImage(in ConvGeometry g, int n0) =>
         rows == null ? new(data + ((long)n0 * g.C * g.HW), null, 0) : new(data + (n0 * imageStride), rows, imageStride);
 
+    /// <summary>Whether rows come from stored planes (<see cref="Planes"/>) rather than the input's unfolding.</summary>
+    internal bool HasPlanes => rows != null;
+
+    /// <summary>Where row k's columns [t0, t0 + len) already lie contiguously in memory (an unshifted plane, the run inside
+    /// one image), so they can be read in place; null when they must be unfolded.</summary>
+    internal T* DirectRun(in ConvGeometry g, int k, long t0, int len)
+    {
+        if (rows == null || rows[(3 * k) + 1] != 0 || rows[(3 * k) + 2] != 0)
+        {
+            return null;
+        }
+
+        int p = g.P;
+        long n = t0 / p;
+        if ((t0 + len - 1) / p != n)
+        {
+            return null;
+        }
+
+        return data + (n * imageStride) + ((long)rows[3 * k] * p) + (t0 - (n * p));
+    }
+
     /// <summary>Row k of the column matrix, columns [t0, t0 + len) of the batch, into dst.</summary>
     internal void Unfold(in ConvGeometry g, int k, long t0, int len, T* dst)
     {
