@@ -29,21 +29,30 @@ public readonly record struct ConvGeometry(int N, int C, int H, int W, int O, in
 /// <list type="bullet">
 /// <item>forward: y (O, N·P) = W (O, K) · cols (K, N·P), C scattered to y's (N, O, P) layout through column offsets;</item>
 /// <item>weight gradient: dW (O, K) += dY (O, N·P) · colsᵀ (N·P, K), both operands packed from dy and x;</item>
-/// <item>input gradient at stride 1: a forward convolution of dy with the flipped, transposed kernel (see the backend).</item>
+/// <item>input gradient at stride 1: a forward convolution of dy with the flipped, transposed kernel (see the backend);
+/// at larger strides a GEMM and a fold (<see cref="Col2ImPlane{T}"/>).</item>
 /// </list>
+/// Strided convolutions unfold from the input's stride phases (<see cref="ColumnSource{T}"/>, <see cref="SplitPhases{T}"/>)
+/// where those carry every input (<see cref="PhaseSplitFits"/>): each kernel tap then copies contiguous runs, as at
+/// stride 1, instead of gathering every s-th element of each input row.
 /// The sum over k runs in the GEMM's fixed order, so results do not depend on the thread count.
 /// </summary>
-public static unsafe class ConvGemm
+public static unsafe partial class ConvGemm
 {
     /// <summary>
     /// y (N, O, OH, OW) = conv(x, w) + beta · y, one GEMM over the whole batch on <paramref name="threads"/> threads.
     /// w is (O, C, KH, KW); colOffsets holds <see cref="FillColumnOffsets"/>'s table for at least N images.
     /// </summary>
     public static void Forward<T>(in ConvGeometry g, T* x, T* w, T* y, T beta, int* colOffsets, int threads)
+        where T : unmanaged, INumber<T> => Forward(g, ColumnSource<T>.Input(x), w, y, beta, colOffsets, threads);
+
+    /// <summary>As <see cref="Forward{T}(in ConvGeometry, T*, T*, T*, T, int*, int)"/>, with the column matrix read from
+    /// <paramref name="source"/> (the input, or its phase planes).</summary>
+    public static void Forward<T>(in ConvGeometry g, ColumnSource<T> source, T* w, T* y, T beta, int* colOffsets, int threads)
         where T : unmanaged, INumber<T>
     {
         int* scatter = g.N > 1 && g.O > 1 ? colOffsets : null;
-        var packer = new ColumnPacker<T>(g, x);
+        var packer = new ColumnPacker<T>(g, source);
         Gemm.GemmPacked(g.O, g.N * g.P, g.K, packer, w, g.K, null, 0, beta, y, g.P, scatter, threads);
     }
 
@@ -64,9 +73,13 @@ public static unsafe class ConvGemm
 
     /// <summary>dW (O, C, KH, KW) += Σ over images and pixels of dy ⊗ unfold(x), one GEMM over the whole batch.</summary>
     public static void WeightGrad<T>(in ConvGeometry g, T* x, T* dy, T* dw, int threads)
+        where T : unmanaged, INumber<T> => WeightGrad(g, ColumnSource<T>.Input(x), dy, dw, threads);
+
+    /// <summary>As <see cref="WeightGrad{T}(in ConvGeometry, T*, T*, T*, int)"/>, with the column matrix read from <paramref name="source"/>.</summary>
+    public static void WeightGrad<T>(in ConvGeometry g, ColumnSource<T> source, T* dy, T* dw, int threads)
         where T : unmanaged, INumber<T>
     {
-        var packer = new WeightGradPacker<T>(g, x, dy);
+        var packer = new WeightGradPacker<T>(g, source, dy);
         Gemm.GemmPacked(g.O, g.K, g.N * g.P, packer, null, 0, null, 0, T.One, dw, g.K, null, threads);
     }
 
@@ -186,9 +199,17 @@ public static unsafe class ConvGemm
     /// in one piece over the valid output rows, then the columns that fall into the horizontal padding are zeroed.
     /// </summary>
     private static void UnfoldPlaneRun<T>(in ConvGeometry g, T* xc, int kh, int kw, int lo, int hi, int ohLo, int ohHi, int q, int run, T* dst)
+        where T : unmanaged, INumber<T> =>
+        PlaneRun(xc, g.OW, g.HW, ((kh - g.Pad) * g.W) + (kw - g.Pad), lo, hi, ohLo, ohHi, q, run, dst);
+
+    /// <summary>
+    /// Pixels [q, q + run) of one shifted plane on a grid of rows of <paramref name="pw"/> (the plane's own row length):
+    /// element t = plane[t + shift] for output rows [ohLo, ohHi) and columns [lo, hi), zero elsewhere.
+    /// </summary>
+    private static void PlaneRun<T>(T* xc, int pw, int planeSize, int shift, int lo, int hi, int ohLo, int ohHi, int q, int run, T* dst)
         where T : unmanaged, INumber<T>
     {
-        int ow_ = g.OW, end = q + run;
+        int ow_ = pw, end = q + run;
         int a = Math.Clamp(ohLo * ow_, q, end), b = Math.Clamp(ohHi * ow_, a, end);
         if (a > q)
         {
@@ -197,10 +218,9 @@ public static unsafe class ConvGemm
 
         if (b > a)
         {
-            int shift = ((kh - g.Pad) * g.W) + (kw - g.Pad);
             // The copy's ends may lie one column into the padding, where the shifted index leaves the plane; those
             // elements are zeroed below, so only the in-plane part is read.
-            int srcA = Math.Max(a, -shift), srcB = Math.Min(b, g.HW - shift);
+            int srcA = Math.Max(a, -shift), srcB = Math.Min(b, planeSize - shift);
             for (int t = a; t < srcA; t++)
             {
                 dst[t - q] = T.Zero;
@@ -257,7 +277,7 @@ public static unsafe class ConvGemm
         where T : unmanaged => (T*)GemmWorkspace.AcquireUnfold((nuint)((long)elements * sizeof(T)));
 
     /// <summary>op(B) = the column matrix (K x N·P): row by row into scratch, then each row spread over the NR-wide panels.</summary>
-    private sealed class ColumnPacker<T>(ConvGeometry g, T* x) : IGemmPacker<T>
+    private sealed class ColumnPacker<T>(ConvGeometry g, ColumnSource<T> source) : IGemmPacker<T>
         where T : unmanaged, INumber<T>
     {
         public bool PacksA => false;
@@ -268,38 +288,66 @@ public static unsafe class ConvGemm
 
         public void PackB(int p0, int j0, int depth, int cols, T* dst, int nr)
         {
+            int p = g.P;
+            if (source.HasPlanes && p % nr == 0 && j0 % nr == 0)
+            {
+                // Image by image (image boundaries then fall on panel boundaries), so that unshifted plane rows can be
+                // read in place (ColumnSource.DirectRun) rather than copied through the strip.
+                for (int t = j0, end = j0 + cols; t < end;)
+                {
+                    int run = Math.Min(end - t, p - (t % p));
+                    PackColumns(p0, t, depth, run, dst + ((nint)((t - j0) / nr) * nr * depth), nr);
+                    t += run;
+                }
+
+                return;
+            }
+
+            PackColumns(p0, j0, depth, cols, dst, nr);
+        }
+
+        private void PackColumns(int p0, int j0, int depth, int cols, T* dst, int nr)
+        {
             // Strips of StripRows rows: each panel then receives StripRows·nr contiguous elements per strip. Spreading one
             // row at a time over the panels would store to addresses nr·depth apart, which alias the same cache sets.
             T* strip = UnfoldScratch<T>(StripRows * cols);
             int full = cols / nr, live = cols - (full * nr);
             nint panelStride = (nint)nr * depth;
+            nint* rowStarts = stackalloc nint[StripRows];
             for (int p = 0; p < depth; p += StripRows)
             {
                 int rows = Math.Min(StripRows, depth - p);
                 for (int r = 0; r < rows; r++)
                 {
-                    UnfoldRow(g, x, p0 + p + r, j0, cols, strip + ((nint)r * cols));
+                    // A row that is an unshifted run of one stored plane is read in place; others are unfolded into the strip.
+                    T* row = source.DirectRun(g, p0 + p + r, j0, cols);
+                    if (row == null)
+                    {
+                        row = strip + ((nint)r * cols);
+                        source.Unfold(g, p0 + p + r, j0, cols, row);
+                    }
+
+                    rowStarts[r] = (nint)row;
                 }
 
                 T* d = dst + ((nint)p * nr);
                 for (int q = 0; q < full; q++, d += panelStride)
                 {
-                    T* src = strip + ((nint)q * nr);
                     for (int r = 0; r < rows; r++)
                     {
-                        CopyPanelRow(src + ((nint)r * cols), d + ((nint)r * nr), nr);
+                        CopyPanelRow((T*)rowStarts[r] + ((nint)q * nr), d + ((nint)r * nr), nr);
                     }
                 }
 
                 if (live > 0)
                 {
-                    T* src = strip + ((nint)full * nr);
                     for (int r = 0; r < rows; r++)
                     {
+                        T* src = (T*)rowStarts[r] + ((nint)full * nr);
                         T* dr = d + ((nint)r * nr);
                         for (int j = 0; j < live; j++)
                         {
-                            dr[j] = src[((nint)r * cols) + j];
+                            dr[j] = src[j];
                         }
 
                         for (int j = live; j < nr; j++)
@@ -330,7 +378,7 @@ public static unsafe class ConvGemm
     /// dW's operands: op(A) = dY (O x N·P), element (o, t) = dy[n, o, pixel]; op(B) = colsᵀ (N·P x K), packed from
     /// unfolded rows transposed 8 x 8 into the panels.
     /// </summary>
-    private sealed class WeightGradPacker<T>(ConvGeometry g, T* x, T* dy) : IGemmPacker<T>
+    private sealed class WeightGradPacker<T>(ConvGeometry g, ColumnSource<T> source, T* dy) : IGemmPacker<T>
         where T : unmanaged, INumber<T>
     {
         public bool PacksA => true;
@@ -377,34 +425,51 @@ public static unsafe class ConvGemm
 
         public void PackB(int p0, int j0, int depth, int cols, T* dst, int nr)
         {
-            // Unfold nr rows of the column matrix (nr kernel taps, pixels p0..p0+depth) into scratch, then transpose.
+            // Unfold nr rows of the column matrix (nr kernel taps, pixels p0..p0+depth) into scratch, then transpose. Over
+            // stored planes the pixels go image by image, and unshifted plane rows are transposed in place.
             T* rows = UnfoldScratch<T>(nr * depth);
+            nint* rowStarts = stackalloc nint[nr];
+            int p = g.P;
             for (int jr = 0; jr < cols; jr += nr, dst += (nint)nr * depth)
             {
                 int live = Math.Min(nr, cols - jr);
-                for (int j = 0; j < live; j++)
+                for (int e0 = 0; e0 < depth;)
                 {
-                    UnfoldRow(g, x, j0 + jr + j, p0, depth, rows + ((nint)j * depth));
-                }
-
-                int j8 = 0;
-                if (typeof(T) == typeof(float) && Avx.IsSupported)
-                {
-                    for (; j8 + 8 <= live; j8 += 8)
+                    int run = source.HasPlanes ? Math.Min(depth - e0, p - ((p0 + e0) % p)) : depth;
+                    for (int j = 0; j < live; j++)
                     {
-                        float* r0 = (float*)rows + ((nint)j8 * depth);
-                        GemmPack.PackBT8Float(r0, depth, depth, (float*)dst + j8, nr);
-                    }
-                }
+                        T* row = source.DirectRun(g, j0 + jr + j, p0 + e0, run);
+                        if (row == null)
+                        {
+                            row = rows + ((nint)j * depth) + e0;
+                            source.Unfold(g, j0 + jr + j, p0 + e0, run, row);
+                        }
 
-                for (int j = j8; j < live; j++)
-                {
-                    T* s = rows + ((nint)j * depth);
-                    T* d = dst + j;
-                    for (int e = 0; e < depth; e++, d += nr)
-                    {
-                        *d = s[e];
+                        rowStarts[j] = (nint)row;
                     }
+
+                    T* seg = dst + ((nint)e0 * nr);
+                    int j8 = 0;
+                    if (typeof(T) == typeof(float) && Avx.IsSupported)
+                    {
+                        for (; j8 + 8 <= live; j8 += 8)
+                        {
+                            float** r = (float**)rowStarts + j8;
+                            GemmPack.PackBT8FloatRows(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], run, (float*)seg + j8, nr);
+                        }
+                    }
+
+                    for (int j = j8; j < live; j++)
+                    {
+                        T* s = (T*)rowStarts[j];
+                        T* d = seg + j;
+                        for (int e = 0; e < run; e++, d += nr)
+                        {
+                            *d = s[e];
+                        }
+                    }
+
+                    e0 += run;
                 }
 
                 for (int j = live; j < nr; j++)

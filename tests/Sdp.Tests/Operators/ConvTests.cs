@@ -367,6 +367,93 @@ public class ConvGradTests
         }
     }
 
+    /// <summary>
+    /// Strided convolutions on the implicit-GEMM path, which unfolds from the input's stride phases and folds the input
+    /// gradient by a vectorised stride-2 col2im: odd and even planes, padding 0 and 1, 1x1 stride 2, stride 3, and shapes
+    /// where the phase planes cannot carry every input (the plain strided unfold then runs). The forward output starts as
+    /// NaN (it must be overwritten), dx and dw start as random values (they are accumulated into). Checked against the
+    /// float64 reference, against the strided unfold of before (<see cref="CpuBackend.ConvStridedLegacy"/>: the same sums
+    /// in the same order, so forward and dw are bit-identical), and 1 thread against 2, bit for bit.
+    /// </summary>
+    [TestCase(DType.Float32)]
+    [TestCase(DType.Float64)]
+    public void Conv2d_strided_phase_paths_agree_with_the_reference_and_across_thread_counts(DType dtype)
+    {
+        using var plan = Plan(CpuBackend.ConvSlotColumns, CpuBackend.ConvThreadedColumns, threads: null, implicitGemm: true);
+        var cpu = CpuBackend.Instance;
+        var rng = new Rng(26);
+        double tol = dtype == DType.Float64 ? 1e-11 : 2e-4;
+        foreach (var (n, c, h, w, o, k, s, p) in new[]
+        {
+            (3, 5, 9, 7, 6, 3, 2, 1), (2, 4, 32, 32, 9, 3, 2, 1), (5, 3, 8, 8, 7, 3, 2, 1), (2, 3, 21, 35, 5, 3, 2, 1),
+            (3, 6, 7, 9, 5, 1, 2, 0), (2, 7, 16, 16, 4, 1, 2, 0), (2, 3, 10, 11, 4, 3, 2, 0), (2, 2, 11, 10, 3, 3, 2, 0),
+            (2, 3, 12, 13, 4, 3, 3, 1), (2, 2, 9, 9, 3, 5, 2, 2), (40, 3, 6, 6, 5, 3, 2, 1),
+        })
+        {
+            int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
+            var xv = ConvReference.Random(rng, n * c * h * w);
+            var wv = ConvReference.Random(rng, o * c * k * k);
+            var dyv = ConvReference.Random(rng, n * o * oh * ow);
+            var dxSeed = ConvReference.Random(rng, xv.Length);
+            var dwSeed = ConvReference.Random(rng, wv.Length);
+            using var x = Tensor.FromDoubles(xv, new Shape(n, c, h, w), dtype);
+            using var wt = Tensor.FromDoubles(wv, new Shape(o, c, k, k), dtype);
+            using var dy = Tensor.FromDoubles(dyv, new Shape(n, o, oh, ow), dtype);
+
+            (double[] Y, double[] Dx, double[] Dw) Run(int threads, bool legacy)
+            {
+                CpuParallel.MaxThreads = threads;
+                CpuBackend.ConvStridedLegacy = legacy;
+                try
+                {
+                    using var y = Tensor.FromDoubles(Enumerable.Repeat(double.NaN, n * o * oh * ow).ToArray(), new Shape(n, o, oh, ow), dtype);
+                    using var dx = Tensor.FromDoubles(dxSeed, x.Shape, dtype);
+                    using var dw = Tensor.FromDoubles(dwSeed, wt.Shape, dtype);
+                    cpu.Conv2d(x, wt, null, y, s, p);
+                    cpu.Conv2dBackward(x, wt, dy, dx, dw, null, s, p);
+                    return (y.ToDoubles(), dx.ToDoubles(), dw.ToDoubles());
+                }
+                finally
+                {
+                    CpuBackend.ConvStridedLegacy = false;
+                }
+            }
+
+            string what = $"N={n} C={c} {h}x{w} O={o} k={k} s={s} p={p} {dtype}";
+            var one = Run(1, legacy: false);
+            var two = Run(2, legacy: false);
+            var old = Run(2, legacy: true);
+            var yRef = ConvReference.Conv2d(xv, [n, c, h, w], wv, [o, c, k, k], null, s, p);
+            var (dxRef, dwRef) = ConvReference.Conv2dBackward(xv, [n, c, h, w], wv, [o, c, k, k], dyv, s, p);
+            TensorAssert.Close(two.Y, yRef, tol, tol, "y " + what);
+            TensorAssert.Close(two.Dx, dxRef.Select((v, i) => v + (double)(dtype == DType.Float32 ? (float)dxSeed[i] : dxSeed[i])).ToArray(), tol, tol, "dx " + what);
+            TensorAssert.Close(two.Dw, dwRef.Select((v, i) => v + (double)(dtype == DType.Float32 ? (float)dwSeed[i] : dwSeed[i])).ToArray(), tol, tol, "dw " + what);
+            Assert.That(one.Y, Is.EqualTo(two.Y), "y, 1 vs 2 threads: " + what);
+            Assert.That(one.Dx, Is.EqualTo(two.Dx), "dx, 1 vs 2 threads: " + what);
+            Assert.That(one.Dw, Is.EqualTo(two.Dw), "dw, 1 vs 2 threads: " + what);
+            Assert.That(two.Y, Is.EqualTo(old.Y), "y, phase planes vs strided unfold: " + what);
+            Assert.That(two.Dw, Is.EqualTo(old.Dw), "dw, phase planes vs strided unfold: " + what);
+            TensorAssert.Close(two.Dx, old.Dx, tol, tol, "dx, vectorised fold vs the old col2im: " + what);
+        }
+    }
+
+    /// <summary>The phase planes cover every input a tap reads exactly when no tap reaches past the last phase row that
+    /// the input still has; otherwise the plain strided unfold must run.</summary>
+    [TestCase(32, 3, 2, 1, true)]
+    [TestCase(7, 3, 2, 1, true)]
+    [TestCase(8, 1, 2, 0, true)]
+    [TestCase(9, 1, 2, 0, true)]
+    [TestCase(9, 3, 2, 0, false)]  // OH = 4: tap 2 reads input row 8 = phase row 4 of phase 0, past the 4 rows kept
+    [TestCase(10, 3, 2, 0, false)] // likewise: tap 2 of output row 3 reads input row 8
+    [TestCase(11, 3, 2, 1, true)]
+    [TestCase(8, 3, 1, 1, false)]  // stride 1 needs no phases
+    public void Phase_planes_fit_only_when_they_carry_every_input(int size, int kernel, int stride, int pad, bool fits)
+    {
+        int outSize = (size + 2 * pad - kernel) / stride + 1;
+        var g = new Sdp.Kernels.Cpu.ConvGeometry(1, 1, size, size, 1, kernel, kernel, outSize, outSize, stride, pad);
+        Assert.That(Sdp.Kernels.Cpu.ConvGemm.PhaseSplitFits(g), Is.EqualTo(fits));
+    }
+
     [TestCase(2, 1, 1, 1)]
     [TestCase(1, 3, 2, 3)]
     [TestCase(2, 3, 3, 2)]

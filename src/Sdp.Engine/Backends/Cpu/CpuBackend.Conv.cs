@@ -25,8 +25,10 @@ public enum CpuConvAlgorithm
 /// matrix is unfolded block by block straight into the GEMM's packed panels and never materialised. The forward pass
 /// and the stride-1 input gradient (a forward convolution of dy with the flipped, transposed kernel) run image groups
 /// of about <see cref="ConvImplicitGroupColumns"/> columns as single-threaded GEMMs claimed by the threads in turn, or
-/// one threaded GEMM when groups are few; the weight gradient is one threaded GEMM over the whole batch. The input
-/// gradient at other strides, and every pass when <see cref="ConvImplicitGemm"/> is off, use the older path below.
+/// one threaded GEMM when groups are few; the weight gradient is one threaded GEMM over the whole batch. Strided
+/// forward passes and weight gradients first split x into its stride phases (<see cref="StridePhases"/>), so their
+/// unfolding copies contiguous runs; the strided input gradient is a GEMM per image group and a vectorised fold
+/// (<see cref="StridedInputGradFold"/>). Every pass when <see cref="ConvImplicitGemm"/> is off uses the older path below.
 ///
 /// im2col + GEMM: a group of G images is unfolded into a column
 /// matrix cols (K = C·KH·KW, G·P) with P = OH·OW, and y_g (O, G·P) = W (O, K) · cols. Small planes batch
@@ -173,26 +175,120 @@ public sealed unsafe partial class CpuBackend
         using var offsets = ColumnOffsets((long)g.N * g.P);
         int* op = Ptr<int>(offsets);
         ConvGemm.FillColumnOffsets(g, op);
+        using var phases = StridePhases(g, x, out var source);
         int groupSize = Math.Clamp((ConvImplicitGroupColumns + g.P - 1) / g.P, 1, Math.Max(1, g.N));
         int groups = (g.N + groupSize - 1) / groupSize;
         if (threads == 1 || groups < 2 * threads)
         {
-            ConvGemm.Forward(g, x, w, y, beta, op, threads);
+            ConvGemm.Forward(g, source, w, y, beta, op, threads);
             return;
         }
 
-        nint xp = (nint)x, wp = (nint)w, yp = (nint)y, opp = (nint)op;
+        nint wp = (nint)w, yp = (nint)y, opp = (nint)op;
         int next = -1;
-        long inImage = (long)g.C * g.HW, outImage = (long)g.O * g.P;
+        long outImage = (long)g.O * g.P;
         CpuParallel.For(threads, 1, (_, _) =>
         {
             int grp;
             while ((grp = Interlocked.Increment(ref next)) < groups)
             {
                 int n0 = grp * groupSize, count = Math.Min(groupSize, g.N - n0);
-                ConvGemm.Forward(g with { N = count }, (T*)xp + n0 * inImage, (T*)wp, (T*)yp + n0 * outImage, beta, (int*)opp, 1);
+                ConvGemm.Forward(g with { N = count }, source.FromImage(g, n0), (T*)wp, (T*)yp + n0 * outImage, beta, (int*)opp, 1);
             }
         });
+    }
+
+    /// <summary>Runs the implicit-GEMM paths of strided convolutions as before stride phases (the strided unfold, GEMM +
+    /// col2im input gradients), to time the old code beside the new. Benchmark and test hook.</summary>
+    public static bool ConvStridedLegacy { get; set; }
+
+    /// <summary>
+    /// The column source of an implicit-GEMM forward or weight gradient: for strides above 1 (where
+    /// <see cref="ConvGemm.PhaseSplitFits"/>), x split into its stride phases, so that every kernel tap unfolds by
+    /// contiguous shifted copies rather than a gather of every s-th element; otherwise x itself. Returns the workspace (the
+    /// phase planes and their row table, disposed by the caller), or null.
+    /// </summary>
+    private Tensor? StridePhases<T>(in ConvGeometry g, T* x, out ColumnSource<T> source) where T : unmanaged, INumber<T>
+    {
+        source = ColumnSource<T>.Input(x);
+        if (ConvStridedLegacy || !ConvGemm.PhaseSplitFits(g)) return null;
+        long planeElements = ConvGemm.PhasePlaneElements(g), tableInts = 3L * g.K;
+        // One buffer: the planes, then the row table (3·K ints) in the elements after them.
+        long tableElements = (tableInts * sizeof(int) + sizeof(T) - 1) / sizeof(T);
+        var ws = Tensor.Empty(new Shape(checked((int)(planeElements + tableElements))), typeof(T) == typeof(float) ? DType.Float32 : DType.Float64, this);
+        T* planes = Ptr<T>(ws);
+        int* rows = (int*)(planes + planeElements);
+        ConvGemm.FillPhaseRows(g, rows);
+        var geometry = g;
+        nint xp = (nint)x, pp = (nint)planes;
+        CpuParallel.For((long)g.N * g.C, Math.Max(1, ElementwiseGrain / Math.Max(1, g.HW)), (p0, p1) => ConvGemm.SplitPhases(geometry, (T*)xp, (T*)pp, p0, p1));
+        source = ColumnSource<T>.Planes(planes, (long)g.C * ConvGemm.PhasesPerPlane(g) * g.P, rows);
+        return ws;
+    }
+
+    /// <summary>
+    /// dX += col2im(Wᵀ · dY) for a strided convolution, by image groups of about <see cref="ConvImplicitGroupColumns"/>
+    /// columns: with at least two groups per thread each thread claims whole groups (its own column buffer, a single-threaded
+    /// GEMM, the fold by <see cref="ConvGemm.Col2ImPlane{T}"/>); otherwise groups run in turn with a threaded GEMM and fold.
+    /// Every element of dX receives its adds in the same order either way.
+    /// </summary>
+    private void StridedInputGradFold<T>(ConvGeometry g, T* w, T* dy, T* dx) where T : unmanaged, INumber<T>
+    {
+        int threads = Math.Max(1, CpuParallel.MaxThreads);
+        int groupSize = Math.Clamp((ConvImplicitGroupColumns + g.P - 1) / g.P, 1, Math.Max(1, g.N));
+        groupSize = (int)Math.Max(1, Math.Min(groupSize, ConvMaxGroupElements / Math.Max(1, (long)g.K * g.P))); // bounded column buffers
+        int groups = (g.N + groupSize - 1) / groupSize;
+        bool perThread = threads > 1 && groups >= 2 * threads;
+        int slots = perThread ? threads : 1;
+        long ld = (long)groupSize * g.P, colsLen = g.K * ld, dyLen = groupSize > 1 ? g.O * ld : 0, slotLen = colsLen + dyLen;
+        using var ws = Tensor.Empty(new Shape(checked((int)(slots * slotLen))), typeof(T) == typeof(float) ? DType.Float32 : DType.Float64, this);
+        nint wsp = (nint)Ptr<T>(ws), wp = (nint)w, dyp = (nint)dy, dxp = (nint)dx;
+        var geometry = g;
+        var gm = new ConvGeom(g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.Stride, g.Pad);
+
+        void RunGroup(int slot, int grp, bool threaded)
+        {
+            int n0 = grp * groupSize, count = Math.Min(groupSize, geometry.N - n0), width = count * geometry.P;
+            T* cols = (T*)wsp + slot * slotLen;
+            T* a = (T*)dyp + (long)n0 * geometry.O * geometry.P;
+            if (count > 1)
+            {
+                GatherDy(gm, (T*)dyp, n0, count, cols + colsLen, threaded);
+                a = cols + colsLen;
+            }
+            GemmT(true, false, geometry.K, width, geometry.O, (T*)wp, geometry.K, a, width, false, cols, width, threaded ? threads : 1);
+            long planes = (long)count * geometry.C;
+            if (!threaded)
+            {
+                FoldPlanes(geometry, cols, width, (T*)dxp, n0, 0, planes);
+                return;
+            }
+            nint cp = (nint)cols;
+            CpuParallel.For(planes, Math.Max(1, ElementwiseGrain / Math.Max(1, (long)geometry.K / geometry.C * geometry.P)), (t0, t1) => FoldPlanes(geometry, (T*)cp, width, (T*)dxp, n0, t0, t1));
+        }
+
+        if (!perThread)
+        {
+            for (int grp = 0; grp < groups; grp++) RunGroup(0, grp, threads > 1);
+            return;
+        }
+
+        int next = -1;
+        CpuParallel.For(threads, 1, (s0, _) =>
+        {
+            int grp;
+            while ((grp = Interlocked.Increment(ref next)) < groups) RunGroup((int)s0, grp, false);
+        });
+    }
+
+    /// <summary>Folds (image, channel) planes [t0, t1) of a group's column gradient (K x width, image i at column i·P) into dx.</summary>
+    private static void FoldPlanes<T>(in ConvGeometry g, T* cols, int width, T* dx, int n0, long t0, long t1) where T : unmanaged, INumber<T>
+    {
+        for (long t = t0; t < t1; t++)
+        {
+            int i = (int)(t / g.C), c = (int)(t % g.C);
+            ConvGemm.Col2ImPlane(g, cols + (long)i * g.P, width, c, dx + ((long)(n0 + i) * g.C + c) * g.HW);
+        }
     }
 
     private static ConvGeometry Geometry(in ConvGeom g) => new(g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.Stride, g.Pad);
@@ -449,7 +545,9 @@ public sealed unsafe partial class CpuBackend
 
         if (ConvImplicitGemm)
         {
-            ConvGemm.WeightGrad(Geometry(g), Ptr<T>(xt), Ptr<T>(dyt), Ptr<T>(dwt), CpuParallel.MaxThreads);
+            var geometry = Geometry(g);
+            using var phases = StridePhases(geometry, Ptr<T>(xt), out var source);
+            ConvGemm.WeightGrad(geometry, source, Ptr<T>(dyt), Ptr<T>(dwt), CpuParallel.MaxThreads);
             return;
         }
         var plan = ConvPlan.ForWeightGrad(g);
@@ -484,6 +582,11 @@ public sealed unsafe partial class CpuBackend
         if (ConvImplicitGemm && g.Stride == 1 && g.KH == g.KW && g.Pad <= g.KH - 1)
         {
             Conv2dInputGradAsForward<T>(g, wt, dyt, dxt);
+            return;
+        }
+        if (ConvImplicitGemm && !ConvStridedLegacy && g.Stride > 1)
+        {
+            StridedInputGradFold(Geometry(g), Ptr<T>(wt), Ptr<T>(dyt), Ptr<T>(dxt));
             return;
         }
         var plan = ConvPlan.For(g);
