@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics;
 using System.Numerics.Tensors;
 using Sdp.Kernels.Cpu;
@@ -566,8 +567,8 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>Tiles per group: the transformed input and product buffers (α² x tiles x channels each) hold one group, so
     /// this bounds the workspace and keeps the buffers near the cache; the group size depends on the shape alone, so
-    /// results do not depend on the thread count. Tuning and test hook.</summary>
-    internal static int WinogradGroupTiles { get; set; } = 512;
+    /// results do not depend on the thread count. Tuning and test hook, benchmark switch (`sdp bench conv --winograd-group-tiles`).</summary>
+    public static int WinogradGroupTiles { get; set; } = 512;
 
     /// <summary>Fewest input and output channels for which Winograd runs. Tuning and test hook.</summary>
     internal static int WinogradMinChannels { get; set; } = 8;
@@ -596,6 +597,31 @@ public sealed unsafe partial class CpuBackend
         return 0;
     }
 
+    /// <summary>Stopwatch ticks spent per Winograd phase since the last <see cref="TakeWinogradPhaseMs"/>: workspace allocation, filter transform
+    /// (in the weight gradient: nothing), input-side transforms, the α² GEMMs, output-side transforms (dw: the filter-gradient
+    /// transform). Timed on the calling thread between the parallel phases; `sdp bench conv` prints the split.</summary>
+    private static readonly long[] WinogradPhaseTicks = new long[5];
+
+    private static void WinogradPhase(int phase, ref long since)
+    {
+        long now = Stopwatch.GetTimestamp();
+        WinogradPhaseTicks[phase] += now - since;
+        since = now;
+    }
+
+    /// <summary>Milliseconds per Winograd phase (workspace, filter, input transforms, GEMMs, output transforms) since the last call, then reset.</summary>
+    public static double[] TakeWinogradPhaseMs()
+    {
+        var ms = new double[WinogradPhaseTicks.Length];
+        for (int i = 0; i < ms.Length; i++)
+        {
+            ms[i] = WinogradPhaseTicks[i] * 1000.0 / Stopwatch.Frequency;
+            WinogradPhaseTicks[i] = 0;
+        }
+
+        return ms;
+    }
+
     /// <summary>Images per Winograd group for this shape and tile size.</summary>
     private static int WinogradGroupImages(in ConvGeometry g, int m) =>
         Math.Clamp(WinogradGroupTiles / (ConvWinograd.TileRows(g, m) * ConvWinograd.TileCols(g, m)), 1, Math.Max(1, g.N));
@@ -612,30 +638,90 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    /// <summary>Runs the first version's per-tile transforms (8 channels gathered from their planes, outputs stored element by
+    /// element) with unpadded point strides, in place of the row transforms. Benchmark switch (`sdp bench conv` times both in
+    /// the same run) and test hook; the two compute the same values.</summary>
+    public static bool WinogradLegacyTransforms { get; set; }
+
+    /// <summary>
+    /// The point stride (floats) of a transformed buffer with <paramref name="len"/> floats per point: rounded up to an odd
+    /// multiple of 16 floats (64 bytes, a cache line). The transforms write or read all α² points of a tile together; at a
+    /// stride that is a power of two (512 tiles x 64 channels, 512 x 512 filters) those 16 or 36 streams fall in one set of
+    /// L1 and of L2 (8 ways each) and evict each other on every tile. An odd number of lines apart they spread over all sets.
+    /// </summary>
+    internal static long WinogradPointStride(long len)
+    {
+        if (WinogradLegacyTransforms) return len;
+        long stride = (len + 15) & ~15L;
+        return (stride & 16) == 0 ? stride + 16 : stride;
+    }
+
+    /// <summary>Runs row(r, band) for the row-transform items r in [0, items), claimed in turn by up to MaxThreads threads, each
+    /// with its own band of <paramref name="bandFloats"/> floats from <paramref name="bands"/>.</summary>
+    private static void ForEachRow(int items, nint bands, long bandFloats, Action<int, nint> row)
+    {
+        int next = -1, slots = Math.Min(items, Math.Max(1, CpuParallel.MaxThreads));
+        CpuParallel.For(slots, 1, (s0, s1) =>
+        {
+            for (long slot = s0; slot < s1; slot++)
+            {
+                nint band = bands + (nint)(slot * bandFloats * sizeof(float));
+                int r;
+                while ((r = Interlocked.Increment(ref next)) < items) row(r, band);
+            }
+        });
+    }
+
+    /// <summary>The workspace of one Winograd call: U (α² x O x C), V (α² x group tiles x C), M (α² x group tiles x O), each at a
+    /// padded point stride, and one row-transform band per thread.</summary>
+    private readonly record struct WinogradBuffers(long UStride, long VStride, long MStride, long BandFloats, int Bands, int Points)
+    {
+        public static WinogradBuffers For(in ConvGeometry g, WinogradTransform tr, int groupTiles) => new(
+            WinogradPointStride((long)g.O * g.C), WinogradPointStride((long)groupTiles * g.C), WinogradPointStride((long)groupTiles * g.O),
+            WinogradLegacyTransforms ? 0 : ConvWinograd.BandFloats(g, tr.M), Math.Max(1, CpuParallel.MaxThreads), tr.Points);
+
+        public long Floats => (Points * (UStride + VStride + MStride)) + (Bands * BandFloats);
+
+        public long VOffset => Points * UStride;
+
+        public long MOffset => VOffset + (Points * VStride);
+
+        public long BandOffset => MOffset + (Points * MStride);
+    }
+
     /// <summary>
     /// y = conv(x, w) + beta·y by Winograd F(m x m, 3 x 3): U = G w Gᵀ once per call, then per group of tiles
     /// V = Bᵀ d B, α² GEMMs M[ξ] (tiles x O) = V[ξ] (tiles x C) · U[ξ]ᵀ (C x O), and y = Aᵀ M A + beta·y. Transforms thread
-    /// over filters or tiles, the GEMMs over points (each single-threaded), so no output depends on the thread count.
+    /// over filters or tile rows, the GEMMs over points (each single-threaded), so no output depends on the thread count.
     /// </summary>
     private void WinogradForward(ConvGeometry g, int tile, float* x, float* w, float* y, float beta)
     {
         var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
         int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
-        long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
-        using var ws = Tensor.Empty(new Shape(checked((int)(uLen + vLen + mLen))), DType.Float32, this);
-        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(uLen * sizeof(float)), mp = vp + (nint)(vLen * sizeof(float));
+        var b = WinogradBuffers.For(g, tr, groupTiles);
+        long t = Stopwatch.GetTimestamp();
+        using var ws = Tensor.Empty(new Shape(checked((int)b.Floats)), DType.Float32, this);
+        WinogradPhase(0, ref t);
+        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(b.VOffset * sizeof(float)), mp = up + (nint)(b.MOffset * sizeof(float)), bandp = up + (nint)(b.BandOffset * sizeof(float));
         nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
-        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterTransform(tr, (float*)wp, g.O, g.C, (float*)up, (int)o0, (int)o1));
+        long uStride = b.UStride, bandFloats = b.BandFloats;
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterTransform(tr, (float*)wp, g.C, (float*)up, uStride, (int)o0, (int)o1));
+        WinogradPhase(1, ref t);
         for (int n0 = 0; n0 < g.N; n0 += groupImages)
         {
-            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage;
+            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage, rows = ConvWinograd.RowItems(g, tr.M, count);
             var sub = g with { N = count };
-            long vStride = (long)tiles * g.C, mStride = (long)tiles * g.O;
+            long vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride, mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
             nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), yg = yp + (nint)((long)n0 * g.O * g.P * sizeof(float));
-            CpuParallel.For(tiles, Math.Max(1, 4096 / g.C), (t0, t1) => ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride));
-            ForEachPoint(points, xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * (long)g.O * g.C), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1));
-            CpuParallel.For(tiles, Math.Max(1, 4096 / g.O), (t0, t1) => ConvWinograd.OutputTransform(tr, sub, (float*)mp, mStride, (int)t0, (int)t1, (float*)yg, beta));
+            if (WinogradLegacyTransforms) CpuParallel.For(tiles, Math.Max(1, 4096 / g.C), (t0, t1) => ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride));
+            else ForEachRow(rows, bandp, bandFloats, (r, band) => ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band));
+            WinogradPhase(2, ref t);
+            ForEachPoint(points, xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * uStride), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1));
+            WinogradPhase(3, ref t);
+            if (WinogradLegacyTransforms) CpuParallel.For(tiles, Math.Max(1, 4096 / g.O), (t0, t1) => ConvWinograd.OutputTransform(tr, sub, (float*)mp, mStride, (int)t0, (int)t1, (float*)yg, beta));
+            else ForEachRow(rows, bandp, bandFloats, (r, band) => ConvWinograd.OutputTransformRows(tr, sub, (float*)mp, mStride, r, r + 1, (float*)yg, beta, (float*)band));
+            WinogradPhase(4, ref t);
         }
     }
 
@@ -649,25 +735,43 @@ public sealed unsafe partial class CpuBackend
         var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
         int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
-        long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
-        using var ws = Tensor.Empty(new Shape(checked((int)(uLen + vLen + mLen))), DType.Float32, this);
-        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(uLen * sizeof(float)), mp = vp + (nint)(vLen * sizeof(float));
+        var b = WinogradBuffers.For(g, tr, groupTiles);
+        long t = Stopwatch.GetTimestamp();
+        using var ws = Tensor.Empty(new Shape(checked((int)b.Floats)), DType.Float32, this);
+        WinogradPhase(0, ref t);
+        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(b.VOffset * sizeof(float)), mp = up + (nint)(b.MOffset * sizeof(float)), bandp = up + (nint)(b.BandOffset * sizeof(float));
         nint xp = (nint)x, dyp = (nint)dy, dwp = (nint)dw;
+        long uStride = b.UStride, bandFloats = b.BandFloats;
         for (int n0 = 0; n0 < g.N; n0 += groupImages)
         {
-            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage;
+            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage, rows = ConvWinograd.RowItems(g, tr.M, count);
             var sub = g with { N = count };
-            long vStride = (long)tiles * g.C, mStride = (long)tiles * g.O;
+            long vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride, mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
             nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), dyg = dyp + (nint)((long)n0 * g.O * g.P * sizeof(float));
             float beta = n0 == 0 ? 0f : 1f;
-            CpuParallel.For(tiles, Math.Max(1, 2048 / (g.C + g.O)), (t0, t1) =>
+            if (WinogradLegacyTransforms)
             {
-                ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride);
-                ConvWinograd.OutputGradTransform(tr, sub, (float*)dyg, (int)t0, (int)t1, (float*)mp, mStride);
-            });
-            ForEachPoint(points, xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * (long)g.O * g.C), g.C, 1));
+                CpuParallel.For(tiles, Math.Max(1, 2048 / (g.C + g.O)), (t0, t1) =>
+                {
+                    ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride);
+                    ConvWinograd.OutputGradTransform(tr, sub, (float*)dyg, (int)t0, (int)t1, (float*)mp, mStride);
+                });
+            }
+            else
+            {
+                ForEachRow(rows, bandp, bandFloats, (r, band) =>
+                {
+                    ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band);
+                    ConvWinograd.OutputGradTransformRows(tr, sub, (float*)dyg, r, r + 1, (float*)mp, mStride, (float*)band);
+                });
+            }
+
+            WinogradPhase(2, ref t);
+            ForEachPoint(points, xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * uStride), g.C, 1));
+            WinogradPhase(3, ref t);
         }
 
-        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.O, g.C, (float*)dwp, (int)o0, (int)o1));
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.C, uStride, (float*)dwp, (int)o0, (int)o1));
+        WinogradPhase(4, ref t);
     }
 }
