@@ -85,10 +85,11 @@ public static partial class BenchCommand
         output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the four timed in turn per sample;");
         output.WriteLine("winograd = the default path (Winograd for 3x3 stride 1, implicit GEMM elsewhere), implicit = implicit-GEMM conv, im2col = im2col + GEMM conv,");
         output.WriteLine("gemm = Sgemm of the direct convolution's M x N x K (the baseline; Winograd does fewer FLOPs and may beat it); GFLOP/s = direct FLOPs / winograd time;");
-        output.WriteLine("step ms = winograd ms x count; KiB alloc = managed allocation of one winograd call, all threads;");
-        output.WriteLine("wino-old = the same with the first version's Winograd transforms (per tile, gathered, unpadded strides), CpuBackend.WinogradLegacyTransforms;");
+        output.WriteLine("step ms = winograd ms x count; KiB alloc = managed allocation of one winograd call, all threads; faults = its minor page faults");
+        output.WriteLine("(first touches of freshly mapped memory, 4 KiB each; Linux only);");
+        output.WriteLine("wino-old = the same with the first version's Winograd transforms (per tile, gathered, unpadded strides, 512-tile groups), CpuBackend.WinogradLegacyTransforms;");
         output.WriteLine("phases = the Winograd call's ms in workspace allocation / filter transform / input-side transforms / GEMMs / output-side transforms (dw: filter-gradient transform), mean of 3 calls after the timing");
-        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"wino-old",10}{"new/old",9}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}  phases new | old");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"wino-old",10}{"new/old",9}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}{"faults",8}  phases new | old");
         var totals = new double[ConvAlgorithms.Length + 2];
         foreach (var s in ResNet18Convs)
         {
@@ -128,12 +129,14 @@ public static partial class BenchCommand
                 }
                 var phases = WinogradPhases(pass.Conv);
                 var legacyPhases = WinogradPhases(() => WithLegacyWinograd(pass.Conv));
+                long faultsBefore = MinorPageFaults();
                 long before = GC.GetTotalAllocatedBytes(precise: true);
                 WithConvAlgorithm(CpuConvAlgorithm.Winograd, pass.Conv);
                 long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+                long faults = MinorPageFaults() - faultsBefore;
                 for (int i = 0; i < ms.Length; i++) totals[i] += ms[i] * s.Count;
                 double wino = ms[0], old = ms[1], impl = ms[2], im2col = ms[3], gemmMs = ms[4];
-                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{old,10:F2}{wino / old,9:F2}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}  {Phases(phases)} | {Phases(legacyPhases)}"));
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{old,10:F2}{wino / old,9:F2}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}{(faults < 0 ? "-" : faults.ToString(inv)),8}  {Phases(phases)} | {Phases(legacyPhases)}"));
             }
         }
         output.WriteLine(string.Create(inv, $"total per step: winograd {totals[0]:F1} ms, wino-old {totals[1]:F1} ms, implicit {totals[2]:F1} ms, im2col {totals[3]:F1} ms, the same GEMMs {totals[4]:F1} ms (winograd / wino-old {totals[0] / totals[1]:F2}, winograd / implicit {totals[0] / totals[2]:F2}, winograd / gemm {totals[0] / totals[4]:F2})"));
@@ -150,10 +153,28 @@ public static partial class BenchCommand
             $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2})"));
     }
 
-    /// <summary>Runs act with the first version's Winograd transforms.</summary>
+    /// <summary>The process's minor page faults so far (/proc/self/stat, field 10), or -1 where that cannot be read.</summary>
+    private static long MinorPageFaults()
+    {
+        try
+        {
+            string stat = File.ReadAllText("/proc/self/stat");
+            // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, minflt field 10.
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return long.Parse(fields[7], CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException)
+        {
+            return -1;
+        }
+    }
+
+    /// <summary>Runs act with the first version's Winograd transforms and group size (512 tiles).</summary>
     private static void WithLegacyWinograd(Action act)
     {
+        int groupTiles = CpuBackend.WinogradGroupTiles;
         CpuBackend.WinogradLegacyTransforms = true;
+        CpuBackend.WinogradGroupTiles = 512;
         try
         {
             WithConvAlgorithm(CpuConvAlgorithm.Winograd, act);
@@ -161,6 +182,7 @@ public static partial class BenchCommand
         finally
         {
             CpuBackend.WinogradLegacyTransforms = false;
+            CpuBackend.WinogradGroupTiles = groupTiles;
         }
     }
 

@@ -175,8 +175,11 @@ public sealed class WinogradTransform
 /// M[ξ][t][o] (products, T x O per point). The forward pass is then α² GEMMs M[ξ] = V[ξ] · U[ξ]ᵀ, and the weight
 /// gradient α² GEMMs dU[ξ] += Mᵀ[ξ] · V[ξ] with M holding the transformed output gradient.</para>
 /// <para>Vectorisation: every transform runs on 8 channels at once (the lanes of a Vector256), so the transformed
-/// buffers are written and read in contiguous runs of channels; the NCHW side is gathered and scattered (channels
-/// lie a plane apart there).</para>
+/// buffers are written and read in contiguous runs of channels. On the NCHW side, where channels lie a plane apart, the
+/// row transforms (<see cref="InputTransformRows"/>, <see cref="OutputGradTransformRows"/>, <see cref="OutputTransformRows"/>)
+/// move whole rows through a per-thread band with 8 x 8 register transposes; the first version's per-tile transforms
+/// (<see cref="InputTransform"/> and the others), which gather and store element by element, stay as the benchmark's
+/// and the tests' point of comparison.</para>
 /// </summary>
 [SkipLocalsInit]
 public static unsafe class ConvWinograd

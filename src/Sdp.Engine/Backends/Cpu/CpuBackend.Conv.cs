@@ -567,8 +567,13 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>Tiles per group: the transformed input and product buffers (α² x tiles x channels each) hold one group, so
     /// this bounds the workspace and keeps the buffers near the cache; the group size depends on the shape alone, so
-    /// results do not depend on the thread count. Tuning and test hook, benchmark switch (`sdp bench conv --winograd-group-tiles`).</summary>
-    public static int WinogradGroupTiles { get; set; } = 512;
+    /// results do not depend on the thread count. 128 rather than the first version's 512: on the 64-channel 32 x 32 layers
+    /// a group's V and M then take 2.4 MB instead of 9.4 MB and stay in L2/L3 between the transforms and the GEMMs; `sdp
+    /// bench conv --winograd-group-tiles` on 64>64 (2 rounds, loaded machine) gave 18 / 19 ms (fwd), 19 / 17 (dx), 17 / 14
+    /// (dw) at 128 against 30 / 28, 25 / 24, 27 / 28 at 512; the 128-channel 16 x 16 layers ran the same at both, and the
+    /// smaller planes already have at most 128 tiles per batch. The GEMMs keep 128 rows. Tuning and test hook, benchmark
+    /// switch.</summary>
+    public static int WinogradGroupTiles { get; set; } = 128;
 
     /// <summary>Fewest input and output channels for which Winograd runs. Tuning and test hook.</summary>
     internal static int WinogradMinChannels { get; set; } = 8;
@@ -626,18 +631,6 @@ public sealed unsafe partial class CpuBackend
     private static int WinogradGroupImages(in ConvGeometry g, int m) =>
         Math.Clamp(WinogradGroupTiles / (ConvWinograd.TileRows(g, m) * ConvWinograd.TileCols(g, m)), 1, Math.Max(1, g.N));
 
-    /// <summary>Runs point(ξ) for ξ in [0, points), each on one thread, claimed in turn (the points are independent GEMMs of
-    /// equal size; claiming keeps a thread slowed by another process from holding the others up).</summary>
-    private static void ForEachPoint(int points, Action<int> point)
-    {
-        int next = -1;
-        CpuParallel.For(Math.Min(points, Math.Max(1, CpuParallel.MaxThreads)), 1, (_, _) =>
-        {
-            int xi;
-            while ((xi = Interlocked.Increment(ref next)) < points) point(xi);
-        });
-    }
-
     /// <summary>Runs the first version's per-tile transforms (8 channels gathered from their planes, outputs stored element by
     /// element) with unpadded point strides, in place of the row transforms. Benchmark switch (`sdp bench conv` times both in
     /// the same run) and test hook; the two compute the same values.</summary>
@@ -656,20 +649,50 @@ public sealed unsafe partial class CpuBackend
         return (stride & 16) == 0 ? stride + 16 : stride;
     }
 
-    /// <summary>Runs row(r, band) for the row-transform items r in [0, items), claimed in turn by up to MaxThreads threads, each
-    /// with its own band of <paramref name="bandFloats"/> floats from <paramref name="bands"/>.</summary>
-    private static void ForEachRow(int items, nint bands, long bandFloats, Action<int, nint> row)
+    /// <summary>
+    /// Work claimed in turn by up to MaxThreads threads: the points of a group's α² GEMMs (independent and of equal size;
+    /// claiming keeps a thread slowed by another process from holding the others up), or its row-transform items, each
+    /// thread with its own band. One per Winograd call, its delegates made once, so that a call allocates the same few
+    /// objects however many groups it runs (`sdp bench conv` prints the allocation per call).
+    /// </summary>
+    private sealed class WinogradClaims
     {
-        int next = -1, slots = Math.Min(items, Math.Max(1, CpuParallel.MaxThreads));
-        CpuParallel.For(slots, 1, (s0, s1) =>
+        private readonly Action<long, long> _runSlots;
+        private int _next, _items;
+        private nint _bands;
+        private long _bandFloats;
+        private Action<int, nint>? _row;
+        private Action<int>? _point;
+
+        public WinogradClaims() => _runSlots = RunSlots;
+
+        /// <summary>point(ξ) for ξ in [0, points), each on one thread.</summary>
+        public void Points(int points, Action<int> point)
+        {
+            (_next, _items, _point, _row) = (-1, points, point, null);
+            CpuParallel.For(Math.Min(points, Math.Max(1, CpuParallel.MaxThreads)), 1, _runSlots);
+        }
+
+        /// <summary>row(r, band) for r in [0, items), band: the claiming thread's <paramref name="bandFloats"/> floats of <paramref name="bands"/>.</summary>
+        public void Rows(int items, nint bands, long bandFloats, Action<int, nint> row)
+        {
+            (_next, _items, _bands, _bandFloats, _row, _point) = (-1, items, bands, bandFloats, row, null);
+            CpuParallel.For(Math.Min(items, Math.Max(1, CpuParallel.MaxThreads)), 1, _runSlots);
+        }
+
+        private void RunSlots(long s0, long s1)
         {
             for (long slot = s0; slot < s1; slot++)
             {
-                nint band = bands + (nint)(slot * bandFloats * sizeof(float));
-                int r;
-                while ((r = Interlocked.Increment(ref next)) < items) row(r, band);
+                nint band = _bands + (nint)(slot * _bandFloats * sizeof(float));
+                int item;
+                while ((item = Interlocked.Increment(ref _next)) < _items)
+                {
+                    if (_row is not null) _row(item, band);
+                    else _point!(item);
+                }
             }
-        });
+        }
     }
 
     /// <summary>The workspace of one Winograd call: U (α² x O x C), V (α² x group tiles x C), M (α² x group tiles x O), each at a
@@ -708,19 +731,31 @@ public sealed unsafe partial class CpuBackend
         long uStride = b.UStride, bandFloats = b.BandFloats;
         CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterTransform(tr, (float*)wp, g.C, (float*)up, uStride, (int)o0, (int)o1));
         WinogradPhase(1, ref t);
+        // Per-group values live outside the loop and the delegates are made once, so that more groups allocate nothing more.
+        var claims = new WinogradClaims();
+        var sub = g;
+        int tiles = 0;
+        long vStride = 0, mStride = 0;
+        nint xg = 0, yg = 0;
+        Action<int, nint> inputRow = (r, band) => ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band);
+        Action<int> product = xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * uStride), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1);
+        Action<int, nint> outputRow = (r, band) => ConvWinograd.OutputTransformRows(tr, sub, (float*)mp, mStride, r, r + 1, (float*)yg, beta, (float*)band);
         for (int n0 = 0; n0 < g.N; n0 += groupImages)
         {
-            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage, rows = ConvWinograd.RowItems(g, tr.M, count);
-            var sub = g with { N = count };
-            long vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride, mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
-            nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), yg = yp + (nint)((long)n0 * g.O * g.P * sizeof(float));
+            int count = Math.Min(groupImages, g.N - n0), rows = ConvWinograd.RowItems(g, tr.M, count);
+            tiles = count * perImage;
+            sub = g with { N = count };
+            vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride;
+            mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
+            xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float));
+            yg = yp + (nint)((long)n0 * g.O * g.P * sizeof(float));
             if (WinogradLegacyTransforms) CpuParallel.For(tiles, Math.Max(1, 4096 / g.C), (t0, t1) => ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride));
-            else ForEachRow(rows, bandp, bandFloats, (r, band) => ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band));
+            else claims.Rows(rows, bandp, bandFloats, inputRow);
             WinogradPhase(2, ref t);
-            ForEachPoint(points, xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * uStride), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1));
+            claims.Points(points, product);
             WinogradPhase(3, ref t);
             if (WinogradLegacyTransforms) CpuParallel.For(tiles, Math.Max(1, 4096 / g.O), (t0, t1) => ConvWinograd.OutputTransform(tr, sub, (float*)mp, mStride, (int)t0, (int)t1, (float*)yg, beta));
-            else ForEachRow(rows, bandp, bandFloats, (r, band) => ConvWinograd.OutputTransformRows(tr, sub, (float*)mp, mStride, r, r + 1, (float*)yg, beta, (float*)band));
+            else claims.Rows(rows, bandp, bandFloats, outputRow);
             WinogradPhase(4, ref t);
         }
     }
@@ -742,13 +777,28 @@ public sealed unsafe partial class CpuBackend
         nint up = (nint)Ptr<float>(ws), vp = up + (nint)(b.VOffset * sizeof(float)), mp = up + (nint)(b.MOffset * sizeof(float)), bandp = up + (nint)(b.BandOffset * sizeof(float));
         nint xp = (nint)x, dyp = (nint)dy, dwp = (nint)dw;
         long uStride = b.UStride, bandFloats = b.BandFloats;
+        var claims = new WinogradClaims();
+        var sub = g;
+        int tiles = 0;
+        long vStride = 0, mStride = 0;
+        nint xg = 0, dyg = 0;
+        float beta = 0f;
+        Action<int, nint> inputRows = (r, band) =>
+        {
+            ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band);
+            ConvWinograd.OutputGradTransformRows(tr, sub, (float*)dyg, r, r + 1, (float*)mp, mStride, (float*)band);
+        };
+        Action<int> product = xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * uStride), g.C, 1);
         for (int n0 = 0; n0 < g.N; n0 += groupImages)
         {
-            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage, rows = ConvWinograd.RowItems(g, tr.M, count);
-            var sub = g with { N = count };
-            long vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride, mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
-            nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), dyg = dyp + (nint)((long)n0 * g.O * g.P * sizeof(float));
-            float beta = n0 == 0 ? 0f : 1f;
+            int count = Math.Min(groupImages, g.N - n0), rows = ConvWinograd.RowItems(g, tr.M, count);
+            tiles = count * perImage;
+            sub = g with { N = count };
+            vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride;
+            mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
+            xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float));
+            dyg = dyp + (nint)((long)n0 * g.O * g.P * sizeof(float));
+            beta = n0 == 0 ? 0f : 1f;
             if (WinogradLegacyTransforms)
             {
                 CpuParallel.For(tiles, Math.Max(1, 2048 / (g.C + g.O)), (t0, t1) =>
@@ -759,15 +809,11 @@ public sealed unsafe partial class CpuBackend
             }
             else
             {
-                ForEachRow(rows, bandp, bandFloats, (r, band) =>
-                {
-                    ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band);
-                    ConvWinograd.OutputGradTransformRows(tr, sub, (float*)dyg, r, r + 1, (float*)mp, mStride, (float*)band);
-                });
+                claims.Rows(rows, bandp, bandFloats, inputRows);
             }
 
             WinogradPhase(2, ref t);
-            ForEachPoint(points, xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * uStride), g.C, 1));
+            claims.Points(points, product);
             WinogradPhase(3, ref t);
         }
 
