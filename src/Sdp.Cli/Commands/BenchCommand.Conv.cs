@@ -36,7 +36,7 @@ public static partial class BenchCommand
     {
         var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
         var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
-        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
+        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit, im2col and wino-old convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
         var tile = new Option<int>("--winograd-tile") { Description = "Winograd output tile m of F(m x m, 3 x 3), 2 or 4, for all three passes (0: the backend's choice)", DefaultValueFactory = _ => 0 };
         var only = new Option<string?>("--shape") { Description = "Time only the shapes whose name contains this text (e.g. '512>512')" };
         var groupTiles = new Option<int>("--winograd-group-tiles") { Description = "Tiles per Winograd group (the transformed buffers hold one group; 0: the backend's default)", DefaultValueFactory = _ => 0 };
@@ -148,9 +148,11 @@ public static partial class BenchCommand
         var (data, _, _) = RunSetup.BuildData("resnet18", "synthetic", batch, 1, shuffle: false, seed: 0, train: true);
         var subnetwork = RunSetup.BuildSubnetworkModel("resnet18", "{\"width\":64}", 0, 3, 10, Sdp.Engine.Subnetworks.SubnetLevel.Block, new Sdp.Models.Subnetworks.SubnetOptions(), null, "--config");
         using var step = Sdp.Models.Training.IsolatedWorkerStep.Create(subnetwork, Sdp.Models.Training.StepVariant.Dp, 4, data);
-        var ms = MedianMsInTurn(steps, [.. ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, () => step.Run())))]);
+        var actions = ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, () => step.Run()))).ToList();
+        actions.Add(() => WithLegacyWinograd(() => step.Run()));
+        var ms = MedianMsInTurn(steps, [.. actions]);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2})"));
+            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms, wino-old {ms[3]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2}, winograd / wino-old {ms[0] / ms[3]:F2})"));
     }
 
     /// <summary>The process's minor page faults so far (/proc/self/stat, field 10), or -1 where that cannot be read.</summary>
