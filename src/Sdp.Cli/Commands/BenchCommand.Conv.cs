@@ -36,9 +36,11 @@ public static partial class BenchCommand
     {
         var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
         var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
-        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit and im2col convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
+        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit, im2col and wino-old convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
         var tile = new Option<int>("--winograd-tile") { Description = "Winograd output tile m of F(m x m, 3 x 3), 2 or 4, for all three passes (0: the backend's choice)", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, per algorithm, each against an SGEMM of the same size") { batch, samples, steps, tile };
+        var only = new Option<string?>("--shape") { Description = "Time only the shapes whose name contains this text (e.g. '512>512')" };
+        var groupTiles = new Option<int>("--winograd-group-tiles") { Description = "Tiles per Winograd group (the transformed buffers hold one group; 0: the backend's default)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("conv", "CPU conv2d forward, input and weight gradient on ResNet-18's shapes, per algorithm, each against an SGEMM of the same size") { batch, samples, steps, tile, only, groupTiles };
         cmd.SetAction(p =>
         {
             if (p.GetValue(tile) is int m and not 0)
@@ -47,8 +49,9 @@ public static partial class BenchCommand
                 CpuBackend.WinogradTile = CpuBackend.WinogradWeightGradTile = m;
             }
 
+            if (p.GetValue(groupTiles) is int gt and not 0) CpuBackend.WinogradGroupTiles = Check.Positive(gt, "--winograd-group-tiles");
             int n = Check.Positive(p.GetValue(batch), "--batch");
-            ConvBench(Console.Out, n, Check.Positive(p.GetValue(samples), "--samples"));
+            ConvBench(Console.Out, n, Check.Positive(p.GetValue(samples), "--samples"), p.GetValue(only));
             if (p.GetValue(steps) > 0) ConvStepBench(Console.Out, n, p.GetValue(steps));
             return 0;
         });
@@ -74,7 +77,7 @@ public static partial class BenchCommand
         }
     }
 
-    private static unsafe void ConvBench(TextWriter output, int n, int samples)
+    private static unsafe void ConvBench(TextWriter output, int n, int samples, string? only)
     {
         var inv = CultureInfo.InvariantCulture;
         var cpu = CpuBackend.Instance;
@@ -82,11 +85,15 @@ public static partial class BenchCommand
         output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the four timed in turn per sample;");
         output.WriteLine("winograd = the default path (Winograd for 3x3 stride 1, implicit GEMM elsewhere), implicit = implicit-GEMM conv, im2col = im2col + GEMM conv,");
         output.WriteLine("gemm = Sgemm of the direct convolution's M x N x K (the baseline; Winograd does fewer FLOPs and may beat it); GFLOP/s = direct FLOPs / winograd time;");
-        output.WriteLine("step ms = winograd ms x count; KiB alloc = managed allocation of one winograd call, all threads");
-        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}");
-        var totals = new double[ConvAlgorithms.Length + 1];
+        output.WriteLine("step ms = winograd ms x count; KiB alloc = managed allocation of one winograd call, all threads; faults = its minor page faults");
+        output.WriteLine("(first touches of freshly mapped memory, 4 KiB each; Linux only);");
+        output.WriteLine("wino-old = the same with the first version's Winograd transforms (per tile, gathered, unpadded strides, 512-tile groups), CpuBackend.WinogradLegacyTransforms;");
+        output.WriteLine("phases = the Winograd call's ms in workspace allocation / filter transform / input-side transforms / GEMMs / output-side transforms (dw: filter-gradient transform), mean of 3 calls after the timing");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"wino-old",10}{"new/old",9}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}{"faults",8}  phases new | old");
+        var totals = new double[ConvAlgorithms.Length + 2];
         foreach (var s in ResNet18Convs)
         {
+            if (only is not null && !s.Name.Contains(only, StringComparison.Ordinal)) continue;
             int oh = (s.H + 2 * s.Pad - s.K) / s.Stride + 1, p = oh * oh, k = s.C * s.K * s.K;
             using var x = Random(new Shape(n, s.C, s.H, s.H), rng);
             using var w = Random(new Shape(s.O, s.C, s.K, s.K), rng);
@@ -116,18 +123,23 @@ public static partial class BenchCommand
                     nint ap = (nint)a, bp = (nint)b, cp = (nint)c;
                     int m = pass.M, nn = pass.N, kk = pass.K;
                     var actions = ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, pass.Conv))).ToList();
+                    actions.Insert(1, () => WithLegacyWinograd(pass.Conv));
                     actions.Add(() => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
                     ms = MedianMsInTurn(samples, [.. actions]);
                 }
+                var phases = WinogradPhases(pass.Conv);
+                var legacyPhases = WinogradPhases(() => WithLegacyWinograd(pass.Conv));
+                long faultsBefore = MinorPageFaults();
                 long before = GC.GetTotalAllocatedBytes(precise: true);
                 WithConvAlgorithm(CpuConvAlgorithm.Winograd, pass.Conv);
                 long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+                long faults = MinorPageFaults() - faultsBefore;
                 for (int i = 0; i < ms.Length; i++) totals[i] += ms[i] * s.Count;
-                double wino = ms[0], impl = ms[1], im2col = ms[2], gemmMs = ms[3];
-                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}"));
+                double wino = ms[0], old = ms[1], impl = ms[2], im2col = ms[3], gemmMs = ms[4];
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{old,10:F2}{wino / old,9:F2}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}{(faults < 0 ? "-" : faults.ToString(inv)),8}  {Phases(phases)} | {Phases(legacyPhases)}"));
             }
         }
-        output.WriteLine(string.Create(inv, $"total per step: winograd {totals[0]:F1} ms, implicit {totals[1]:F1} ms, im2col {totals[2]:F1} ms, the same GEMMs {totals[3]:F1} ms (winograd / implicit {totals[0] / totals[1]:F2}, winograd / gemm {totals[0] / totals[3]:F2})"));
+        output.WriteLine(string.Create(inv, $"total per step: winograd {totals[0]:F1} ms, wino-old {totals[1]:F1} ms, implicit {totals[2]:F1} ms, im2col {totals[3]:F1} ms, the same GEMMs {totals[4]:F1} ms (winograd / wino-old {totals[0] / totals[1]:F2}, winograd / implicit {totals[0] / totals[2]:F2}, winograd / gemm {totals[0] / totals[4]:F2})"));
     }
 
     /// <summary>Whole training steps (one DP worker, AdamW) with each convolution algorithm, in turn.</summary>
@@ -136,10 +148,56 @@ public static partial class BenchCommand
         var (data, _, _) = RunSetup.BuildData("resnet18", "synthetic", batch, 1, shuffle: false, seed: 0, train: true);
         var subnetwork = RunSetup.BuildSubnetworkModel("resnet18", "{\"width\":64}", 0, 3, 10, Sdp.Engine.Subnetworks.SubnetLevel.Block, new Sdp.Models.Subnetworks.SubnetOptions(), null, "--config");
         using var step = Sdp.Models.Training.IsolatedWorkerStep.Create(subnetwork, Sdp.Models.Training.StepVariant.Dp, 4, data);
-        var ms = MedianMsInTurn(steps, [.. ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, () => step.Run())))]);
+        var actions = ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, () => step.Run()))).ToList();
+        actions.Add(() => WithLegacyWinograd(() => step.Run()));
+        var ms = MedianMsInTurn(steps, [.. actions]);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2})"));
+            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms, wino-old {ms[3]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2}, winograd / wino-old {ms[0] / ms[3]:F2})"));
     }
+
+    /// <summary>The process's minor page faults so far (/proc/self/stat, field 10), or -1 where that cannot be read.</summary>
+    private static long MinorPageFaults()
+    {
+        try
+        {
+            string stat = File.ReadAllText("/proc/self/stat");
+            // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, minflt field 10.
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return long.Parse(fields[7], CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException)
+        {
+            return -1;
+        }
+    }
+
+    /// <summary>Runs act with the first version's Winograd transforms and group size (512 tiles).</summary>
+    private static void WithLegacyWinograd(Action act)
+    {
+        int groupTiles = CpuBackend.WinogradGroupTiles;
+        CpuBackend.WinogradLegacyTransforms = true;
+        CpuBackend.WinogradGroupTiles = 512;
+        try
+        {
+            WithConvAlgorithm(CpuConvAlgorithm.Winograd, act);
+        }
+        finally
+        {
+            CpuBackend.WinogradLegacyTransforms = false;
+            CpuBackend.WinogradGroupTiles = groupTiles;
+        }
+    }
+
+    /// <summary>The mean ms per Winograd phase of 3 calls of conv (all zero when it does not run Winograd).</summary>
+    private static double[] WinogradPhases(Action conv)
+    {
+        CpuBackend.TakeWinogradPhaseMs();
+        for (int i = 0; i < 3; i++) WithConvAlgorithm(CpuConvAlgorithm.Winograd, conv);
+        return [.. CpuBackend.TakeWinogradPhaseMs().Select(t => t / 3)];
+    }
+
+    private static string Phases(double[] ms) =>
+        ms.Sum() == 0 ? "-" : string.Join(" / ", ms.Select(t => t.ToString("F2", CultureInfo.InvariantCulture)));
 
     private static Tensor Random(Shape shape, Random rng)
     {

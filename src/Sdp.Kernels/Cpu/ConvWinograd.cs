@@ -175,8 +175,11 @@ public sealed class WinogradTransform
 /// M[ξ][t][o] (products, T x O per point). The forward pass is then α² GEMMs M[ξ] = V[ξ] · U[ξ]ᵀ, and the weight
 /// gradient α² GEMMs dU[ξ] += Mᵀ[ξ] · V[ξ] with M holding the transformed output gradient.</para>
 /// <para>Vectorisation: every transform runs on 8 channels at once (the lanes of a Vector256), so the transformed
-/// buffers are written and read in contiguous runs of channels; the NCHW side is gathered and scattered (channels
-/// lie a plane apart there).</para>
+/// buffers are written and read in contiguous runs of channels. On the NCHW side, where channels lie a plane apart, the
+/// row transforms (<see cref="InputTransformRows"/>, <see cref="OutputGradTransformRows"/>, <see cref="OutputTransformRows"/>)
+/// move whole rows through a per-thread band with 8 x 8 register transposes; the first version's per-tile transforms
+/// (<see cref="InputTransform"/> and the others), which gather and store element by element, stay as the benchmark's
+/// and the tests' point of comparison.</para>
 /// </summary>
 [SkipLocalsInit]
 public static unsafe class ConvWinograd
@@ -199,11 +202,11 @@ public static unsafe class ConvWinograd
     public static bool Supports(in ConvGeometry g) =>
         g.KH == 3 && g.KW == 3 && g.Stride == 1 && g.OH == g.H + (2 * g.Pad) - 2 && g.OW == g.W + (2 * g.Pad) - 2 && g.OH > 0 && g.OW > 0;
 
-    /// <summary>U[ξ][o][c] = (G w[o, c] Gᵀ)[ξ] for filters [o0, o1); w is (O, C, 3, 3), U has point stride O·C.</summary>
-    public static void FilterTransform(WinogradTransform tr, float* w, int outChannels, int inChannels, float* u, int o0, int o1)
+    /// <summary>U[ξ][o][c] = (G w[o, c] Gᵀ)[ξ] for filters [o0, o1); w is (O, C, 3, 3), U has point stride
+    /// <paramref name="pointStride"/> (at least O·C) and row stride C.</summary>
+    public static void FilterTransform(WinogradTransform tr, float* w, int inChannels, float* u, long pointStride, int o0, int o1)
     {
         Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
-        long pointStride = (long)outChannels * inChannels;
         for (int o = o0; o < o1; o++)
         {
             TransformIn(scratch, tr.Filter, w + ((long)o * inChannels * 9), 9, inChannels, 3, 3, 3, 0, 0, u + ((long)o * inChannels), pointStride);
@@ -258,11 +261,255 @@ public static unsafe class ConvWinograd
         }
     }
 
-    /// <summary>dw[o, c] += Gᵀ dU[o, c] G for filters [o0, o1); dU[ξ][o][c] has point stride O·C, dw is (O, C, 3, 3).</summary>
-    public static void FilterGradTransform(WinogradTransform tr, float* du, int outChannels, int inChannels, float* dw, int o0, int o1)
+    // ---- Row transforms: the NCHW side through an interleaved band --------------------------------------------
+    //
+    // A work item is one tile row of one image (r = image-in-group · TileRows + tile row). Per block of 8 channels the
+    // rows the tile row needs are interleaved into a band of vectors (band[i][b] = the 8 channels at one pixel, zeros
+    // outside the plane) with 8 x 8 transposes of contiguous row loads, so the tiles then read plain vectors: no gathers,
+    // no bounds checks. The output side runs the other way: tiles are transformed into a band of m output rows, which
+    // is transposed back to the 8 channel planes with whole-vector stores (beta·y fused). The band is per thread, of
+    // BandFloats floats, 32-byte aligned.
+
+    /// <summary>Floats of band scratch one thread needs for the row transforms of this shape: α rows of ⌈OW/m⌉·m + 2
+    /// pixels of 8 channels (the widest band, the input side's).</summary>
+    public static long BandFloats(in ConvGeometry g, int m) => (long)(m + 2) * ((TileCols(g, m) * m) + 2) * Lanes;
+
+    /// <summary>Work items of the row transforms for a group of <paramref name="images"/> images: one per (image, tile row).</summary>
+    public static int RowItems(in ConvGeometry g, int m, int images) => images * TileRows(g, m);
+
+    /// <summary>
+    /// V[ξ][t][c] = (Bᵀ d B)[ξ] for the tiles of row items [r0, r1) of a group whose first image is x; the same values as
+    /// <see cref="InputTransform"/>. <paramref name="band"/>: this thread's <see cref="BandFloats"/> floats.
+    /// </summary>
+    public static void InputTransformRows(WinogradTransform tr, in ConvGeometry g, float* x, int r0, int r1, float* v, long pointStride, float* band)
+    {
+        if (tr.M == 4) InputRows<InputF4>(g, 4, x, r0, r1, v, pointStride, (Vector256<float>*)band);
+        else if (tr.M == 2) InputRows<InputF2>(g, 2, x, r0, r1, v, pointStride, (Vector256<float>*)band);
+        else throw new ArgumentOutOfRangeException(nameof(tr), tr.M, "row transforms are written for F(2, 3) and F(4, 3)");
+    }
+
+    /// <summary>
+    /// Mh[ξ][t][o] = (A dY Aᵀ)[ξ] for the tiles of row items [r0, r1) of a group whose first image's output gradient is dy;
+    /// the same values as <see cref="OutputGradTransform"/>.
+    /// </summary>
+    public static void OutputGradTransformRows(WinogradTransform tr, in ConvGeometry g, float* dy, int r0, int r1, float* mh, long pointStride, float* band)
+    {
+        if (tr.M == 4) OutputGradRows<OutputGradF4>(g, 4, dy, r0, r1, mh, pointStride, (Vector256<float>*)band);
+        else if (tr.M == 2) OutputGradRows<OutputGradF2>(g, 2, dy, r0, r1, mh, pointStride, (Vector256<float>*)band);
+        else throw new ArgumentOutOfRangeException(nameof(tr), tr.M, "row transforms are written for F(2, 3) and F(4, 3)");
+    }
+
+    /// <summary>
+    /// y = (Aᵀ M A) + beta·y for the tiles of row items [r0, r1) of a group whose first image's output is y; the same values
+    /// as <see cref="OutputTransform"/>. beta = 0 does not read y.
+    /// </summary>
+    public static void OutputTransformRows(WinogradTransform tr, in ConvGeometry g, float* mt, long pointStride, int r0, int r1, float* y, float beta, float* band)
+    {
+        if (tr.M == 4) OutputRows<OutputF4>(g, 4, mt, pointStride, r0, r1, y, beta, (Vector256<float>*)band);
+        else if (tr.M == 2) OutputRows<OutputF2>(g, 2, mt, pointStride, r0, r1, y, beta, (Vector256<float>*)band);
+        else throw new ArgumentOutOfRangeException(nameof(tr), tr.M, "row transforms are written for F(2, 3) and F(4, 3)");
+    }
+
+    private static void InputRows<TB>(in ConvGeometry g, int m, float* x, int r0, int r1, float* v, long pointStride, Vector256<float>* band)
+        where TB : struct, ITransform1d
+    {
+        Vector256<float>* half = stackalloc Vector256<float>[2 * MaxAlpha * MaxAlpha];
+        Vector256<float>* result = half + (MaxAlpha * MaxAlpha);
+        int alpha = m + 2, rows = TileRows(g, m), cols = TileCols(g, m), width = (cols * m) + 2;
+        for (int r = r0; r < r1; r++)
+        {
+            int n = r / rows, th = r - (n * rows);
+            float* image = x + ((long)n * g.C * g.HW);
+            long firstTile = ((long)n * rows * cols) + ((long)th * cols);
+            for (int c = 0; c < g.C; c += Lanes)
+            {
+                int count = Math.Min(Lanes, g.C - c);
+                FillBand(image + ((long)c * g.HW), g.HW, count, g.H, g.W, (th * m) - g.Pad, -g.Pad, alpha, width, band);
+                for (int tw = 0; tw < cols; tw++)
+                {
+                    Apply2d<TB>(band + (tw * m), width, half, result, alpha);
+                    StoreTile(result, alpha * alpha, v + ((firstTile + tw) * g.C) + c, pointStride, count);
+                }
+            }
+        }
+    }
+
+    private static void OutputGradRows<TA>(in ConvGeometry g, int m, float* dy, int r0, int r1, float* mh, long pointStride, Vector256<float>* band)
+        where TA : struct, ITransform1d
+    {
+        Vector256<float>* half = stackalloc Vector256<float>[2 * MaxAlpha * MaxAlpha];
+        Vector256<float>* result = half + (MaxAlpha * MaxAlpha);
+        int alpha = m + 2, rows = TileRows(g, m), cols = TileCols(g, m), width = cols * m;
+        for (int r = r0; r < r1; r++)
+        {
+            int n = r / rows, th = r - (n * rows);
+            float* image = dy + ((long)n * g.O * g.P);
+            long firstTile = ((long)n * rows * cols) + ((long)th * cols);
+            for (int o = 0; o < g.O; o += Lanes)
+            {
+                int count = Math.Min(Lanes, g.O - o);
+                FillBand(image + ((long)o * g.P), g.P, count, g.OH, g.OW, th * m, 0, m, width, band);
+                for (int tw = 0; tw < cols; tw++)
+                {
+                    Apply2d<TA>(band + (tw * m), width, half, result, alpha);
+                    StoreTile(result, alpha * alpha, mh + ((firstTile + tw) * g.O) + o, pointStride, count);
+                }
+            }
+        }
+    }
+
+    private static void OutputRows<TA>(in ConvGeometry g, int m, float* mt, long pointStride, int r0, int r1, float* y, float beta, Vector256<float>* band)
+        where TA : struct, ITransform1d
+    {
+        Vector256<float>* tile = stackalloc Vector256<float>[2 * MaxAlpha * MaxAlpha];
+        Vector256<float>* half = tile + (MaxAlpha * MaxAlpha);
+        int alpha = m + 2, points = alpha * alpha, rows = TileRows(g, m), cols = TileCols(g, m), width = cols * m;
+        for (int r = r0; r < r1; r++)
+        {
+            int n = r / rows, th = r - (n * rows), validRows = Math.Min(m, g.OH - (th * m));
+            float* image = y + ((long)n * g.O * g.P) + ((long)th * m * g.OW);
+            long firstTile = ((long)n * rows * cols) + ((long)th * cols);
+            for (int o = 0; o < g.O; o += Lanes)
+            {
+                int count = Math.Min(Lanes, g.O - o);
+                for (int tw = 0; tw < cols; tw++)
+                {
+                    float* src = mt + ((firstTile + tw) * g.O) + o;
+                    for (int xi = 0; xi < points; xi++)
+                    {
+                        tile[xi] = count == Lanes ? Vector256.Load(src + (xi * pointStride)) : LoadStrided(src + (xi * pointStride), 1, count);
+                    }
+
+                    Apply2d<TA>(tile, alpha, half, band + (tw * m), width);
+                }
+
+                for (int i = 0; i < validRows; i++)
+                {
+                    DeinterleaveRow(band + (i * width), g.OW, image + ((long)o * g.P) + ((long)i * g.OW), g.P, count, beta);
+                }
+            }
+        }
+    }
+
+    /// <summary>band[i][b] (bandRows x bandCols vectors) = lanes ℓ &lt; count of plane src + ℓ·laneStride (planeRows x planeCols,
+    /// row stride planeCols) at row r0 + i, column c0 + b; zero outside the plane and in lanes ≥ count.</summary>
+    private static void FillBand(float* src, long laneStride, int count, int planeRows, int planeCols, int r0, int c0, int bandRows, int bandCols, Vector256<float>* band)
+    {
+        int b0 = Math.Clamp(-c0, 0, bandCols), b1 = Math.Clamp(planeCols - c0, b0, bandCols);
+        for (int i = 0; i < bandRows; i++)
+        {
+            Vector256<float>* dst = band + (i * bandCols);
+            int row = r0 + i;
+            if ((uint)row >= (uint)planeRows)
+            {
+                for (int b = 0; b < bandCols; b++) dst[b] = Vector256<float>.Zero;
+                continue;
+            }
+
+            for (int b = 0; b < b0; b++) dst[b] = Vector256<float>.Zero;
+            InterleaveRow(src + ((long)row * planeCols) + c0 + b0, laneStride, count, b1 - b0, dst + b0);
+            for (int b = b1; b < bandCols; b++) dst[b] = Vector256<float>.Zero;
+        }
+    }
+
+    /// <summary>dst[j] lane ℓ = src[ℓ·laneStride + j] for j &lt; width, ℓ &lt; count (lanes ≥ count zero): 8 x 8 blocks transposed
+    /// in registers, the tail element by element.</summary>
+    private static void InterleaveRow(float* src, long laneStride, int count, int width, Vector256<float>* dst)
+    {
+        int j = 0;
+        if (Avx.IsSupported)
+        {
+            Vector256<float>* block = stackalloc Vector256<float>[Lanes];
+            for (; j + Lanes <= width; j += Lanes)
+            {
+                for (int k = 0; k < Lanes; k++) block[k] = k < count ? Vector256.Load(src + (k * laneStride) + j) : Vector256<float>.Zero;
+                Transpose8x8(block);
+                for (int k = 0; k < Lanes; k++) dst[j + k] = block[k];
+            }
+        }
+
+        for (; j < width; j++)
+        {
+            dst[j] = LoadStrided(src + j, laneStride, count);
+        }
+    }
+
+    /// <summary>Lane ℓ &lt; count of src[j] (j &lt; width) to dst[ℓ·laneStride + j], as value + beta·dst (beta = 0: dst not read).</summary>
+    private static void DeinterleaveRow(Vector256<float>* src, int width, float* dst, long laneStride, int count, float beta)
+    {
+        int j = 0;
+        if (Avx.IsSupported)
+        {
+            Vector256<float>* block = stackalloc Vector256<float>[Lanes];
+            var b = Vector256.Create(beta);
+            for (; j + Lanes <= width; j += Lanes)
+            {
+                for (int k = 0; k < Lanes; k++) block[k] = src[j + k];
+                Transpose8x8(block);
+                for (int k = 0; k < count; k++)
+                {
+                    float* p = dst + (k * laneStride) + j;
+                    (beta == 0f ? block[k] : block[k] + (b * Vector256.Load(p))).Store(p);
+                }
+            }
+        }
+
+        for (; j < width; j++)
+        {
+            float* from = (float*)(src + j);
+            for (int k = 0; k < count; k++)
+            {
+                float* p = dst + (k * laneStride) + j;
+                *p = beta == 0f ? from[k] : from[k] + (beta * *p);
+            }
+        }
+    }
+
+    /// <summary>Transposes the 8 x 8 matrix whose rows are the 8 vectors in place (AVX: in-lane unpacks and shuffles, then
+    /// swapping 128-bit halves).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8x8(Vector256<float>* r)
+    {
+        Vector256<float> t0 = Avx.UnpackLow(r[0], r[1]), t1 = Avx.UnpackHigh(r[0], r[1]);
+        Vector256<float> t2 = Avx.UnpackLow(r[2], r[3]), t3 = Avx.UnpackHigh(r[2], r[3]);
+        Vector256<float> t4 = Avx.UnpackLow(r[4], r[5]), t5 = Avx.UnpackHigh(r[4], r[5]);
+        Vector256<float> t6 = Avx.UnpackLow(r[6], r[7]), t7 = Avx.UnpackHigh(r[6], r[7]);
+        // Per 128-bit half: columns 0 and 4 (q0), 1 and 5 (q1), 2 and 6 (q2), 3 and 7 (q3) of rows 0-3, then of rows 4-7.
+        Vector256<float> q0 = Avx.Shuffle(t0, t2, 0x44), q1 = Avx.Shuffle(t0, t2, 0xEE);
+        Vector256<float> q2 = Avx.Shuffle(t1, t3, 0x44), q3 = Avx.Shuffle(t1, t3, 0xEE);
+        Vector256<float> q4 = Avx.Shuffle(t4, t6, 0x44), q5 = Avx.Shuffle(t4, t6, 0xEE);
+        Vector256<float> q6 = Avx.Shuffle(t5, t7, 0x44), q7 = Avx.Shuffle(t5, t7, 0xEE);
+        r[0] = Avx.Permute2x128(q0, q4, 0x20);
+        r[1] = Avx.Permute2x128(q1, q5, 0x20);
+        r[2] = Avx.Permute2x128(q2, q6, 0x20);
+        r[3] = Avx.Permute2x128(q3, q7, 0x20);
+        r[4] = Avx.Permute2x128(q0, q4, 0x31);
+        r[5] = Avx.Permute2x128(q1, q5, 0x31);
+        r[6] = Avx.Permute2x128(q2, q6, 0x31);
+        r[7] = Avx.Permute2x128(q3, q7, 0x31);
+    }
+
+    /// <summary>dst[ξ·pointStride + ℓ] = tile[ξ] lane ℓ, for ξ &lt; points, ℓ &lt; count.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTile(Vector256<float>* tile, int points, float* dst, long pointStride, int count)
+    {
+        if (count == Lanes)
+        {
+            for (int xi = 0; xi < points; xi++) tile[xi].Store(dst + (xi * pointStride));
+            return;
+        }
+
+        for (int xi = 0; xi < points; xi++)
+        {
+            for (int k = 0; k < count; k++) dst[(xi * pointStride) + k] = tile[xi].GetElement(k);
+        }
+    }
+
+    /// <summary>dw[o, c] += Gᵀ dU[o, c] G for filters [o0, o1); dU[ξ][o][c] has point stride <paramref name="pointStride"/> and
+    /// row stride C, dw is (O, C, 3, 3).</summary>
+    public static void FilterGradTransform(WinogradTransform tr, float* du, int inChannels, long pointStride, float* dw, int o0, int o1)
     {
         Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
-        long pointStride = (long)outChannels * inChannels;
         for (int o = o0; o < o1; o++)
         {
             TransformOut(scratch, tr.FilterT, du + ((long)o * inChannels), pointStride, inChannels, dw + ((long)o * inChannels * 9), 9, 3, 3, 3, 1f);
@@ -430,16 +677,74 @@ public static unsafe class ConvWinograd
     /// <summary>result (Out x Out) = L · X (In x In) · Lᵀ: columns of X first (into half, Out x In), then rows of half.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Apply2d<TL>(Vector256<float>* x, Vector256<float>* half, Vector256<float>* result)
+        where TL : struct, ITransform1d => Apply2d<TL>(x, TL.In, half, result, TL.Out);
+
+    /// <summary>As above with X's rows <paramref name="xRowStride"/> vectors apart and result's rows <paramref name="resultRowStride"/>
+    /// apart, so that X and result may be windows of a wider band.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Apply2d<TL>(Vector256<float>* x, int xRowStride, Vector256<float>* half, Vector256<float>* result, int resultRowStride)
         where TL : struct, ITransform1d
     {
         for (int j = 0; j < TL.In; j++)
         {
-            TL.Apply(x + j, TL.In, half + j, TL.In);
+            TL.Apply(x + j, xRowStride, half + j, TL.In);
         }
 
         for (int a = 0; a < TL.Out; a++)
         {
-            TL.Apply(half + (a * TL.In), 1, result + (a * TL.Out), 1);
+            TL.Apply(half + (a * TL.In), 1, result + (a * resultRowStride), 1);
+        }
+    }
+
+    /// <summary>Bᵀ of F(2, 3) (4 x 4).</summary>
+    private struct InputF2 : ITransform1d
+    {
+        public static int In => 4;
+
+        public static int Out => 4;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Apply(Vector256<float>* x, int xs, Vector256<float>* y, int ys)
+        {
+            Vector256<float> d0 = x[0], d1 = x[xs], d2 = x[2 * xs], d3 = x[3 * xs];
+            y[0] = d0 - d2;
+            y[ys] = d1 + d2;
+            y[2 * ys] = d2 - d1;
+            y[3 * ys] = d1 - d3;
+        }
+    }
+
+    /// <summary>Aᵀ of F(2, 3) (2 x 4).</summary>
+    private struct OutputF2 : ITransform1d
+    {
+        public static int In => 4;
+
+        public static int Out => 2;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Apply(Vector256<float>* x, int xs, Vector256<float>* y, int ys)
+        {
+            Vector256<float> m1 = x[xs], m2 = x[2 * xs];
+            y[0] = x[0] + m1 + m2;
+            y[ys] = m1 - m2 - x[3 * xs];
+        }
+    }
+
+    /// <summary>A of F(2, 3) (4 x 2), the output-gradient transform.</summary>
+    private struct OutputGradF2 : ITransform1d
+    {
+        public static int In => 2;
+
+        public static int Out => 4;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Apply(Vector256<float>* x, int xs, Vector256<float>* y, int ys)
+        {
+            Vector256<float> d0 = x[0], d1 = x[xs];
+            y[0] = d0;
+            y[ys] = d0 + d1;
+            y[2 * ys] = d0 - d1;
+            y[3 * ys] = -d1;
         }
     }
 

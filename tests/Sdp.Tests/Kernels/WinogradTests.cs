@@ -25,6 +25,7 @@ public class WinogradTests
 {
     private int _oldTile, _oldWeightTile, _oldGroup, _oldMin, _oldThreads;
     private CpuConvAlgorithm _oldAlgorithm;
+    private bool _oldLegacy;
 
     [SetUp]
     public void Save()
@@ -35,6 +36,7 @@ public class WinogradTests
         _oldMin = CpuBackend.WinogradMinChannels;
         _oldThreads = CpuParallel.MaxThreads;
         _oldAlgorithm = CpuBackend.ConvAlgorithm;
+        _oldLegacy = CpuBackend.WinogradLegacyTransforms;
         CpuBackend.ConvAlgorithm = CpuConvAlgorithm.Winograd;
         CpuBackend.WinogradMinChannels = 1;
     }
@@ -48,6 +50,7 @@ public class WinogradTests
         CpuBackend.WinogradMinChannels = _oldMin;
         CpuParallel.MaxThreads = _oldThreads;
         CpuBackend.ConvAlgorithm = _oldAlgorithm;
+        CpuBackend.WinogradLegacyTransforms = _oldLegacy;
     }
 
     /// <summary>(N, C, H, W, O, padding): odd planes, 1 x 1 and 1-row planes, channels off the lane width, and the
@@ -172,15 +175,51 @@ public class WinogradTests
         for (int i = 0; i < 3; i++) Assert.That(two[i], Is.EqualTo(one[i]), new[] { "y", "dx", "dw" }[i]);
     }
 
+    /// <summary>The row transforms (bands, 8 x 8 transposes, padded point strides) compute what the first version's per-tile
+    /// transforms computed, bit for bit: the same operations on the same values, only moved differently. On every awkward
+    /// shape, so that edge tiles, channel blocks of fewer than 8 and rows that are not a multiple of 8 pixels are covered;
+    /// dx and dw are seeded with random values (beta = 1), y poisoned with NaN (beta = 0 must not read it).</summary>
+    [Test]
+    public void Row_transforms_match_the_per_tile_transforms_bit_for_bit([Values(2, 4)] int m)
+    {
+        CpuBackend.WinogradTile = CpuBackend.WinogradWeightGradTile = m;
+        CpuBackend.WinogradGroupTiles = 5;
+        var rng = new Rng(46);
+        foreach (var (n, c, h, w, o, pad) in Shapes.Append((3, 16, 19, 21, 24, 1)))
+        {
+            int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2;
+            var x = Tensor.Randn(new Shape(n, c, h, w), rng);
+            var wt = Tensor.Randn(new Shape(o, c, 3, 3), rng);
+            var dy = Tensor.Randn(new Shape(n, o, oh, ow), rng);
+            var dxSeed = Tensor.Randn(x.Shape, rng).ToArray<float>();
+            var dwSeed = Tensor.Randn(wt.Shape, rng).ToArray<float>();
+            float[][] Run(bool legacy)
+            {
+                CpuBackend.WinogradLegacyTransforms = legacy;
+                using var y = Tensor.Full(dy.Shape, double.NaN);
+                using var dx = Tensor.FromArray(dxSeed, x.Shape);
+                using var dw = Tensor.FromArray(dwSeed, wt.Shape);
+                CpuBackend.Instance.Conv2d(x, wt, null, y, 1, pad);
+                CpuBackend.Instance.Conv2dBackward(x, wt, dy, dx, dw, null, 1, pad);
+                return [y.ToArray<float>(), dx.ToArray<float>(), dw.ToArray<float>()];
+            }
+
+            var rows = Run(false);
+            var tiles = Run(true);
+            for (int i = 0; i < 3; i++) Assert.That(rows[i], Is.EqualTo(tiles[i]), $"{new[] { "y", "dx", "dw" }[i]} of {(n, c, h, w, o, pad)}");
+            Assert.That(rows[0].Any(float.IsNaN), Is.False, "y is written everywhere");
+        }
+    }
+
     /// <summary>The transformed buffers are workspace tensors, charged to the account and freed; their size shows that the
-    /// Winograd path ran (α² points x (O·C filters + tiles·C inputs + tiles·O products)), and the implicit path's
-    /// column offsets were not needed.</summary>
-    [TestCase(2)]
-    [TestCase(4)]
-    public void Buffers_are_workspace_and_are_freed(int m)
+    /// Winograd path ran (<see cref="WinogradWorkspaceBytes"/>), and the implicit path's column offsets were not needed.</summary>
+    [TestCase(2, 1)]
+    [TestCase(4, 2)]
+    public void Buffers_are_workspace_and_are_freed(int m, int threads)
     {
         CpuBackend.WinogradTile = m;
         CpuBackend.WinogradGroupTiles = 512;
+        CpuParallel.MaxThreads = threads;
         var rng = new Rng(44);
         var x = Tensor.Randn(new Shape(4, 8, 9, 9), rng);
         var w = Tensor.Randn(new Shape(6, 8, 3, 3), rng);
@@ -189,25 +228,43 @@ public class WinogradTests
         {
             using var y = Ops.Conv2d(x, w, null, 1, 1);
             Assert.That(account.CurrentTotal, Is.EqualTo(y.ByteLength), "only the output stays allocated");
-            int alpha = m + 2, tiles = 4 * ((9 + m - 1) / m) * ((9 + m - 1) / m);
-            long expected = (long)alpha * alpha * (6 * 8 + tiles * 8 + tiles * 6) * sizeof(float);
-            Assert.That(account.PeakBytes(MemoryCategory.Workspace), Is.EqualTo(y.ByteLength + expected));
+            int tiles = 4 * ((9 + m - 1) / m) * ((9 + m - 1) / m);
+            Assert.That(account.PeakBytes(MemoryCategory.Workspace), Is.EqualTo(y.ByteLength + WinogradWorkspaceBytes(m, 8, 6, tiles, 9, threads)));
         }
         Assert.That(account.CurrentTotal, Is.Zero);
+    }
+
+    /// <summary>
+    /// The workspace of one Winograd call: α² points x (O·C filters, tiles·C inputs, tiles·O products), each point's run padded
+    /// to an odd number of 64-byte lines (so that the points' streams do not share cache sets), plus one band per thread for
+    /// the row transforms: α rows of ⌈OW/m⌉·m + 2 pixels x 8 channels.
+    /// </summary>
+    private static long WinogradWorkspaceBytes(int m, int c, int o, int tiles, int ow, int threads)
+    {
+        static long Padded(long len)
+        {
+            long lines = (len + 15) / 16;
+            return 16 * (lines % 2 == 0 ? lines + 1 : lines);
+        }
+
+        int alpha = m + 2;
+        long band = (long)alpha * ((((ow + m - 1) / m) * m) + 2) * 8;
+        return ((alpha * alpha * (Padded((long)o * c) + Padded((long)tiles * c) + Padded((long)tiles * o))) + (threads * band)) * sizeof(float);
     }
 
     /// <summary>The rule by shape (tile size 0): F(4x4) from 128 tiles over the batch, else F(2x2) from 128 tiles, else
     /// implicit GEMM (whose only workspace is its column offsets); float64 always runs implicit GEMM. Told apart by the
     /// workspace each charges.</summary>
-    [TestCase(8, 16, DType.Float32, 36L * (8 * 8 + 128 * 8 + 128 * 8) * sizeof(float))] // 8 images x 16 tiles of 4x4
-    [TestCase(32, 4, DType.Float32, 16L * (8 * 8 + 128 * 8 + 128 * 8) * sizeof(float))] // 32 x 1 tile of 4x4, 32 x 4 of 2x2
-    [TestCase(4, 4, DType.Float32, 4L * 16 * sizeof(int))]                               // 16 tiles of 2x2: implicit
-    [TestCase(8, 16, DType.Float64, 8L * 256 * sizeof(int))]
-    public void The_tile_size_follows_the_batch_tiles(int n, int plane, DType dtype, long workspace)
+    [TestCase(8, 16, DType.Float32, 4)] // 8 images x 16 tiles of 4x4
+    [TestCase(32, 4, DType.Float32, 2)] // 32 x 1 tile of 4x4, 32 x 4 of 2x2
+    [TestCase(4, 4, DType.Float32, 0)]  // 16 tiles of 2x2: implicit
+    [TestCase(8, 16, DType.Float64, 0)]
+    public void The_tile_size_follows_the_batch_tiles(int n, int plane, DType dtype, int tile)
     {
         CpuBackend.WinogradTile = 0;
         CpuBackend.WinogradMinChannels = 8;
         CpuBackend.WinogradGroupTiles = 512;
+        CpuParallel.MaxThreads = 2;
         var rng = new Rng(45);
         var x = Tensor.Randn(new Shape(n, 8, plane, plane), rng, dtype: dtype);
         var w = Tensor.Randn(new Shape(8, 8, 3, 3), rng, dtype: dtype);
@@ -215,6 +272,9 @@ public class WinogradTests
         using (account.Activate())
         {
             using var y = Ops.Conv2d(x, w, null, 1, 1);
+            long workspace = tile == 0
+                ? (long)n * plane * plane * sizeof(int)
+                : WinogradWorkspaceBytes(tile, 8, 8, n * ((plane + tile - 1) / tile) * ((plane + tile - 1) / tile), plane, 2);
             Assert.That(account.PeakBytes(MemoryCategory.Workspace), Is.EqualTo(y.ByteLength + workspace));
         }
     }

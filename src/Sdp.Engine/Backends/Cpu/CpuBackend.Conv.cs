@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics;
 using System.Numerics.Tensors;
 using Sdp.Kernels.Cpu;
@@ -669,8 +670,13 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>Tiles per group: the transformed input and product buffers (α² x tiles x channels each) hold one group, so
     /// this bounds the workspace and keeps the buffers near the cache; the group size depends on the shape alone, so
-    /// results do not depend on the thread count. Tuning and test hook.</summary>
-    internal static int WinogradGroupTiles { get; set; } = 512;
+    /// results do not depend on the thread count. 128 rather than the first version's 512: on the 64-channel 32 x 32 layers
+    /// a group's V and M then take 2.4 MB instead of 9.4 MB and stay in L2/L3 between the transforms and the GEMMs; `sdp
+    /// bench conv --winograd-group-tiles` on 64>64 (2 rounds, loaded machine) gave 18 / 19 ms (fwd), 19 / 17 (dx), 17 / 14
+    /// (dw) at 128 against 30 / 28, 25 / 24, 27 / 28 at 512; the 128-channel 16 x 16 layers ran the same at both, and the
+    /// smaller planes already have at most 128 tiles per batch. The GEMMs keep 128 rows. Tuning and test hook, benchmark
+    /// switch.</summary>
+    public static int WinogradGroupTiles { get; set; } = 128;
 
     /// <summary>Fewest input and output channels for which Winograd runs. Tuning and test hook.</summary>
     internal static int WinogradMinChannels { get; set; } = 8;
@@ -687,6 +693,12 @@ public sealed unsafe partial class CpuBackend
     /// (8 x 8 planes and up) but took 1.7-2x longer at 32 tiles (4 x 4 planes, 512 channels, a 38 MB filter transform),
     /// where F(2x2)'s 128 tiles still ran in 0.75x. So: F(4x4) with at least <see cref="WinogradMinTiles"/> tiles, else
     /// F(2x2) with as many, else implicit GEMM. <paramref name="forced"/> (a test hook) overrides the size, not the shape rule.
+    /// <para>The rule is the same for the three passes. The 512-channel 4 x 4 layers were checked pass by pass, since there the
+    /// filter transform (16.7 MB written per call) and the filter-gradient transform cost about a third of the call: with the
+    /// row transforms and padded point strides, `sdp bench conv` (batch 32, 2 threads) gave Winograd / implicit GEMM
+    /// 0.81-0.85 (forward), 0.84-0.86 (dx) and 0.85-0.92 (dw) in two quieter runs, 1.03 / 0.83 / 0.63 in a loaded one.
+    /// The first version's dw, slower than implicit GEMM (19.6 against 16.7 ms), read dU's 16 points 1 MB apart, all in one
+    /// cache set; padded, Winograd wins every pass, so no pass is sent elsewhere.</para>
     /// </summary>
     private static int WinogradTileFor(in ConvGeometry g, int forced)
     {
@@ -699,46 +711,161 @@ public sealed unsafe partial class CpuBackend
         return 0;
     }
 
+    /// <summary>Stopwatch ticks spent per Winograd phase since the last <see cref="TakeWinogradPhaseMs"/>: workspace allocation, filter transform
+    /// (in the weight gradient: nothing), input-side transforms, the α² GEMMs, output-side transforms (dw: the filter-gradient
+    /// transform). Timed on the calling thread between the parallel phases; `sdp bench conv` prints the split.</summary>
+    private static readonly long[] WinogradPhaseTicks = new long[5];
+
+    private static void WinogradPhase(int phase, ref long since)
+    {
+        long now = Stopwatch.GetTimestamp();
+        WinogradPhaseTicks[phase] += now - since;
+        since = now;
+    }
+
+    /// <summary>Milliseconds per Winograd phase (workspace, filter, input transforms, GEMMs, output transforms) since the last call, then reset.</summary>
+    public static double[] TakeWinogradPhaseMs()
+    {
+        var ms = new double[WinogradPhaseTicks.Length];
+        for (int i = 0; i < ms.Length; i++)
+        {
+            ms[i] = WinogradPhaseTicks[i] * 1000.0 / Stopwatch.Frequency;
+            WinogradPhaseTicks[i] = 0;
+        }
+
+        return ms;
+    }
+
     /// <summary>Images per Winograd group for this shape and tile size.</summary>
     private static int WinogradGroupImages(in ConvGeometry g, int m) =>
         Math.Clamp(WinogradGroupTiles / (ConvWinograd.TileRows(g, m) * ConvWinograd.TileCols(g, m)), 1, Math.Max(1, g.N));
 
-    /// <summary>Runs point(ξ) for ξ in [0, points), each on one thread, claimed in turn (the points are independent GEMMs of
-    /// equal size; claiming keeps a thread slowed by another process from holding the others up).</summary>
-    private static void ForEachPoint(int points, Action<int> point)
+    /// <summary>Runs the first version's per-tile transforms (8 channels gathered from their planes, outputs stored element by
+    /// element) with unpadded point strides, in place of the row transforms. Benchmark switch (`sdp bench conv` times both in
+    /// the same run) and test hook; the two compute the same values.</summary>
+    public static bool WinogradLegacyTransforms { get; set; }
+
+    /// <summary>
+    /// The point stride (floats) of a transformed buffer with <paramref name="len"/> floats per point: rounded up to an odd
+    /// multiple of 16 floats (64 bytes, a cache line). The transforms write or read all α² points of a tile together; at a
+    /// stride that is a power of two (512 tiles x 64 channels, 512 x 512 filters) those 16 or 36 streams fall in one set of
+    /// L1 and of L2 (8 ways each) and evict each other on every tile. An odd number of lines apart they spread over all sets.
+    /// </summary>
+    internal static long WinogradPointStride(long len)
     {
-        int next = -1;
-        CpuParallel.For(Math.Min(points, Math.Max(1, CpuParallel.MaxThreads)), 1, (_, _) =>
+        if (WinogradLegacyTransforms) return len;
+        long stride = (len + 15) & ~15L;
+        return (stride & 16) == 0 ? stride + 16 : stride;
+    }
+
+    /// <summary>
+    /// Work claimed in turn by up to MaxThreads threads: the points of a group's α² GEMMs (independent and of equal size;
+    /// claiming keeps a thread slowed by another process from holding the others up), or its row-transform items, each
+    /// thread with its own band. One per Winograd call, its delegates made once, so that a call allocates the same few
+    /// objects however many groups it runs (`sdp bench conv` prints the allocation per call).
+    /// </summary>
+    private sealed class WinogradClaims
+    {
+        private readonly Action<long, long> _runSlots;
+        private int _next, _items;
+        private nint _bands;
+        private long _bandFloats;
+        private Action<int, nint>? _row;
+        private Action<int>? _point;
+
+        public WinogradClaims() => _runSlots = RunSlots;
+
+        /// <summary>point(ξ) for ξ in [0, points), each on one thread.</summary>
+        public void Points(int points, Action<int> point)
         {
-            int xi;
-            while ((xi = Interlocked.Increment(ref next)) < points) point(xi);
-        });
+            (_next, _items, _point, _row) = (-1, points, point, null);
+            CpuParallel.For(Math.Min(points, Math.Max(1, CpuParallel.MaxThreads)), 1, _runSlots);
+        }
+
+        /// <summary>row(r, band) for r in [0, items), band: the claiming thread's <paramref name="bandFloats"/> floats of <paramref name="bands"/>.</summary>
+        public void Rows(int items, nint bands, long bandFloats, Action<int, nint> row)
+        {
+            (_next, _items, _bands, _bandFloats, _row, _point) = (-1, items, bands, bandFloats, row, null);
+            CpuParallel.For(Math.Min(items, Math.Max(1, CpuParallel.MaxThreads)), 1, _runSlots);
+        }
+
+        private void RunSlots(long s0, long s1)
+        {
+            for (long slot = s0; slot < s1; slot++)
+            {
+                nint band = _bands + (nint)(slot * _bandFloats * sizeof(float));
+                int item;
+                while ((item = Interlocked.Increment(ref _next)) < _items)
+                {
+                    if (_row is not null) _row(item, band);
+                    else _point!(item);
+                }
+            }
+        }
+    }
+
+    /// <summary>The workspace of one Winograd call: U (α² x O x C), V (α² x group tiles x C), M (α² x group tiles x O), each at a
+    /// padded point stride, and one row-transform band per thread.</summary>
+    private readonly record struct WinogradBuffers(long UStride, long VStride, long MStride, long BandFloats, int Bands, int Points)
+    {
+        public static WinogradBuffers For(in ConvGeometry g, WinogradTransform tr, int groupTiles) => new(
+            WinogradPointStride((long)g.O * g.C), WinogradPointStride((long)groupTiles * g.C), WinogradPointStride((long)groupTiles * g.O),
+            WinogradLegacyTransforms ? 0 : ConvWinograd.BandFloats(g, tr.M), Math.Max(1, CpuParallel.MaxThreads), tr.Points);
+
+        public long Floats => (Points * (UStride + VStride + MStride)) + (Bands * BandFloats);
+
+        public long VOffset => Points * UStride;
+
+        public long MOffset => VOffset + (Points * VStride);
+
+        public long BandOffset => MOffset + (Points * MStride);
     }
 
     /// <summary>
     /// y = conv(x, w) + beta·y by Winograd F(m x m, 3 x 3): U = G w Gᵀ once per call, then per group of tiles
     /// V = Bᵀ d B, α² GEMMs M[ξ] (tiles x O) = V[ξ] (tiles x C) · U[ξ]ᵀ (C x O), and y = Aᵀ M A + beta·y. Transforms thread
-    /// over filters or tiles, the GEMMs over points (each single-threaded), so no output depends on the thread count.
+    /// over filters or tile rows, the GEMMs over points (each single-threaded), so no output depends on the thread count.
     /// </summary>
     private void WinogradForward(ConvGeometry g, int tile, float* x, float* w, float* y, float beta)
     {
         var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
         int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
-        long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
-        using var ws = Tensor.Empty(new Shape(checked((int)(uLen + vLen + mLen))), DType.Float32, this);
-        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(uLen * sizeof(float)), mp = vp + (nint)(vLen * sizeof(float));
+        var b = WinogradBuffers.For(g, tr, groupTiles);
+        long t = Stopwatch.GetTimestamp();
+        using var ws = Tensor.Empty(new Shape(checked((int)b.Floats)), DType.Float32, this);
+        WinogradPhase(0, ref t);
+        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(b.VOffset * sizeof(float)), mp = up + (nint)(b.MOffset * sizeof(float)), bandp = up + (nint)(b.BandOffset * sizeof(float));
         nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
-        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterTransform(tr, (float*)wp, g.O, g.C, (float*)up, (int)o0, (int)o1));
+        long uStride = b.UStride, bandFloats = b.BandFloats;
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterTransform(tr, (float*)wp, g.C, (float*)up, uStride, (int)o0, (int)o1));
+        WinogradPhase(1, ref t);
+        // Per-group values live outside the loop and the delegates are made once, so that more groups allocate nothing more.
+        var claims = new WinogradClaims();
+        var sub = g;
+        int tiles = 0;
+        long vStride = 0, mStride = 0;
+        nint xg = 0, yg = 0;
+        Action<int, nint> inputRow = (r, band) => ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band);
+        Action<int> product = xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * uStride), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1);
+        Action<int, nint> outputRow = (r, band) => ConvWinograd.OutputTransformRows(tr, sub, (float*)mp, mStride, r, r + 1, (float*)yg, beta, (float*)band);
         for (int n0 = 0; n0 < g.N; n0 += groupImages)
         {
-            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage;
-            var sub = g with { N = count };
-            long vStride = (long)tiles * g.C, mStride = (long)tiles * g.O;
-            nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), yg = yp + (nint)((long)n0 * g.O * g.P * sizeof(float));
-            CpuParallel.For(tiles, Math.Max(1, 4096 / g.C), (t0, t1) => ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride));
-            ForEachPoint(points, xi => Gemm.Sgemm(false, true, tiles, g.O, g.C, 1f, (float*)vp + (xi * vStride), g.C, (float*)up + (xi * (long)g.O * g.C), g.C, 0f, (float*)mp + (xi * mStride), g.O, 1));
-            CpuParallel.For(tiles, Math.Max(1, 4096 / g.O), (t0, t1) => ConvWinograd.OutputTransform(tr, sub, (float*)mp, mStride, (int)t0, (int)t1, (float*)yg, beta));
+            int count = Math.Min(groupImages, g.N - n0), rows = ConvWinograd.RowItems(g, tr.M, count);
+            tiles = count * perImage;
+            sub = g with { N = count };
+            vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride;
+            mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
+            xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float));
+            yg = yp + (nint)((long)n0 * g.O * g.P * sizeof(float));
+            if (WinogradLegacyTransforms) CpuParallel.For(tiles, Math.Max(1, 4096 / g.C), (t0, t1) => ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride));
+            else claims.Rows(rows, bandp, bandFloats, inputRow);
+            WinogradPhase(2, ref t);
+            claims.Points(points, product);
+            WinogradPhase(3, ref t);
+            if (WinogradLegacyTransforms) CpuParallel.For(tiles, Math.Max(1, 4096 / g.O), (t0, t1) => ConvWinograd.OutputTransform(tr, sub, (float*)mp, mStride, (int)t0, (int)t1, (float*)yg, beta));
+            else claims.Rows(rows, bandp, bandFloats, outputRow);
+            WinogradPhase(4, ref t);
         }
     }
 
@@ -752,25 +879,54 @@ public sealed unsafe partial class CpuBackend
         var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
         int groupImages = WinogradGroupImages(g, tr.M), groupTiles = groupImages * perImage;
-        long uLen = (long)points * g.O * g.C, vLen = (long)points * groupTiles * g.C, mLen = (long)points * groupTiles * g.O;
-        using var ws = Tensor.Empty(new Shape(checked((int)(uLen + vLen + mLen))), DType.Float32, this);
-        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(uLen * sizeof(float)), mp = vp + (nint)(vLen * sizeof(float));
+        var b = WinogradBuffers.For(g, tr, groupTiles);
+        long t = Stopwatch.GetTimestamp();
+        using var ws = Tensor.Empty(new Shape(checked((int)b.Floats)), DType.Float32, this);
+        WinogradPhase(0, ref t);
+        nint up = (nint)Ptr<float>(ws), vp = up + (nint)(b.VOffset * sizeof(float)), mp = up + (nint)(b.MOffset * sizeof(float)), bandp = up + (nint)(b.BandOffset * sizeof(float));
         nint xp = (nint)x, dyp = (nint)dy, dwp = (nint)dw;
+        long uStride = b.UStride, bandFloats = b.BandFloats;
+        var claims = new WinogradClaims();
+        var sub = g;
+        int tiles = 0;
+        long vStride = 0, mStride = 0;
+        nint xg = 0, dyg = 0;
+        float beta = 0f;
+        Action<int, nint> inputRows = (r, band) =>
+        {
+            ConvWinograd.InputTransformRows(tr, sub, (float*)xg, r, r + 1, (float*)vp, vStride, (float*)band);
+            ConvWinograd.OutputGradTransformRows(tr, sub, (float*)dyg, r, r + 1, (float*)mp, mStride, (float*)band);
+        };
+        Action<int> product = xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * uStride), g.C, 1);
         for (int n0 = 0; n0 < g.N; n0 += groupImages)
         {
-            int count = Math.Min(groupImages, g.N - n0), tiles = count * perImage;
-            var sub = g with { N = count };
-            long vStride = (long)tiles * g.C, mStride = (long)tiles * g.O;
-            nint xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float)), dyg = dyp + (nint)((long)n0 * g.O * g.P * sizeof(float));
-            float beta = n0 == 0 ? 0f : 1f;
-            CpuParallel.For(tiles, Math.Max(1, 2048 / (g.C + g.O)), (t0, t1) =>
+            int count = Math.Min(groupImages, g.N - n0), rows = ConvWinograd.RowItems(g, tr.M, count);
+            tiles = count * perImage;
+            sub = g with { N = count };
+            vStride = WinogradLegacyTransforms ? (long)tiles * g.C : b.VStride;
+            mStride = WinogradLegacyTransforms ? (long)tiles * g.O : b.MStride;
+            xg = xp + (nint)((long)n0 * g.C * g.HW * sizeof(float));
+            dyg = dyp + (nint)((long)n0 * g.O * g.P * sizeof(float));
+            beta = n0 == 0 ? 0f : 1f;
+            if (WinogradLegacyTransforms)
             {
-                ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride);
-                ConvWinograd.OutputGradTransform(tr, sub, (float*)dyg, (int)t0, (int)t1, (float*)mp, mStride);
-            });
-            ForEachPoint(points, xi => Gemm.Sgemm(true, false, g.O, g.C, tiles, 1f, (float*)mp + (xi * mStride), g.O, (float*)vp + (xi * vStride), g.C, beta, (float*)up + (xi * (long)g.O * g.C), g.C, 1));
+                CpuParallel.For(tiles, Math.Max(1, 2048 / (g.C + g.O)), (t0, t1) =>
+                {
+                    ConvWinograd.InputTransform(tr, sub, (float*)xg, (int)t0, (int)t1, (float*)vp, vStride);
+                    ConvWinograd.OutputGradTransform(tr, sub, (float*)dyg, (int)t0, (int)t1, (float*)mp, mStride);
+                });
+            }
+            else
+            {
+                claims.Rows(rows, bandp, bandFloats, inputRows);
+            }
+
+            WinogradPhase(2, ref t);
+            claims.Points(points, product);
+            WinogradPhase(3, ref t);
         }
 
-        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.O, g.C, (float*)dwp, (int)o0, (int)o1));
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.C, uStride, (float*)dwp, (int)o0, (int)o1));
+        WinogradPhase(4, ref t);
     }
 }
