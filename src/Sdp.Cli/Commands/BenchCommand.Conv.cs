@@ -60,7 +60,7 @@ public static partial class BenchCommand
 
     /// <summary>The algorithms timed side by side, in column order.</summary>
     private static readonly (string Name, CpuConvAlgorithm Algorithm)[] ConvAlgorithms =
-        [("winograd", CpuConvAlgorithm.Winograd), ("implicit", CpuConvAlgorithm.Implicit), ("im2col", CpuConvAlgorithm.Im2col)];
+        [("winograd", CpuConvAlgorithm.Winograd), ("winograd-fast", CpuConvAlgorithm.WinogradFast), ("implicit", CpuConvAlgorithm.Implicit), ("im2col", CpuConvAlgorithm.Im2col)];
 
     /// <summary>Runs act under one algorithm, restoring the process's choice after.</summary>
     private static void WithConvAlgorithm(CpuConvAlgorithm algorithm, Action act)

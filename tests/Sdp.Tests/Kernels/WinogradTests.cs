@@ -252,15 +252,17 @@ public class WinogradTests
         return ((alpha * alpha * (Padded((long)o * c) + Padded((long)tiles * c) + Padded((long)tiles * o))) + (threads * band)) * sizeof(float);
     }
 
-    /// <summary>The rule by shape (tile size 0): F(4x4) from 128 tiles over the batch, else F(2x2) from 128 tiles, else
-    /// implicit GEMM (whose only workspace is its column offsets); float64 always runs implicit GEMM. Told apart by the
-    /// workspace each charges.</summary>
-    [TestCase(8, 16, DType.Float32, 4)] // 8 images x 16 tiles of 4x4
-    [TestCase(32, 4, DType.Float32, 2)] // 32 x 1 tile of 4x4, 32 x 4 of 2x2
-    [TestCase(4, 4, DType.Float32, 0)]  // 16 tiles of 2x2: implicit
-    [TestCase(8, 16, DType.Float64, 0)]
-    public void The_tile_size_follows_the_batch_tiles(int n, int plane, DType dtype, int tile)
+    /// <summary>The forward rule by shape (tile size 0): F(4x4) from 128 tiles over the batch (winograd-fast only; the
+    /// default stops at F(2x2)), else F(2x2) from 128 tiles, else implicit GEMM (whose only workspace is its column
+    /// offsets); float64 always runs implicit GEMM. Told apart by the workspace each charges.</summary>
+    [TestCase(8, 16, DType.Float32, CpuConvAlgorithm.WinogradFast, 4)] // 8 images x 16 tiles of 4x4
+    [TestCase(8, 16, DType.Float32, CpuConvAlgorithm.Winograd, 2)]     // the default: F(2x2) in the forward pass
+    [TestCase(32, 4, DType.Float32, CpuConvAlgorithm.WinogradFast, 2)] // 32 x 1 tile of 4x4, 32 x 4 of 2x2
+    [TestCase(4, 4, DType.Float32, CpuConvAlgorithm.Winograd, 0)]      // 16 tiles of 2x2: implicit
+    [TestCase(8, 16, DType.Float64, CpuConvAlgorithm.Winograd, 0)]
+    public void The_tile_size_follows_the_batch_tiles(int n, int plane, DType dtype, CpuConvAlgorithm algorithm, int tile)
     {
+        CpuBackend.ConvAlgorithm = algorithm;
         CpuBackend.WinogradTile = 0;
         CpuBackend.WinogradMinChannels = 8;
         CpuBackend.WinogradGroupTiles = 512;
@@ -285,6 +287,7 @@ public class WinogradTests
     {
         Assert.That(CpuBackend.ParseConvAlgorithm(null), Is.EqualTo(CpuConvAlgorithm.Winograd));
         Assert.That(CpuBackend.ParseConvAlgorithm("winograd"), Is.EqualTo(CpuConvAlgorithm.Winograd));
+        Assert.That(CpuBackend.ParseConvAlgorithm("winograd-fast"), Is.EqualTo(CpuConvAlgorithm.WinogradFast));
         Assert.That(CpuBackend.ParseConvAlgorithm("implicit"), Is.EqualTo(CpuConvAlgorithm.Implicit));
         Assert.That(CpuBackend.ParseConvAlgorithm("im2col"), Is.EqualTo(CpuConvAlgorithm.Im2col));
         Assert.That(() => CpuBackend.ParseConvAlgorithm("fft"), Throws.InvalidOperationException.With.Message.Contains("fft"));
