@@ -36,7 +36,7 @@ public static partial class BenchCommand
     {
         var batch = new Option<int>("--batch") { Description = "Images per batch", DefaultValueFactory = _ => 32 };
         var samples = new Option<int>("--samples") { Description = "Timed calls per cell (median kept), after 1 warm-up", DefaultValueFactory = _ => 5 };
-        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, implicit, im2col and wino-old convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
+        var steps = new Option<int>("--steps") { Description = "Also time this many whole ResNet-18 (width 64) training steps of one DP worker, with the winograd, winograd-fast, implicit, im2col and wino-old convolutions in turn (0: none)", DefaultValueFactory = _ => 0 };
         var tile = new Option<int>("--winograd-tile") { Description = "Winograd output tile m of F(m x m, 3 x 3), 2 or 4, for all three passes (0: the backend's choice)", DefaultValueFactory = _ => 0 };
         var only = new Option<string?>("--shape") { Description = "Time only the shapes whose name contains this text (e.g. '512>512')" };
         var groupTiles = new Option<int>("--winograd-group-tiles") { Description = "Tiles per Winograd group (the transformed buffers hold one group; 0: the backend's default)", DefaultValueFactory = _ => 0 };
@@ -62,6 +62,10 @@ public static partial class BenchCommand
     private static readonly (string Name, CpuConvAlgorithm Algorithm)[] ConvAlgorithms =
         [("winograd", CpuConvAlgorithm.Winograd), ("winograd-fast", CpuConvAlgorithm.WinogradFast), ("implicit", CpuConvAlgorithm.Implicit), ("im2col", CpuConvAlgorithm.Im2col)];
 
+    /// <summary>Indices of the timed columns: <see cref="ConvAlgorithms"/> in order, then the first Winograd version, then
+    /// (per-pass table only) the same-size SGEMM.</summary>
+    private const int Winograd = 0, WinogradFast = 1, Implicit = 2, Im2col = 3, WinoOld = 4, GemmColumn = 5;
+
     /// <summary>Runs act under one algorithm, restoring the process's choice after.</summary>
     private static void WithConvAlgorithm(CpuConvAlgorithm algorithm, Action act)
     {
@@ -82,14 +86,15 @@ public static partial class BenchCommand
         var inv = CultureInfo.InvariantCulture;
         var cpu = CpuBackend.Instance;
         var rng = new Random(1);
-        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the four timed in turn per sample;");
-        output.WriteLine("winograd = the default path (Winograd for 3x3 stride 1, implicit GEMM elsewhere), implicit = implicit-GEMM conv, im2col = im2col + GEMM conv,");
+        output.WriteLine($"conv2d on the CPU backend, batch {n}, {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples}, the six timed in turn per sample;");
+        output.WriteLine("winograd = the default path (SDP_CPU_CONV=winograd: Winograd for 3x3 stride 1, implicit GEMM elsewhere), fast = SDP_CPU_CONV=winograd-fast (F(4x4) in every pass),");
+        output.WriteLine("implicit = implicit-GEMM conv, im2col = im2col + GEMM conv,");
         output.WriteLine("gemm = Sgemm of the direct convolution's M x N x K (the baseline; Winograd does fewer FLOPs and may beat it); GFLOP/s = direct FLOPs / winograd time;");
         output.WriteLine("step ms = winograd ms x count; KiB alloc = managed allocation of one winograd call, all threads; faults = its minor page faults");
         output.WriteLine("(first touches of freshly mapped memory, 4 KiB each; Linux only);");
         output.WriteLine("wino-old = the same with the first version's Winograd transforms (per tile, gathered, unpadded strides, 512-tile groups), CpuBackend.WinogradLegacyTransforms;");
         output.WriteLine("phases = the Winograd call's ms in workspace allocation / filter transform / input-side transforms / GEMMs / output-side transforms (dw: filter-gradient transform), mean of 3 calls after the timing");
-        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"wino-old",10}{"new/old",9}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}{"faults",8}  phases new | old");
+        output.WriteLine($"{"shape",-20}{"x",4}{"pass",6}{"winograd",10}{"GFLOP/s",9}{"wino-old",10}{"new/old",9}{"fast",10}{"implicit",10}{"im2col",10}{"gemm ms",10}{"wino/impl",11}{"wino/gemm",11}{"step ms",10}{"KiB alloc",10}{"faults",8}  phases new | old");
         var totals = new double[ConvAlgorithms.Length + 2];
         foreach (var s in ResNet18Convs)
         {
@@ -122,8 +127,9 @@ public static partial class BenchCommand
                 {
                     nint ap = (nint)a, bp = (nint)b, cp = (nint)c;
                     int m = pass.M, nn = pass.N, kk = pass.K;
+                    // Column order: the algorithms as ConvAlgorithms lists them, then wino-old, then the GEMM.
                     var actions = ConvAlgorithms.Select(alg => (Action)(() => WithConvAlgorithm(alg.Algorithm, pass.Conv))).ToList();
-                    actions.Insert(1, () => WithLegacyWinograd(pass.Conv));
+                    actions.Add(() => WithLegacyWinograd(pass.Conv));
                     actions.Add(() => Sdp.Kernels.Cpu.Gemm.Sgemm(false, false, m, nn, kk, 1f, (float*)ap, kk, (float*)bp, nn, 0f, (float*)cp, nn));
                     ms = MedianMsInTurn(samples, [.. actions]);
                 }
@@ -135,11 +141,11 @@ public static partial class BenchCommand
                 long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
                 long faults = MinorPageFaults() - faultsBefore;
                 for (int i = 0; i < ms.Length; i++) totals[i] += ms[i] * s.Count;
-                double wino = ms[0], old = ms[1], impl = ms[2], im2col = ms[3], gemmMs = ms[4];
-                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{old,10:F2}{wino / old,9:F2}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}{(faults < 0 ? "-" : faults.ToString(inv)),8}  {Phases(phases)} | {Phases(legacyPhases)}"));
+                double wino = ms[Winograd], fast = ms[WinogradFast], impl = ms[Implicit], im2col = ms[Im2col], old = ms[WinoOld], gemmMs = ms[GemmColumn];
+                output.WriteLine(string.Create(inv, $"{s.Name,-20}{s.Count,4}{pass.Pass,6}{wino,10:F2}{flops / wino / 1e6,9:F1}{old,10:F2}{wino / old,9:F2}{fast,10:F2}{impl,10:F2}{im2col,10:F2}{gemmMs,10:F2}{wino / impl,11:F2}{wino / gemmMs,11:F2}{wino * s.Count,10:F1}{allocated / 1024.0,10:F1}{(faults < 0 ? "-" : faults.ToString(inv)),8}  {Phases(phases)} | {Phases(legacyPhases)}"));
             }
         }
-        output.WriteLine(string.Create(inv, $"total per step: winograd {totals[0]:F1} ms, wino-old {totals[1]:F1} ms, implicit {totals[2]:F1} ms, im2col {totals[3]:F1} ms, the same GEMMs {totals[4]:F1} ms (winograd / wino-old {totals[0] / totals[1]:F2}, winograd / implicit {totals[0] / totals[2]:F2}, winograd / gemm {totals[0] / totals[4]:F2})"));
+        output.WriteLine(string.Create(inv, $"total per step: winograd {totals[Winograd]:F1} ms, winograd-fast {totals[WinogradFast]:F1} ms, implicit {totals[Implicit]:F1} ms, im2col {totals[Im2col]:F1} ms, wino-old {totals[WinoOld]:F1} ms, the same GEMMs {totals[GemmColumn]:F1} ms (winograd / winograd-fast {totals[Winograd] / totals[WinogradFast]:F2}, winograd / implicit {totals[Winograd] / totals[Implicit]:F2}, winograd / wino-old {totals[Winograd] / totals[WinoOld]:F2}, winograd / gemm {totals[Winograd] / totals[GemmColumn]:F2})"));
     }
 
     /// <summary>Whole training steps (one DP worker, AdamW) with each convolution algorithm, in turn.</summary>
@@ -152,7 +158,7 @@ public static partial class BenchCommand
         actions.Add(() => WithLegacyWinograd(() => step.Run()));
         var ms = MedianMsInTurn(steps, [.. actions]);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[0]:F1} ms, implicit {ms[1]:F1} ms, im2col {ms[2]:F1} ms, wino-old {ms[3]:F1} ms (winograd / implicit {ms[0] / ms[1]:F2}, winograd / im2col {ms[0] / ms[2]:F2}, winograd / wino-old {ms[0] / ms[3]:F2})"));
+            $"ResNet-18 (width 64) training step, batch {batch}, one DP worker, AdamW, median of {steps} in turn: winograd {ms[Winograd]:F1} ms, winograd-fast {ms[WinogradFast]:F1} ms, implicit {ms[Implicit]:F1} ms, im2col {ms[Im2col]:F1} ms, wino-old {ms[WinoOld]:F1} ms (winograd / winograd-fast {ms[Winograd] / ms[WinogradFast]:F2}, winograd / implicit {ms[Winograd] / ms[Implicit]:F2}, winograd / im2col {ms[Winograd] / ms[Im2col]:F2}, winograd / wino-old {ms[Winograd] / ms[WinoOld]:F2})"));
     }
 
     /// <summary>The process's minor page faults so far (/proc/self/stat, field 10), or -1 where that cannot be read.</summary>

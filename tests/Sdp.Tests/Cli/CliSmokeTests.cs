@@ -33,7 +33,7 @@ public sealed class CliSmokeTests : CliTestBase
         Assert.That(r.Out, Does.Contain("summary"));
         Assert.That(r.Out, Does.Contain("entropy floor"));
         Assert.That(r.Out, Does.Contain("peak memory"));
-        Assert.That(r.Out, Does.Contain("GEMM packing buffers (per process, all threads): "));
+        Assert.That(r.Out, Does.Contain("GEMM packing buffers and cached host blocks (per process, all threads): "));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "m.jsonl" }), "no temporary files left");
 
         var records = ReadJsonLines("m.jsonl");

@@ -22,7 +22,7 @@ public sealed class TrainDistributedTests : CliTestBase
         Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
         Assert.That(r.Out, Does.Contain("4 workers (sdp, block level, forward masking, C = 0.5)"));
         Assert.That(r.Out, Does.Contain("(assembled dense model, eval rule scale)"), "block-level forward masking: branches x coverage by default");
-        Assert.That(r.Out, Does.Contain("GEMM packing buffers (per process, all threads): "));
+        Assert.That(r.Out, Does.Contain("GEMM packing buffers and cached host blocks (per process, all threads): "));
         Assert.That(Directory.GetFileSystemEntries(Dir).Select(Path.GetFileName), Is.EquivalentTo(new[] { "m.jsonl", "dense.safetensors" }));
 
         var steps = MetricsRecords("m.jsonl").Where(o => o["eval"] is null).ToList();

@@ -148,14 +148,14 @@ public class CudaBackendTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(CudaAllocator.SizeClass(1), Is.EqualTo(512));
-            Assert.That(CudaAllocator.SizeClass(513), Is.EqualTo(1024));
-            Assert.That(CudaAllocator.SizeClass(1 << 20), Is.EqualTo(1 << 20));
-            Assert.That(CudaAllocator.SizeClass((1 << 20) + 1), Is.EqualTo((1 << 20) + (1 << 18)));
-            Assert.That(CudaAllocator.SizeClass(3L << 30), Is.EqualTo(3L << 30));
+            Assert.That(BlockFreeLists<CUdeviceptr>.SizeClass(1), Is.EqualTo(512));
+            Assert.That(BlockFreeLists<CUdeviceptr>.SizeClass(513), Is.EqualTo(1024));
+            Assert.That(BlockFreeLists<CUdeviceptr>.SizeClass(1 << 20), Is.EqualTo(1 << 20));
+            Assert.That(BlockFreeLists<CUdeviceptr>.SizeClass((1 << 20) + 1), Is.EqualTo((1 << 20) + (1 << 18)));
+            Assert.That(BlockFreeLists<CUdeviceptr>.SizeClass(3L << 30), Is.EqualTo(3L << 30));
         });
         for (long b = 1; b < 1L << 34; b = b * 3 / 2 + 7)
-            Assert.That(CudaAllocator.SizeClass(b), Is.GreaterThanOrEqualTo(b).And.LessThanOrEqualTo(Math.Max(b + 511, b + b / 4 + 1)), $"{b} bytes");
+            Assert.That(BlockFreeLists<CUdeviceptr>.SizeClass(b), Is.GreaterThanOrEqualTo(b).And.LessThanOrEqualTo(Math.Max(b + 511, b + b / 4 + 1)), $"{b} bytes");
     }
 
     [Test]

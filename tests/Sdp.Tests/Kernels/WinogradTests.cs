@@ -281,6 +281,43 @@ public class WinogradTests
         }
     }
 
+    /// <summary>Which tile each pass of the default algorithm runs, told apart by the results, bit for bit, against each
+    /// pass with its tile forced: F(2x2) in the forward pass (winograd-fast: F(4x4)), F(4x4) in the input gradient and the
+    /// weight gradient (16 images x 16 tiles of 4 x 4: enough for F(4x4)). F(2x2) and F(4x4) round differently, so a pass
+    /// that ran the other tile fails.</summary>
+    [TestCase(CpuConvAlgorithm.Winograd, 2)]
+    [TestCase(CpuConvAlgorithm.WinogradFast, 4)]
+    public void Each_pass_runs_its_tile_by_default(CpuConvAlgorithm algorithm, int forwardTile)
+    {
+        CpuParallel.MaxThreads = 2;
+        var rng = new Rng(46);
+        var x = Tensor.Randn(new Shape(16, 8, 16, 16), rng);
+        var w = Tensor.Randn(new Shape(8, 8, 3, 3), rng);
+        var dy = Tensor.Randn(new Shape(16, 8, 16, 16), rng);
+        float[][] Run(int tile, int weightTile)
+        {
+            CpuBackend.WinogradTile = tile;
+            CpuBackend.WinogradWeightGradTile = weightTile;
+            using var y = Tensor.Full(dy.Shape, float.NaN);
+            using var dx = Tensor.Zeros(x.Shape);
+            using var dw = Tensor.Zeros(w.Shape);
+            CpuBackend.Instance.Conv2d(x, w, null, y, 1, 1);
+            CpuBackend.Instance.Conv2dBackward(x, w, dy, dx, dw, null, 1, 1);
+            return [y.ToArray<float>(), dx.ToArray<float>(), dw.ToArray<float>()];
+        }
+
+        CpuBackend.ConvAlgorithm = algorithm;
+        var byDefault = Run(0, 0);
+        var forwardForced = Run(forwardTile, 4);
+        var gradientsForced = Run(4, 4);
+        var otherForward = Run(6 - forwardTile, 4);
+        Assert.That(byDefault[0], Is.EqualTo(forwardForced[0]), "forward");
+        Assert.That(byDefault[0], Is.Not.EqualTo(otherForward[0]), "the two forward tiles must round differently for this test to tell them apart");
+        Assert.That(byDefault[1], Is.EqualTo(gradientsForced[1]), "input gradient");
+        Assert.That(byDefault[2], Is.EqualTo(gradientsForced[2]), "weight gradient");
+        Assert.That(Run(2, 2)[1], Is.Not.EqualTo(gradientsForced[1]), "F(2x2) and F(4x4) input gradients must differ for this test to tell them apart");
+    }
+
     /// <summary>SDP_CPU_CONV's values.</summary>
     [Test]
     public void The_environment_variable_names_the_algorithm()

@@ -12,10 +12,10 @@ public class BackendDiagnosticsTests
         var facts = d.Facts.ToDictionary(f => f.Name, f => f.Value);
 
         Assert.That(d.Description, Does.StartWith("cpu").And.Contain(Gemm.KernelName));
-        Assert.That(facts.Keys, Is.EqualTo(new[] { "gemm kernel", "op threads", "simd width", "gemm buffers" }));
+        Assert.That(facts.Keys, Is.EqualTo(new[] { "gemm kernel", "op threads", "simd width", "gemm buffers", "host pool" }));
         Assert.That(facts["gemm kernel"], Is.EqualTo($"{Gemm.KernelName}, {Gemm.MaxThreads} threads"));
         Assert.That(facts["simd width"], Does.StartWith($"{System.Numerics.Vector<byte>.Count * 8}-bit"));
-        Assert.That(d.ProcessWorkspaceLabel, Is.EqualTo("GEMM packing buffers (per process, all threads)"));
+        Assert.That(d.ProcessWorkspaceLabel, Is.EqualTo("GEMM packing buffers and cached host blocks (per process, all threads)"));
         Assert.That(d.ProcessWorkspaceBytes, Is.GreaterThanOrEqualTo(0));
     }
 

@@ -10,15 +10,18 @@ public enum CpuConvAlgorithm
 {
     /// <summary>
     /// Winograd for float32 3 x 3 stride-1 convolutions where it is faster, implicit GEMM elsewhere: F(2x2, 3x3) in the
-    /// forward pass and the input gradient (as exact as implicit GEMM), F(4x4, 3x3) also in the weight gradient, whose
-    /// errors stay in that weight's own update. The default.
+    /// forward pass (as exact as implicit GEMM), F(4x4, 3x3) also in the input and weight gradients. The forward pass is
+    /// the one whose error BatchNorm amplifies (see <see cref="WinogradFast"/>); with F(4x4) in both gradients one SGD step
+    /// of ResNet-18 width 64 stays as close to PyTorch float64 as PyTorch float32 is (bench/torch_parity.py,
+    /// 2.7e-4 relative L2 of the update with the ReLU kinks adjusted, PyTorch float32 2.6e-4). The default.
     /// </summary>
     Winograd,
 
     /// <summary>
-    /// Winograd with F(4x4, 3x3) in every pass where it pays: the fastest, but its ~1e-5 relative error per convolution
-    /// is systematic (it repeats with the tile position), so sums that cancel, such as BatchNorm's bias gradient, move by
-    /// up to ~4e-3 relative in one SGD step on ResNet-18 (bench/torch_parity.py, width 64), past the 1e-3 bound.
+    /// Winograd with F(4x4, 3x3) in the forward pass too: the fastest, but its ~1e-5 relative error per convolution
+    /// is systematic (it repeats with the tile position), and in the forward pass BatchNorm's batch statistics carry it
+    /// into every gradient below, so sums that cancel, such as BatchNorm's bias gradient, move by up to ~4e-3 relative in
+    /// one SGD step on ResNet-18 (bench/torch_parity.py, width 64), past the 1e-3 bound.
     /// </summary>
     WinogradFast,
 
@@ -662,7 +665,7 @@ public sealed unsafe partial class CpuBackend
             }
         });
         var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
-        if (typeof(T) == typeof(float) && WinogradTileFor(back, WinogradTile, ForwardLargestTile) is int m and not 0)
+        if (typeof(T) == typeof(float) && WinogradTileFor(back, WinogradTile, 4) is int m and not 0)
         {
             WinogradForward(back, m, Ptr<float>(dyt), (float*)fp, Ptr<float>(dxt), 1f);
             return;
@@ -725,7 +728,7 @@ public sealed unsafe partial class CpuBackend
         return 0;
     }
 
-    /// <summary>The largest Winograd tile of the forward pass and the input gradient: F(4x4) only when asked for
+    /// <summary>The largest Winograd tile of the forward pass: F(4x4) only when asked for
     /// (<see cref="CpuConvAlgorithm.WinogradFast"/>), since its systematic error does not stay local there.</summary>
     private static int ForwardLargestTile => ConvAlgorithm == CpuConvAlgorithm.WinogradFast ? 4 : 2;
 

@@ -22,15 +22,21 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     public override string ToString() => "cpu";
 
+    /// <summary>The host memory of every CPU tensor (one pool per process: the CPU backend is one instance).</summary>
+    public static HostMemoryPool HostPool { get; } = new();
+
     /// <summary>
     /// The GEMM microkernel and its default thread count, the threads of the other ops, the <see cref="Vector{T}"/>
-    /// width, and the GEMM's packing buffers: thread-local, kept between calls, charged to no memory account.
+    /// width, and the memory charged to no account: the GEMM's packing buffers (thread-local, kept between calls) and
+    /// what the host pool holds beyond the tensors' bytes (cached blocks and size-class rounding).
     /// </summary>
     public BackendDiagnostics Diagnostics
     {
         get
         {
             long packing = Gemm.WorkspaceBytes;
+            var pool = HostPool.Blocks;
+            long poolExtra = pool.ReservedBytes - pool.RequestedBytes;
             int simdBits = Vector<byte>.Count * 8;
             return new BackendDiagnostics(
                 $"cpu (reference backend): {CpuParallel.MaxThreads} threads, {simdBits}-bit SIMD, GEMM {Gemm.KernelName}",
@@ -39,9 +45,10 @@ public sealed unsafe partial class CpuBackend : IBackend
                     ("op threads", $"{CpuParallel.MaxThreads}"),
                     ("simd width", $"{simdBits}-bit Vector<T> ({Vector<float>.Count} x float32)"),
                     ("gemm buffers", MemorySnapshot.FormatBytes(packing)),
+                    ("host pool", $"{MemorySnapshot.FormatBytes(pool.ReservedBytes)} reserved ({MemorySnapshot.FormatBytes(pool.CachedBytes)} cached, peak {MemorySnapshot.FormatBytes(pool.PeakReservedBytes)}), {pool.Misses} allocations from the C heap"),
                 ],
-                "GEMM packing buffers (per process, all threads)",
-                packing);
+                "GEMM packing buffers and cached host blocks (per process, all threads)",
+                packing + poolExtra);
         }
     }
 

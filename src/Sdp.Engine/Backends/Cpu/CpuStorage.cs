@@ -1,9 +1,9 @@
-using System.Runtime.InteropServices;
 using Sdp.Engine.Memory;
 
 namespace Sdp.Engine.Backends.Cpu;
 
-/// <summary>Native, 64-byte aligned host memory (aligned for Vector512 loads), outside the GC heap.</summary>
+/// <summary>Native, 64-byte aligned host memory (aligned for Vector512 loads), outside the GC heap, from the CPU backend's
+/// caching allocator (<see cref="CpuBackend.HostPool"/>).</summary>
 public sealed unsafe class CpuStorage : Storage
 {
     /// <summary>
@@ -13,7 +13,7 @@ public sealed unsafe class CpuStorage : Storage
     public CpuStorage(IBackend backend, long byteLength, MemoryCategory category, MemoryAccount account)
         : base(backend, byteLength, category, account)
     {
-        Pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 1), 64);
+        Pointer = CpuBackend.HostPool.Rent(byteLength);
     }
 
     public byte* Pointer { get; private set; }
@@ -23,7 +23,7 @@ public sealed unsafe class CpuStorage : Storage
 
     protected override void Free()
     {
-        NativeMemory.AlignedFree(Pointer);
+        CpuBackend.HostPool.Return(Pointer, ByteLength);
         Pointer = null;
     }
 }

@@ -19,14 +19,8 @@ namespace Sdp.Engine.Backends.Cuda;
 /// </summary>
 public sealed unsafe class CudaAllocator
 {
-    private const long SmallLimit = 1 << 20;
-    private const long SmallQuantum = 512;
-
     private readonly CudaContext _context;
-    private readonly Dictionary<long, Stack<CUdeviceptr>> _free = [];
-    private readonly Lock _gate = new();
-    private long _reserved, _inUse, _requested, _cached, _peakReserved, _deviceAllocations;
-
+    private readonly BlockFreeLists<CUdeviceptr> _blocks = new();
     private readonly bool _exactSizes;
 
     public CudaAllocator(CudaContext context)
@@ -36,50 +30,33 @@ public sealed unsafe class CudaAllocator
     }
 
     /// <summary>Bytes obtained from cuMemAlloc and not yet returned: blocks in use plus cached blocks.</summary>
-    public long ReservedBytes { get { lock (_gate) return _reserved; } }
+    public long ReservedBytes => _blocks.ReservedBytes;
 
     /// <summary>The size-class bytes of the blocks tensors hold now.</summary>
-    public long InUseBytes { get { lock (_gate) return _inUse; } }
+    public long InUseBytes => _blocks.InUseBytes;
 
     /// <summary>The bytes tensors asked for, of the blocks in use (what the memory accounts are charged).</summary>
-    public long RequestedBytes { get { lock (_gate) return _requested; } }
+    public long RequestedBytes => _blocks.RequestedBytes;
 
     /// <summary>Bytes in the free lists, ready for reuse.</summary>
-    public long CachedBytes { get { lock (_gate) return _cached; } }
+    public long CachedBytes => _blocks.CachedBytes;
 
-    public long PeakReservedBytes { get { lock (_gate) return _peakReserved; } }
+    public long PeakReservedBytes => _blocks.PeakReservedBytes;
 
     /// <summary>How many times a request reached cuMemAlloc (a cache miss).</summary>
-    public long DeviceAllocations { get { lock (_gate) return _deviceAllocations; } }
+    public long DeviceAllocations => _blocks.Misses;
 
     /// <summary>The block size this allocator serves a request of <paramref name="bytes"/> from.</summary>
-    public long BlockBytes(long bytes) => _exactSizes ? Math.Max(bytes, 1) : SizeClass(bytes);
-
-    /// <summary>The size class a request of <paramref name="bytes"/> is served from on a real device.</summary>
-    public static long SizeClass(long bytes)
-    {
-        bytes = Math.Max(bytes, 1);
-        if (bytes <= SmallLimit) return (bytes + SmallQuantum - 1) / SmallQuantum * SmallQuantum;
-        long power = 1L << (int)(63 - long.LeadingZeroCount(bytes - 1)); // largest power of two below bytes
-        long step = power / 4;
-        return (bytes + step - 1) / step * step;
-    }
+    public long BlockBytes(long bytes) => _exactSizes ? Math.Max(bytes, 1) : BlockFreeLists<CUdeviceptr>.SizeClass(bytes);
 
     /// <summary>A block of at least <paramref name="bytes"/>; <paramref name="describeAccount"/> names the worker's memory in an out-of-memory error.</summary>
     public CUdeviceptr Allocate(long bytes, Func<string> describeAccount)
     {
         long size = BlockBytes(bytes);
-        lock (_gate)
+        if (_blocks.TryTake(size, bytes, out var reused))
         {
-            if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
-            {
-                _cached -= size;
-                _inUse += size;
-                _requested += bytes;
-                CUdeviceptr reused = stack.Pop();
-                if (_exactSizes) Poison(reused, size);
-                return reused;
-            }
+            if (_exactSizes) Poison(reused, size);
+            return reused;
         }
         _context.Bind();
         CUdeviceptr p;
@@ -98,14 +75,7 @@ public sealed unsafe class CudaAllocator
             }
         }
         _context.Api.Check(r, $"cuMemAlloc_v2({size})");
-        lock (_gate)
-        {
-            _reserved += size;
-            _inUse += size;
-            _requested += bytes;
-            _deviceAllocations++;
-            _peakReserved = Math.Max(_peakReserved, _reserved);
-        }
+        _blocks.Added(size, bytes);
         return p;
     }
 
@@ -116,32 +86,13 @@ public sealed unsafe class CudaAllocator
     }
 
     /// <summary>Returns a block (of the request size it was allocated for) to its free list. Any thread.</summary>
-    public void Release(CUdeviceptr block, long bytes)
-    {
-        long size = BlockBytes(bytes);
-        lock (_gate)
-        {
-            if (!_free.TryGetValue(size, out var stack)) _free[size] = stack = new Stack<CUdeviceptr>();
-            stack.Push(block);
-            _inUse -= size;
-            _requested -= bytes;
-            _cached += size;
-        }
-    }
+    public void Release(CUdeviceptr block, long bytes) => _blocks.Put(BlockBytes(bytes), bytes, block);
 
     /// <summary>Frees every cached block (cuMemFree waits for the device first) and returns how many bytes went back.</summary>
     public long EmptyCache()
     {
         List<CUdeviceptr> blocks = [];
-        long bytes;
-        lock (_gate)
-        {
-            foreach (var stack in _free.Values) blocks.AddRange(stack);
-            _free.Clear();
-            bytes = _cached;
-            _reserved -= _cached;
-            _cached = 0;
-        }
+        long bytes = _blocks.TakeAll(blocks);
         if (blocks.Count == 0) return 0;
         _context.Bind();
         foreach (var b in blocks) _context.Api.Check(_context.Api.cuMemFree_v2(b), "cuMemFree_v2");
