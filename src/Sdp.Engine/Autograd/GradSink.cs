@@ -71,6 +71,26 @@ public sealed class GradSink : IDisposable
     }
 
     /// <summary>
+    /// <see cref="ForWrite"/> for up to three inputs whose gradients one backend call writes under one overwrite flag
+    /// (a null input: no gradient wanted). Overwrite when every buffer returned is fresh, the usual case (an activation's
+    /// first gradient, a weight's first of the step); otherwise the fresh ones are zeroed here and the call accumulates.
+    /// </summary>
+    internal (Tensor? First, Tensor? Second, Tensor? Third, bool Overwrite) ForWriteTogether(Tensor? first, Tensor? second, Tensor? third)
+    {
+        var (a, aFresh) = first is null ? (null, false) : ForWrite(first);
+        var (b, bFresh) = second is null ? (null, false) : ForWrite(second);
+        var (c, cFresh) = third is null ? (null, false) : ForWrite(third);
+        bool overwrite = (a is null || aFresh) && (b is null || bFresh) && (c is null || cFresh);
+        if (!overwrite)
+        {
+            if (aFresh) a!.Backend.Fill(a, 0);
+            if (bFresh) b!.Backend.Fill(b, 0);
+            if (cFresh) c!.Backend.Fill(c, 0);
+        }
+        return (a, b, c, overwrite);
+    }
+
+    /// <summary>
     /// Gives <paramref name="input"/> the gradient <paramref name="grad"/> elementwise (same element count, any shape).
     /// <paramref name="grad"/> must be the node's own incoming gradient, which no one reads after the node: when
     /// nothing has been accumulated for a non-leaf input yet, its storage becomes the input's gradient (an alias in

@@ -16,6 +16,7 @@ public partial interface IBackend
     /// dbias (C) += Σ dy; dweight (C) += Σ dy·x̂; dx += weight·rstd·(dy - Σdy/M - x̂·Σ(dy·x̂)/M) when
     /// training (the gradient through the batch statistics), dx += weight·rstd·dy in eval.
     /// Null gradient outputs are skipped; x may be null when only dbias is wanted, weight when dx is null.
+    /// With <paramref name="overwrite"/> every gradient output given is overwritten (= instead of +=) and not read.
     /// </summary>
-    void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training);
+    void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training, bool overwrite = false);
 }

@@ -13,7 +13,8 @@ public partial interface IBackend
     /// Gradients of <see cref="Conv2d"/> given dy (N, O, OH, OW): dx (N, C, H, W) += the transposed
     /// convolution of dy with w; dweight (O, C, KH, KW) += the correlation of dy with x; dbias (O) += Σ dy
     /// over (N, OH, OW). Null gradient outputs are skipped. x is read only for dweight (may be null
-    /// otherwise), weight only for dx (may be null otherwise).
+    /// otherwise), weight only for dx (may be null otherwise). With <paramref name="overwrite"/> every gradient output
+    /// given is overwritten (= instead of +=) and not read: autograd's fresh buffers then need no zero fill.
     /// </summary>
-    void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding);
+    void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding, bool overwrite = false);
 }

@@ -62,11 +62,9 @@ public static partial class Ops
 
         protected internal override void Backward(Tensor dy, GradSink grads)
         {
-            var dx = grads.For(Inputs[0]);
-            var dw = grads.For(Inputs[1]);
-            var db = grads.For(Inputs[2]);
+            var (dx, dw, db, overwrite) = grads.ForWriteTogether(Inputs[0], Inputs[1], Inputs[2]);
             if (dx is null && dw is null && db is null) return;
-            dy.Backend.BatchNorm2dBackward(_x, _w, _mean, _rstd, dy, dx, dw, db, _training);
+            dy.Backend.BatchNorm2dBackward(_x, _w, _mean, _rstd, dy, dx, dw, db, _training, overwrite);
         }
     }
 }

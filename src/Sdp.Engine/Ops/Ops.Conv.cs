@@ -54,15 +54,13 @@ public static partial class Ops
 
         protected internal override void Backward(Tensor dy, GradSink grads)
         {
-            var dx = grads.For(Inputs[0]);
             var w = Inputs[1];
             // Held output filters (axis 0) or input channels (axis 1): the compact dW is the weight gradient of
             // a smaller convolution, over the held channels of dy or of x, so no full-size dW is formed.
             bool heldWeight = w.IsLeaf && w.RequiresGrad && w.Held is { Axis: 0 or 1 };
-            var dw = heldWeight ? null : grads.For(w);
-            var db = Inputs.Length > 2 ? grads.For(Inputs[2]) : null;
+            var (dx, dw, db, overwrite) = grads.ForWriteTogether(Inputs[0], heldWeight ? null : w, Inputs.Length > 2 ? Inputs[2] : null);
             var be = dy.Backend;
-            if (dx is not null || dw is not null || db is not null) be.Conv2dBackward(_x, _w, dy, dx, dw, db, _stride, _padding);
+            if (dx is not null || dw is not null || db is not null) be.Conv2dBackward(_x, _w, dy, dx, dw, db, _stride, _padding, overwrite);
             if (heldWeight) HeldWeightGrad(be, dy, w.Held!.Axis, w.HeldIndices!, grads.CompactFor(w)!);
         }
 

@@ -73,14 +73,15 @@ public static unsafe partial class ConvGemm
 
     /// <summary>dW (O, C, KH, KW) += Σ over images and pixels of dy ⊗ unfold(x), one GEMM over the whole batch.</summary>
     public static void WeightGrad<T>(in ConvGeometry g, T* x, T* dy, T* dw, int threads)
-        where T : unmanaged, INumber<T> => WeightGrad(g, ColumnSource<T>.Input(x), dy, dw, threads);
+        where T : unmanaged, INumber<T> => WeightGrad(g, ColumnSource<T>.Input(x), dy, dw, T.One, threads);
 
-    /// <summary>As <see cref="WeightGrad{T}(in ConvGeometry, T*, T*, T*, int)"/>, with the column matrix read from <paramref name="source"/>.</summary>
-    public static void WeightGrad<T>(in ConvGeometry g, ColumnSource<T> source, T* dy, T* dw, int threads)
+    /// <summary>As <see cref="WeightGrad{T}(in ConvGeometry, T*, T*, T*, int)"/>, with the column matrix read from <paramref name="source"/>,
+    /// as dw = dY · colsᵀ + beta·dw (beta = 0: dw not read).</summary>
+    public static void WeightGrad<T>(in ConvGeometry g, ColumnSource<T> source, T* dy, T* dw, T beta, int threads)
         where T : unmanaged, INumber<T>
     {
         var packer = new WeightGradPacker<T>(g, source, dy);
-        Gemm.GemmPacked(g.O, g.K, g.N * g.P, packer, null, 0, null, 0, T.One, dw, g.K, null, threads);
+        Gemm.GemmPacked(g.O, g.K, g.N * g.P, packer, null, 0, null, 0, beta, dw, g.K, null, threads);
     }
 
     /// <summary>Valid output columns [lo, hi) for kernel offset kOffset: those whose input index o·s - p + kOffset lies in [0, size).</summary>

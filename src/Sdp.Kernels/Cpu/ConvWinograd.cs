@@ -505,14 +505,14 @@ public static unsafe class ConvWinograd
         }
     }
 
-    /// <summary>dw[o, c] += Gᵀ dU[o, c] G for filters [o0, o1); dU[ξ][o][c] has point stride <paramref name="pointStride"/> and
-    /// row stride C, dw is (O, C, 3, 3).</summary>
-    public static void FilterGradTransform(WinogradTransform tr, float* du, int inChannels, long pointStride, float* dw, int o0, int o1)
+    /// <summary>dw[o, c] = Gᵀ dU[o, c] G + beta·dw[o, c] for filters [o0, o1) (beta = 0: dw not read); dU[ξ][o][c] has point
+    /// stride <paramref name="pointStride"/> and row stride C, dw is (O, C, 3, 3).</summary>
+    public static void FilterGradTransform(WinogradTransform tr, float* du, int inChannels, long pointStride, float* dw, float beta, int o0, int o1)
     {
         Vector256<float>* scratch = stackalloc Vector256<float>[ScratchVectors];
         for (int o = o0; o < o1; o++)
         {
-            TransformOut(scratch, tr.FilterT, du + ((long)o * inChannels), pointStride, inChannels, dw + ((long)o * inChannels * 9), 9, 3, 3, 3, 1f);
+            TransformOut(scratch, tr.FilterT, du + ((long)o * inChannels), pointStride, inChannels, dw + ((long)o * inChannels * 9), 9, 3, 3, 3, beta);
         }
     }
 

@@ -98,6 +98,73 @@ public class ConvForwardTests(IBackend backend)
         TensorAssert.Close(y, ConvReference.Conv2d(xv, [n, c, h, w], wv, [o, c, kh, kw], bv, stride, pad), atol: 1e-4, rtol: 1e-4);
     }
 
+    /// <summary>
+    /// Conv2dBackward with overwrite = true writes every element of dx, dweight and dbias (given NaN, as autograd's fresh
+    /// buffers may hold anything) and gives what accumulating into zeros gives. Shapes for each CPU path: Winograd (16
+    /// channels, 16 x 16 planes, 8 images: F(2x2) forward-side, F(4x4) for the gradients), stride 2 3 x 3, 1 x 1 stride 2
+    /// and stride 1, a non-square kernel; on the CPU under every algorithm of SDP_CPU_CONV.
+    /// </summary>
+    [Test]
+    public void Conv2dBackward_overwrite_matches_accumulating_into_zeros([Values(DType.Float32, DType.Float64)] DType dtype)
+    {
+        (int N, int C, int H, int W, int O, int KH, int KW, int S, int P)[] shapes =
+            [(8, 16, 16, 16, 16, 3, 3, 1, 1), (2, 3, 7, 5, 4, 3, 3, 2, 1), (2, 3, 5, 5, 2, 1, 1, 2, 0), (3, 4, 6, 6, 5, 1, 1, 1, 0), (1, 2, 6, 5, 3, 3, 2, 1, 2)];
+        var algorithms = backend is CpuBackend ? Enum.GetValues<CpuConvAlgorithm>() : [CpuBackend.ConvAlgorithm];
+        var saved = CpuBackend.ConvAlgorithm;
+        try
+        {
+            foreach (var algorithm in algorithms)
+            {
+                CpuBackend.ConvAlgorithm = algorithm;
+                foreach (var (n, c, h, w, o, kh, kw, st, pad) in shapes)
+                {
+                    using var scope = TensorScope.Begin();
+                    var rng = new Rng(12);
+                    int oh = (h + 2 * pad - kh) / st + 1, ow = (w + 2 * pad - kw) / st + 1;
+                    Tensor Random(params int[] shape) => Tensor.FromDoubles(ConvReference.Random(rng, shape.Aggregate(1, (a, b) => a * b)), new Shape(shape), dtype, backend);
+                    var x = Random(n, c, h, w);
+                    var wt = Random(o, c, kh, kw);
+                    var dy = Random(n, o, oh, ow);
+                    Tensor[] Grads(double start) => [Tensor.Full(x.Shape, start, dtype, backend), Tensor.Full(wt.Shape, start, dtype, backend), Tensor.Full(new Shape(o), start, dtype, backend)];
+                    var accumulated = Grads(0);
+                    var overwritten = Grads(double.NaN);
+                    backend.Conv2dBackward(x, wt, dy, accumulated[0], accumulated[1], accumulated[2], st, pad);
+                    backend.Conv2dBackward(x, wt, dy, overwritten[0], overwritten[1], overwritten[2], st, pad, overwrite: true);
+                    string where = $"{algorithm} {dtype} ({n}, {c}, {h}, {w}) -> {o}, kernel {kh}x{kw}, stride {st}, padding {pad}";
+                    Assert.That(overwritten[0].ToDoubles(), Is.EqualTo(accumulated[0].ToDoubles()), $"dx, {where}");
+                    Assert.That(overwritten[1].ToDoubles(), Is.EqualTo(accumulated[1].ToDoubles()), $"dweight, {where}");
+                    Assert.That(overwritten[2].ToDoubles(), Is.EqualTo(accumulated[2].ToDoubles()), $"dbias, {where}");
+                }
+            }
+        }
+        finally
+        {
+            CpuBackend.ConvAlgorithm = saved;
+        }
+    }
+
+    /// <summary>BatchNorm2dBackward with overwrite = true, in training and in eval, on NaN-filled gradient buffers, gives what
+    /// accumulating into zeros gives.</summary>
+    [Test]
+    public void BatchNorm2dBackward_overwrite_matches_accumulating_into_zeros([Values(DType.Float32, DType.Float64)] DType dtype, [Values] bool training)
+    {
+        using var scope = TensorScope.Begin();
+        var rng = new Rng(13);
+        const int n = 3, c = 5, h = 7, w = 9;
+        Tensor Random(params int[] shape) => Tensor.FromDoubles(ConvReference.Random(rng, shape.Aggregate(1, (a, b) => a * b)), new Shape(shape), dtype, backend);
+        var x = Random(n, c, h, w);
+        var weight = Random(c);
+        var mean = Random(c);
+        var rstd = Tensor.FromDoubles([.. Enumerable.Range(1, c).Select(i => 0.5 + (0.1 * i))], new Shape(c), dtype, backend);
+        var dy = Random(n, c, h, w);
+        Tensor[] Grads(double start) => [Tensor.Full(x.Shape, start, dtype, backend), Tensor.Full(new Shape(c), start, dtype, backend), Tensor.Full(new Shape(c), start, dtype, backend)];
+        var accumulated = Grads(0);
+        var overwritten = Grads(double.NaN);
+        backend.BatchNorm2dBackward(x, weight, mean, rstd, dy, accumulated[0], accumulated[1], accumulated[2], training);
+        backend.BatchNorm2dBackward(x, weight, mean, rstd, dy, overwritten[0], overwritten[1], overwritten[2], training, overwrite: true);
+        for (int i = 0; i < 3; i++) Assert.That(overwritten[i].ToDoubles(), Is.EqualTo(accumulated[i].ToDoubles()), new[] { "dx", "dweight", "dbias" }[i]);
+    }
+
     [Test]
     public void Conv2d_hand_example()
     {

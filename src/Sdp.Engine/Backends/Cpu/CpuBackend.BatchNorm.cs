@@ -124,13 +124,13 @@ public sealed unsafe partial class CpuBackend
         return total;
     }
 
-    public void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training)
+    public void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training, bool overwrite = false)
     {
-        if (dy.DType == DType.Float32) BatchNorm2dBackwardCore<float>(x, weight, mean, rstd, dy, dx, dweight, dbias, training);
-        else BatchNorm2dBackwardCore<double>(x, weight, mean, rstd, dy, dx, dweight, dbias, training);
+        if (dy.DType == DType.Float32) BatchNorm2dBackwardCore<float>(x, weight, mean, rstd, dy, dx, dweight, dbias, training, overwrite);
+        else BatchNorm2dBackwardCore<double>(x, weight, mean, rstd, dy, dx, dweight, dbias, training, overwrite);
     }
 
-    private static void BatchNorm2dBackwardCore<T>(Tensor? xt, Tensor? wt, Tensor meant, Tensor rstdt, Tensor dyt, Tensor? dxt, Tensor? dwt, Tensor? dbt, bool training)
+    private static void BatchNorm2dBackwardCore<T>(Tensor? xt, Tensor? wt, Tensor meant, Tensor rstdt, Tensor dyt, Tensor? dxt, Tensor? dwt, Tensor? dbt, bool training, bool overwrite)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int n = dyt.Shape[0], channels = dyt.Shape[1];
@@ -153,8 +153,9 @@ public sealed unsafe partial class CpuBackend
                     if (needDy) sumDy += BlockedSum((T*)dyp + off, plane);
                     if (needDyX) sumDyXc += BlockedDotDeviation((T*)dyp + off, (T*)xp + off, plane, tmu);
                 }
-                if (dbp != 0) ((T*)dbp)[c] += T.CreateTruncating(sumDy);
-                if (dwp != 0) ((T*)dwp)[c] += T.CreateTruncating(sumDyXc * rs);
+                // Overwriting stores what adding to zero would: 0 + v is v.
+                if (dbp != 0) ((T*)dbp)[c] = (overwrite ? T.Zero : ((T*)dbp)[c]) + T.CreateTruncating(sumDy);
+                if (dwp != 0) ((T*)dwp)[c] = (overwrite ? T.Zero : ((T*)dwp)[c]) + T.CreateTruncating(sumDyXc * rs);
                 if (dxp == 0) continue;
 
                 double k = double.CreateTruncating(((T*)wp)[c]) * rs;
@@ -165,7 +166,8 @@ public sealed unsafe partial class CpuBackend
                     {
                         long off = (i * channels + c) * plane;
                         var d = new Span<T>((T*)dxp + off, plane);
-                        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<T>((T*)dyp + off, plane), tk, d, d);
+                        if (overwrite) TensorPrimitives.Multiply(new ReadOnlySpan<T>((T*)dyp + off, plane), tk, d);
+                        else TensorPrimitives.MultiplyAdd(new ReadOnlySpan<T>((T*)dyp + off, plane), tk, d, d);
                     }
                     continue;
                 }
@@ -180,6 +182,14 @@ public sealed unsafe partial class CpuBackend
                     long off = (i * channels + c) * plane;
                     T* dy = (T*)dyp + off, x = (T*)xp + off, dx = (T*)dxp + off;
                     int j = 0;
+                    if (overwrite)
+                    {
+                        // (dx + a·dy + b·x) + c with dx = 0, in the same order.
+                        for (; j + Vector<T>.Count <= plane; j += Vector<T>.Count)
+                            Vector.Store(va * Vector.Load(dy + j) + vb * Vector.Load(x + j) + vc, dx + j);
+                        for (; j < plane; j++) dx[j] = a * dy[j] + b * x[j] + c0v;
+                        continue;
+                    }
                     for (; j + Vector<T>.Count <= plane; j += Vector<T>.Count)
                         Vector.Store(Vector.Load(dx + j) + va * Vector.Load(dy + j) + vb * Vector.Load(x + j) + vc, dx + j);
                     for (; j < plane; j++) dx[j] += a * dy[j] + b * x[j] + c0v;

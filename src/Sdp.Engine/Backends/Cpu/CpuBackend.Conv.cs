@@ -494,10 +494,11 @@ public sealed unsafe partial class CpuBackend
 
     // ---- conv2d backward --------------------------------------------------------------------------------
 
-    public void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding)
+    public void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding, bool overwrite = false)
     {
         if (dbias is not null)
         {
+            if (overwrite) Fill(dbias, 0); // O elements
             if (dy.DType == DType.Float32) ConvBiasGrad<float>(dy, dbias);
             else ConvBiasGrad<double>(dy, dbias);
         }
@@ -508,13 +509,13 @@ public sealed unsafe partial class CpuBackend
         if (g.N == 0 || g.P == 0) return;
         if (dy.DType == DType.Float32)
         {
-            if (dweight is not null) Conv2dWeightGrad<float>(g, x!, dy, dweight);
-            if (dx is not null) Conv2dInputGrad<float>(g, weight!, dy, dx);
+            if (dweight is not null) Conv2dWeightGrad<float>(g, x!, dy, dweight, overwrite);
+            if (dx is not null) Conv2dInputGrad<float>(g, weight!, dy, dx, overwrite);
         }
         else
         {
-            if (dweight is not null) Conv2dWeightGrad<double>(g, x!, dy, dweight);
-            if (dx is not null) Conv2dInputGrad<double>(g, weight!, dy, dx);
+            if (dweight is not null) Conv2dWeightGrad<double>(g, x!, dy, dweight, overwrite);
+            if (dx is not null) Conv2dInputGrad<double>(g, weight!, dy, dx, overwrite);
         }
     }
 
@@ -551,11 +552,11 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>dW (O, K) += Σ_groups dY_g (O, G·P) · cols_gᵀ, groups in order, each GEMM threaded.</summary>
-    private void Conv2dWeightGrad<T>(ConvGeom g, Tensor xt, Tensor dyt, Tensor dwt) where T : unmanaged, IFloatingPointIeee754<T>
+    private void Conv2dWeightGrad<T>(ConvGeom g, Tensor xt, Tensor dyt, Tensor dwt, bool overwrite) where T : unmanaged, IFloatingPointIeee754<T>
     {
         if (typeof(T) == typeof(float) && WinogradTileFor(Geometry(g), WinogradWeightGradTile, 4) is int m and not 0)
         {
-            WinogradWeightGrad(Geometry(g), m, Ptr<float>(xt), Ptr<float>(dyt), Ptr<float>(dwt));
+            WinogradWeightGrad(Geometry(g), m, Ptr<float>(xt), Ptr<float>(dyt), Ptr<float>(dwt), overwrite ? 0f : 1f);
             return;
         }
 
@@ -563,9 +564,10 @@ public sealed unsafe partial class CpuBackend
         {
             var geometry = Geometry(g);
             using var phases = StridePhases(geometry, Ptr<T>(xt), out var source);
-            ConvGemm.WeightGrad(geometry, source, Ptr<T>(dyt), Ptr<T>(dwt), CpuParallel.MaxThreads);
+            ConvGemm.WeightGrad(geometry, source, Ptr<T>(dyt), Ptr<T>(dwt), overwrite ? T.Zero : T.One, CpuParallel.MaxThreads);
             return;
         }
+        if (overwrite) Fill(dwt, 0); // the im2col path accumulates group by group
         var plan = ConvPlan.ForWeightGrad(g);
         int G = plan.G, P = g.P, K = g.K, O = g.O;
         long colsLen = g.Direct && G == 1 ? 0 : (long)K * G * P;
@@ -593,13 +595,14 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>dX += col2im(Wᵀ (K, O) · dY_g (O, G·P)) per group; 1x1 stride-1 single images accumulate straight into dX.</summary>
-    private void Conv2dInputGrad<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt) where T : unmanaged, IFloatingPointIeee754<T>
+    private void Conv2dInputGrad<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt, bool overwrite) where T : unmanaged, IFloatingPointIeee754<T>
     {
         if (ConvImplicitGemm && g.Stride == 1 && g.KH == g.KW && g.Pad <= g.KH - 1)
         {
-            Conv2dInputGradAsForward<T>(g, wt, dyt, dxt);
+            Conv2dInputGradAsForward<T>(g, wt, dyt, dxt, overwrite);
             return;
         }
+        if (overwrite) Fill(dxt, 0); // the strided fold and col2im add overlapping taps
         if (ConvImplicitGemm && !ConvStridedLegacy && g.Stride > 1)
         {
             StridedInputGradFold(Geometry(g), Ptr<T>(wt), Ptr<T>(dyt), Ptr<T>(dxt));
@@ -639,7 +642,7 @@ public sealed unsafe partial class CpuBackend
     /// At stride 1, dX = conv(dY, W'), W'[c, o, kh, kw] = W[o, c, KH-1-kh, KW-1-kw], padding KH-1-p: a forward
     /// implicit-GEMM convolution accumulating into dX, with no column matrix and no col2im's overlapping adds.
     /// </summary>
-    private void Conv2dInputGradAsForward<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt) where T : unmanaged, IFloatingPointIeee754<T>
+    private void Conv2dInputGradAsForward<T>(ConvGeom g, Tensor wt, Tensor dyt, Tensor dxt, bool overwrite) where T : unmanaged, IFloatingPointIeee754<T>
     {
         int taps = g.KH * g.KW;
         using var flipped = Tensor.Empty(new Shape(g.C, g.O, g.KH, g.KW), dxt.DType, this);
@@ -667,11 +670,11 @@ public sealed unsafe partial class CpuBackend
         var back = new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, g.H, g.W, 1, g.KH - 1 - g.Pad);
         if (typeof(T) == typeof(float) && WinogradTileFor(back, WinogradTile, 4) is int m and not 0)
         {
-            WinogradForward(back, m, Ptr<float>(dyt), (float*)fp, Ptr<float>(dxt), 1f);
+            WinogradForward(back, m, Ptr<float>(dyt), (float*)fp, Ptr<float>(dxt), overwrite ? 0f : 1f);
             return;
         }
 
-        ImplicitForward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), T.One);
+        ImplicitForward(back, Ptr<T>(dyt), (T*)fp, Ptr<T>(dxt), overwrite ? T.Zero : T.One);
     }
 
     // ---- Winograd ------------------------------------------------------------------------------------------
@@ -893,9 +896,9 @@ public sealed unsafe partial class CpuBackend
     /// <summary>
     /// dw += Σ over tiles of the 3 x 3 correlation of each input tile with its output-gradient tile, by Winograd: per group
     /// V = Bᵀ d B and Mh = A dY Aᵀ, then α² GEMMs dU[ξ] (O x C) (+)= Mh[ξ]ᵀ (O x tiles) · V[ξ] (tiles x C), groups in
-    /// order; finally dw += Gᵀ dU G. The GEMMs thread over points, so the sums run in one order for any thread count.
+    /// order; finally dw = Gᵀ dU G + beta·dw. The GEMMs thread over points, so the sums run in one order for any thread count.
     /// </summary>
-    private void WinogradWeightGrad(ConvGeometry g, int tile, float* x, float* dy, float* dw)
+    private void WinogradWeightGrad(ConvGeometry g, int tile, float* x, float* dy, float* dw, float dwBeta)
     {
         var tr = WinogradTransform.ForTile(tile);
         int points = tr.Points, perImage = ConvWinograd.TileRows(g, tr.M) * ConvWinograd.TileCols(g, tr.M);
@@ -947,7 +950,7 @@ public sealed unsafe partial class CpuBackend
             WinogradPhase(3, ref t);
         }
 
-        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.C, uStride, (float*)dwp, (int)o0, (int)o1));
+        CpuParallel.For(g.O, Math.Max(1, 1024 / g.C), (o0, o1) => ConvWinograd.FilterGradTransform(tr, (float*)up, g.C, uStride, (float*)dwp, dwBeta, (int)o0, (int)o1));
         WinogradPhase(4, ref t);
     }
 }

@@ -52,10 +52,10 @@ public abstract class CpuBackendDecorator : IBackend
         Exit(nameof(Conv2d), started);
     }
 
-    public void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding)
+    public void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding, bool overwrite = false)
     {
         long started = Enter(nameof(Conv2dBackward), x, weight, dy, dx, dweight, dbias);
-        Inner.Conv2dBackward(x, weight, dy, dx, dweight, dbias, stride, padding);
+        Inner.Conv2dBackward(x, weight, dy, dx, dweight, dbias, stride, padding, overwrite);
         Exit(nameof(Conv2dBackward), started);
     }
 
@@ -66,10 +66,10 @@ public abstract class CpuBackendDecorator : IBackend
         Exit(nameof(BatchNorm2d), started);
     }
 
-    public void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training)
+    public void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training, bool overwrite = false)
     {
         long started = Enter(nameof(BatchNorm2dBackward), x, weight, mean, rstd, dy, dx, dweight, dbias);
-        Inner.BatchNorm2dBackward(x, weight, mean, rstd, dy, dx, dweight, dbias, training);
+        Inner.BatchNorm2dBackward(x, weight, mean, rstd, dy, dx, dweight, dbias, training, overwrite);
         Exit(nameof(BatchNorm2dBackward), started);
     }
 
