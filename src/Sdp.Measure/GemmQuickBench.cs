@@ -5,10 +5,12 @@ using Sdp.Kernels.Cpu;
 
 namespace Sdp.Measure;
 
-/// <summary>One cell of the quick GEMM benchmark: square row-major C = A·B in float32.</summary>
-public sealed record GemmBenchRow(int N, int Threads, double SdpGflops, double OpenBlasGflops)
+/// <summary>One cell of the quick GEMM benchmark: square row-major C = A·B in float32. The paired ratios are OpenBLAS's
+/// time over Sdp's in each interleaved sample pair: a load that comes and goes (CPU steal on a VM) hits both of a pair
+/// alike, so their median is steadier than the ratio of the two medians.</summary>
+public sealed record GemmBenchRow(int N, int Threads, double SdpGflops, double OpenBlasGflops, double PairedRatioMedian, double PairedRatioMin, double PairedRatioMax)
 {
-    /// <summary>Sdp throughput relative to OpenBLAS (1.0 = parity).</summary>
+    /// <summary>Sdp throughput relative to OpenBLAS (1.0 = parity), from the two medians.</summary>
     public double Ratio => SdpGflops / OpenBlasGflops;
 }
 
@@ -50,7 +52,8 @@ public static unsafe class GemmQuickBench
         output.WriteLine($"SGEMM C = A·B (row-major, float32). Sdp kernel: {Gemm.KernelName}");
         output.WriteLine($"baseline  {OpenBlas.Describe()}");
         output.WriteLine($"          {OpenBlasCoreCheck.Current().Describe()}");
-        output.WriteLine($"{"n",6} {"threads",8} {"sdp GFLOP/s",12} {"openblas GFLOP/s",17} {"ratio",7}");
+        output.WriteLine($"{samples} interleaved samples per library per cell; ratio = Sdp / OpenBLAS GFLOP/s of the medians; paired = median (min-max) of the per-pair ratios");
+        output.WriteLine($"{"n",6} {"threads",8} {"sdp GFLOP/s",12} {"openblas GFLOP/s",17} {"ratio",7} {"paired",20}");
 
         var rows = new List<GemmBenchRow>();
         foreach (int n in sizes)
@@ -61,7 +64,7 @@ public static unsafe class GemmQuickBench
                 GemmBenchRow row = RunCell(mats, t, secondsPerCell, samples);
                 rows.Add(row);
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{row.N,6} {row.Threads,8} {row.SdpGflops,12:F1} {row.OpenBlasGflops,17:F1} {row.Ratio,7:F2}"));
+                    $"{row.N,6} {row.Threads,8} {row.SdpGflops,12:F1} {row.OpenBlasGflops,17:F1} {row.Ratio,7:F2} {$"{row.PairedRatioMedian:F2} ({row.PairedRatioMin:F2}-{row.PairedRatioMax:F2})",20}"));
             }
         }
 
@@ -96,7 +99,9 @@ public static unsafe class GemmQuickBench
         }
 
         double flops = 2.0 * n * n * n;
-        return new GemmBenchRow(n, threads, flops / Median(sdp) / 1e9, flops / Median(blas) / 1e9);
+        var paired = new double[samples];
+        for (int s = 0; s < samples; s++) paired[s] = blas[s] / sdp[s];
+        return new GemmBenchRow(n, threads, flops / Median(sdp) / 1e9, flops / Median(blas) / 1e9, Median(paired), paired.Min(), paired.Max());
     }
 
     /// <summary>Lets the other library's worker threads go idle (OpenBLAS spins for a while after each call).</summary>

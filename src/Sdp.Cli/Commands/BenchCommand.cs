@@ -13,6 +13,7 @@ public static partial class BenchCommand
         var sizes = new Option<int[]>("--sizes") { Description = "Square sizes n (C = A·B, n x n)", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. GemmQuickBench.DefaultSizes] };
         var threads = new Option<int[]>("--threads") { Description = "Thread counts", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. GemmQuickBench.DefaultThreadCounts] };
         var seconds = new Option<double>("--seconds") { Description = "Target seconds of timing per cell", DefaultValueFactory = _ => 0.6 };
+        var gemmSamples = new Option<int>("--samples") { Description = "Timed samples per library per cell, interleaved (medians and the median paired ratio kept)", DefaultValueFactory = _ => 5 };
         var openblasCore = new Option<string>("--openblas-core")
         {
             Description = $"OpenBLAS core of the baseline when {OpenBlasCoreCheck.CoreTypeVariable} forces a weaker one than this CPU supports: " +
@@ -20,12 +21,14 @@ public static partial class BenchCommand
             DefaultValueFactory = _ => CoreBest,
         };
         openblasCore.AcceptOnlyFromAmong(CoreBest, CoreAsSet);
-        var gemm = new Command("gemm", "Sdp SGEMM against OpenBLAS sgemm: GFLOP/s and ratio (needs libopenblas0-pthread)") { sizes, threads, seconds, openblasCore };
+        var gemm = new Command("gemm", "Sdp SGEMM against OpenBLAS sgemm: GFLOP/s and ratio (needs libopenblas0-pthread)") { sizes, threads, seconds, gemmSamples, openblasCore };
         gemm.SetAction(p =>
         {
             var n = p.GetValue(sizes)!;
             var t = p.GetValue(threads)!;
             double s = p.GetValue(seconds);
+            int samples = p.GetValue(gemmSamples);
+            if (samples < 1) throw new UsageException($"--samples must be at least 1, got {samples}");
             if (n.Length == 0 || n.Any(v => v <= 0)) throw new UsageException("--sizes must be positive integers");
             if (t.Length == 0 || t.Any(v => v <= 0)) throw new UsageException("--threads must be positive integers");
             if (!(s > 0)) throw new UsageException($"--seconds must be positive, got {s}");
@@ -41,7 +44,7 @@ public static partial class BenchCommand
                     string[] child =
                     [
                         "bench", "gemm", "--sizes", .. n.Select(v => v.ToString(CultureInfo.InvariantCulture)), "--threads", .. t.Select(v => v.ToString(CultureInfo.InvariantCulture)),
-                        "--seconds", s.ToString("R", CultureInfo.InvariantCulture), "--openblas-core", CoreAsSet,
+                        "--seconds", s.ToString("R", CultureInfo.InvariantCulture), "--samples", samples.ToString(CultureInfo.InvariantCulture), "--openblas-core", CoreAsSet,
                     ];
                     int code = RunWithOpenBlasCore(check.BestCore!, child, Console.Out, Console.Error);
                     if (code != 0)
@@ -50,7 +53,7 @@ public static partial class BenchCommand
                 }
                 Console.WriteLine($"         measuring against {check.Forced} as asked (--openblas-core {CoreAsSet})");
             }
-            GemmQuickBench.Run(Console.Out, n, t, s);
+            GemmQuickBench.Run(Console.Out, n, t, s, samples);
             return 0;
         });
         var mSizes = new Option<int[]>("--sizes") { Description = "Square sizes n (tokens = in = out = n)", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [.. MaskedGemmBench.DefaultSizes] };

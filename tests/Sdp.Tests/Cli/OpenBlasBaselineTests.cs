@@ -1,3 +1,4 @@
+using System.Globalization;
 using Sdp.Measure;
 
 namespace Sdp.Tests.Cli;
@@ -91,6 +92,31 @@ public sealed class OpenBlasBaselineTests : CliTestBase
     {
         var before = Listing();
         AssertUsageError(Sdp(Args("bench gemm --sizes 16 --openblas-core fastest")), before, "--openblas-core");
+    }
+
+    [Test]
+    public void BadSamplesOption_IsAUsageErrorNamingIt()
+    {
+        var before = Listing();
+        AssertUsageError(Sdp(Args("bench gemm --sizes 16 --samples 0")), before, "--samples");
+    }
+
+    /// <summary>The row of a cell: both libraries' GFLOP/s, their ratio and the paired ratios, median (min-max), each
+    /// sample's pair timed in turn; the paired median lies within its own range.</summary>
+    [Test]
+    public void Gemm_PrintsPairedRatiosOfInterleavedSamples()
+    {
+        RequireOpenBlas();
+        using var unforced = new EnvironmentVariable(OpenBlasCoreCheck.CoreTypeVariable, null);
+        var r = Sdp(Args("bench gemm --sizes 48 --threads 1 --seconds 0.02 --samples 3"));
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.ToString());
+        Assert.That(r.Out, Does.Contain("3 interleaved samples per library per cell"));
+        var row = r.OutLines.Single(l => l.TrimStart().StartsWith("48 ", StringComparison.Ordinal));
+        var m = System.Text.RegularExpressions.Regex.Match(row, @"([0-9.]+) \(([0-9.]+)-([0-9.]+)\)\s*$");
+        Assert.That(m.Success, Is.True, row);
+        double median = double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture), min = double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), max = double.Parse(m.Groups[3].Value, CultureInfo.InvariantCulture);
+        Assert.That(min, Is.GreaterThan(0).And.LessThanOrEqualTo(median), row);
+        Assert.That(max, Is.GreaterThanOrEqualTo(median), row);
     }
 
     [Test]
