@@ -113,7 +113,10 @@ public static partial class Ops
             switch (_op)
             {
                 case BinaryOp.Add:
-                    GiveGradient(grads, Inputs[0], dy);
+                    // The first input takes dy itself (no copy) where it can: a non-leaf of dy's shape. Only one may,
+                    // or a later accumulation into one input's gradient would change the other's.
+                    if (!Inputs[0].IsLeaf && Inputs[0].Shape == dy.Shape) grads.Adopt(Inputs[0], dy);
+                    else GiveGradient(grads, Inputs[0], dy);
                     GiveGradient(grads, Inputs[1], dy);
                     return;
                 case BinaryOp.Mul:
