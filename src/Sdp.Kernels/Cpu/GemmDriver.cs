@@ -29,9 +29,9 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
 
     /// <summary>
     /// Optional with a scatter map over several K slices: C's compact (M x N) image accumulates here (row stride Lds)
-    /// over the K slices, and each microtile is scattered into C (C[map] = tile + Beta · C[map]) by the compute item
-    /// that finishes its last slice, while the tile is still in L1. The sum over K is the same as staging the whole
-    /// product first and scattering it afterwards; only the separate pass over the staged block is gone.
+    /// over the K slices, and each block is scattered into C (C[map] = block + Beta · C[map]) by the compute item that
+    /// finishes its last slice. The sum over K is the same as staging the whole product first and scattering it
+    /// afterwards; only the separate pass over the staged output (and its own parallel region) is gone.
     /// </summary>
     public T* Stage;
 
@@ -461,65 +461,23 @@ internal static unsafe class GemmDriver<T, TK>
     }
 
     /// <summary>
-    /// The C block at (ic, jc) through <see cref="GemmArgs{T}.Stage"/>: every K slice but the last accumulates into the
-    /// stage exactly as a plain GEMM into a compact C would (the first with beta = 0); in the last slice each microtile
-    /// is finished in the stage and scattered into C right away, before the next tile evicts it from L1.
+    /// The C block at (ic, jc) through <see cref="GemmArgs{T}.Stage"/>: every K slice accumulates into the stage exactly
+    /// as a plain GEMM into a compact C would (the first with beta = 0), and the item that finishes the block's last slice
+    /// scatters the block right away (row by row, so the hardware prefetcher streams the C lines), while the block is
+    /// still in L2 and while other threads keep computing.
     /// </summary>
     private static void MacroStaged(in GemmArgs<T> g, int ic, int jc, int mc, int nc, int pc, int kc, T* ap, T* bp, T* scratch)
     {
-        T stageBeta = pc == 0 ? T.Zero : T.One;
         T* stage = g.Stage + (ic * g.Lds) + jc;
-        if (pc + kc < g.K)
+        Macro(mc, nc, kc, ap, bp, stage, g.Lds, g.Alpha, pc == 0 ? T.Zero : T.One, scratch);
+        if (pc + kc == g.K)
         {
-            Macro(mc, nc, kc, ap, bp, stage, g.Lds, g.Alpha, stageBeta, scratch);
-            return;
-        }
-
-        int mr = TK.MR, nr = TK.NR;
-        int* rows = g.ScatterRows, cols = g.ScatterCols;
-        for (int jr = 0; jr < nc; jr += nr)
-        {
-            T* pb = bp + ((nint)jr * kc);
-            int ncur = Math.Min(nr, nc - jr);
-            int j0 = jc + jr;
-            for (int ir = 0; ir < mc; ir += mr)
-            {
-                T* pa = ap + ((nint)ir * kc);
-                T* st = stage + (ir * g.Lds) + jr;
-                int mcur = Math.Min(mr, mc - ir);
-                int i0 = ic + ir;
-                if (Sse.IsSupported)
-                {
-                    // The tile's C lines arrive while the microkernel runs (as the microkernel itself does for in-place tiles).
-                    int cFirst = cols != null ? cols[j0] : j0, cLast = cols != null ? cols[j0 + ncur - 1] : j0 + ncur - 1;
-                    for (int i = 0; i < mcur; i++)
-                    {
-                        T* crow = g.C + ((rows != null ? rows[i0 + i] : i0 + i) * g.Ldc);
-                        for (int q = cFirst; q <= cLast; q += 64 / sizeof(T))
-                        {
-                            Sse.Prefetch0(crow + q);
-                        }
-
-                        Sse.Prefetch0(crow + cLast);
-                    }
-                }
-
-                if (mcur == mr && ncur == nr)
-                {
-                    TK.Run(kc, pa, pb, st, g.Lds, g.Alpha, stageBeta);
-                }
-                else
-                {
-                    Edge(kc, pa, pb, st, g.Lds, g.Alpha, stageBeta, mcur, ncur, scratch);
-                }
-
-                ScatterTile(g.C, g.Ldc, rows, cols, st, g.Lds, i0, j0, g.Beta, mcur, ncur);
-            }
+            ScatterTile(g.C, g.Ldc, g.ScatterRows, g.ScatterCols, stage, g.Lds, ic, jc, g.Beta, mc, nc);
         }
     }
 
     /// <summary>
-    /// C[row(i0 + i), col(j0 + j)] = tile[i, j] + beta * C[...] for the live part of one microtile (row stride
+    /// C[row(i0 + i), col(j0 + j)] = tile[i, j] + beta * C[...] for an (mcur x ncur) tile (row stride
     /// <paramref name="lds"/>), where row(x) = rows[x] (x when rows is null) and col(x) = cols[x] (x when cols is null).
     /// </summary>
     private static void ScatterTile(T* c, nint ldc, int* rows, int* cols, T* tile, nint lds, int i0, int j0, T beta, int mcur, int ncur)

@@ -287,8 +287,8 @@ public static unsafe class MaskedGemm
     /// Scattered output over a deep K: scattering every microtile once per KC slice would read and write the scattered
     /// C lines once per slice, so instead the output is accumulated in a compact stage (in bounded chunks of C rows for a
     /// row scatter, C columns for a column scatter) and scattered once: C[map] = (Σ over K slices) + beta · C[map]. The
-    /// driver scatters each microtile as soon as its last K slice is done (<see cref="GemmArgs{T}.Stage"/>), so the
-    /// stage is never walked again in a separate pass.
+    /// driver scatters each block of the stage as soon as its last K slice is done (<see cref="GemmArgs{T}.Stage"/>),
+    /// on the thread that computed it, instead of a separate pass over the chunk.
     /// </summary>
     private static void RunStaged(in GemmArgs<float> g, int threads)
     {

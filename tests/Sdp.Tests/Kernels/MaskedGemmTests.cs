@@ -359,6 +359,54 @@ public unsafe class MaskedGemmTests
         }
     }
 
+    /// <summary>
+    /// Every masked kernel gives the same bits on 1, 2 and 3 threads, on shapes where the multi-threaded driver splits
+    /// the columns of short row blocks (few held rows, wide output) as well as rows, and through the staged scatter.
+    /// </summary>
+    [TestCase(30, 600, 700)]
+    [TestCase(200, 517, 389)]
+    public void AllKernels_ThreadCountDoesNotChangeBits(int units, int tokens, int other)
+    {
+        var r = new Random(units + tokens + other);
+        int full = units * 3 + 1; // held units out of a wider layer
+        int[] idx = RandIdx(r, full, (double)units / full);
+        float[] dyFull = Rand(r, tokens * full), x = Rand(r, tokens * other), w = Rand(r, full * other);
+        float[] seedRows = Rand(r, full * other), seedCols = Rand(r, other * full);
+        float[] compactAct = Rand(r, tokens * idx.Length);
+        float[]? reference = null;
+        foreach (int threads in new[] { 1, 2, 3 })
+        {
+            float[] fwdRows = Poisoned(tokens * idx.Length), fwdCols = Poisoned(tokens * other);
+            float[] dwRows = (float[])seedRows.Clone(), dwCols = (float[])seedCols.Clone();
+            float[] dwRowsC = Rand(new Random(5), idx.Length * other), dwColsC = Rand(new Random(6), other * idx.Length);
+            fixed (float* pdy = dyFull, px = x, pw = w, pca = compactAct, pfr = fwdRows, pfc = fwdCols, pdr = dwRows, pdc = dwCols, pdrc = dwRowsC, pdcc = dwColsC)
+            {
+                // fwd-rows: Y[:, held] = X · W[held, :]ᵀ; fwd-cols: Y = A_compact · W'[:, held]ᵀ with W' = w viewed (other x full)
+                MaskedGemm.SgemmGatherB(tokens, other, px, other, pw, other, full, idx, pfr, idx.Length, threads: threads);
+                MaskedGemm.SgemmGatherK(tokens, other, pca, idx.Length, pw, full, full, idx, pfc, other, threads: threads);
+                // dW-rows / dW-rows-c: held rows of a (full x other) gradient from the full dY
+                MaskedGemm.SgemmWeightGradRows(tokens, other, pdy, full, true, px, other, idx, full, pdr, other, true, threads: threads);
+                MaskedGemm.SgemmWeightGradRows(tokens, other, pdy, full, true, px, other, idx, full, pdrc, other, false, threads: threads);
+                // dW-cols / dW-cols-c: held columns of an (other x full) gradient from the full input dY viewed (tokens x full)
+                MaskedGemm.SgemmWeightGradCols(tokens, other, px, other, pdy, full, true, idx, full, pdc, full, true, threads: threads);
+                MaskedGemm.SgemmWeightGradCols(tokens, other, px, other, pdy, full, true, idx, full, pdcc, idx.Length, false, threads: threads);
+            }
+
+            float[] all = [.. fwdRows, .. fwdCols, .. dwRows, .. dwCols, .. dwRowsC, .. dwColsC];
+            Assert.That(all.Any(float.IsNaN), Is.False, $"threads={threads}: every overwritten output element is written");
+            if (reference is null)
+            {
+                reference = all;
+                continue;
+            }
+
+            for (int e = 0; e < all.Length; e++)
+            {
+                Assert.That(BitConverter.SingleToInt32Bits(all[e]), Is.EqualTo(BitConverter.SingleToInt32Bits(reference[e])), $"threads={threads} element {e}");
+            }
+        }
+    }
+
     [Test]
     public void WeightGradRows_BetaZeroOverwritesNaN()
     {
