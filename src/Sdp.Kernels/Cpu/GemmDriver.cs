@@ -463,8 +463,9 @@ internal static unsafe class GemmDriver<T, TK>
     /// <summary>
     /// The C block at (ic, jc) through <see cref="GemmArgs{T}.Stage"/>: every K slice accumulates into the stage exactly
     /// as a plain GEMM into a compact C would (the first with beta = 0), and the item that finishes the block's last slice
-    /// scatters the block right away (row by row, so the hardware prefetcher streams the C lines), while the block is
-    /// still in L2 and while other threads keep computing.
+    /// scatters the block right away, row by row (so the hardware prefetcher streams the C lines; scattering each
+    /// microtile from L1 instead measured 2-3% slower at n = 1024, the scattered C lines arriving too late), while other
+    /// threads keep computing.
     /// </summary>
     private static void MacroStaged(in GemmArgs<T> g, int ic, int jc, int mc, int nc, int pc, int kc, T* ap, T* bp, T* scratch)
     {
