@@ -5,10 +5,19 @@ using Sdp.Kernels.Cpu;
 namespace Sdp.Measure;
 
 /// <summary>One cell of the masked-GEMM benchmark: a kernel at size n and density d against the dense full-size GEMM.</summary>
-public sealed record MaskedGemmBenchRow(string Kernel, int N, double Density, double MaskedSeconds, double DenseSeconds)
+public sealed record MaskedGemmBenchRow(string Kernel, int N, double Density, double MaskedSeconds, double DenseSeconds, double CompactSeconds)
 {
-    /// <summary>time_masked / (d · time_dense): 1.0 = time exactly proportional to density (target ≤ 1.15).</summary>
+    /// <summary>time_masked / (d · time_dense): 1.0 = time exactly proportional to density (target ≤ 1.05).</summary>
     public double Ratio => MaskedSeconds / (Density * DenseSeconds);
+
+    /// <summary>
+    /// time_masked / time of the dense SGEMM of the compacted shape (the held units made adjacent): what the masking
+    /// itself costs (gathers, scatters), separate from how efficiently the GEMM driver runs the smaller shape.
+    /// </summary>
+    public double MaskOverhead => MaskedSeconds / CompactSeconds;
+
+    /// <summary>time of the compacted-shape dense SGEMM / (d · time_dense): the small-shape efficiency of the driver.</summary>
+    public double ShapeRatio => CompactSeconds / (Density * DenseSeconds);
 }
 
 /// <summary>
@@ -17,8 +26,10 @@ public sealed record MaskedGemmBenchRow(string Kernel, int N, double Density, do
 /// dense X·Wᵀ), fwd-cols (Y = A[:, idx-compact]·W[:, idx]ᵀ, <see cref="MaskedGemm.SgemmGatherK"/>, vs dense X·Wᵀ),
 /// dW-rows (dW[idx,:] += dY[:, idx]ᵀ·X into the full dW from the full dY, vs dense dYᵀ·X) and dW-cols
 /// (dW[:, idx] += dYᵀ·X[:, idx] into the full dW from the full X, vs dense dYᵀ·X); dW-rows-c and dW-cols-c are the
-/// same into a compact dW (|idx| rows or columns), which is what backward masking's held-slice gradients use. Masked
-/// and dense samples are interleaved on the same buffers; medians are kept.
+/// same into a compact dW (|idx| rows or columns), which is what backward masking's held-slice gradients use. Each cell
+/// also times the dense SGEMM of the compacted shape (<see cref="CompactCall"/>), which splits the ratio into the
+/// masking's own overhead and the driver's small-shape efficiency. Masked, dense and compact samples are interleaved on
+/// the same buffers; medians are kept.
 /// </summary>
 public static unsafe class MaskedGemmBench
 {
@@ -60,7 +71,7 @@ public static unsafe class MaskedGemmBench
 
         int t = threads > 0 ? threads : Gemm.MaxThreads;
         output.WriteLine($"Masked SGEMM vs dense SGEMM (row-major float32, square n, {t} threads). Kernel: {Gemm.KernelName}");
-        output.WriteLine($"{"kernel",-9} {"n",6} {"d",5} {"masked ms",10} {"dense ms",9} {"masked/(d*dense)",17}");
+        output.WriteLine($"{"kernel",-9} {"n",6} {"d",5} {"masked ms",10} {"dense ms",9} {"compact ms",10} {"masked/(d*dense)",17} {"masked/compact",15} {"compact/(d*dense)",18}");
         var rows = new List<MaskedGemmBenchRow>();
         foreach (int n in sizes)
         {
@@ -70,10 +81,10 @@ public static unsafe class MaskedGemmBench
                 foreach (double d in densities)
                 {
                     int[] idx = HeldUnits(n, d);
-                    var row = RunCell(kernel, n, d, MaskedCall(kernel, mats, idx, t), DenseCall(kernel, mats, t), samples);
+                    var row = RunCell(kernel, n, d, MaskedCall(kernel, mats, idx, t), DenseCall(kernel, mats, t), CompactCall(kernel, mats, idx.Length, t), samples);
                     rows.Add(row);
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"{row.Kernel,-9} {row.N,6} {row.Density,5:F2} {row.MaskedSeconds * 1e3,10:F2} {row.DenseSeconds * 1e3,9:F2} {row.Ratio,17:F3}"));
+                        $"{row.Kernel,-9} {row.N,6} {row.Density,5:F2} {row.MaskedSeconds * 1e3,10:F2} {row.DenseSeconds * 1e3,9:F2} {row.CompactSeconds * 1e3,10:F2} {row.Ratio,17:F3} {row.MaskOverhead,15:F3} {row.ShapeRatio,18:F3}"));
                 }
             }
         }
@@ -91,6 +102,25 @@ public static unsafe class MaskedGemmBench
         return kernel.StartsWith("fwd", StringComparison.Ordinal)
             ? () => Gemm.Sgemm(false, true, n, n, n, 1f, mats.A, n, mats.B, n, 0f, mats.C, n, threads)
             : () => Gemm.Sgemm(true, false, n, n, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, n, threads);
+    }
+
+    /// <summary>
+    /// The dense SGEMM of the compacted shape of <paramref name="kernel"/> with <paramref name="units"/> held units: the
+    /// same product with the held units adjacent (the first <paramref name="units"/> rows/columns), so no gather or
+    /// scatter, into an output of the same layout (full-size dW row stride for dW-rows/dW-cols, compact for -c).
+    /// </summary>
+    internal static Action CompactCall(string kernel, GemmQuickBench.SquareMatrices mats, int units, int threads)
+    {
+        int n = mats.N, u = units;
+        return kernel switch
+        {
+            "fwd-rows" => () => Gemm.Sgemm(false, true, n, u, n, 1f, mats.A, n, mats.B, n, 0f, mats.C, n, threads),
+            "fwd-cols" => () => Gemm.Sgemm(false, true, n, n, u, 1f, mats.A, n, mats.B, n, 0f, mats.C, n, threads),
+            "dW-rows" or "dW-rows-c" => () => Gemm.Sgemm(true, false, u, n, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, n, threads),
+            "dW-cols" => () => Gemm.Sgemm(true, false, n, u, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, n, threads),
+            "dW-cols-c" => () => Gemm.Sgemm(true, false, n, u, n, 1f, mats.A, n, mats.B, n, 1f, mats.C, u, threads),
+            _ => throw new ArgumentException($"unknown kernel '{kernel}' (known: {string.Join(", ", Kernels)})", nameof(kernel)),
+        };
     }
 
     /// <summary>The masked kernel <paramref name="kernel"/> (see the class summary) on the held units <paramref name="idx"/> of the n x n operands.</summary>
@@ -112,20 +142,23 @@ public static unsafe class MaskedGemmBench
     /// <summary>A reproducible random held-unit set: round(d·n) of the n units, ascending (the same for a given n and d).</summary>
     public static int[] HeldUnits(int n, double density) => RandIdx(new Random(n + (int)(density * 1000)), n, density);
 
-    private static MaskedGemmBenchRow RunCell(string kernel, int n, double density, Action masked, Action dense, int samples)
+    private static MaskedGemmBenchRow RunCell(string kernel, int n, double density, Action masked, Action dense, Action compact, int samples)
     {
         masked();
         dense();
+        compact();
         var tm = new double[samples];
         var td = new double[samples];
+        var tc = new double[samples];
         for (int s = 0; s < samples; s++)
         {
             td[s] = Time(dense);
             tm[s] = Time(masked);
+            tc[s] = Time(compact);
         }
 
         int units = (int)Math.Round(density * n);
-        return new MaskedGemmBenchRow(kernel, n, (double)units / n, Median(tm), Median(td));
+        return new MaskedGemmBenchRow(kernel, n, (double)units / n, Median(tm), Median(td), Median(tc));
     }
 
     private static double Time(Action call)

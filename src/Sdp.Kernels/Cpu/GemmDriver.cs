@@ -27,6 +27,17 @@ internal unsafe struct GemmArgs<T> where T : unmanaged
     /// <summary>Row i of C is stored at row ScatterRows[i]; column j of C at column ScatterCols[j].</summary>
     public int* ScatterRows, ScatterCols;
 
+    /// <summary>
+    /// Optional with a scatter map over several K slices: C's compact (M x N) image accumulates here (row stride Lds)
+    /// over the K slices, and each block is scattered into C (C[map] = block + Beta · C[map]) by the compute item that
+    /// finishes its last slice. The sum over K is the same as staging the whole product first and scattering it
+    /// afterwards; only the separate pass over the staged output (and its own parallel region) is gone.
+    /// </summary>
+    public T* Stage;
+
+    /// <summary>Row stride of <see cref="Stage"/> in elements.</summary>
+    public nint Lds;
+
     /// <summary>Packs op(A) and/or op(B) blocks from a layout strides cannot describe (implicit-GEMM convolution); null for a plain GEMM.</summary>
     public IGemmPacker<T>? Packer;
 
@@ -272,8 +283,7 @@ internal static unsafe class GemmDriver<T, TK>
             PackA(in _g, ic, pc, mcur, kcur, ap);
 
             T* bp = _bBuffers + ((ph & 1) * _bufStride) + ((nint)c0 * kcur);
-            T beta = pc == 0 ? _g.Beta : T.One;
-            MacroAt(in _g, ic, jc + c0, mcur, c1 - c0, kcur, ap, bp, beta, scratch);
+            MacroAt(in _g, ic, jc + c0, mcur, c1 - c0, pc, kcur, ap, bp, scratch);
         }
     }
 
@@ -312,14 +322,13 @@ internal static unsafe class GemmDriver<T, TK>
             for (int pc = 0; pc < g.K; pc += kc)
             {
                 int kcur = Math.Min(kc, g.K - pc);
-                T beta = pc == 0 ? g.Beta : T.One;
                 PackB(in g, jc, pc, kcur, ncur, bp);
 
                 for (int ic = 0; ic < g.M; ic += mc)
                 {
                     int mcur = Math.Min(mc, g.M - ic);
                     PackA(in g, ic, pc, mcur, kcur, ap);
-                    MacroAt(in g, ic, jc, mcur, ncur, kcur, ap, bp, beta, scratch);
+                    MacroAt(in g, ic, jc, mcur, ncur, pc, kcur, ap, bp, scratch);
                 }
             }
         }
@@ -378,9 +387,19 @@ internal static unsafe class GemmDriver<T, TK>
         }
     }
 
-    /// <summary>Runs the macro-kernel for the C block at (ic, jc), scattering rows/columns when the args ask for it.</summary>
-    private static void MacroAt(in GemmArgs<T> g, int ic, int jc, int mc, int nc, int kc, T* ap, T* bp, T beta, T* scratch)
+    /// <summary>
+    /// Runs the macro-kernel for the C block at (ic, jc) and the K slice at pc, scattering rows/columns when the args ask
+    /// for it (through the stage when there is one).
+    /// </summary>
+    private static void MacroAt(in GemmArgs<T> g, int ic, int jc, int mc, int nc, int pc, int kc, T* ap, T* bp, T* scratch)
     {
+        T beta = pc == 0 ? g.Beta : T.One;
+        if (g.Stage != null)
+        {
+            MacroStaged(in g, ic, jc, mc, nc, pc, kc, ap, bp, scratch);
+            return;
+        }
+
         if (g.ScatterRows == null && g.ScatterCols == null)
         {
             Macro(mc, nc, kc, ap, bp, g.C + (ic * g.Ldc) + jc, g.Ldc, g.Alpha, beta, scratch);
@@ -436,23 +455,39 @@ internal static unsafe class GemmDriver<T, TK>
                 }
 
                 TK.Run(kc, pa, pb, scratch, nr, g.Alpha, T.Zero);
-                ScatterTile(g.C, g.Ldc, rows, colsRun ? null : cols, scratch, i0, colsRun ? col0 : j0, beta, mcur, ncur);
+                ScatterTile(g.C, g.Ldc, rows, colsRun ? null : cols, scratch, nr, i0, colsRun ? col0 : j0, beta, mcur, ncur);
             }
         }
     }
 
     /// <summary>
-    /// C[row(i0 + i), col(j0 + j)] = tile[i, j] + beta * C[...] for the live part of one microtile, where row(x) = rows[x]
-    /// (x when rows is null) and col(x) = cols[x] (x when cols is null).
+    /// The C block at (ic, jc) through <see cref="GemmArgs{T}.Stage"/>: every K slice accumulates into the stage exactly
+    /// as a plain GEMM into a compact C would (the first with beta = 0), and the item that finishes the block's last slice
+    /// scatters the block right away, row by row (so the hardware prefetcher streams the C lines; scattering each
+    /// microtile from L1 instead measured 2-3% slower at n = 1024, the scattered C lines arriving too late), while other
+    /// threads keep computing.
     /// </summary>
-    private static void ScatterTile(T* c, nint ldc, int* rows, int* cols, T* scratch, int i0, int j0, T beta, int mcur, int ncur)
+    private static void MacroStaged(in GemmArgs<T> g, int ic, int jc, int mc, int nc, int pc, int kc, T* ap, T* bp, T* scratch)
     {
-        int nr = TK.NR;
+        T* stage = g.Stage + (ic * g.Lds) + jc;
+        Macro(mc, nc, kc, ap, bp, stage, g.Lds, g.Alpha, pc == 0 ? T.Zero : T.One, scratch);
+        if (pc + kc == g.K)
+        {
+            ScatterTile(g.C, g.Ldc, g.ScatterRows, g.ScatterCols, stage, g.Lds, ic, jc, g.Beta, mc, nc);
+        }
+    }
+
+    /// <summary>
+    /// C[row(i0 + i), col(j0 + j)] = tile[i, j] + beta * C[...] for an (mcur x ncur) tile (row stride
+    /// <paramref name="lds"/>), where row(x) = rows[x] (x when rows is null) and col(x) = cols[x] (x when cols is null).
+    /// </summary>
+    private static void ScatterTile(T* c, nint ldc, int* rows, int* cols, T* tile, nint lds, int i0, int j0, T beta, int mcur, int ncur)
+    {
         int vw = Vector<T>.Count;
         var vb = new Vector<T>(beta);
         for (int i = 0; i < mcur; i++)
         {
-            T* src = scratch + (i * nr);
+            T* src = tile + (i * lds);
             T* dst = c + ((rows != null ? rows[i0 + i] : i0 + i) * ldc);
             if (cols == null)
             {

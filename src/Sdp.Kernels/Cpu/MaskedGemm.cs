@@ -280,16 +280,15 @@ public static unsafe class MaskedGemm
     /// <summary>Test hook: false disables staging (per-microtile scatter only), true stages any K.</summary>
     internal static bool? StagingOverride { get; set; }
 
-    /// <summary>Staged elements per extra thread when scattering a chunk back.</summary>
-    internal static int StagingScatterWorkPerThread { get; set; } = 1 << 16;
-
     /// <summary>Elements of the compact staging buffer (8 MiB of float32: row chunks of a 2048-wide output are 1024 tall, so B is re-packed rarely).</summary>
     internal static int StagingElements { get; set; } = 1 << 21;
 
     /// <summary>
-    /// Scattered output over a deep K: the driver would scatter every microtile once per KC slice, so instead the output
-    /// is computed in bounded chunks (of C rows for a row scatter, C columns for a column scatter) into a compact staging
-    /// buffer with beta = 0 and scattered once: C[map] = stage + beta · C[map].
+    /// Scattered output over a deep K: scattering every microtile once per KC slice would read and write the scattered
+    /// C lines once per slice, so instead the output is accumulated in a compact stage (in bounded chunks of C rows for a
+    /// row scatter, C columns for a column scatter) and scattered once: C[map] = (Σ over K slices) + beta · C[map]. The
+    /// driver scatters each block of the stage as soon as its last K slice is done (<see cref="GemmArgs{T}.Stage"/>),
+    /// on the thread that computed it, instead of a separate pass over the chunk.
     /// </summary>
     private static void RunStaged(in GemmArgs<float> g, int threads)
     {
@@ -303,14 +302,12 @@ public static unsafe class MaskedGemm
         {
             int len = Math.Min(chunk, total - s0);
             GemmArgs<float> sub = g;
-            sub.Beta = 0f;
-            sub.C = stage;
-            sub.ScatterRows = null;
-            sub.ScatterCols = null;
+            sub.Stage = stage;
             if (rowsMode)
             {
                 sub.M = len;
-                sub.Ldc = g.N;
+                sub.Lds = g.N;
+                sub.ScatterRows = g.ScatterRows + s0;
                 if (g.GatherA != null)
                 {
                     sub.GatherA = g.GatherA + s0;
@@ -323,7 +320,8 @@ public static unsafe class MaskedGemm
             else
             {
                 sub.N = len;
-                sub.Ldc = len;
+                sub.Lds = len;
+                sub.ScatterCols = g.ScatterCols + s0;
                 if (g.GatherBN != null)
                 {
                     sub.GatherBN = g.GatherBN + s0;
@@ -335,82 +333,6 @@ public static unsafe class MaskedGemm
             }
 
             Gemm.Run(in sub, threads);
-            int rowsOut = rowsMode ? len : g.M;
-            int t = Math.Min(threads > 0 ? threads : Gemm.MaxThreads, Math.Max(1, (int)((long)len * other / StagingScatterWorkPerThread)));
-            if (t <= 1)
-            {
-                ScatterStage(in g, stage, rowsMode, s0, len, 0, rowsOut);
-            }
-            else
-            {
-                GemmArgs<float> gc = g;
-                nint st = (nint)stage;
-                Parallel.For(0, t, new ParallelOptions { MaxDegreeOfParallelism = t }, part =>
-                    ScatterStage(in gc, (float*)st, rowsMode, s0, len, (int)((long)part * rowsOut / t), (int)((long)(part + 1) * rowsOut / t)));
-            }
-        }
-    }
-
-    /// <summary>C[map(s0 + q), ...] = stage[q, ...] + beta · C[...] for one staged chunk, stage rows [r0, r1).</summary>
-    private static void ScatterStage(in GemmArgs<float> g, float* stage, bool rowsMode, int s0, int len, int r0, int r1)
-    {
-        float beta = g.Beta;
-        if (rowsMode)
-        {
-            int n = g.N;
-            for (int q = r0; q < r1; q++)
-            {
-                var src = new ReadOnlySpan<float>(stage + ((nint)q * n), n);
-                var dst = new Span<float>(g.C + ((nint)g.ScatterRows[s0 + q] * g.Ldc), n);
-                Combine(src, dst, beta);
-            }
-
-            return;
-        }
-
-        int* cols = g.ScatterCols + s0;
-        for (int i = r0; i < r1; i++)
-        {
-            float* src = stage + ((nint)i * len);
-            float* dst = g.C + ((nint)i * g.Ldc);
-            if (beta == 0f)
-            {
-                for (int j = 0; j < len; j++)
-                {
-                    dst[cols[j]] = src[j];
-                }
-            }
-            else if (beta == 1f)
-            {
-                for (int j = 0; j < len; j++)
-                {
-                    dst[cols[j]] += src[j];
-                }
-            }
-            else
-            {
-                for (int j = 0; j < len; j++)
-                {
-                    float* d = dst + cols[j];
-                    *d = src[j] + (beta * *d);
-                }
-            }
-        }
-    }
-
-    private static void Combine(ReadOnlySpan<float> src, Span<float> dst, float beta)
-    {
-        if (beta == 0f)
-        {
-            src.CopyTo(dst);
-        }
-        else if (beta == 1f)
-        {
-            TensorPrimitives.Add(dst, src, dst);
-        }
-        else
-        {
-            TensorPrimitives.MultiplyAdd(dst, beta, src, dst);
         }
     }
 

@@ -139,7 +139,6 @@ public unsafe class MaskedGemmTests
             MaskedGemm.StagingOverride = staged ? null : false;
             MaskedGemm.StagedMinK = staged ? 0 : 256;
             MaskedGemm.StagingElements = staged ? 64 : 1 << 21;
-            MaskedGemm.StagingScatterWorkPerThread = staged ? 1 : 1 << 16;
             try
             {
                 foreach (bool dyFull in new[] { false, true })
@@ -196,7 +195,6 @@ public unsafe class MaskedGemmTests
                 MaskedGemm.StagingOverride = null;
                 MaskedGemm.StagedMinK = 256;
                 MaskedGemm.StagingElements = 1 << 21;
-                MaskedGemm.StagingScatterWorkPerThread = 1 << 16;
             }
         }
     }
@@ -211,7 +209,6 @@ public unsafe class MaskedGemmTests
             MaskedGemm.StagingOverride = staged ? null : false;
             MaskedGemm.StagedMinK = staged ? 0 : 256;
             MaskedGemm.StagingElements = staged ? 64 : 1 << 21;
-            MaskedGemm.StagingScatterWorkPerThread = staged ? 1 : 1 << 16;
             try
             {
                 foreach (bool xFull in new[] { false, true })
@@ -267,7 +264,145 @@ public unsafe class MaskedGemmTests
                 MaskedGemm.StagingOverride = null;
                 MaskedGemm.StagedMinK = 256;
                 MaskedGemm.StagingElements = 1 << 21;
-                MaskedGemm.StagingScatterWorkPerThread = 1 << 16;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A scattered weight gradient over a deep K (several KC slices, staged) must equal, bit for bit, the compact
+    /// gradient (beta = 0) scattered afterwards with C[map] = compact + beta · C[map]: the staged path scatters each
+    /// microtile as it finishes but keeps that summation order. Also 1 vs 2 threads and several stage chunks.
+    /// </summary>
+    [TestCase(false, 1f)]
+    [TestCase(false, 0.5f)]
+    [TestCase(false, 0f)]
+    [TestCase(true, 1f)]
+    [TestCase(true, 0.5f)]
+    [TestCase(true, 0f)]
+    public void WeightGrad_StagedScatterIsBitIdenticalToCompactThenScatter(bool columns, float beta)
+    {
+        var r = new Random(columns ? 21 : 22);
+        int tokens = 777, outDim = 97, inDim = 83; // K = tokens spans several KC slices; odd edges everywhere
+        int units = columns ? inDim : outDim;
+        int[] idx = RandIdx(r, units, 0.37);
+        int u = idx.Length;
+        int lddy = outDim + 3, ldx = inDim + 1, lddw = inDim + 2;
+        float[] dy = Rand(r, tokens * lddy), x = Rand(r, tokens * ldx);
+        float[] seed = Rand(r, outDim * lddw);
+        int compactLd = columns ? u : inDim;
+        float[] compact = Poisoned((columns ? outDim : u) * compactLd);
+        fixed (float* pdy = dy, px = x, pc = compact)
+        {
+            if (columns)
+            {
+                MaskedGemm.SgemmWeightGradCols(tokens, outDim, pdy, lddy, px, ldx, true, idx, inDim, pc, compactLd, false, beta: 0f, threads: 1);
+            }
+            else
+            {
+                MaskedGemm.SgemmWeightGradRows(tokens, inDim, pdy, lddy, true, px, ldx, idx, outDim, pc, compactLd, false, beta: 0f, threads: 1);
+            }
+        }
+
+        float[] expected = (float[])seed.Clone();
+        for (int i = 0; i < (columns ? outDim : u); i++)
+        {
+            for (int j = 0; j < (columns ? u : inDim); j++)
+            {
+                int at = columns ? (i * lddw) + idx[j] : (idx[i] * lddw) + j;
+                float staged = compact[(i * compactLd) + j];
+                expected[at] = beta == 0f ? staged : beta == 1f ? expected[at] + staged : staged + (beta * expected[at]);
+            }
+        }
+
+        foreach (int chunkElements in new[] { 1 << 21, 64 })
+        {
+            MaskedGemm.StagingElements = chunkElements;
+            try
+            {
+                foreach (int threads in new[] { 1, 2 })
+                {
+                    float[] dw = (float[])seed.Clone();
+                    if (beta == 0f)
+                    {
+                        // beta = 0 must not read the held entries: poison them
+                        foreach (int q in idx)
+                        {
+                            for (int i = 0; i < (columns ? outDim : inDim); i++)
+                            {
+                                dw[columns ? (i * lddw) + q : (q * lddw) + i] = float.NaN;
+                            }
+                        }
+                    }
+
+                    fixed (float* pdy = dy, px = x, pdw = dw)
+                    {
+                        if (columns)
+                        {
+                            MaskedGemm.SgemmWeightGradCols(tokens, outDim, pdy, lddy, px, ldx, true, idx, inDim, pdw, lddw, true, beta: beta, threads: threads);
+                        }
+                        else
+                        {
+                            MaskedGemm.SgemmWeightGradRows(tokens, inDim, pdy, lddy, true, px, ldx, idx, outDim, pdw, lddw, true, beta: beta, threads: threads);
+                        }
+                    }
+
+                    for (int e = 0; e < dw.Length; e++)
+                    {
+                        Assert.That(BitConverter.SingleToInt32Bits(dw[e]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected[e])), $"chunk={chunkElements} threads={threads} dW element {e} (row {e / lddw}, col {e % lddw})");
+                    }
+                }
+            }
+            finally
+            {
+                MaskedGemm.StagingElements = 1 << 21;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Every masked kernel gives the same bits on 1, 2 and 3 threads, on shapes where the multi-threaded driver splits
+    /// the columns of short row blocks (few held rows, wide output) as well as rows, and through the staged scatter.
+    /// </summary>
+    [TestCase(30, 600, 700)]
+    [TestCase(200, 517, 389)]
+    public void AllKernels_ThreadCountDoesNotChangeBits(int units, int tokens, int other)
+    {
+        var r = new Random(units + tokens + other);
+        int full = units * 3 + 1; // held units out of a wider layer
+        int[] idx = RandIdx(r, full, (double)units / full);
+        float[] dyFull = Rand(r, tokens * full), x = Rand(r, tokens * other), w = Rand(r, full * other);
+        float[] seedRows = Rand(r, full * other), seedCols = Rand(r, other * full);
+        float[] compactAct = Rand(r, tokens * idx.Length);
+        float[]? reference = null;
+        foreach (int threads in new[] { 1, 2, 3 })
+        {
+            float[] fwdRows = Poisoned(tokens * idx.Length), fwdCols = Poisoned(tokens * other);
+            float[] dwRows = (float[])seedRows.Clone(), dwCols = (float[])seedCols.Clone();
+            float[] dwRowsC = Rand(new Random(5), idx.Length * other), dwColsC = Rand(new Random(6), other * idx.Length);
+            fixed (float* pdy = dyFull, px = x, pw = w, pca = compactAct, pfr = fwdRows, pfc = fwdCols, pdr = dwRows, pdc = dwCols, pdrc = dwRowsC, pdcc = dwColsC)
+            {
+                // fwd-rows: Y[:, held] = X · W[held, :]ᵀ; fwd-cols: Y = A_compact · W'[:, held]ᵀ with W' = w viewed (other x full)
+                MaskedGemm.SgemmGatherB(tokens, other, px, other, pw, other, full, idx, pfr, idx.Length, threads: threads);
+                MaskedGemm.SgemmGatherK(tokens, other, pca, idx.Length, pw, full, full, idx, pfc, other, threads: threads);
+                // dW-rows / dW-rows-c: held rows of a (full x other) gradient from the full dY
+                MaskedGemm.SgemmWeightGradRows(tokens, other, pdy, full, true, px, other, idx, full, pdr, other, true, threads: threads);
+                MaskedGemm.SgemmWeightGradRows(tokens, other, pdy, full, true, px, other, idx, full, pdrc, other, false, threads: threads);
+                // dW-cols / dW-cols-c: held columns of an (other x full) gradient from the full input dY viewed (tokens x full)
+                MaskedGemm.SgemmWeightGradCols(tokens, other, px, other, pdy, full, true, idx, full, pdc, full, true, threads: threads);
+                MaskedGemm.SgemmWeightGradCols(tokens, other, px, other, pdy, full, true, idx, full, pdcc, idx.Length, false, threads: threads);
+            }
+
+            float[] all = [.. fwdRows, .. fwdCols, .. dwRows, .. dwCols, .. dwRowsC, .. dwColsC];
+            Assert.That(all.Any(float.IsNaN), Is.False, $"threads={threads}: every overwritten output element is written");
+            if (reference is null)
+            {
+                reference = all;
+                continue;
+            }
+
+            for (int e = 0; e < all.Length; e++)
+            {
+                Assert.That(BitConverter.SingleToInt32Bits(all[e]), Is.EqualTo(BitConverter.SingleToInt32Bits(reference[e])), $"threads={threads} element {e}");
             }
         }
     }
