@@ -12,6 +12,13 @@ Run it with the thread count and OpenBLAS core you want Sdp compared at, for exa
   OPENBLAS_CORETYPE= python3 bench/torch_baseline.py --threads 2 --out torch.json
   sdp bench compare torch.json
 Sdp reads the thread count, batch sizes and configurations from the JSON and times its own steps the same way.
+
+On a machine whose speed comes and goes (a VM whose cores other tenants share), two runs a minute apart can differ
+by a third. --lockstep SDP (the sdp executable) then times both sides in turn: after writing the JSON it starts
+`sdp bench compare OUT --serve`, and for each step alternates one PyTorch step with one Sdp step (which goes first
+alternates too), --samples pairs, and prints both medians with the median (min-max) of the per-pair ratios
+Sdp / PyTorch; the pairs go into the JSON under "lockstep".
+  OPENBLAS_CORETYPE= python3 bench/torch_baseline.py --threads 2 --out torch.json --lockstep src/Sdp.Cli/bin/Release/net10.0/sdp
 """
 import argparse
 import json
@@ -19,6 +26,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -162,7 +170,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--lockstep", metavar="SDP", help="the sdp executable: also time PyTorch and Sdp steps in turn")
     args = parser.parse_args()
+    if args.lockstep and not os.path.isfile(args.lockstep):
+        parser.error(f"--lockstep: '{args.lockstep}' is not a file (expected the sdp executable)")
 
     import torch
     from torch import nn
@@ -182,6 +193,7 @@ def main():
         loss.backward()
         adamw.step()
 
+    step_functions = {"llama-tiny": llama_step}
     times = time_steps(llama_step, args.warmup, args.samples)
     steps.append({"name": "llama-tiny", "model": "llama", "config": "tiny", "batch": args.llama_batch, "seq": args.llama_seq,
                   "optimizer": "adamw", "median_ms": statistics.median(times), "samples_ms": times})
@@ -197,6 +209,7 @@ def main():
         loss.backward()
         sgd.step()
 
+    step_functions["resnet18-cifar"] = resnet_step
     times = time_steps(resnet_step, args.warmup, args.samples)
     steps.append({"name": "resnet18-cifar", "model": "resnet18", "config": "cifar", "batch": args.resnet_batch, "seq": 0,
                   "optimizer": "sgd", "momentum": 0.9, "median_ms": statistics.median(times), "samples_ms": times})
@@ -210,12 +223,66 @@ def main():
         "warmup": args.warmup, "samples": args.samples,
         "steps": steps,
     }
-    temp = args.out + ".tmp"
-    with open(temp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(temp, args.out)
+    write_json(result, args.out)
     for s in steps:
         print(f"{s['name']:16} batch {s['batch']:3}  median {s['median_ms']:8.1f} ms")
+    if args.lockstep:
+        result["lockstep"] = lockstep(args.lockstep, args.out, step_functions, args.warmup, args.samples)
+        write_json(result, args.out)
+
+
+def write_json(result, path):
+    """Atomically: a failed run leaves no half-written file."""
+    temp = path + ".tmp"
+    with open(temp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(temp, path)
+
+
+def lockstep(sdp, json_path, step_functions, warmup, samples):
+    """PyTorch and Sdp steps in turn, `samples` pairs per step; returns the pairs and prints the paired table."""
+    server = subprocess.Popen([sdp, "bench", "compare", json_path, "--serve", "--warmup", str(warmup)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        ready = server.stdout.readline().strip()
+        if ready != "ready":
+            raise SystemExit(f"--lockstep: sdp did not start its step server (said {ready!r}; exit {server.poll()})")
+
+        def sdp_step(name):
+            server.stdin.write(name + "\n")
+            server.stdin.flush()
+            answer = server.stdout.readline().strip()
+            try:
+                return float(answer)
+            except ValueError:
+                raise SystemExit(f"--lockstep: sdp answered {answer!r} for step {name}")
+
+        def torch_step(step):
+            start = time.perf_counter()
+            step()
+            return (time.perf_counter() - start) * 1000.0
+
+        out = {}
+        print(f"\nlockstep: {samples} pairs per step, PyTorch and Sdp in turn (the first of each pair alternates)")
+        print(f"{'step':18}{'PyTorch ms':>12}{'Sdp ms':>10}{'Sdp / PyTorch':>15}{'paired (min-max)':>26}")
+        for name, step in step_functions.items():
+            torch_ms, sdp_ms = [], []
+            for i in range(samples):
+                if i % 2 == 0:
+                    torch_ms.append(torch_step(step))
+                    sdp_ms.append(sdp_step(name))
+                else:
+                    sdp_ms.append(sdp_step(name))
+                    torch_ms.append(torch_step(step))
+            ratios = [s / t for s, t in zip(sdp_ms, torch_ms)]
+            t_med, s_med, r_med = statistics.median(torch_ms), statistics.median(sdp_ms), statistics.median(ratios)
+            out[name] = {"torch_ms": torch_ms, "sdp_ms": sdp_ms, "torch_median_ms": t_med, "sdp_median_ms": s_med,
+                         "paired_ratio_median": r_med, "paired_ratio_min": min(ratios), "paired_ratio_max": max(ratios)}
+            print(f"{name:18}{t_med:12.1f}{s_med:10.1f}{s_med / t_med:15.2f}{f'{r_med:.2f} ({min(ratios):.2f}-{max(ratios):.2f})':>26}")
+        return out
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

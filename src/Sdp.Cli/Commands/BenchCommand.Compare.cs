@@ -33,11 +33,18 @@ public static partial class BenchCommand
         var file = new Argument<string>("file") { Description = "JSON written by bench/torch_baseline.py" };
         var samples = new Option<int>("--samples") { Description = "Timed Sdp steps per row (median kept)", DefaultValueFactory = _ => 10 };
         var warmup = new Option<int>("--warmup") { Description = "Untimed Sdp steps first", DefaultValueFactory = _ => 3 };
-        var cmd = new Command("compare", "Sdp and PyTorch side by side on the training steps of bench/torch_baseline.py's JSON") { file, samples, warmup };
+        var serve = new Option<bool>("--serve") { Description = "Step server for bench/torch_baseline.py --lockstep: build the JSON's steps, warm them up, print 'ready', then for each step name read on stdin take one step and print its milliseconds (EOF ends)" };
+        var cmd = new Command("compare", "Sdp and PyTorch side by side on the training steps of bench/torch_baseline.py's JSON") { file, samples, warmup, serve };
         cmd.SetAction(p =>
         {
             var baseline = ReadTorchBaseline(p.GetValue(file)!);
-            Compare(Console.Out, baseline, Check.Positive(p.GetValue(samples), "--samples"), Check.AtLeast(p.GetValue(warmup), 0, "--warmup"));
+            int warm = Check.AtLeast(p.GetValue(warmup), 0, "--warmup");
+            if (p.GetValue(serve))
+            {
+                ServeSteps(Console.In, Console.Out, baseline, warm);
+                return 0;
+            }
+            Compare(Console.Out, baseline, Check.Positive(p.GetValue(samples), "--samples"), warm);
             return 0;
         });
         return cmd;
@@ -122,17 +129,59 @@ public static partial class BenchCommand
     /// <summary>Median milliseconds of Sdp's dense one-worker training step for <paramref name="step"/>.</summary>
     private static double SdpStepMs(BaselineStep step, int samples, int warmup)
     {
-        string config = step.Config;
-        var model = RunSetup.BuildSubnetworkModel(step.Model, config, 0, 3, 10, SubnetLevel.Block, new SubnetOptions(), null, $"the JSON's {step.Name} config");
-        var (data, _, _) = RunSetup.BuildData(step.Model, "synthetic", step.Batch, Math.Max(1, step.Seq), shuffle: false, seed: 0, train: true);
-        Func<IReadOnlyList<Tensor>, Optimizer> optimizer = step.Optimizer == "sgd"
-            ? p => new Sgd(p, 0.01, momentum: step.Momentum)
-            : p => new AdamW(p, 1e-4);
-        using var trainer = new Trainer(model, new SdpOptions(), optimizer, _ => data, new TrainerOptions { Steps = warmup + samples, Schedule = new ConstantSchedule(1e-4) });
+        using var trainer = SdpStepTrainer(step, warmup + samples);
         for (int i = 0; i < warmup; i++) trainer.TrainStep();
         var ms = new double[samples];
         for (int i = 0; i < samples; i++) ms[i] = trainer.TrainStep().StepMs;
         Array.Sort(ms);
         return samples % 2 == 1 ? ms[samples / 2] : (ms[samples / 2 - 1] + ms[samples / 2]) / 2;
+    }
+
+    /// <summary>Sdp's dense one-worker trainer for <paramref name="step"/>, good for <paramref name="steps"/> steps.</summary>
+    private static Trainer SdpStepTrainer(BaselineStep step, long steps)
+    {
+        var model = RunSetup.BuildSubnetworkModel(step.Model, step.Config, 0, 3, 10, SubnetLevel.Block, new SubnetOptions(), null, $"the JSON's {step.Name} config");
+        var (data, _, _) = RunSetup.BuildData(step.Model, "synthetic", step.Batch, Math.Max(1, step.Seq), shuffle: false, seed: 0, train: true);
+        Func<IReadOnlyList<Tensor>, Optimizer> optimizer = step.Optimizer == "sgd"
+            ? p => new Sgd(p, 0.01, momentum: step.Momentum)
+            : p => new AdamW(p, 1e-4);
+        return new Trainer(model, new SdpOptions(), optimizer, _ => data, new TrainerOptions { Steps = steps, Schedule = new ConstantSchedule(1e-4) });
+    }
+
+    /// <summary>
+    /// The Sdp side of bench/torch_baseline.py --lockstep: every step of the JSON built and warmed up, "ready", then one
+    /// timed step per name read, its milliseconds written back, so that the script can alternate PyTorch's steps with
+    /// Sdp's and a load that comes and goes falls on both alike. An unknown name is answered with an error line.
+    /// </summary>
+    public static void ServeSteps(TextReader input, TextWriter output, TorchBaseline baseline, int warmup)
+    {
+        int threads = Gemm.MaxThreads;
+        Gemm.MaxThreads = baseline.Threads;
+        var trainers = new Dictionary<string, Trainer>();
+        try
+        {
+            foreach (var step in baseline.Steps)
+            {
+                var trainer = SdpStepTrainer(step, long.MaxValue);
+                trainers[step.Name] = trainer;
+                for (int i = 0; i < warmup; i++) trainer.TrainStep();
+            }
+            output.WriteLine("ready");
+            output.Flush();
+            while (input.ReadLine() is { } line)
+            {
+                string name = line.Trim();
+                if (name.Length == 0) continue;
+                output.WriteLine(trainers.TryGetValue(name, out var trainer)
+                    ? trainer.TrainStep().StepMs.ToString("R", CultureInfo.InvariantCulture)
+                    : $"error: no step '{name}' in the JSON (steps: {string.Join(", ", trainers.Keys)})");
+                output.Flush();
+            }
+        }
+        finally
+        {
+            foreach (var t in trainers.Values) t.Dispose();
+            Gemm.MaxThreads = threads;
+        }
     }
 }

@@ -40,6 +40,23 @@ public class BenchCompareTests : CliTestBase
         }
     }
 
+    /// <summary>The step server of bench/torch_baseline.py --lockstep: "ready" once the steps are built, then one timed
+    /// step per name read (its milliseconds, a positive number), an error line for a name the JSON lacks, and the end at EOF.</summary>
+    [Test]
+    public void The_step_server_times_one_step_per_name_it_reads()
+    {
+        File.WriteAllText("torch.json", Baseline());
+        var baseline = global::Sdp.Cli.Commands.BenchCommand.ReadTorchBaseline("torch.json");
+        var output = new StringWriter();
+        global::Sdp.Cli.Commands.BenchCommand.ServeSteps(new StringReader("llama-tiny\nresnet18-w4\n\nnot-a-step\nllama-tiny\n"), output, baseline, warmup: 0);
+        var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Trim()).ToArray();
+        Assert.That(lines, Has.Length.EqualTo(5), output.ToString());
+        Assert.That(lines[0], Is.EqualTo("ready"));
+        foreach (int i in new[] { 1, 2, 4 })
+            Assert.That(double.Parse(lines[i], System.Globalization.CultureInfo.InvariantCulture), Is.GreaterThan(0), lines[i]);
+        Assert.That(lines[3], Is.EqualTo("error: no step 'not-a-step' in the JSON (steps: llama-tiny, resnet18-w4)"));
+    }
+
     [TestCase("{\"format\": \"other\", \"version\": 1}", "expected \"format\": \"sdp.torch_baseline\"")]
     [TestCase("not json", "not valid JSON")]
     [TestCase("THREADS0", "\"threads\" must be at least 1")]
