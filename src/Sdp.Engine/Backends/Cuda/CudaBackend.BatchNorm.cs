@@ -24,14 +24,7 @@ public sealed partial class CudaBackend
 
     public void BatchNorm2dBackward(Tensor? x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, bool training, bool overwrite = false)
     {
-        if (overwrite)
-        {
-            // The kernels accumulate; a device memset is cheap next to them.
-            foreach (var grad in (ReadOnlySpan<Tensor?>)[dx, dweight, dbias])
-            {
-                if (grad is not null) Fill(grad, 0);
-            }
-        }
+        if (overwrite) ZeroForOverwrite(dx, dweight, dbias);
         if (dx is null && dweight is null && dbias is null) return;
         int n = dy.Shape[0], c = dy.Shape[1];
         if (c == 0) return;

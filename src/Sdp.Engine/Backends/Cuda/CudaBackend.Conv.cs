@@ -79,16 +79,19 @@ public sealed unsafe partial class CudaBackend
             Launch1D("conv2d_add_bias_f32", y.Numel, new KernelArgs().Add(Ptr(y)).Add(Ptr(bias)).Add(O).Add((long)P).Add(y.Numel));
     }
 
+    /// <summary>The backward kernels accumulate, so an overwrite of gradient outputs is a zero fill first (a device memset,
+    /// cheap next to them).</summary>
+    private void ZeroForOverwrite(params ReadOnlySpan<Tensor?> grads)
+    {
+        foreach (var grad in grads)
+        {
+            if (grad is not null) Fill(grad, 0);
+        }
+    }
+
     public void Conv2dBackward(Tensor? x, Tensor? weight, Tensor dy, Tensor? dx, Tensor? dweight, Tensor? dbias, int stride, int padding, bool overwrite = false)
     {
-        if (overwrite)
-        {
-            // The kernels accumulate; a device memset is cheap next to them.
-            foreach (var grad in (ReadOnlySpan<Tensor?>)[dx, dweight, dbias])
-            {
-                if (grad is not null) Fill(grad, 0);
-            }
-        }
+        if (overwrite) ZeroForOverwrite(dx, dweight, dbias);
         string sfx = Sfx(dy.DType);
         int n = dy.Shape[0], o = dy.Shape[1];
         long plane = dy.Shape.Product(2, 4);
