@@ -64,12 +64,21 @@ public static partial class BenchCommand
         }
     }
 
+    /// <summary>The middle element of a copy of <paramref name="xs"/> sorted (the upper middle for an even count).</summary>
+    private static double Median(double[] xs)
+    {
+        var sorted = (double[])xs.Clone();
+        Array.Sort(sorted);
+        return sorted[sorted.Length / 2];
+    }
+
     private static void WorkerSteps(TextWriter output, string model, string config, int workers, double[] coverages, int batch, int seq, int samples)
     {
         var inv = CultureInfo.InvariantCulture;
         var (data, _, description) = RunSetup.BuildData(model, "synthetic", batch, seq, shuffle: false, seed: 0, train: true);
         output.WriteLine($"{model} ({config}) on {description}; batch {batch}{(model == "llama" ? $" x {seq} tokens" : "")}, AdamW; worker 0 of W = {workers} timed alone on {Sdp.Kernels.Cpu.Gemm.MaxThreads} thread(s), median of {samples} steps after 3 warm-up, the variants' steps taken in turn");
-        output.WriteLine($"{"variant",-22}{"C",6}{"held d",9}{"ms",10}{"time / DP",12}");
+        output.WriteLine("time / DP = the two medians' ratio; paired = the median (min-max) of each round's ratio to that round's DP step, which a passing load hits alike");
+        output.WriteLine($"{"variant",-22}{"C",6}{"held d",9}{"ms",10}{"time / DP",12}{"paired",24}");
         // Every variant is built first and their steps are timed in turn (variant 1, 2, ..., 1, 2, ...), so that JIT tiering
         // and other processes' load fall on all of them alike instead of on whichever ran first or last.
         var variants = StepVariant.All(coverages).ToList();
@@ -93,13 +102,15 @@ public static partial class BenchCommand
                     ms[v][s] = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
                 }
             }
-            double dp = double.NaN;
+            int dpIndex = variants.FindIndex(v => v.IsDp);
+            var dpRounds = ms[dpIndex];
+            double dp = Median(ms[dpIndex]);
             for (int v = 0; v < steps.Count; v++)
             {
-                Array.Sort(ms[v]);
-                double median = ms[v][samples / 2];
-                if (variants[v].IsDp) dp = median;
-                output.WriteLine(string.Create(inv, $"{variants[v].Name,-22}{variants[v].Coverage,6:0.##}{steps[v].HeldFraction,9:P1}{median,10:F1}{median / dp,12:P1}"));
+                var paired = ms[v].Select((t, round) => t / dpRounds[round]).ToArray();
+                double median = Median(ms[v]), pairedMedian = Median(paired);
+                string pairedText = string.Create(inv, $"{pairedMedian:P1} ({paired.Min():P0}-{paired.Max():P0})");
+                output.WriteLine(string.Create(inv, $"{variants[v].Name,-22}{variants[v].Coverage,6:0.##}{steps[v].HeldFraction,9:P1}{median,10:F1}{median / dp,12:P1}{pairedText,24}"));
             }
         }
         finally
