@@ -62,9 +62,12 @@ public static partial class BenchCommand
     private static readonly (string Name, CpuConvAlgorithm Algorithm)[] ConvAlgorithms =
         [("winograd", CpuConvAlgorithm.Winograd), ("winograd-fast", CpuConvAlgorithm.WinogradFast), ("implicit", CpuConvAlgorithm.Implicit), ("im2col", CpuConvAlgorithm.Im2col)];
 
-    /// <summary>Indices of the timed columns: <see cref="ConvAlgorithms"/> in order, then the first Winograd version, then
-    /// (per-pass table only) the same-size SGEMM.</summary>
-    private const int Winograd = 0, WinogradFast = 1, Implicit = 2, Im2col = 3, WinoOld = 4, GemmColumn = 5;
+    /// <summary>Indices of the timed columns, derived from <see cref="ConvAlgorithms"/>'s order: its algorithms, then the first
+    /// Winograd version, then (per-pass table only) the same-size SGEMM.</summary>
+    private static readonly int Winograd = Column(CpuConvAlgorithm.Winograd), WinogradFast = Column(CpuConvAlgorithm.WinogradFast),
+        Implicit = Column(CpuConvAlgorithm.Implicit), Im2col = Column(CpuConvAlgorithm.Im2col), WinoOld = ConvAlgorithms.Length, GemmColumn = ConvAlgorithms.Length + 1;
+
+    private static int Column(CpuConvAlgorithm algorithm) => Array.FindIndex(ConvAlgorithms, a => a.Algorithm == algorithm);
 
     /// <summary>Runs act under one algorithm, restoring the process's choice after.</summary>
     private static void WithConvAlgorithm(CpuConvAlgorithm algorithm, Action act)

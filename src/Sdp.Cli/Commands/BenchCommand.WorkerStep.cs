@@ -103,11 +103,10 @@ public static partial class BenchCommand
                 }
             }
             int dpIndex = variants.FindIndex(v => v.IsDp);
-            var dpRounds = ms[dpIndex];
             double dp = Median(ms[dpIndex]);
             for (int v = 0; v < steps.Count; v++)
             {
-                var paired = ms[v].Select((t, round) => t / dpRounds[round]).ToArray();
+                var paired = ms[v].Select((t, round) => t / ms[dpIndex][round]).ToArray();
                 double median = Median(ms[v]), pairedMedian = Median(paired);
                 string pairedText = string.Create(inv, $"{pairedMedian:P1} ({paired.Min():P0}-{paired.Max():P0})");
                 output.WriteLine(string.Create(inv, $"{variants[v].Name,-22}{variants[v].Coverage,6:0.##}{steps[v].HeldFraction,9:P1}{median,10:F1}{median / dp,12:P1}{pairedText,24}"));

@@ -89,35 +89,42 @@ public sealed class BlockFreeLists<TBlock> where TBlock : unmanaged
 
     /// <summary>
     /// Returns a block of a request of <paramref name="bytes"/> to its free list. If the cache would then hold more than
-    /// <paramref name="cacheLimit"/> bytes, blocks of the size classes least recently given back leave it first (the
-    /// classes a training step no longer uses; the block just freed is the likeliest to be asked for again), or the block
-    /// itself when it alone passes the limit. What leaves is added to <paramref name="evicted"/>, for the caller to give
-    /// back to the device; its bytes have left the counts.
+    /// <paramref name="cacheLimit"/> bytes, or more than the peak bytes ever in use at once (so that the device never holds
+    /// more than twice its peak), blocks of the size classes least recently given back leave it first (the classes a
+    /// training step no longer uses; the block just freed is the likeliest to be asked for again), or the block itself
+    /// when it alone passes the limit. What leaves is added to <paramref name="evicted"/>, for the caller to give back to
+    /// the device; its bytes have left the counts.
     /// </summary>
     public void Put(long size, long bytes, TBlock block, long cacheLimit, List<TBlock> evicted)
     {
-        lock (_gate)
-        {
-            _inUse -= size;
-            _requested -= bytes;
-            if (size > cacheLimit)
-            {
-                _reserved -= size;
-                evicted.Add(block);
-                return;
-            }
-            while (_cached + size > cacheLimit) Evict(size, evicted);
-            if (!_free.TryGetValue(size, out var stack)) _free[size] = stack = new Stack<TBlock>();
-            stack.Push(block);
-            _lastPut[size] = ++_puts;
-            _cached += size;
-        }
+        lock (_gate) Return(size, bytes, block, Math.Min(cacheLimit, _peakInUse), evicted);
     }
 
     /// <summary>Returns a block to its free list, with no limit on the cache.</summary>
-    public void Put(long size, long bytes, TBlock block) => Put(size, bytes, block, long.MaxValue, NeverEvicted);
+    public void Put(long size, long bytes, TBlock block)
+    {
+        lock (_gate) Return(size, bytes, block, long.MaxValue, NeverEvicted);
+    }
 
     private static readonly List<TBlock> NeverEvicted = []; // with no limit nothing is evicted
+
+    /// <summary><see cref="Put(long, long, TBlock, long, List{TBlock})"/>'s work, under the lock.</summary>
+    private void Return(long size, long bytes, TBlock block, long cacheLimit, List<TBlock> evicted)
+    {
+        _inUse -= size;
+        _requested -= bytes;
+        if (size > cacheLimit)
+        {
+            _reserved -= size;
+            evicted.Add(block);
+            return;
+        }
+        while (_cached + size > cacheLimit) Evict(size, evicted);
+        if (!_free.TryGetValue(size, out var stack)) _free[size] = stack = new Stack<TBlock>();
+        stack.Push(block);
+        _lastPut[size] = ++_puts;
+        _cached += size;
+    }
 
     /// <summary>Removes one cached block of the least recently returned non-empty class other than <paramref name="keep"/>
     /// (or of <paramref name="keep"/> when it is the only one left).</summary>

@@ -50,7 +50,7 @@ public sealed unsafe class HostMemoryPool
     public void Return(byte* block, long bytes)
     {
         var evicted = _evicted ??= [];
-        _blocks.Put(BlockFreeLists<nint>.SizeClass(bytes), bytes, (nint)block, Math.Min(LimitBytes, _blocks.PeakInUseBytes), evicted);
+        _blocks.Put(BlockFreeLists<nint>.SizeClass(bytes), bytes, (nint)block, LimitBytes, evicted);
         foreach (var b in evicted) NativeMemory.AlignedFree((void*)b);
         evicted.Clear();
     }
